@@ -1,0 +1,287 @@
+"""The math: every operation of the model as a ``<op>_forward`` / ``<op>_backward`` pair.
+
+A forward takes arrays and returns ``(out, cache)``; the cache holds only what the
+backward needs.  A backward takes the upstream gradient ``dout`` and the cache and returns
+the gradient of its input; parameter gradients are *added* into the arrays it is given
+(``dw += ...``), so gradients accumulate until the trainer zeroes them.  Nothing here
+keeps state, so finite differences can call a forward as often as they like.
+
+All functions work on NumPy and CuPy arrays alike (``xp`` is taken from the inputs).
+Shape letters: B batch, T tokens (with the class token), N patches, D features,
+H hidden, P patch size, C channels, K classes, M rows of a flattened matrix.
+
+Activation layout.  The paper's block works on (B, T, D) and transposes to (B, D, T)
+for the patch feed-forward.  minimlp keeps activations as (T, B, D) instead: the feature
+feed-forward then acts on the last axis of a (T·B, D) matrix and the patch feed-forward
+on the first axis of a (T, B·D) matrix, so both are single 2-D matrix products and the
+transposes cost nothing (lesson 7).  ``linear_*`` and ``layernorm_*`` therefore take an
+``axis``: -1 (features) or 0 (tokens).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+from minimlp import fused
+from minimlp.backend import array_module, erfc
+
+Array = Any  # a NumPy or CuPy ndarray
+
+
+# --------------------------------------------------------------------------------------
+# Linear: y = W x + b along one axis.  Lesson 2.
+# --------------------------------------------------------------------------------------
+class LinearCache(NamedTuple):
+    x: Array
+    axis: int
+
+
+def linear_forward(x: Array, w: Array, b: Array | None, axis: int = -1) -> tuple[Array, LinearCache]:
+    """Apply a linear map with weight ``w`` (O, I) (PyTorch layout) along ``axis``.
+
+    axis=-1: x (..., I) -> (..., O), each row mixed: y = x Wᵀ + b.
+    axis=0:  x (I, ...) -> (O, ...), each column mixed: y = W x + b.
+    """
+    if axis == -1:
+        x2 = x.reshape(-1, x.shape[-1])  # (M, I)
+        y = x2 @ w.T  # (M, O)
+        if b is not None:
+            y += b
+        return y.reshape(*x.shape[:-1], w.shape[0]), LinearCache(x, axis)
+    if axis == 0:
+        x2 = x.reshape(x.shape[0], -1)  # (I, M)
+        y = w @ x2  # (O, M)
+        if b is not None:
+            y += b[:, None]
+        return y.reshape(w.shape[0], *x.shape[1:]), LinearCache(x, axis)
+    raise ValueError(f"linear acts on axis -1 or 0, got {axis}")
+
+
+def linear_backward(dy: Array, cache: LinearCache, w: Array, dw: Array, db: Array | None,
+                    input_grad: bool = True) -> Array | None:
+    """Add dL/dW into ``dw`` and dL/db into ``db``; return dL/dx (None if not wanted)."""
+    x = cache.x
+    if cache.axis == -1:
+        dy2 = dy.reshape(-1, dy.shape[-1])  # (M, O)
+        x2 = x.reshape(-1, x.shape[-1])  # (M, I)
+        dw += dy2.T @ x2  # (O, I)
+        if db is not None:
+            db += dy2.sum(axis=0)
+        return (dy2 @ w).reshape(x.shape) if input_grad else None  # (M, I)
+    dy2 = dy.reshape(dy.shape[0], -1)  # (O, M)
+    x2 = x.reshape(x.shape[0], -1)  # (I, M)
+    dw += dy2 @ x2.T  # (O, I)
+    if db is not None:
+        db += dy2.sum(axis=1)
+    return (w.T @ dy2).reshape(x.shape) if input_grad else None  # (I, M)
+
+
+# --------------------------------------------------------------------------------------
+# GELU, exact: GELU(x) = x Φ(x), Φ the standard normal CDF.  Lesson 3.
+# --------------------------------------------------------------------------------------
+_INV_SQRT2 = 1.0 / math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+class GeluCache(NamedTuple):
+    dgelu: Array  # GELU'(x) = Φ(x) + x φ(x); computed in forward, where Φ is at hand
+
+
+def gelu_forward(x: Array) -> tuple[Array, GeluCache]:
+    if fused.applies(x):
+        h, g = fused.gelu(x)
+        return h, GeluCache(g)
+    xp = array_module(x)
+    cdf = 0.5 * erfc(-x * _INV_SQRT2)  # Φ(x), through erfc: accurate for x << 0 too
+    pdf = xp.exp(-0.5 * x * x) * _INV_SQRT_2PI  # φ(x)
+    return x * cdf, GeluCache(cdf + x * pdf)
+
+
+def gelu_backward(dout: Array, cache: GeluCache) -> Array:
+    return dout * cache.dgelu
+
+
+# --------------------------------------------------------------------------------------
+# LayerNorm over one axis.  Lesson 4.
+# --------------------------------------------------------------------------------------
+class LayerNormCache(NamedTuple):
+    xhat: Array  # (x - mean) / std
+    rstd: Array  # 1 / sqrt(var + eps), with the normalised axis kept as size 1
+    axis: int
+
+
+def _along(v: Array, axis: int, ndim: int) -> Array:
+    """Reshape a 1-D parameter so that it broadcasts along ``axis`` of an ndim array."""
+    if axis in (-1, ndim - 1):
+        return v
+    return v.reshape(v.shape[0], *([1] * (ndim - 1)))
+
+
+def layernorm_forward(x: Array, w: Array, b: Array, axis: int = -1, eps: float = 1e-6) -> tuple[Array, LayerNormCache]:
+    """Normalise x to zero mean and unit variance along ``axis``, then scale and shift.
+
+    axis=-1 normalises each token over its D features (the usual LayerNorm); axis=0
+    normalises each feature channel over the T tokens (the patch branch of this model).
+    eps sits inside the square root, as in PyTorch.
+    """
+    xp = array_module(x)
+    mean = x.mean(axis=axis, keepdims=True)
+    xc = x - mean
+    var = (xc * xc).mean(axis=axis, keepdims=True)  # biased variance, as PyTorch
+    rstd = 1.0 / xp.sqrt(var + eps)
+    xhat = xc * rstd
+    y = xhat * _along(w, axis, x.ndim) + _along(b, axis, x.ndim)
+    return y, LayerNormCache(xhat, rstd, axis)
+
+
+def layernorm_backward(dy: Array, cache: LayerNormCache, w: Array, dw: Array, db: Array) -> Array:
+    xhat, rstd, axis = cache
+    other = tuple(i for i in range(dy.ndim) if i != axis % dy.ndim)  # axes summed for dw, db
+    dw += (dy * xhat).sum(axis=other)
+    db += dy.sum(axis=other)
+    dxhat = dy * _along(w, axis, dy.ndim)
+    # d/dx of (x - mean) * rstd, through both the mean and the variance:
+    return (dxhat - dxhat.mean(axis=axis, keepdims=True)
+            - xhat * (dxhat * xhat).mean(axis=axis, keepdims=True)) * rstd
+
+
+# --------------------------------------------------------------------------------------
+# Dropout and drop path (stochastic depth).  Lesson 7.
+# --------------------------------------------------------------------------------------
+class MaskCache(NamedTuple):
+    mask: Array | None  # kept / keep-probability, or None when nothing was dropped
+
+
+def dropout_forward(x: Array, p: float, rng: Any, train: bool) -> tuple[Array, MaskCache]:
+    """Zero each element with probability p and scale the rest by 1/(1-p) (inverted dropout)."""
+    if not train or p == 0.0:
+        return x, MaskCache(None)
+    keep = rng.random(x.shape, dtype=x.dtype) >= p
+    mask = keep.astype(x.dtype) * (1.0 / (1.0 - p))
+    return x * mask, MaskCache(mask)
+
+
+def drop_path_forward(x: Array, p: float, rng: Any, train: bool, batch_axis: int = 1) -> tuple[Array, MaskCache]:
+    """Drop a whole residual branch for a random subset of samples (stochastic depth).
+
+    The same keep/drop decision covers every element of one sample, so the mask has
+    size B along ``batch_axis`` and 1 elsewhere; kept samples are scaled by 1/(1-p).
+    """
+    if not train or p == 0.0:
+        return x, MaskCache(None)
+    shape = [1] * x.ndim
+    shape[batch_axis] = x.shape[batch_axis]
+    keep = rng.random(tuple(shape), dtype=x.dtype) >= p
+    mask = keep.astype(x.dtype) * (1.0 / (1.0 - p))
+    return x * mask, MaskCache(mask)
+
+
+def mask_backward(dout: Array, cache: MaskCache) -> Array:
+    """Backward of dropout and of drop path: the same mask, applied to the gradient."""
+    return dout if cache.mask is None else dout * cache.mask
+
+
+dropout_backward = drop_path_backward = mask_backward
+
+
+# --------------------------------------------------------------------------------------
+# Transpose: a permutation of axes; its backward is the inverse permutation.
+# In the (T, B, D) layout the model needs none; this is the paper's view of the block,
+# used to hand features to users as (B, T, D) and by the lessons.
+# --------------------------------------------------------------------------------------
+def transpose_forward(x: Array, axes: tuple[int, ...]) -> tuple[Array, tuple[int, ...]]:
+    return x.transpose(axes), axes
+
+
+def transpose_backward(dout: Array, axes: tuple[int, ...]) -> Array:
+    inverse = tuple(sorted(range(len(axes)), key=axes.__getitem__))
+    return dout.transpose(inverse)
+
+
+# --------------------------------------------------------------------------------------
+# Patch embedding: a P×P convolution with stride P is a linear map on flattened patches.
+# Lesson 1.
+# --------------------------------------------------------------------------------------
+def patchify(x: Array, patch_size: int) -> Array:
+    """(B, C, H, W) -> (N, B, C·P·P): patches in row-major grid order, each flattened in
+    (C, P, P) order, which is how a (D, C, P, P) convolution weight flattens."""
+    B, C, H, W = x.shape
+    P = patch_size
+    x = x.reshape(B, C, H // P, P, W // P, P)  # (B, C, Hp, P, Wp, P)
+    x = x.transpose(2, 4, 0, 1, 3, 5)  # (Hp, Wp, B, C, P, P)
+    return x.reshape((H // P) * (W // P), B, C * P * P)  # copies: the one im2col copy
+
+
+def unpatchify(patches: Array, image_shape: tuple[int, int, int, int], patch_size: int) -> Array:
+    """The inverse of :func:`patchify`: (N, B, C·P·P) -> (B, C, H, W)."""
+    B, C, H, W = image_shape
+    P = patch_size
+    x = patches.reshape(H // P, W // P, B, C, P, P)  # (Hp, Wp, B, C, P, P)
+    x = x.transpose(2, 3, 0, 4, 1, 5)  # (B, C, Hp, P, Wp, P)
+    return x.reshape(B, C, H, W)
+
+
+class PatchEmbedCache(NamedTuple):
+    linear: LinearCache
+    image_shape: tuple[int, int, int, int]
+
+
+def patch_embed_forward(x: Array, w: Array, b: Array) -> tuple[Array, PatchEmbedCache]:
+    """x (B, C, H, W), conv weight w (D, C, P, P), bias (D,) -> tokens (N, B, D)."""
+    D, P = w.shape[0], w.shape[-1]
+    patches = patchify(x, P)  # (N, B, C·P·P)
+    y, lin = linear_forward(patches, w.reshape(D, -1), b)  # (N, B, D)
+    return y, PatchEmbedCache(lin, x.shape)
+
+
+def patch_embed_backward(dy: Array, cache: PatchEmbedCache, w: Array, dw: Array, db: Array,
+                         input_grad: bool = True) -> Array | None:
+    D, P = w.shape[0], w.shape[-1]
+    # dw.reshape is a view, so the gradient lands in dw.  The image needs no gradient
+    # when training, which saves the largest matrix product of this layer.
+    dpatches = linear_backward(dy, cache.linear, w.reshape(D, -1), dw.reshape(D, -1), db, input_grad)
+    return None if dpatches is None else unpatchify(dpatches, cache.image_shape, P)
+
+
+# --------------------------------------------------------------------------------------
+# Class token and learned positional embedding.
+# --------------------------------------------------------------------------------------
+def tokens_forward(patch_tokens: Array, cls_token: Array, pos_embed: Array, cls_pos_embed: Array) -> Array:
+    """Prepend the class token and add positional embeddings.
+
+    patch_tokens (N, B, D); cls_token (1, 1, D); pos_embed (1, D, Hp, Wp), a grid in
+    channels-first layout as the released checkpoints store it; cls_pos_embed (1, 1, D).
+    Returns (T, B, D) with T = N + 1.  Nothing needs caching: the map is affine.
+    """
+    xp = array_module(patch_tokens)
+    N, B, D = patch_tokens.shape
+    x = xp.empty((N + 1, B, D), dtype=patch_tokens.dtype)
+    x[0] = cls_token[0, 0] + cls_pos_embed[0, 0]  # the same vector for every sample
+    x[1:] = patch_tokens + pos_embed.reshape(D, N).T[:, None, :]  # grid flattened row-major
+    return x
+
+
+def tokens_backward(dx: Array, dcls_token: Array, dpos_embed: Array, dcls_pos_embed: Array) -> Array:
+    """Add the embedding gradients; return the gradient of the patch tokens (N, B, D)."""
+    D = dx.shape[2]
+    dcls = dx[0].sum(axis=0)  # (D,)
+    dcls_token[0, 0] += dcls
+    dcls_pos_embed[0, 0] += dcls
+    dpos_embed += dx[1:].sum(axis=1).T.reshape(dpos_embed.shape[0], D, *dpos_embed.shape[2:])
+    return dx[1:]
+
+
+# --------------------------------------------------------------------------------------
+# Class-token pooling: the classifier reads token 0 only.
+# --------------------------------------------------------------------------------------
+def cls_pool_forward(x: Array) -> tuple[Array, tuple[int, ...]]:
+    """(T, B, D) -> (B, D)."""
+    return x[0], x.shape
+
+
+def cls_pool_backward(dout: Array, shape: tuple[int, ...]) -> Array:
+    xp = array_module(dout)
+    dx = xp.zeros(shape, dtype=dout.dtype)
+    dx[0] = dout
+    return dx

@@ -1,0 +1,201 @@
+"""Layers: parameters and gradients by name, with the math delegated to ``functional``.
+
+A layer knows which parameters it owns and calls the matching ``<op>_forward`` /
+``<op>_backward`` pair.  It never stores a cache: ``forward(x, ...)`` returns
+``(out, cache)`` and ``backward(dout, cache)`` returns the input gradient, adding the
+parameter gradients into ``grads``.
+
+Parameters live in a :class:`ParameterStore`: every parameter is a view into one flat
+buffer and every gradient a view into a second one, keyed by the released checkpoint's
+names (``blocks.3.mlp2.fc1.weight``).  Layers look their arrays up by name, so loading a
+state dict, an optimizer step over the flat buffer, or a gradient check that perturbs one
+entry all act on the arrays the layers read.  Parameters that take weight decay come
+first in the buffer and the rest after, so an optimizer can treat the two groups as two
+contiguous slices.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from minimlp import functional as F
+from minimlp.backend import Backend
+
+Array = Any
+Init = Callable[[np.random.Generator, tuple[int, ...]], np.ndarray]
+
+
+# --------------------------------------------------------------------------------------
+# Initialisers (host-side, float64; the store casts and moves them).  The released model
+# follows timm: truncated normal std 0.02 for linear weights and embeddings, zero biases,
+# LayerNorm weight 1 and bias 0, and PyTorch's default for the patch-embedding conv.
+# --------------------------------------------------------------------------------------
+def trunc_normal(std: float = 0.02, a: float = -2.0, b: float = 2.0) -> Init:
+    """Normal(0, std) truncated to [a, b] (absolute bounds, as timm's trunc_normal_)."""
+
+    def init(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+        out = rng.normal(0.0, std, size=shape)
+        bad = (out < a) | (out > b)
+        while bad.any():  # redraw the few outside the bounds
+            out[bad] = rng.normal(0.0, std, size=int(bad.sum()))
+            bad = (out < a) | (out > b)
+        return out
+
+    return init
+
+
+def uniform_fan_in(fan_in: int) -> Init:
+    """U(-1/sqrt(fan_in), 1/sqrt(fan_in)): PyTorch's default for conv weights and biases."""
+    bound = 1.0 / math.sqrt(fan_in)
+    return lambda rng, shape: rng.uniform(-bound, bound, size=shape)
+
+
+def constant(value: float) -> Init:
+    return lambda rng, shape: np.full(shape, value, dtype=np.float64)
+
+
+@dataclass
+class ParamSpec:
+    name: str
+    shape: tuple[int, ...]
+    init: Init
+    decay: bool  # takes weight decay (False for 1-D parameters and the class token)
+
+
+class ParameterStore:
+    """All parameters of a model in one flat buffer, gradients in another.
+
+    Layers ``add`` their parameters while the model is built; ``build`` then allocates
+    both buffers on the backend and initialises every parameter from a NumPy generator,
+    so a seed gives the same weights on the CPU and on the GPU.
+    """
+
+    def __init__(self) -> None:
+        self.specs: list[ParamSpec] = []
+        self.params: dict[str, Array] = {}
+        self.grads: dict[str, Array] = {}
+        self.flat_params: Array = None
+        self.flat_grads: Array = None
+        self.num_decay = 0  # elements in the weight-decay group: flat[:num_decay]
+
+    def add(self, name: str, shape: tuple[int, ...], init: Init, decay: bool | None = None) -> str:
+        if any(s.name == name for s in self.specs):
+            raise ValueError(f"parameter {name!r} declared twice")
+        decay = len(shape) > 1 if decay is None else decay  # DeiT: no decay on 1-D params
+        self.specs.append(ParamSpec(name, tuple(shape), init, decay))
+        return name
+
+    def build(self, backend: Backend, dtype: Any, seed: int) -> None:
+        xp = backend.xp
+        rng = np.random.default_rng(seed)
+        ordered = [s for s in self.specs if s.decay] + [s for s in self.specs if not s.decay]
+        total = sum(math.prod(s.shape) for s in self.specs)
+        self.num_decay = sum(math.prod(s.shape) for s in ordered if s.decay)
+        host = np.empty(total, dtype=np.float64)
+        offsets = {}
+        start = 0
+        for spec in ordered:
+            size = math.prod(spec.shape)
+            offsets[spec.name] = (start, start + size)
+            start += size
+        for spec in self.specs:  # initialise in declaration order, so seeds are stable
+            lo, hi = offsets[spec.name]
+            host[lo:hi] = np.asarray(spec.init(rng, spec.shape), dtype=np.float64).reshape(-1)
+        self.flat_params = xp.asarray(host.astype(dtype))
+        self.flat_grads = xp.zeros(total, dtype=dtype)
+        for spec in self.specs:  # dict order = declaration order = checkpoint order
+            lo, hi = offsets[spec.name]
+            self.params[spec.name] = self.flat_params[lo:hi].reshape(spec.shape)
+            self.grads[spec.name] = self.flat_grads[lo:hi].reshape(spec.shape)
+
+
+# --------------------------------------------------------------------------------------
+# Layers
+# --------------------------------------------------------------------------------------
+class Linear:
+    """y = W x + b along ``axis`` (-1: features of each token; 0: tokens of each feature)."""
+
+    def __init__(self, store: ParameterStore, name: str, in_features: int, out_features: int,
+                 axis: int = -1, init: Init | None = None, bias_init: Init | None = None) -> None:
+        self.store, self.axis = store, axis
+        self.w = store.add(f"{name}.weight", (out_features, in_features), init or trunc_normal(0.02))
+        self.b = store.add(f"{name}.bias", (out_features,), bias_init or constant(0.0))
+
+    def forward(self, x: Array) -> tuple[Array, F.LinearCache]:
+        p = self.store.params
+        return F.linear_forward(x, p[self.w], p[self.b], self.axis)
+
+    def backward(self, dout: Array, cache: F.LinearCache, input_grad: bool = True) -> Array | None:
+        p, g = self.store.params, self.store.grads
+        return F.linear_backward(dout, cache, p[self.w], g[self.w], g[self.b], input_grad)
+
+
+class LayerNorm:
+    """LayerNorm over ``axis`` with eps = 1e-6, as the released model."""
+
+    def __init__(self, store: ParameterStore, name: str, dim: int, axis: int = -1, eps: float = 1e-6) -> None:
+        self.store, self.axis, self.eps = store, axis, eps
+        self.w = store.add(f"{name}.weight", (dim,), constant(1.0))
+        self.b = store.add(f"{name}.bias", (dim,), constant(0.0))
+
+    def forward(self, x: Array) -> tuple[Array, F.LayerNormCache]:
+        p = self.store.params
+        return F.layernorm_forward(x, p[self.w], p[self.b], self.axis, self.eps)
+
+    def backward(self, dout: Array, cache: F.LayerNormCache) -> Array:
+        p, g = self.store.params, self.store.grads
+        return F.layernorm_backward(dout, cache, p[self.w], g[self.w], g[self.b])
+
+
+class Mlp:
+    """The feed-forward layer: Linear -> GELU -> Dropout -> Linear -> Dropout (timm's Mlp).
+
+    With axis=-1 it mixes the features of each token (the "feature FF", a 1×1 conv);
+    with axis=0 it mixes the tokens of each feature channel (the "patch FF", the layer
+    that replaces attention).
+    """
+
+    def __init__(self, store: ParameterStore, name: str, in_features: int, hidden_features: int,
+                 axis: int = -1, drop: float = 0.0) -> None:
+        self.fc1 = Linear(store, f"{name}.fc1", in_features, hidden_features, axis)
+        self.fc2 = Linear(store, f"{name}.fc2", hidden_features, in_features, axis)
+        self.drop = drop
+
+    def forward(self, x: Array, train: bool = False, rng: Any = None) -> tuple[Array, tuple]:
+        h, c_fc1 = self.fc1.forward(x)  # (..., H)
+        h, c_act = F.gelu_forward(h)
+        h, c_drop1 = F.dropout_forward(h, self.drop, rng, train)
+        y, c_fc2 = self.fc2.forward(h)  # (..., in)
+        y, c_drop2 = F.dropout_forward(y, self.drop, rng, train)
+        return y, (c_fc1, c_act, c_drop1, c_fc2, c_drop2)
+
+    def backward(self, dy: Array, cache: tuple) -> Array:
+        c_fc1, c_act, c_drop1, c_fc2, c_drop2 = cache
+        dy = F.dropout_backward(dy, c_drop2)
+        dh = self.fc2.backward(dy, c_fc2)
+        dh = F.dropout_backward(dh, c_drop1)
+        dh = F.gelu_backward(dh, c_act)
+        return self.fc1.backward(dh, c_fc1)
+
+
+class PatchEmbed:
+    """The P×P, stride-P convolution, as a matmul on flattened patches; weight (D, C, P, P)."""
+
+    def __init__(self, store: ParameterStore, name: str, patch_size: int, in_chans: int, embed_dim: int) -> None:
+        self.store = store
+        fan_in = in_chans * patch_size * patch_size
+        self.w = store.add(f"{name}.weight", (embed_dim, in_chans, patch_size, patch_size), uniform_fan_in(fan_in))
+        self.b = store.add(f"{name}.bias", (embed_dim,), uniform_fan_in(fan_in))
+
+    def forward(self, x: Array) -> tuple[Array, F.PatchEmbedCache]:
+        p = self.store.params
+        return F.patch_embed_forward(x, p[self.w], p[self.b])  # (N, B, D)
+
+    def backward(self, dout: Array, cache: F.PatchEmbedCache, input_grad: bool = True) -> Array | None:
+        p, g = self.store.params, self.store.grads
+        return F.patch_embed_backward(dout, cache, p[self.w], g[self.w], g[self.b], input_grad)

@@ -1,0 +1,109 @@
+"""What every minimlp model shares: parameters by name, gradients, state dicts, inputs.
+
+A model builds its layers on a :class:`~minimlp.layers.ParameterStore` and implements
+``forward(x, train) -> (logits, cache)`` and ``backward(dlogits, cache) -> dx``.  This
+base class supplies the rest of the public API: ``params`` and ``grads`` (dicts keyed by
+the released checkpoint names, PyTorch layout), ``zero_grad``, a strict
+``load_state_dict`` that names every problem, and input checking that says which shape
+was expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from minimlp.backend import Backend, get_backend, to_numpy
+from minimlp.layers import ParameterStore
+
+Array = Any
+
+
+class Model:
+    """Base class: subclasses set ``config`` and declare their layers on ``self.store``."""
+
+    arch = "model"
+
+    def __init__(self, config: Any, device: str = "cpu", seed: int = 0) -> None:
+        self.config = config
+        self.backend: Backend = get_backend(device)
+        self.xp = self.backend.xp
+        self.dtype = np.dtype(config.dtype)
+        if self.dtype.kind != "f":
+            raise ValueError(f"dtype must be a floating type such as 'float32', got {config.dtype!r}")
+        self.store = ParameterStore()
+        self.seed(seed)
+
+    def _build(self, seed: int) -> None:
+        """Allocate and initialise the declared parameters (call at the end of __init__)."""
+        self.store.build(self.backend, self.dtype, seed)
+
+    # -- parameters ------------------------------------------------------------------
+    @property
+    def params(self) -> dict[str, Array]:
+        return self.store.params
+
+    @property
+    def grads(self) -> dict[str, Array]:
+        return self.store.grads
+
+    def num_params(self) -> int:
+        return int(self.store.flat_params.size)
+
+    def zero_grad(self) -> None:
+        self.store.flat_grads.fill(0)
+
+    def seed(self, seed: int) -> None:
+        """Seed the generator that draws dropout and drop-path masks."""
+        self.rng = self.xp.random.default_rng(seed)
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """A host copy of every parameter, in checkpoint order (NumPy arrays)."""
+        return {name: to_numpy(p).copy() for name, p in self.params.items()}
+
+    def load_state_dict(self, state: dict[str, Any], strict: bool = True) -> None:
+        """Copy ``state`` into the parameters; strict: every key present and shaped right.
+
+        The error names every missing key, every unexpected key and every shape
+        mismatch at once, so one run shows everything that is wrong with a checkpoint.
+        With ``strict=False`` missing and unexpected keys are allowed (shapes never are).
+        """
+        missing = [k for k in self.params if k not in state]
+        unexpected = [k for k in state if k not in self.params]
+        mismatched = [f"{k}: checkpoint {tuple(np.shape(state[k]))} vs model {tuple(p.shape)}"
+                      for k, p in self.params.items() if k in state and tuple(np.shape(state[k])) != tuple(p.shape)]
+        problems = []
+        if strict and missing:
+            problems.append(f"missing keys ({len(missing)}): {', '.join(missing)}")
+        if strict and unexpected:
+            problems.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected)}")
+        if mismatched:
+            problems.append(f"shape mismatches ({len(mismatched)}): {'; '.join(mismatched)}")
+        if problems:
+            raise ValueError(f"state dict does not fit {self.describe()}:\n  " + "\n  ".join(problems))
+        for name, p in self.params.items():
+            if name in state:  # copy in place: the arrays stay views of the flat buffer
+                value = state[name]
+                p[...] = to_numpy(value) if self.xp is np else self.xp.asarray(value)
+
+    # -- inputs ----------------------------------------------------------------------
+    def expected_input_shape(self) -> tuple[int, int, int]:
+        c = self.config
+        return (c.in_chans, c.img_size, c.img_size)
+
+    def prepare_input(self, x: Array) -> Array:
+        """Check x is (B, C, H, W) as configured; move it to the device in the model dtype."""
+        C, H, W = self.expected_input_shape()
+        shape = tuple(getattr(x, "shape", ()))
+        if len(shape) != 4 or shape[1:] != (C, H, W) or shape[0] < 1:
+            raise ValueError(f"{self.describe()} expects input of shape (B, {C}, {H}, {W}), got {shape}")
+        return self.xp.asarray(x).astype(self.dtype, copy=False)
+
+    def describe(self) -> str:
+        c = self.config
+        return f"{self.arch}(img_size={c.img_size}, in_chans={c.in_chans}, num_classes={c.num_classes})"
+
+    def config_dict(self) -> dict[str, Any]:
+        return {"arch": self.arch, **dataclasses.asdict(self.config)}

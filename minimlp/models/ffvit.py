@@ -1,0 +1,171 @@
+"""The feed-forward-only vision transformer of "Do You Even Need Attention?" (2021).
+
+A ViT/DeiT in which every attention layer is replaced by a feed-forward layer over the
+patches (tokens).  Each block is
+
+    x = x + FF_features(LayerNorm_D(x))      # D -> 4D -> D, the same for every token
+    x = x + FF_patches(LayerNorm_T(x))       # T -> 4T -> T, the same for every channel
+
+with the paper's transposes absorbed by the (T, B, D) activation layout (see
+``minimlp.functional``): the first feed-forward mixes the last axis, the second the
+first.  Parameter names and shapes are those of the released checkpoints
+(``linear-tiny-checkpoint.pth``).  Lessons 6 and 7 derive the block and its backward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from minimlp import functional as F
+from minimlp.layers import LayerNorm, Linear, Mlp, PatchEmbed, trunc_normal
+from minimlp.models.base import Model
+
+Array = Any
+
+
+@dataclass
+class FFViTConfig:
+    img_size: int = 224
+    patch_size: int = 16
+    in_chans: int = 3
+    num_classes: int = 1000
+    embed_dim: int = 192
+    depth: int = 12
+    mlp_ratio: float = 4.0
+    # Hidden size of the feed-forward over patches.  None: int(mlp_ratio * T), the paper's
+    # choice, which makes the cost quadratic in the number of tokens T; a fixed size
+    # makes it linear (the paper's remark in its discussion).
+    patch_mlp_dim: int | None = None
+    drop_rate: float = 0.0
+    drop_path_rate: float = 0.0
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if self.img_size % self.patch_size:
+            raise ValueError(f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
+        for name in ("img_size", "patch_size", "in_chans", "num_classes", "embed_dim", "depth"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if not 0.0 <= self.drop_rate < 1.0 or not 0.0 <= self.drop_path_rate < 1.0:
+            raise ValueError("drop_rate and drop_path_rate must lie in [0, 1)")
+
+    @property
+    def grid(self) -> int:
+        return self.img_size // self.patch_size
+
+    @property
+    def num_tokens(self) -> int:
+        return self.grid * self.grid + 1  # patches and the class token
+
+
+class FFBlock:
+    """One block: feature feed-forward, then patch feed-forward, each residual."""
+
+    def __init__(self, store, name: str, dim: int, num_tokens: int, mlp_ratio: float,
+                 patch_mlp_dim: int, drop: float, drop_path: float) -> None:
+        # Declared in the released model's order: mlp1, norm1, mlp2, norm2.
+        self.mlp1 = Mlp(store, f"{name}.mlp1", dim, int(dim * mlp_ratio), axis=-1, drop=drop)
+        self.norm1 = LayerNorm(store, f"{name}.norm1", dim, axis=-1)
+        self.mlp2 = Mlp(store, f"{name}.mlp2", num_tokens, patch_mlp_dim, axis=0, drop=drop)
+        self.norm2 = LayerNorm(store, f"{name}.norm2", num_tokens, axis=0)  # weight (T,)
+        self.drop_path = drop_path
+
+    def forward(self, x: Array, train: bool, rng: Any) -> tuple[Array, tuple]:
+        # x: (T, B, D)
+        h, c_norm1 = self.norm1.forward(x)  # each token over its D features
+        h, c_mlp1 = self.mlp1.forward(h, train, rng)  # mixes features: (T, B, D)
+        h, c_path1 = F.drop_path_forward(h, self.drop_path, rng, train)
+        x = x + h
+        # The paper transposes to (B, D, T) here; in (T, B, D) the tokens are axis 0 already.
+        h, c_norm2 = self.norm2.forward(x)  # each channel over its T tokens
+        h, c_mlp2 = self.mlp2.forward(h, train, rng)  # mixes tokens: (T, B, D)
+        h, c_path2 = F.drop_path_forward(h, self.drop_path, rng, train)
+        return x + h, (c_norm1, c_mlp1, c_path1, c_norm2, c_mlp2, c_path2)
+
+    def backward(self, dx: Array, cache: tuple) -> Array:
+        c_norm1, c_mlp1, c_path1, c_norm2, c_mlp2, c_path2 = cache
+        # x_out = x_mid + branch2(x_mid): the gradient flows both ways round the residual.
+        dh = F.drop_path_backward(dx, c_path2)
+        dh = self.mlp2.backward(dh, c_mlp2)
+        dx = dx + self.norm2.backward(dh, c_norm2)
+        dh = F.drop_path_backward(dx, c_path1)
+        dh = self.mlp1.backward(dh, c_mlp1)
+        return dx + self.norm1.backward(dh, c_norm1)
+
+
+class FFViTCache(NamedTuple):
+    patch_embed: Any
+    pos_drop: Any
+    blocks: list
+    pool_shape: tuple
+    norm: Any
+    head: Any
+
+
+class FFViT(Model):
+    """The feed-forward-only ViT (``ff_tiny`` / ``linear_tiny`` and friends)."""
+
+    arch = "ffvit"
+
+    def __init__(self, config: FFViTConfig, device: str = "cpu", seed: int = 0) -> None:
+        super().__init__(config, device, seed)
+        c, s = config, self.store
+        T = c.num_tokens
+        patch_mlp_dim = c.patch_mlp_dim or int(T * c.mlp_ratio)
+        # Declared in the released checkpoint's order.
+        s.add("cls_token", (1, 1, c.embed_dim), trunc_normal(0.02), decay=False)
+        self.patch_embed = PatchEmbed(s, "patch_embed.proj", c.patch_size, c.in_chans, c.embed_dim)
+        s.add("pos_encoding.pos_embed", (1, c.embed_dim, c.grid, c.grid), trunc_normal(0.02))
+        s.add("pos_encoding.cls_pos_embed", (1, 1, c.embed_dim), trunc_normal(0.02))
+        rates = np.linspace(0.0, c.drop_path_rate, c.depth)  # stochastic depth rises with depth
+        self.blocks = [FFBlock(s, f"blocks.{i}", c.embed_dim, T, c.mlp_ratio, patch_mlp_dim,
+                               c.drop_rate, float(rates[i])) for i in range(c.depth)]
+        self.norm = LayerNorm(s, "norm", c.embed_dim)
+        self.head = Linear(s, "head", c.embed_dim, c.num_classes)
+        self._build(seed)
+
+    def forward(self, x: Array, train: bool = False) -> tuple[Array, FFViTCache]:
+        """Images (B, C, H, W) -> logits (B, K)."""
+        x = self.prepare_input(x)
+        p = self.params
+        t, c_embed = self.patch_embed.forward(x)  # (N, B, D)
+        t = F.tokens_forward(t, p["cls_token"], p["pos_encoding.pos_embed"], p["pos_encoding.cls_pos_embed"])
+        t, c_drop = F.dropout_forward(t, self.config.drop_rate, self.rng, train)  # (T, B, D)
+        c_blocks = []
+        for block in self.blocks:
+            t, c = block.forward(t, train, self.rng)
+            c_blocks.append(c)
+        # The final LayerNorm works token by token and the head reads only the class
+        # token, so normalising that token alone gives the same logits.
+        cls, pool_shape = F.cls_pool_forward(t)  # (B, D)
+        cls, c_norm = self.norm.forward(cls)
+        logits, c_head = self.head.forward(cls)  # (B, K)
+        return logits, FFViTCache(c_embed, c_drop, c_blocks, pool_shape, c_norm, c_head)
+
+    def backward(self, dlogits: Array, cache: FFViTCache, input_grad: bool = True) -> Array | None:
+        """Add every parameter's gradient into ``grads``; return dL/dx (B, C, H, W).
+
+        ``input_grad=False`` skips the image gradient (training never needs it).
+        """
+        g = self.grads
+        dcls = self.head.backward(self.xp.asarray(dlogits, dtype=self.dtype), cache.head)
+        dcls = self.norm.backward(dcls, cache.norm)
+        dt = F.cls_pool_backward(dcls, cache.pool_shape)  # (T, B, D)
+        for block, c in zip(reversed(self.blocks), reversed(cache.blocks), strict=True):
+            dt = block.backward(dt, c)
+        dt = F.dropout_backward(dt, cache.pos_drop)
+        dt = F.tokens_backward(dt, g["cls_token"], g["pos_encoding.pos_embed"], g["pos_encoding.cls_pos_embed"])
+        return self.patch_embed.backward(dt, cache.patch_embed, input_grad)
+
+    def forward_features(self, x: Array) -> Array:
+        """The token features after the last block, as (B, T, D) like the paper's code."""
+        x = self.prepare_input(x)
+        p = self.params
+        t, _ = self.patch_embed.forward(x)
+        t = F.tokens_forward(t, p["cls_token"], p["pos_encoding.pos_embed"], p["pos_encoding.cls_pos_embed"])
+        for block in self.blocks:
+            t, _ = block.forward(t, False, self.rng)
+        return F.transpose_forward(t, (1, 0, 2))[0]  # (T, B, D) -> (B, T, D)

@@ -1,0 +1,80 @@
+"""Model presets by name, and ``create_model``.
+
+The three paper presets carry the released checkpoints' names as aliases
+(``linear_tiny`` is ``ff_tiny``).  Small presets are sized for 28×28 Fashion-MNIST on a
+laptop CPU.  ``create_model`` takes timm's option names to override any preset field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from minimlp.models.base import Model
+from minimlp.models.ffvit import FFViT, FFViTConfig
+
+# name -> (model class, config class, preset fields)
+_PRESETS: dict[str, tuple[type[Model], type, dict[str, Any]]] = {}
+_ALIASES: dict[str, str] = {}
+
+
+def register(name: str, model_cls: type[Model], config_cls: type, aliases: tuple[str, ...] = (), **fields: Any) -> None:
+    """Add a preset (also how other model families join ``create_model``)."""
+    _PRESETS[name] = (model_cls, config_cls, fields)
+    for alias in aliases:
+        _ALIASES[alias] = name
+
+
+# The paper's models at 224 px, 1000 classes (7,676,332 / 61,943,020 / 206,213,048 params).
+register("ff_tiny", FFViT, FFViTConfig, aliases=("linear_tiny",), patch_size=16, embed_dim=192, depth=12)
+register("ff_base", FFViT, FFViTConfig, aliases=("linear_base",), patch_size=16, embed_dim=768, depth=12)
+register("ff_large", FFViT, FFViTConfig, aliases=("linear_large",), patch_size=32, embed_dim=1024, depth=24)
+# Fashion-MNIST: 28×28 grayscale, 7×7 patches of 4×4 pixels, 50 tokens (with the class token).
+register("ff_fmnist", FFViT, FFViTConfig, img_size=28, patch_size=4, in_chans=1, num_classes=10,
+         embed_dim=128, depth=6)
+
+
+def list_models() -> list[str]:
+    """Preset names, then aliases."""
+    return sorted(_PRESETS) + sorted(_ALIASES)
+
+
+def resolve_name(name: str) -> str:
+    if name in _PRESETS:
+        return name
+    if name in _ALIASES:
+        return _ALIASES[name]
+    raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
+
+
+def model_config(name: str, **overrides: Any) -> Any:
+    """The config of preset ``name`` with ``overrides`` (None values are ignored)."""
+    _, config_cls, fields = _PRESETS[resolve_name(name)]
+    allowed = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = sorted(k for k in overrides if k not in allowed)
+    if unknown:
+        raise TypeError(f"unknown option(s) {', '.join(unknown)} for {name!r}; "
+                        f"options: {', '.join(sorted(allowed))}")
+    values = {**fields, **{k: v for k, v in overrides.items() if v is not None}}
+    return config_cls(**values)
+
+
+def create_model(name: str, device: str = "cpu", seed: int = 0, **overrides: Any) -> Model:
+    """Build preset ``name`` (or an alias) with timm-style overrides.
+
+    >>> model = create_model("ff_tiny", num_classes=10, img_size=32, patch_size=8, dtype="float64")
+    """
+    model_cls, _, _ = _PRESETS[resolve_name(name)]
+    return model_cls(model_config(name, **overrides), device=device, seed=seed)
+
+
+def model_from_config(config: dict[str, Any], device: str = "cpu", seed: int = 0) -> Model:
+    """Rebuild a model from ``Model.config_dict()`` (as stored in checkpoints)."""
+    config = dict(config)
+    arch = config.pop("arch", "ffvit")
+    for model_cls, config_cls, _ in _PRESETS.values():
+        if model_cls.arch == arch:
+            allowed = {f.name for f in dataclasses.fields(config_cls)}
+            return model_cls(config_cls(**{k: v for k, v in config.items() if k in allowed}), device=device, seed=seed)
+    raise ValueError(f"unknown architecture {arch!r} in model config")
+

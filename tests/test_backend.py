@@ -1,0 +1,112 @@
+"""The backend: erf/erfc accuracy, the GPU fallback, and the fused float32 kernels
+against the plain reference versions."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+
+from minimlp import backend, fused
+from minimlp import functional as F
+from minimlp.backend import erf, erfc, get_backend
+
+
+def test_erf_matches_math_to_float64_rounding():
+    x = np.concatenate([np.linspace(-6, 6, 4001), [-0.46875, 0.46875, -4.0, 4.0, 0.0, 1e-300, -27.0, 27.0]])
+    ref_erf = np.array([math.erf(v) for v in x])
+    ref_erfc = np.array([math.erfc(v) for v in x])
+    assert np.abs(erf(x) - ref_erf).max() < 4e-16
+    tail = ref_erfc > 0
+    assert (np.abs(erfc(x) - ref_erfc)[tail] / ref_erfc[tail]).max() < 1e-14  # relative, into the far tail
+
+
+def test_erf_keeps_float32():
+    assert erf(np.zeros(3, np.float32)).dtype == np.float32
+
+
+def test_cpu_backend():
+    b = get_backend("cpu")
+    assert b.xp is np and b.name == "numpy" and not b.is_gpu
+
+
+def test_unknown_device():
+    with pytest.raises(ValueError, match="unknown device 'tpu'"):
+        get_backend("tpu")
+
+
+def test_gpu_request_falls_back_with_one_warning(monkeypatch):
+    monkeypatch.setattr(backend, "_cupy_or_reason", lambda: (None, "CuPy is not installed (test)"))
+    monkeypatch.setattr(backend, "_warned", set())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        b1 = get_backend("gpu")
+        b2 = get_backend("gpu")
+    assert b1.xp is np and b2.xp is np
+    assert "CuPy is not installed (test)" in b1.reason
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 1 and "falling back to NumPy" in messages[0]
+
+
+def test_cupy_is_not_imported_by_the_package():
+    import subprocess
+    import sys
+
+    code = "import sys, minimlp, minimlp.functional, minimlp.loss; print('cupy' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def gelu_reference(x64):
+    """GELU and its derivative in float64 through math.erfc (independent of minimlp)."""
+    cdf = np.array([0.5 * math.erfc(-v / math.sqrt(2)) for v in x64])
+    pdf = np.exp(-0.5 * x64 * x64) / math.sqrt(2 * math.pi)
+    return x64 * cdf, cdf + x64 * pdf
+
+
+def test_fused_gelu_float32_accuracy():
+    x = np.concatenate([np.linspace(-15, 15, 200_001), -np.geomspace(1e-20, 15, 2001),
+                        np.geomspace(1e-20, 15, 2001), [0.0, -0.0]]).astype(np.float32)
+    assert fused.applies(x)
+    h, g = fused.gelu(x)
+    assert h.dtype == g.dtype == np.float32
+    x64 = x.astype(np.float64)
+    h64, g64 = gelu_reference(x64)
+    # Absolute error at the level of float32 rounding of x (what PyTorch's erf-based GELU has) ...
+    assert (np.abs(h - h64) / np.maximum(np.abs(x64), 1.0)).max() < 3e-7
+    assert np.abs(g - g64).max() < 3e-7
+    # ... and, unlike 0.5 x (1 + erf(x/√2)) in float32, relative accuracy far into the left tail.
+    tail = np.abs(h64) > 1e-30
+    assert (np.abs(h - h64)[tail] / np.abs(h64[tail])).max() < 1e-5
+
+
+def test_fused_gelu_matches_plain_version():
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((3, 70_000)) * 3).astype(np.float32)  # several pieces, several threads
+    h_fast, c_fast = F.gelu_forward(x)
+    previous = fused.set_enabled(False)
+    try:
+        h_ref, c_ref = F.gelu_forward(x)
+    finally:
+        fused.set_enabled(previous)
+    assert np.abs(h_fast - h_ref).max() < 1e-6 and np.abs(c_fast.dgelu - c_ref.dgelu).max() < 1e-6
+
+
+def test_parallel_chunks_reraises_kernel_errors():
+    def bad(a):
+        raise RuntimeError("kernel failed")
+
+    with pytest.raises(RuntimeError, match="kernel failed"):
+        backend.parallel_chunks(bad, np.zeros(200_000, np.float32))
+
+
+@pytest.mark.gpu
+def test_fused_gelu_cupy_matches_float64(xp):
+    if xp is np:
+        pytest.skip("CuPy kernel")
+    x = xp.linspace(-10, 10, 100_001, dtype=xp.float32)
+    h, g = fused.gelu(x)
+    h64, g64 = gelu_reference(x.get().astype(np.float64))
+    assert np.abs(h.get() - h64).max() < 1e-5 and np.abs(g.get() - g64).max() < 1e-5
