@@ -1,0 +1,1 @@
+"""The lessons: Markdown files whose code blocks the test suite runs (see run.py)."""
