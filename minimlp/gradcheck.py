@@ -63,9 +63,10 @@ def check_model_gradients(model: Any, x: Array, dlogits: Array, h: float = 1e-6,
     ``dlogits``, so any random upstream gradient can be used.  The model's generator is
     reseeded before every forward, so dropout and drop-path masks stay fixed.
 
-    Some gradients are exactly zero by construction (the last block's patch-FF output
-    bias only shifts the class token along all features, which the final LayerNorm
-    removes); their finite differences are rounding noise.  Each tensor's error is
+    Some gradients are exactly zero by construction (without dropout, the last block's
+    patch-FF output bias only shifts the class token along all features, which the final
+    LayerNorm removes; with dropout after fc2 the shift is no longer constant and the
+    gradient is real); their finite differences are rounding noise.  Each tensor's error is
     therefore measured against at least 1e-3 of the largest gradient in the model.
     """
     xp = array_module(model.store.flat_params)
