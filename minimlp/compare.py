@@ -30,11 +30,14 @@ import importlib
 import json
 import math
 import os
+import platform
 import statistics
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from minimlp.models import FFViTConfig, MixerConfig, create_model, model_config
 from minimlp.plot import Panel, Series, line_chart
@@ -197,13 +200,24 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def report(models: Sequence[str], output: Path, overrides: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+def machine() -> dict[str, Any]:
+    """Where the table was made (the runs' own logs say which backend each trainer used)."""
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__}
+
+
+def report(models: Sequence[str], output: Path, overrides: dict[str, Any] | None = None,
+           train_argv: Sequence[str] = ()) -> list[dict[str, Any]]:
     """Read every run and write comparison.md, comparison.json and comparison.png."""
     runs = {name: read_metrics(output / name / "metrics.jsonl") for name in models}
     summaries = [summarize(name, runs[name], overrides) for name in models]
-    table = markdown_table(summaries)
+    host = machine()
+    options = " ".join(train_argv) or "(the trainer's defaults)"
+    table = (markdown_table(summaries) + f"\nTrainer options, the same for every model: `{options}`.  "
+             f"Made on {host['platform']}, {host['cpu_count']} CPUs, NumPy {host['numpy']}.\n")
     _write_atomic(output / "comparison.md", table)
-    _write_atomic(output / "comparison.json", json.dumps({"models": summaries, "runs": runs}, indent=2) + "\n")
+    _write_atomic(output / "comparison.json", json.dumps(
+        {"models": summaries, "trainer_options": list(train_argv), "machine": host, "runs": runs}, indent=2) + "\n")
     plot_runs(runs, summaries, output / "comparison.png")
     return summaries
 
@@ -214,7 +228,7 @@ def main(argv: Sequence[str] | None = None, train_main: Callable[[list[str]], An
     output.mkdir(parents=True, exist_ok=True)
     if not args.no_train:
         train_all(args.models, output, train_argv, train_main)
-    report(args.models, output, model_overrides(train_argv))
+    report(args.models, output, model_overrides(train_argv), train_argv)
     sys.stdout.write((output / "comparison.md").read_text(encoding="utf-8"))
     print(f"[compare] wrote {output / 'comparison.md'}, {output / 'comparison.json'}, {output / 'comparison.png'}")
     return 0

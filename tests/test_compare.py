@@ -70,6 +70,8 @@ def test_same_arguments_for_every_model_then_table_json_and_plot(tmp_path, capsy
     assert math.isclose(summary["vit_fmnist"]["final_top1"], 71.0 + 10 * (1 - 0.125))
     assert summary["ff_fmnist"]["img_per_s"] == 1002.0 and summary["ff_fmnist"]["wall_s"] == 3 * 50.0
     assert len(data["runs"]["mixer_fmnist"]) == 3
+    assert data["trainer_options"] == ["--epochs", "3", "-b", "64", "--lr", "1e-3"]
+    assert "the same for every model: `--epochs 3 -b 64 --lr 1e-3`" in table and data["machine"]["cpu_count"] >= 1
 
     image = np.asarray(Image.open(out / "comparison.png").convert("RGB"))
     assert image.shape == (420, 2 * 560, 3)
