@@ -247,28 +247,43 @@ def patch_embed_backward(dy: Array, cache: PatchEmbedCache, w: Array, dw: Array,
 # --------------------------------------------------------------------------------------
 # Class token and learned positional embedding.
 # --------------------------------------------------------------------------------------
-def tokens_forward(patch_tokens: Array, cls_token: Array, pos_embed: Array, cls_pos_embed: Array) -> Array:
+def tokens_forward(patch_tokens: Array, cls_token: Array, pos_embed: Array,
+                   cls_pos_embed: Array | None = None) -> Array:
     """Prepend the class token and add positional embeddings.
 
-    patch_tokens (N, B, D); cls_token (1, 1, D); pos_embed (1, D, Hp, Wp), a grid in
-    channels-first layout as the released checkpoints store it; cls_pos_embed (1, 1, D).
+    patch_tokens (N, B, D); cls_token (1, 1, D).  Two ways to store the positions:
+    the released FF checkpoints keep a grid pos_embed (1, D, Hp, Wp) in channels-first
+    layout plus a separate cls_pos_embed (1, 1, D); timm's ViT keeps one table
+    pos_embed (1, T, D) whose row 0 is the class token's (pass cls_pos_embed=None).
     Returns (T, B, D) with T = N + 1.  Nothing needs caching: the map is affine.
     """
     xp = array_module(patch_tokens)
     N, B, D = patch_tokens.shape
+    if cls_pos_embed is None:
+        cls_pos, patch_pos = pos_embed[0, 0], pos_embed[0, 1:]  # (D,), (N, D)
+    else:
+        cls_pos, patch_pos = cls_pos_embed[0, 0], pos_embed.reshape(D, N).T  # grid flattened row-major
     x = xp.empty((N + 1, B, D), dtype=patch_tokens.dtype)
-    x[0] = cls_token[0, 0] + cls_pos_embed[0, 0]  # the same vector for every sample
-    x[1:] = patch_tokens + pos_embed.reshape(D, N).T[:, None, :]  # grid flattened row-major
+    x[0] = cls_token[0, 0] + cls_pos  # the same vector for every sample
+    x[1:] = patch_tokens + patch_pos[:, None, :]
     return x
 
 
-def tokens_backward(dx: Array, dcls_token: Array, dpos_embed: Array, dcls_pos_embed: Array) -> Array:
-    """Add the embedding gradients; return the gradient of the patch tokens (N, B, D)."""
+def tokens_backward(dx: Array, dcls_token: Array, dpos_embed: Array, dcls_pos_embed: Array | None = None) -> Array:
+    """Add the embedding gradients; return the gradient of the patch tokens (N, B, D).
+
+    The position arguments are laid out as in :func:`tokens_forward`.
+    """
     D = dx.shape[2]
     dcls = dx[0].sum(axis=0)  # (D,)
+    dpatch_pos = dx[1:].sum(axis=1)  # (N, D)
     dcls_token[0, 0] += dcls
-    dcls_pos_embed[0, 0] += dcls
-    dpos_embed += dx[1:].sum(axis=1).T.reshape(dpos_embed.shape[0], D, *dpos_embed.shape[2:])
+    if dcls_pos_embed is None:
+        dpos_embed[0, 0] += dcls
+        dpos_embed[0, 1:] += dpatch_pos
+    else:
+        dcls_pos_embed[0, 0] += dcls
+        dpos_embed += dpatch_pos.T.reshape(dpos_embed.shape[0], D, *dpos_embed.shape[2:])
     return dx[1:]
 
 
@@ -285,3 +300,153 @@ def cls_pool_backward(dout: Array, shape: tuple[int, ...]) -> Array:
     dx = xp.zeros(shape, dtype=dout.dtype)
     dx[0] = dout
     return dx
+
+
+# --------------------------------------------------------------------------------------
+# Global average pooling over tokens: the MLP-Mixer's classifier reads the mean token.
+# --------------------------------------------------------------------------------------
+def mean_pool_forward(x: Array) -> tuple[Array, tuple[int, ...]]:
+    """(T, B, D) -> (B, D), the mean over the T tokens."""
+    return x.mean(axis=0), x.shape
+
+
+def mean_pool_backward(dout: Array, shape: tuple[int, ...]) -> Array:
+    xp = array_module(dout)
+    dx = xp.empty(shape, dtype=dout.dtype)
+    dx[...] = dout * (1.0 / shape[0])  # every token receives 1/T of the gradient
+    return dx
+
+
+# --------------------------------------------------------------------------------------
+# Softmax over the last axis.  The comparison lesson (attention).
+# --------------------------------------------------------------------------------------
+class SoftmaxCache(NamedTuple):
+    probs: Array  # the output: its Jacobian is diag(p) - p pᵀ, so p is all backward needs
+
+
+def softmax_forward(x: Array) -> tuple[Array, SoftmaxCache]:
+    """exp(x) / sum(exp(x)) along the last axis; each row sums to 1."""
+    xp = array_module(x)
+    p = x - x.max(axis=-1, keepdims=True)  # the largest entry becomes 0: exp cannot overflow
+    xp.exp(p, out=p)
+    p /= p.sum(axis=-1, keepdims=True)
+    return p, SoftmaxCache(p)
+
+
+def softmax_backward(dp: Array, cache: SoftmaxCache) -> Array:
+    """dx = p * (dp - sum(dp * p)): the Jacobian diag(p) - p pᵀ applied to dp, row by row."""
+    p = cache.probs
+    return p * (dp - (dp * p).sum(axis=-1, keepdims=True))
+
+
+# --------------------------------------------------------------------------------------
+# Multi-head self-attention.  The comparison lesson (attention).
+#
+# Layout of the heads.  Activations stay (T, B, D) everywhere else, but the two products
+# of attention, q kᵀ and softmax(·) v, are one (S, d) × (d, S) and one (S, S) × (S, d)
+# matrix product per sample and head.  With q, k and v laid out as (B, h, S, d) every
+# one of those B·h matrices is a contiguous block, so ``q @ kᵀ`` over the leading
+# (B, h) axes is a single batched GEMM (NumPy's matmul loop calls BLAS once per matrix
+# with unit strides; CuPy calls cuBLAS's strided-batched GEMM once).  Left in (T, B, D),
+# each head would be a strided slice and every product would go through slow, copying
+# paths.  Getting there costs one copy of the qkv activations (3·S·B·D numbers) and one
+# copy back after the products, which is small next to the O(S²·D) work of attention.
+#
+# ``axis`` says which axis holds the embedding the heads split, as for ``linear_*``:
+# axis=-1 attends over tokens (x (T, B, D), S = T; the usual attention), axis=0 attends
+# over features (the embedding of each "feature token" is its column of T values,
+# x (T, B, D) read as (E, B, S) with E = T, S = D; the paper's attention-only ablation).
+# --------------------------------------------------------------------------------------
+def split_heads_forward(qkv: Array, num_heads: int, axis: int = -1) -> tuple[Array, Array, Array]:
+    """The output of the qkv projection -> q, k, v, each (B, h, S, d) and contiguous.
+
+    axis=-1: qkv (S, B, 3E), its last axis ordered (3, h, d) as timm's qkv weight rows.
+    axis=0:  qkv (3E, B, S), its first axis ordered (3, h, d).
+    """
+    xp = array_module(qkv)
+    if axis == -1:
+        S, B, E3 = qkv.shape
+        heads = qkv.reshape(S, B, 3, num_heads, E3 // (3 * num_heads))  # (S, B, 3, h, d)
+        heads = heads.transpose(2, 1, 3, 0, 4)  # (3, B, h, S, d)
+    elif axis == 0:
+        E3, B, S = qkv.shape
+        heads = qkv.reshape(3, num_heads, E3 // (3 * num_heads), B, S)  # (3, h, d, B, S)
+        heads = heads.transpose(0, 3, 1, 4, 2)  # (3, B, h, S, d)
+    else:
+        raise ValueError(f"attention splits heads along axis -1 or 0, got {axis}")
+    heads = xp.ascontiguousarray(heads)  # the one copy: each (S, d) matrix now contiguous
+    return heads[0], heads[1], heads[2]
+
+
+def split_heads_backward(dq: Array, dk: Array, dv: Array, axis: int = -1) -> Array:
+    """The inverse layout change: dq, dk, dv (B, h, S, d) -> dqkv shaped as qkv."""
+    xp = array_module(dq)
+    B, h, S, d = dq.shape
+    if axis == -1:
+        dqkv = xp.empty((S, B, 3, h, d), dtype=dq.dtype)
+        for i, g in enumerate((dq, dk, dv)):
+            dqkv[:, :, i] = g.transpose(2, 0, 1, 3)  # (S, B, h, d)
+        return dqkv.reshape(S, B, 3 * h * d)
+    dqkv = xp.empty((3, h, d, B, S), dtype=dq.dtype)
+    for i, g in enumerate((dq, dk, dv)):
+        dqkv[i] = g.transpose(1, 3, 0, 2)  # (h, d, B, S)
+    return dqkv.reshape(3 * h * d, B, S)
+
+
+def merge_heads_forward(ctx: Array, axis: int = -1) -> Array:
+    """Concatenate the heads back into the activation layout: (B, h, S, d) ->
+    (S, B, h·d) for axis=-1, (h·d, B, S) for axis=0.  The reshape makes the copy."""
+    B, h, S, d = ctx.shape
+    if axis == -1:
+        return ctx.transpose(2, 0, 1, 3).reshape(S, B, h * d)
+    return ctx.transpose(1, 3, 0, 2).reshape(h * d, B, S)
+
+
+def merge_heads_backward(dy: Array, num_heads: int, axis: int = -1) -> Array:
+    """(S, B, E) or (E, B, S) -> (B, h, S, d), contiguous for the batched products."""
+    xp = array_module(dy)
+    if axis == -1:
+        S, B, E = dy.shape
+        d = dy.reshape(S, B, num_heads, E // num_heads).transpose(1, 2, 0, 3)
+    else:
+        E, B, S = dy.shape
+        d = dy.reshape(num_heads, E // num_heads, B, S).transpose(2, 0, 3, 1)
+    return xp.ascontiguousarray(d)
+
+
+class AttentionCache(NamedTuple):
+    q: Array  # q * scale, (B, h, S, d): scaling q costs S·d per head, the scores S·S
+    k: Array
+    v: Array
+    softmax: SoftmaxCache  # the attention probabilities (B, h, S, S)
+    drop: MaskCache  # attention dropout on the probabilities
+    scale: float
+
+
+def attention_forward(q: Array, k: Array, v: Array, scale: float | None = None, attn_drop: float = 0.0,
+                      rng: Any = None, train: bool = False) -> tuple[Array, AttentionCache]:
+    """Scaled dot-product attention, softmax(q kᵀ · scale) v, batched over leading axes.
+
+    q, k, v (..., S, d) -> (..., S, d); scale defaults to 1/sqrt(d).  Row i of the
+    probabilities says how much query i reads from each key; they sum to 1 over keys.
+    """
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    q = q * scale  # (..., S, d)
+    scores = q @ k.swapaxes(-1, -2)  # (..., S, S): query rows, key columns
+    probs, c_softmax = softmax_forward(scores)  # over keys
+    probs, c_drop = dropout_forward(probs, attn_drop, rng, train)
+    return probs @ v, AttentionCache(q, k, v, c_softmax, c_drop, scale)  # (..., S, d)
+
+
+def attention_backward(dout: Array, cache: AttentionCache) -> tuple[Array, Array, Array]:
+    """dout (..., S, d) -> (dq, dk, dv), each (..., S, d)."""
+    q, k, v, c_softmax, c_drop, scale = cache
+    probs = mask_backward(c_softmax.probs, c_drop)  # the (dropped-out) matrix that met v
+    dv = probs.swapaxes(-1, -2) @ dout  # (..., S, d)
+    dprobs = dout @ v.swapaxes(-1, -2)  # (..., S, S)
+    dprobs = mask_backward(dprobs, c_drop)
+    dscores = softmax_backward(dprobs, c_softmax)
+    dk = dscores.swapaxes(-1, -2) @ q  # (..., S, d); q here is already scaled
+    dq = dscores @ k
+    dq *= scale
+    return dq, dk, dv

@@ -199,3 +199,42 @@ class PatchEmbed:
     def backward(self, dout: Array, cache: F.PatchEmbedCache, input_grad: bool = True) -> Array | None:
         p, g = self.store.params, self.store.grads
         return F.patch_embed_backward(dout, cache, p[self.w], g[self.w], g[self.b], input_grad)
+
+
+class Attention:
+    """Multi-head self-attention, timm's ``Attention``: qkv Linear -> heads ->
+    softmax(q kᵀ / sqrt(d)) v -> merged heads -> proj Linear -> dropout.
+
+    axis=-1 attends over tokens (the embedding is a token's D features: the ViT/DeiT
+    layer); axis=0 attends over features (the embedding is a feature channel's T values:
+    the paper's attention-only ablation).  Parameters ``{name}.qkv`` (3E, E) and
+    ``{name}.proj`` (E, E), E = ``dim``; the qkv rows are ordered (q, k, v) × heads.
+    """
+
+    def __init__(self, store: ParameterStore, name: str, dim: int, num_heads: int, axis: int = -1,
+                 attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
+        if num_heads < 1 or dim % num_heads:
+            raise ValueError(f"{name}: {num_heads} heads do not divide the embedding size {dim}")
+        self.qkv = Linear(store, f"{name}.qkv", dim, 3 * dim, axis)
+        self.proj = Linear(store, f"{name}.proj", dim, dim, axis)
+        self.num_heads, self.axis = num_heads, axis
+        self.scale = (dim // num_heads) ** -0.5
+        self.attn_drop, self.proj_drop = attn_drop, proj_drop
+
+    def forward(self, x: Array, train: bool = False, rng: Any = None) -> tuple[Array, tuple]:
+        qkv, c_qkv = self.qkv.forward(x)  # (T, B, 3D), or (3T, B, D) for axis=0
+        q, k, v = F.split_heads_forward(qkv, self.num_heads, self.axis)  # each (B, h, S, d)
+        ctx, c_attn = F.attention_forward(q, k, v, self.scale, self.attn_drop, rng, train)  # (B, h, S, d)
+        y = F.merge_heads_forward(ctx, self.axis)  # back to x's shape
+        y, c_proj = self.proj.forward(y)
+        y, c_drop = F.dropout_forward(y, self.proj_drop, rng, train)
+        return y, (c_qkv, c_attn, c_proj, c_drop)
+
+    def backward(self, dy: Array, cache: tuple) -> Array:
+        c_qkv, c_attn, c_proj, c_drop = cache
+        dy = F.dropout_backward(dy, c_drop)
+        dctx = self.proj.backward(dy, c_proj)
+        dctx = F.merge_heads_backward(dctx, self.num_heads, self.axis)  # (B, h, S, d)
+        dq, dk, dv = F.attention_backward(dctx, c_attn)
+        dqkv = F.split_heads_backward(dq, dk, dv, self.axis)
+        return self.qkv.backward(dqkv, c_qkv)

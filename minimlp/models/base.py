@@ -21,6 +21,17 @@ from minimlp.layers import ParameterStore
 Array = Any
 
 
+def check_image_config(config: Any) -> None:
+    """Check the fields every patch-based model's config shares; ValueError names the field."""
+    if config.img_size % config.patch_size:
+        raise ValueError(f"img_size {config.img_size} is not a multiple of patch_size {config.patch_size}")
+    for name in ("img_size", "patch_size", "in_chans", "num_classes", "embed_dim", "depth"):
+        if int(getattr(config, name)) < 1:
+            raise ValueError(f"{name} must be a positive integer, got {getattr(config, name)}")
+    if not 0.0 <= config.drop_rate < 1.0 or not 0.0 <= config.drop_path_rate < 1.0:
+        raise ValueError("drop_rate and drop_path_rate must lie in [0, 1)")
+
+
 class Model:
     """Base class: subclasses set ``config`` and declare their layers on ``self.store``."""
 

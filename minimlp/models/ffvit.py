@@ -21,7 +21,7 @@ import numpy as np
 
 from minimlp import functional as F
 from minimlp.layers import LayerNorm, Linear, Mlp, PatchEmbed, trunc_normal
-from minimlp.models.base import Model
+from minimlp.models.base import Model, check_image_config
 
 Array = Any
 
@@ -44,13 +44,7 @@ class FFViTConfig:
     dtype: str = "float32"
 
     def __post_init__(self) -> None:
-        if self.img_size % self.patch_size:
-            raise ValueError(f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
-        for name in ("img_size", "patch_size", "in_chans", "num_classes", "embed_dim", "depth"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
-        if not 0.0 <= self.drop_rate < 1.0 or not 0.0 <= self.drop_path_rate < 1.0:
-            raise ValueError("drop_rate and drop_path_rate must lie in [0, 1)")
+        check_image_config(self)
 
     @property
     def grid(self) -> int:

@@ -1,8 +1,10 @@
 """Model presets by name, and ``create_model``.
 
 The three paper presets carry the released checkpoints' names as aliases
-(``linear_tiny`` is ``ff_tiny``).  Small presets are sized for 28×28 Fashion-MNIST on a
-laptop CPU.  ``create_model`` takes timm's option names to override any preset field.
+(``linear_tiny`` is ``ff_tiny``).  The comparison models (ViT/DeiT, the attention-only
+ablation, MLP-Mixer) are registered the same way and take the same options.  Small
+presets are sized for 28×28 Fashion-MNIST on a laptop CPU.  ``create_model`` takes
+timm's option names to override any preset field.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from typing import Any
 
 from minimlp.models.base import Model
 from minimlp.models.ffvit import FFViT, FFViTConfig
+from minimlp.models.mixer import MixerConfig, MlpMixer
+from minimlp.models.vit import VisionTransformer, ViTConfig
 
 # name -> (model class, config class, preset fields)
 _PRESETS: dict[str, tuple[type[Model], type, dict[str, Any]]] = {}
@@ -33,6 +37,25 @@ register("ff_large", FFViT, FFViTConfig, aliases=("linear_large",), patch_size=3
 register("ff_fmnist", FFViT, FFViTConfig, img_size=28, patch_size=4, in_chans=1, num_classes=10,
          embed_dim=128, depth=6)
 
+# The comparison.  ViT/DeiT at 224 px, 1000 classes: 5,717,416 / 22,050,664 / 86,567,656 params.
+register("deit_tiny", VisionTransformer, ViTConfig, embed_dim=192, depth=12, num_heads=3)
+register("deit_small", VisionTransformer, ViTConfig, embed_dim=384, depth=12, num_heads=6)
+register("deit_base", VisionTransformer, ViTConfig, embed_dim=768, depth=12, num_heads=12)
+# The paper's attention-only ablation: DeiT-tiny with attention over features in place of
+# the feature MLP (4,039,360 params; 197 tokens allow one feature head).
+register("attn_only_tiny", VisionTransformer, ViTConfig, embed_dim=192, depth=12, num_heads=3,
+         feature_mixer="attention", feature_num_heads=1)
+# MLP-Mixer at 224 px, 1000 classes: 18,528,264 / 59,880,472 params.
+register("mixer_s16", MlpMixer, MixerConfig, patch_size=16, embed_dim=512, depth=8)
+register("mixer_b16", MlpMixer, MixerConfig, patch_size=16, embed_dim=768, depth=12)
+# Fashion-MNIST presets with about as many parameters as ff_fmnist (924,158): the same
+# patches and depth, the width chosen to match (920,874 / 939,792 / 931,874 params).
+_FMNIST = dict(img_size=28, patch_size=4, in_chans=1, num_classes=10, depth=6)
+register("vit_fmnist", VisionTransformer, ViTConfig, **_FMNIST, embed_dim=112, num_heads=4)
+register("mixer_fmnist", MlpMixer, MixerConfig, **_FMNIST, embed_dim=136)
+register("attn_only_fmnist", VisionTransformer, ViTConfig, **_FMNIST, embed_dim=188, num_heads=4,
+         feature_mixer="attention", feature_num_heads=1)
+
 
 def list_models() -> list[str]:
     """Preset names, then aliases."""
@@ -51,11 +74,13 @@ def model_config(name: str, **overrides: Any) -> Any:
     """The config of preset ``name`` with ``overrides`` (None values are ignored)."""
     _, config_cls, fields = _PRESETS[resolve_name(name)]
     allowed = {f.name for f in dataclasses.fields(config_cls)}
-    unknown = sorted(k for k in overrides if k not in allowed)
+    # An option that does not apply to this family is an error unless it is None (unset),
+    # so that one set of command-line options can build every family.
+    unknown = sorted(k for k, v in overrides.items() if k not in allowed and v is not None)
     if unknown:
         raise TypeError(f"unknown option(s) {', '.join(unknown)} for {name!r}; "
                         f"options: {', '.join(sorted(allowed))}")
-    values = {**fields, **{k: v for k, v in overrides.items() if v is not None}}
+    values = {**fields, **{k: v for k, v in overrides.items() if v is not None and k in allowed}}
     return config_cls(**values)
 
 
