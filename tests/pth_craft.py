@@ -136,13 +136,14 @@ def tensor(key: str, dtype: str, numel: int, size: tuple, stride: tuple | None =
                 (storage(key, dtype, numel), offset, tuple(size), tuple(stride), False, Call(ORDERED_DICT, ())))
 
 
-def state_dict(arrays: dict[str, np.ndarray]) -> tuple[Any, dict[str, bytes]]:
+def state_dict(arrays: dict[str, np.ndarray], key_prefix: str = "") -> tuple[Any, dict[str, bytes]]:
     """An OrderedDict of contiguous float32 tensors, one storage each: (pickle object, storages)."""
     items, storages = {}, {}
     for i, (name, a) in enumerate(arrays.items()):
         a = np.ascontiguousarray(a, dtype="<f4")
-        storages[str(i)] = a.tobytes()
-        items[name] = tensor(str(i), "float32", a.size, a.shape)
+        key = f"{key_prefix}{i}"
+        storages[key] = a.tobytes()
+        items[name] = tensor(key, "float32", a.size, a.shape)
     return Build(ODict(items), {"_metadata": ODict({"": {"version": 1}})}), storages
 
 
