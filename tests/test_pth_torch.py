@@ -80,7 +80,7 @@ _WITHOUT_TORCH = textwrap.dedent("""
     class NoTorch:  # a finder that makes every `import torch...` fail
         def find_spec(self, name, path=None, target=None):
             if name == "torch" or name.startswith("torch."):
-                raise ImportError(f"{name} is blocked in this test")
+                raise ModuleNotFoundError(f"{name} is blocked in this test")
 
     sys.meta_path.insert(0, NoTorch())
     try:
