@@ -66,7 +66,10 @@ def test_views_sharing_one_storage_transposes_and_offsets(tmp_path):
     np.testing.assert_array_equal(out["broadcast"], np.broadcast_to(base[9:12], (2, 3)))
     assert out["empty"].shape == (0, 5)
     assert out["scalar"].shape == () and out["scalar"] == 11
-    out["matrix"][0, 0] = 100  # views are independent copies
+    arrays = list(out.values())  # one array may own the storage's buffer; no two share memory
+    assert all(a.flags.writeable for a in arrays)
+    assert not any(np.shares_memory(a, b) for i, a in enumerate(arrays) for b in arrays[i + 1:])
+    out["matrix"][0, 0] = 100
     assert out["transposed"][0, 0] == 0
 
 

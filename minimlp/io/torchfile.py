@@ -35,10 +35,11 @@ import os
 import struct
 import types
 import zipfile
+import zlib
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -104,8 +105,9 @@ class _Storage:
 
     key: str
     element: ElementType
-    raw: np.ndarray  # (nbytes,) uint8, read-only
+    raw: np.ndarray  # (nbytes,) uint8
     numel: int  # in elements of ``element``
+    claimed: bool = False  # a tensor owns ``raw`` now: later views must copy
 
     def __repr__(self) -> str:
         return f"<storage {self.key}: {self.numel} x {self.element.name}>"
@@ -115,11 +117,11 @@ class _UnpicklingError(Exception):
     """Raised inside the interpreter; ``load_pth`` adds the file name and byte position."""
 
 
-def _tensor_bytes_budget(total_storage_bytes: int) -> int:
+def _tensor_bytes_budget(storage_bytes: int) -> int:
     # Views may read one storage several times (tied weights, an EMA copy of the model
     # that shares storages with it), but a file whose tensors would take far more memory
-    # than its storages hold is a decompression bomb of a kind: refuse it.
-    return 8 * total_storage_bytes + (64 << 20)
+    # than the storages they were read from is a decompression bomb of a kind: refuse it.
+    return 8 * storage_bytes + (64 << 20)
 
 
 class _Rebuilder:
@@ -128,7 +130,6 @@ class _Rebuilder:
     def __init__(self, archive: _Archive) -> None:
         self.archive = archive
         self.bytes_made = 0
-        self.budget = _tensor_bytes_budget(archive.total_storage_bytes)
 
     # torch._utils._rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad,
     #                                 backward_hooks, metadata=None)
@@ -177,9 +178,9 @@ class _Rebuilder:
             count *= s
         out_dtype = np.dtype(np.float32) if element.bfloat16 else np.dtype(element.file_dtype).newbyteorder("=")
         self.bytes_made += count * out_dtype.itemsize
-        if self.bytes_made > self.budget:
+        if self.bytes_made > _tensor_bytes_budget(self.archive.bytes_read):
             raise _UnpicklingError(f"the tensors would take {self.bytes_made} bytes, far more than the "
-                                   f"{self.archive.total_storage_bytes} bytes of storage in the file")
+                                   f"{self.archive.bytes_read} bytes of storage they are read from")
         if count == 0:
             return np.zeros(size, dtype=out_dtype)
         # The last element read: offset + sum((size_j - 1) * stride_j).  Python integers do
@@ -193,12 +194,29 @@ class _Rebuilder:
         if self.archive.big_endian:
             dtype = dtype.newbyteorder(">")
         elements = storage.raw.view(dtype)  # (numel,)
+        if (offset == 0 and count == numel and _is_c_contiguous(size, stride) and dtype.isnative
+                and not element.bfloat16 and not storage.claimed):
+            # A tensor that is its whole storage (every tensor of a state dict) takes the
+            # buffer as it is: no copy.  Only the first may; later views copy, so no two
+            # arrays returned share memory.
+            storage.claimed = True
+            return elements.reshape(size)
         view = np.lib.stride_tricks.as_strided(elements[offset:], shape=size,
                                                strides=[s * itemsize for s in stride], writeable=False)
         out = np.array(view, dtype=dtype.newbyteorder("="), order="C")  # one copy, native byte order
         if element.bfloat16:  # bfloat16 is the top half of a float32
             out = (out.astype(np.uint32) << 16).view(np.float32)
         return out
+
+
+def _is_c_contiguous(size: tuple[int, ...], stride: tuple[int, ...]) -> bool:
+    """Row-major in elements; a dimension of size 1 may have any stride (torch allows it)."""
+    step = 1
+    for n, s in zip(reversed(size), reversed(stride), strict=True):
+        if n != 1 and s != step:
+            return False
+        step *= n
+    return True
 
 
 def _int_tuple(value: Any, what: str) -> tuple[int, ...]:
@@ -494,8 +512,8 @@ class _Interpreter:
 class _Archive:
     """The zip archive of a ``.pth`` file: its folder, byte order and storage records."""
 
-    def __init__(self, path: str | os.PathLike, zf: zipfile.ZipFile) -> None:
-        self.path, self.zf = path, zf
+    def __init__(self, path: str | os.PathLike, zf: zipfile.ZipFile, file: BinaryIO) -> None:
+        self.path, self.zf, self.file = path, zf, file
         names = zf.namelist()
         if not names:
             raise CheckpointError(f"{path}: an empty zip archive, not a PyTorch checkpoint")
@@ -511,43 +529,37 @@ class _Archive:
                     if any(n.startswith(self.prefix + "code/") for n in names) else
                     "not a PyTorch checkpoint: there is no data.pkl (an .npz file is also a zip archive)")
             raise CheckpointError(f"{path}: {what}")
-        byteorder = self.read(self.prefix + "byteorder").decode("ascii", "replace").strip() \
+        byteorder = self.read(self.prefix + "byteorder").tobytes().decode("ascii", "replace").strip() \
             if self.prefix + "byteorder" in names else "little"  # files before torch 2.1: little-endian
         if byteorder not in ("little", "big"):
             raise CheckpointError(f"{path}: unknown byteorder record {byteorder!r}")
         self.big_endian = byteorder == "big"
-        data_prefix = self.prefix + "data/"
-        self.total_storage_bytes = sum(i.file_size for i in zf.infolist() if i.filename.startswith(data_prefix))
         self.storages: dict[str, _Storage] = {}
+        self.bytes_read = 0  # storage bytes actually read (sizes in the zip directory could lie)
 
-    def read(self, name: str, limit: int | None = None) -> bytes:
+    def read(self, name: str, limit: int | None = None) -> np.ndarray:
+        """One entry's bytes as a writable (nbytes,) uint8 array (tensors may use it without a copy)."""
         info = self.zf.getinfo(name)
         if info.compress_type != zipfile.ZIP_STORED:
             raise CheckpointError(f"{self.path}: entry {name} is compressed; torch.save never compresses, "
                                   "so this file was repacked or crafted")
         if limit is not None and info.file_size > limit:
             raise CheckpointError(f"{self.path}: entry {name} is {info.file_size} bytes, more than {limit}")
-        if info.CRC == 0 and info.file_size:
-            return self._read_raw(info)  # saved with torch's CRC computation turned off
-        try:
-            return self.zf.read(info)
-        except (zipfile.BadZipFile, EOFError, OSError) as e:
-            raise CheckpointError(f"{self.path}: entry {name} cannot be read ({e}); "
-                                  "the file is truncated or corrupt") from None
-
-    def _read_raw(self, info: zipfile.ZipInfo) -> bytes:
-        # The local header is 30 bytes plus the name and extra field (torch pads the extra
-        # field so that data starts on a 64-byte boundary); the data follows, stored as is.
-        fp = self.zf.fp
-        fp.seek(info.header_offset)
-        header = fp.read(30)
+        # The local header is 30 bytes plus the name and an extra field (torch pads it so
+        # that the data starts on a 64-byte boundary); the data follows, stored as is.
+        self.file.seek(info.header_offset)
+        header = self.file.read(30)
         if len(header) != 30 or header[:4] != ZIP_MAGIC:
-            raise CheckpointError(f"{self.path}: entry {info.filename} has no valid local header")
+            raise CheckpointError(f"{self.path}: entry {name} has no valid local header; the file is corrupt")
         name_len, extra_len = struct.unpack("<HH", header[26:30])
-        fp.seek(info.header_offset + 30 + name_len + extra_len)
-        data = fp.read(info.file_size)
-        if len(data) != info.file_size:
-            raise CheckpointError(f"{self.path}: entry {info.filename} is truncated")
+        self.file.seek(info.header_offset + 30 + name_len + extra_len)
+        data = np.empty(info.file_size, dtype=np.uint8)  # not zero-filled: readinto writes every byte
+        if self.file.readinto(memoryview(data)) != info.file_size:
+            raise CheckpointError(f"{self.path}: entry {name} is truncated; the file is incomplete")
+        # CRC 0 is what torch writes with its CRC computation turned off: nothing to check.
+        if info.CRC and zlib.crc32(data) != info.CRC:
+            raise CheckpointError(f"{self.path}: entry {name} cannot be read (its CRC-32 does not match); "
+                                  "the file is corrupt")
         return data
 
     def storage(self, pid: Any) -> _Storage:
@@ -575,7 +587,8 @@ class _Archive:
         if size != nbytes:
             raise _UnpicklingError(f"storage {key} should hold {numel} {element.name} elements ({nbytes} bytes) "
                                    f"but {name} has {size} bytes")
-        raw = np.frombuffer(self.read(name), dtype=np.uint8)
+        raw = self.read(name)
+        self.bytes_read += raw.size
         self.storages[key] = _Storage(key, element, raw, numel)
         return self.storages[key]
 
@@ -600,24 +613,26 @@ def load_pth(path: str | os.PathLike) -> Any:
                                   f"supported; {LEGACY_HINT}")
         raise CheckpointError(f"{path}: not a PyTorch checkpoint (a .pth file is a zip archive starting "
                               f"with PK\\x03\\x04; this file starts with {head[:8]!r})")
-    try:
-        zf = zipfile.ZipFile(path)
-    except zipfile.BadZipFile as e:
-        raise CheckpointError(f"{path}: a truncated or corrupt zip archive ({e}); "
-                              "the download or save was probably interrupted") from None
-    with zf:
-        archive = _Archive(path, zf)
-        data = archive.read(archive.prefix + "data.pkl", limit=MAX_PICKLE_BYTES)
-        rebuild = _Rebuilder(archive)
-        interpreter = _Interpreter(data, _allowed_globals(rebuild), archive.storage)
+    with open(path, "rb") as file:
         try:
-            return interpreter.run()
-        except CheckpointError:
-            raise
-        except _UnpicklingError as e:
-            raise CheckpointError(f"{path}: refused: {e} (data.pkl, byte {interpreter.pos})") from None
-        except (RecursionError, MemoryError, OverflowError, ValueError) as e:
-            raise CheckpointError(f"{path}: malformed data.pkl near byte {interpreter.pos}: {e}") from None
+            zf = zipfile.ZipFile(file)
+        except zipfile.BadZipFile as e:
+            raise CheckpointError(f"{path}: a truncated or corrupt zip archive ({e}); "
+                                  "the download or save was probably interrupted") from None
+        return _load_archive(_Archive(path, zf, file))
+
+
+def _load_archive(archive: _Archive) -> Any:
+    data = archive.read(archive.prefix + "data.pkl", limit=MAX_PICKLE_BYTES).tobytes()
+    interpreter = _Interpreter(data, _allowed_globals(_Rebuilder(archive)), archive.storage)
+    try:
+        return interpreter.run()
+    except CheckpointError:
+        raise
+    except _UnpicklingError as e:
+        raise CheckpointError(f"{archive.path}: refused: {e} (data.pkl, byte {interpreter.pos})") from None
+    except (RecursionError, MemoryError, OverflowError, ValueError) as e:
+        raise CheckpointError(f"{archive.path}: malformed data.pkl near byte {interpreter.pos}: {e}") from None
 
 
 # --------------------------------------------------------------------------------------
