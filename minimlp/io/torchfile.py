@@ -19,7 +19,8 @@ or a DeiT training checkpoint contains:
 - storage types (``torch.FloatStorage`` ...) and dtypes (``torch.float32`` ...), which
   only name an element type;
 - ``torch._utils._rebuild_tensor_v2`` / ``_v3`` and ``_rebuild_parameter``, which become
-  a bounds-checked strided copy out of a storage into a NumPy array.
+  a bounds-checked NumPy array: the storage's own buffer when the tensor is all of it (as
+  in every state dict), a strided copy out of it otherwise.
 
 Anything else (``os.system``, ``builtins.eval``, a model class) is refused before it is
 called, with its name in the error.  BUILD only sets the state of an OrderedDict or a
@@ -602,9 +603,10 @@ def is_legacy_torch_file(head: bytes) -> bool:
 def load_pth(path: str | os.PathLike) -> Any:
     """Read a ``.pth`` file into plain Python values, with tensors as NumPy arrays.
 
-    Dicts and OrderedDicts become dicts (OrderedDicts stay OrderedDicts), tuples and
-    lists stay, ``argparse.Namespace`` becomes ``types.SimpleNamespace``, bfloat16 tensors
-    become float32.  Raises :class:`CheckpointError` naming the file and the problem.
+    Dicts, OrderedDicts, lists, tuples and scalars come back as themselves,
+    ``argparse.Namespace`` as ``types.SimpleNamespace``, tensors and parameters as
+    C-contiguous arrays that share no memory (bfloat16 widened to float32).  Raises
+    :class:`CheckpointError` naming the file and the problem.
     """
     head = read_head(path, 512)
     if head[:4] != ZIP_MAGIC:
