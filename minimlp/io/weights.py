@@ -1,0 +1,256 @@
+"""One way in for weights, whatever the file: ``load_weights``, ``load_pretrained``, ``model_from_checkpoint``.
+
+The format is recognised from the file's first bytes, never from its name:
+
+    zip with <folder>/data.pkl            a PyTorch .pth (read by ``torchfile``, no torch, no pickle)
+    zip of .npy arrays                    a minimlp checkpoint .npz (``np.load(allow_pickle=False)``)
+    8-byte length + "{"                   a .safetensors file
+
+``load_pretrained(model, path)`` copies the weights into a model strictly (every missing,
+unexpected or mis-shaped key is named); asked for a number of classes that the
+checkpoint's head does not have, it starts a new head instead, for fine-tuning.
+``model_from_checkpoint(path)`` also builds the model: from the config a minimlp file
+stores, or, for a ``.pth``, from the tensor shapes (embedding width, depth, patch size,
+token count).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import struct
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from minimlp.io import npz, safetensors, torchfile
+from minimlp.io.files import CheckpointError, read_head
+from minimlp.models.base import Model
+from minimlp.models.registry import list_models, model_config, model_from_config, resolve_name
+
+FORMATS = ("pth", "npz", "safetensors")
+SAFETENSORS_META_KEY = "minimlp"  # safetensors metadata entry holding minimlp's meta as JSON
+WRITABLE = {".npz": "npz", ".safetensors": "safetensors"}
+PTH_NOT_WRITTEN = ("writing .pth is not supported: a .pth file is a pickle, which torch.load runs as code, and "
+                   "minimlp never imports PyTorch; write .safetensors instead (PyTorch reads it with "
+                   "safetensors.torch.load_file, and timm and Hugging Face tools read it directly)")
+
+
+# --------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------
+def detect_format(path: str | os.PathLike) -> str:
+    """"pth", "npz" or "safetensors", from the file's content; CheckpointError otherwise."""
+    head = read_head(path, 512)
+    if head[:4] == torchfile.ZIP_MAGIC:
+        try:
+            with zipfile.ZipFile(path) as zf:
+                names = zf.namelist()
+        except zipfile.BadZipFile as e:
+            raise CheckpointError(f"{path}: a truncated or corrupt zip archive ({e}); "
+                                  "the download or save was probably interrupted") from None
+        if any(n.count("/") == 1 and n.endswith("/data.pkl") for n in names):
+            return "pth"
+        if names and all(n.endswith(".npy") for n in names):
+            return "npz"
+        raise CheckpointError(f"{path}: a zip archive, but neither a PyTorch checkpoint (no <folder>/data.pkl) "
+                              f"nor an .npz of arrays; it holds {', '.join(names[:5]) or 'nothing'}")
+    if torchfile.is_legacy_torch_file(head):
+        return "pth"  # torchfile explains that the legacy format must be re-saved
+    if len(head) >= 9 and head[8:9] == b"{":
+        (n,) = struct.unpack("<Q", head[:8])
+        if 2 <= n <= safetensors.MAX_HEADER_BYTES:
+            return "safetensors"
+    raise CheckpointError(f"{path}: not a weights file minimlp can read (expected a PyTorch .pth, a "
+                          f".safetensors file or a minimlp .npz); it starts with {head[:12]!r}")
+
+
+def read_weights(path: str | os.PathLike, use_ema: bool = False) -> tuple[dict[str, np.ndarray], dict | None, str]:
+    """(state dict, minimlp meta or None, format).  ``use_ema``: a DeiT checkpoint's EMA weights."""
+    fmt = detect_format(path)
+    if use_ema and fmt != "pth":
+        raise CheckpointError(f"{path}: EMA weights are only found in PyTorch training checkpoints "
+                              f"(model_ema); this is a {fmt} file")
+    if fmt == "pth":
+        return torchfile.load_torch_weights(path, use_ema), None, fmt
+    if fmt == "npz":
+        state, meta = npz.read_npz(path)
+        return state, meta, fmt
+    state, metadata = safetensors.read_safetensors(path)
+    meta = metadata.get(SAFETENSORS_META_KEY)
+    return state, (npz.meta_from_json(meta, path) if meta is not None else None), fmt
+
+
+def load_weights(path: str | os.PathLike, use_ema: bool = False) -> dict[str, np.ndarray]:
+    """The weights in ``path`` (.pth, .npz or .safetensors) as ``{name: np.ndarray}``.
+
+    Arrays keep the dtype they were stored in (bfloat16 becomes float32);
+    ``load_pretrained`` casts them to the model's dtype.
+    """
+    return read_weights(path, use_ema)[0]
+
+
+# --------------------------------------------------------------------------------------
+# Writing (weights only; training checkpoints are written by the trainer)
+# --------------------------------------------------------------------------------------
+def save_weights(path: str | os.PathLike, state: Mapping[str, np.ndarray], meta: Mapping[str, Any] | None = None,
+                 fmt: str | None = None) -> str:
+    """Write ``state`` as .npz or .safetensors (chosen by ``fmt`` or the file extension), atomically.
+
+    ``meta`` (``model`` config, ``classes``, ...) goes into the npz ``meta`` entry or the
+    safetensors metadata, so ``model_from_checkpoint`` can rebuild the model.  Returns the format.
+    """
+    suffix = Path(path).suffix.lower()
+    fmt = fmt or WRITABLE.get(suffix)
+    if fmt is None or fmt == "pth":
+        if fmt == "pth" or suffix in (".pth", ".pt", ".bin", ".ckpt"):
+            raise CheckpointError(f"{path}: {PTH_NOT_WRITTEN}")
+        raise CheckpointError(f"{path}: cannot tell the format from the extension {suffix!r}; "
+                              "use .npz or .safetensors")
+    if fmt == "npz":
+        npz.save_weights_npz(path, state, meta)
+    elif fmt == "safetensors":
+        metadata = {"format": "np", SAFETENSORS_META_KEY: json.dumps(npz.weights_meta(meta))}
+        safetensors.save_safetensors(path, state, metadata)
+    else:
+        raise CheckpointError(f"unknown format {fmt!r}; minimlp writes {', '.join(WRITABLE.values())}")
+    return fmt
+
+
+# --------------------------------------------------------------------------------------
+# Which model is this?
+# --------------------------------------------------------------------------------------
+def infer_config(state: Mapping[str, np.ndarray], where: Any = "checkpoint") -> dict[str, Any]:
+    """The FF-ViT config that the tensor shapes imply (``{"arch": "ffvit", ...}``).
+
+    embed dim = cls_token (1, 1, D); patch size and channels = the patch-embedding conv
+    (D, C, P, P); grid = pos_embed (1, D, H/P, W/P); depth = the number of blocks; tokens
+    T = grid² + 1 must equal the patch LayerNorm's size; classes = head (K, D).
+    """
+    def shape(key: str) -> tuple[int, ...]:
+        if key not in state:
+            raise CheckpointError(f"{where}: cannot tell the architecture: no {key!r} "
+                                  "(is this a feed-forward ViT checkpoint?)")
+        return tuple(np.shape(state[key]))
+
+    D = shape("cls_token")[-1]
+    _, C, P, _ = shape("patch_embed.proj.weight")  # (D, C, P, P)
+    grid = shape("pos_encoding.pos_embed")[-1]  # (1, D, grid, grid)
+    blocks = {int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))}
+    depth = len(blocks)
+    if depth == 0 or blocks != set(range(depth)):
+        raise CheckpointError(f"{where}: blocks are numbered {sorted(blocks)[:8]}...; expected 0..depth-1")
+    T = shape("blocks.0.norm2.weight")[0]
+    if T != grid * grid + 1:
+        raise CheckpointError(f"{where}: the patch feed-forward mixes {T} tokens but a {grid}x{grid} grid "
+                              f"has {grid * grid + 1}; not a feed-forward ViT checkpoint minimlp can build")
+    hidden = shape("blocks.0.mlp1.fc1.weight")[0]  # (mlp_ratio * D, D)
+    patch_hidden = shape("blocks.0.mlp2.fc1.weight")[0]  # (patch_mlp_dim, T)
+    mlp_ratio = hidden / D
+    return {"arch": "ffvit", "img_size": grid * P, "patch_size": P, "in_chans": C,
+            "num_classes": shape("head.weight")[0], "embed_dim": D, "depth": depth, "mlp_ratio": mlp_ratio,
+            "patch_mlp_dim": None if patch_hidden == int(T * mlp_ratio) else patch_hidden}
+
+
+ARCH_FIELDS = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "mlp_ratio", "patch_mlp_dim")
+
+
+def preset_name(config: Mapping[str, Any]) -> str | None:
+    """The preset (``ff_tiny``, ...) whose architecture ``config`` has, classes aside; else None."""
+    for name in list_models():
+        if resolve_name(name) != name:
+            continue  # an alias
+        preset = vars(model_config(name))
+        if all(config.get(f, preset[f]) == preset[f] for f in ARCH_FIELDS):
+            return name
+    return None
+
+
+# --------------------------------------------------------------------------------------
+# Into a model
+# --------------------------------------------------------------------------------------
+@dataclass
+class PretrainedInfo:
+    """What ``load_pretrained`` did: where from, which format, which tensors it re-initialised."""
+
+    source: str
+    format: str
+    num_tensors: int
+    reset: list[str] = field(default_factory=list)
+    ema: bool = False
+
+    def __str__(self) -> str:
+        text = f"loaded {self.num_tensors} tensors from {self.source} ({self.format}{', EMA' if self.ema else ''})"
+        if self.reset:
+            text += f"; new {', '.join(self.reset)} for fine-tuning"
+        return text
+
+
+def load_pretrained(model: Model, source: str | os.PathLike | Mapping[str, np.ndarray],
+                    num_classes: int | None = None, use_ema: bool = False, seed: int = 0) -> PretrainedInfo:
+    """Copy the weights in ``source`` (a file or a state dict) into ``model``, strictly.
+
+    Every parameter must be present and shaped as in the model, and nothing else may be
+    there; the error names every missing, unexpected and mis-shaped key.  The one
+    exception is fine-tuning: when ``num_classes`` is given (it must equal the model's)
+    and the checkpoint's head has another number of classes, ``head.*`` are
+    re-initialised (as a fresh model would be, from ``seed``) instead of loaded.
+    ``use_ema`` takes a DeiT checkpoint's ``model_ema`` weights.
+    """
+    if isinstance(source, Mapping):
+        state, fmt, where = dict(source), "state dict", "state dict"
+    else:
+        state, _, fmt = read_weights(source, use_ema)
+        where = str(source)
+    K = model.config.num_classes
+    if num_classes is not None and num_classes != K:
+        raise ValueError(f"num_classes={num_classes} but the model has {K} classes; "
+                         f"build the model with num_classes={num_classes}")
+    head = [k for k in model.params if k.startswith("head.")]
+    head_fits = all(k in state and tuple(np.shape(state[k])) == tuple(model.params[k].shape) for k in head)
+    reset = []
+    if num_classes is not None and not head_fits:
+        rng = np.random.default_rng(seed)
+        for spec in model.store.specs:
+            if spec.name in head:
+                state[spec.name] = spec.init(rng, spec.shape)
+                reset.append(spec.name)
+    try:
+        model.load_state_dict(state, strict=True)
+    except ValueError as e:
+        hint = ""
+        if not head_fits and num_classes is None and "head.weight" in state:
+            hint = (f"\n  the checkpoint's head has {np.shape(state['head.weight'])[0]} classes and the model {K}: "
+                    f"to fine-tune, pass num_classes={K} (--num-classes {K}) to start a new head")
+        raise CheckpointError(f"{where}: {e}{hint}") from None
+    return PretrainedInfo(where, fmt, len(state), reset, use_ema)
+
+
+def model_from_checkpoint(path: str | os.PathLike, num_classes: int | None = None, device: str = "cpu",
+                          use_ema: bool = False, seed: int = 0,
+                          dtype: str | None = None) -> tuple[Model, PretrainedInfo]:
+    """Build the model a file describes and load its weights: ``(model, info)``.
+
+    The architecture comes from a minimlp file's stored config, or from the tensor shapes
+    of a ``.pth`` (``linear-tiny-checkpoint.pth`` gives ``ff_tiny``).  ``num_classes``
+    other than the checkpoint's starts a new head for fine-tuning; ``dtype`` overrides
+    the stored one (``"float64"`` for checks).
+    """
+    state, meta, fmt = read_weights(path, use_ema)
+    config = dict(meta["model"]) if meta and isinstance(meta.get("model"), dict) else infer_config(state, path)
+    if num_classes is not None:
+        config["num_classes"] = num_classes
+    if dtype is not None:
+        config["dtype"] = dtype
+    try:
+        model = model_from_config(config, device=device, seed=seed)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: cannot build the model it describes ({config}): {e}") from None
+    info = load_pretrained(model, state, num_classes=num_classes, seed=seed)
+    info.source, info.format, info.ema = str(path), fmt, use_ema
+    return model, info

@@ -1,0 +1,307 @@
+"""The one entry point for weights: format detection, minimlp .npz, strict loading into a
+model, a new head for fine-tuning, building a model from a file, and atomic writes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pth_craft import state_dict, write_pth
+
+import minimlp
+from minimlp.io import npz
+from minimlp.io.files import CheckpointError
+from minimlp.io.weights import (
+    detect_format,
+    infer_config,
+    load_pretrained,
+    load_weights,
+    model_from_checkpoint,
+    preset_name,
+    read_weights,
+    save_weights,
+)
+from minimlp.models.registry import model_config
+
+SMALL = dict(img_size=16, patch_size=4, num_classes=5, embed_dim=8, depth=2)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def model():
+    m = minimlp.create_model("ff_tiny", seed=1, **SMALL)
+    rng = np.random.default_rng(0)
+    for p in m.params.values():  # non-trivial values everywhere (zero biases hide mistakes)
+        p += rng.standard_normal(p.shape).astype(p.dtype) * 0.1
+    return m
+
+
+def _images(n=3):
+    return np.random.default_rng(5).standard_normal((n, 3, 16, 16)).astype(np.float32)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("suffix", [".npz", ".safetensors"])
+def test_weights_round_trip_bit_exactly_with_their_config(tmp_path, dtype, suffix):
+    m = minimlp.create_model("ff_tiny", seed=3, dtype=dtype, **SMALL)
+    path = tmp_path / f"w{suffix}"
+    save_weights(path, m.state_dict(), {"model": m.config_dict(), "classes": ["a", "b", "c", "d", "e"]})
+    state, meta, fmt = read_weights(path)
+    assert fmt == suffix[1:] == detect_format(path)
+    assert list(state) == list(m.params)
+    for name, p in m.state_dict().items():
+        assert state[name].dtype == p.dtype and state[name].tobytes() == p.tobytes(), name
+    assert meta["format"] == "minimlp-checkpoint" and meta["version"] == 1
+    assert meta["model"] == m.config_dict() and meta["classes"][4] == "e"
+
+
+def test_npz_layout_is_params_and_json_meta(tmp_path, model):
+    save_weights(tmp_path / "w.npz", model.state_dict(), {"model": model.config_dict()})
+    with np.load(tmp_path / "w.npz", allow_pickle=False) as z:
+        assert set(z.files) == {"meta"} | {f"params/{k}" for k in model.params}
+        assert z["meta"].dtype == np.uint8
+    with zipfile.ZipFile(tmp_path / "w.npz") as zf:
+        assert all(i.compress_type == zipfile.ZIP_STORED for i in zf.infolist())
+
+
+def test_plain_npz_is_read_as_a_state_dict(tmp_path, model):
+    np.savez(tmp_path / "plain.npz", **model.state_dict())
+    state, meta, _ = read_weights(tmp_path / "plain.npz")
+    assert meta is None and set(state) == set(model.params)
+
+
+class _Evil:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.path}",)
+
+
+def test_npz_with_python_objects_is_refused_without_unpickling(tmp_path):
+    marker = tmp_path / "pwned"
+    objects = np.empty(1, dtype=object)
+    objects[0] = _Evil(marker)
+    with open(tmp_path / "evil.npz", "wb") as f:  # np.savez pickles object arrays
+        np.savez(f, meta=npz.encode_meta(npz.weights_meta()), **{"params/w": objects})
+    assert b"system" in (tmp_path / "evil.npz").read_bytes()  # the payload is really in the file
+    with pytest.raises(CheckpointError, match="Python objects"):
+        load_weights(tmp_path / "evil.npz")
+    assert not marker.exists()
+
+
+def test_bad_npz_files_are_refused(tmp_path, model):
+    save_weights(tmp_path / "w.npz", model.state_dict())
+    data = (tmp_path / "w.npz").read_bytes()
+    (tmp_path / "cut.npz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_weights(tmp_path / "cut.npz")
+    meta = npz.encode_meta({"format": "minimlp-checkpoint", "version": 99})
+    np.savez(tmp_path / "new.npz", meta=meta, **{"params/w": np.ones(2)})
+    with pytest.raises(CheckpointError, match="version 99.*newer minimlp"):
+        load_weights(tmp_path / "new.npz")
+    np.savez(tmp_path / "alien.npz", meta=npz.encode_meta({"format": "other"}), w=np.ones(2))
+    with pytest.raises(CheckpointError, match="does not describe a minimlp-checkpoint"):
+        load_weights(tmp_path / "alien.npz")
+    np.savez(tmp_path / "junk.npz", meta=np.frombuffer(b"\xff{", np.uint8))
+    with pytest.raises(CheckpointError, match="not UTF-8"):
+        load_weights(tmp_path / "junk.npz")
+    np.savez(tmp_path / "noparams.npz", meta=npz.encode_meta(npz.weights_meta()))
+    with pytest.raises(CheckpointError, match="without parameters"):
+        load_weights(tmp_path / "noparams.npz")
+
+
+def test_format_is_detected_from_content_not_name(tmp_path, model):
+    obj, storages = state_dict(model.state_dict())
+    write_pth(tmp_path / "weights.bin", obj, storages)
+    save_weights(tmp_path / "a.safetensors", model.state_dict())
+    os.replace(tmp_path / "a.safetensors", tmp_path / "a.npz")
+    assert detect_format(tmp_path / "weights.bin") == "pth"
+    assert detect_format(tmp_path / "a.npz") == "safetensors"
+    (tmp_path / "noise").write_bytes(np.random.default_rng(0).bytes(100))
+    with pytest.raises(CheckpointError, match="not a weights file minimlp can read"):
+        detect_format(tmp_path / "noise")
+    with zipfile.ZipFile(tmp_path / "other.zip", "w") as zf:
+        zf.writestr("notes.txt", "hi")
+    with pytest.raises(CheckpointError, match="neither a PyTorch checkpoint.*notes.txt"):
+        detect_format(tmp_path / "other.zip")
+    (tmp_path / "cut").write_bytes((tmp_path / "weights.bin").read_bytes()[:300])
+    with pytest.raises(CheckpointError, match="truncated or corrupt zip"):
+        load_weights(tmp_path / "cut")
+
+
+def test_writing_pth_is_refused_with_the_reason(tmp_path, model):
+    for name in ("w.pth", "w.pt"):
+        with pytest.raises(CheckpointError, match="writing .pth is not supported.*pickle.*safetensors"):
+            save_weights(tmp_path / name, model.state_dict())
+    with pytest.raises(CheckpointError, match="use .npz or .safetensors"):
+        save_weights(tmp_path / "w.weights", model.state_dict())
+    assert not list(tmp_path.iterdir())
+
+
+def test_ema_is_only_in_pth_training_checkpoints(tmp_path, model):
+    save_weights(tmp_path / "w.npz", model.state_dict())
+    with pytest.raises(CheckpointError, match="EMA weights are only found"):
+        load_weights(tmp_path / "w.npz", use_ema=True)
+
+
+# --------------------------------------------------------------------------------------
+# Into a model
+# --------------------------------------------------------------------------------------
+def test_load_pretrained_is_strict_and_names_every_problem(tmp_path, model):
+    state = model.state_dict()
+    del state["blocks.1.norm2.bias"]
+    state["blocks.9.mlp1.fc1.weight"] = np.zeros(3, np.float32)
+    state["norm.weight"] = np.zeros(7, np.float32)
+    save_weights(tmp_path / "bad.safetensors", state)
+    fresh = minimlp.create_model("ff_tiny", **SMALL)
+    with pytest.raises(CheckpointError) as info:
+        load_pretrained(fresh, tmp_path / "bad.safetensors")
+    message = str(info.value)
+    for fragment in ("bad.safetensors", "missing keys (1): blocks.1.norm2.bias",
+                     "unexpected keys (1): blocks.9.mlp1.fc1.weight", "norm.weight: checkpoint (7,) vs model (8,)"):
+        assert fragment in message, message
+
+
+def test_load_pretrained_copies_every_tensor_and_casts(tmp_path, model):
+    save_weights(tmp_path / "w.npz", model.state_dict())
+    twin = minimlp.create_model("ff_tiny", seed=9, dtype="float64", **SMALL)
+    info = load_pretrained(twin, tmp_path / "w.npz")
+    assert info.reset == [] and info.num_tensors == len(model.params) and info.format == "npz"
+    for name, p in model.params.items():
+        assert twin.params[name].dtype == np.float64
+        np.testing.assert_array_equal(twin.params[name], p.astype(np.float64))
+    assert f"loaded {len(model.params)} tensors from" in str(info)
+
+
+def test_fine_tuning_starts_a_new_head_only_when_asked(tmp_path, model):
+    save_weights(tmp_path / "w.npz", model.state_dict())
+    three = minimlp.create_model("ff_tiny", seed=2, **{**SMALL, "num_classes": 3})
+    with pytest.raises(CheckpointError) as info:
+        load_pretrained(three, tmp_path / "w.npz")
+    assert "head.weight: checkpoint (5, 8) vs model (3, 8)" in str(info.value)
+    assert "pass num_classes=3 (--num-classes 3)" in str(info.value)
+
+    with pytest.raises(ValueError, match="model has 3 classes"):
+        load_pretrained(three, tmp_path / "w.npz", num_classes=4)
+
+    result = load_pretrained(three, tmp_path / "w.npz", num_classes=3, seed=4)
+    assert result.reset == ["head.weight", "head.bias"] and "new head.weight, head.bias" in str(result)
+    for name, p in model.params.items():
+        if not name.startswith("head."):
+            np.testing.assert_array_equal(three.params[name], p)
+    w, b = three.params["head.weight"], three.params["head.bias"]
+    assert w.shape == (3, 8) and 0.005 < w.std() < 0.05  # the model's own initialiser: trunc normal, std 0.02
+    again = minimlp.create_model("ff_tiny", seed=7, **{**SMALL, "num_classes": 3})
+    load_pretrained(again, tmp_path / "w.npz", num_classes=3, seed=4)
+    np.testing.assert_array_equal(again.params["head.weight"], w)  # the new head depends on seed only
+    np.testing.assert_array_equal(again.params["head.bias"], b)
+
+    same = minimlp.create_model("ff_tiny", **SMALL)  # asking for the classes it already has: a plain load
+    assert load_pretrained(same, tmp_path / "w.npz", num_classes=5).reset == []
+    np.testing.assert_array_equal(same.params["head.weight"], model.params["head.weight"])
+
+
+def test_load_pretrained_accepts_a_state_dict(model):
+    twin = minimlp.create_model("ff_tiny", seed=8, **SMALL)
+    assert load_pretrained(twin, model.state_dict()).format == "state dict"
+    np.testing.assert_array_equal(twin.forward(_images())[0], model.forward(_images())[0])
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".npz", ".safetensors"])
+def test_model_from_checkpoint_rebuilds_the_model(tmp_path, model, suffix):
+    path = tmp_path / f"w{suffix}"
+    if suffix == ".pth":  # no config inside: inferred from the shapes
+        obj, storages = state_dict(model.state_dict())
+        write_pth(path, obj, storages)
+    else:
+        save_weights(path, model.state_dict(), {"model": model.config_dict()})
+    rebuilt, info = model_from_checkpoint(path)
+    assert rebuilt.config == model.config and info.format == suffix[1:]
+    np.testing.assert_array_equal(rebuilt.forward(_images())[0], model.forward(_images())[0])
+
+    tuned, info = model_from_checkpoint(path, num_classes=2, dtype="float64")
+    assert tuned.config.num_classes == 2 and tuned.dtype == np.float64 and info.reset == ["head.weight", "head.bias"]
+
+
+def test_infer_config_from_shapes_and_preset_names(model):
+    config = infer_config(model.state_dict())
+    assert config == {"arch": "ffvit", **{k: getattr(model.config, k) for k in config if k != "arch"}}
+    assert preset_name(config) is None
+    for name in ("ff_tiny", "ff_base", "ff_large"):
+        assert preset_name(vars(model_config(name, num_classes=10))) == name
+    state = model.state_dict()
+    del state["cls_token"]
+    with pytest.raises(CheckpointError, match="no 'cls_token'.*feed-forward ViT"):
+        infer_config(state, "x.pth")
+    state = model.state_dict()
+    state["blocks.0.norm2.weight"] = np.ones(9)
+    with pytest.raises(CheckpointError, match="mixes 9 tokens but a 4x4 grid has 17"):
+        infer_config(state)
+
+
+def test_patch_mlp_dim_and_mlp_ratio_are_inferred():
+    m = minimlp.create_model("ff_tiny", img_size=8, patch_size=4, embed_dim=6, depth=1, num_classes=2,
+                             mlp_ratio=2.0, patch_mlp_dim=7)
+    config = infer_config(m.state_dict())
+    assert config["mlp_ratio"] == 2.0 and config["patch_mlp_dim"] == 7
+
+
+# --------------------------------------------------------------------------------------
+# A write killed midway never replaces the previous file.
+# --------------------------------------------------------------------------------------
+_KILLED_WRITER = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    import numpy as np
+    from minimlp.io import safetensors
+    from minimlp.io.weights import save_weights
+
+    path, ready = sys.argv[1], Path(sys.argv[2])
+    calls = []
+    def hang_mid_write(write):
+        def wrapper(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == 2:  # part of the file is written: stop here until killed
+                ready.write_text("writing")
+                time.sleep(60)
+            return write(*args, **kwargs)
+        return wrapper
+    safetensors._tensor_bytes = hang_mid_write(safetensors._tensor_bytes)
+    np.lib.format.write_array = hang_mid_write(np.lib.format.write_array)
+    save_weights(path, {"a": np.zeros(1 << 20, np.float32), "b": np.zeros(1 << 20, np.float32)})
+""")
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".safetensors"])
+def test_write_killed_midway_keeps_the_previous_file(tmp_path, model, suffix):
+    path, ready = tmp_path / f"w{suffix}", tmp_path / "ready"
+    save_weights(path, model.state_dict())
+    before = path.read_bytes()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    child = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, str(path), str(ready)], env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists():
+            assert child.poll() is None, "the writer exited before it was killed"
+            assert time.monotonic() < deadline, "the writer never started writing"
+            time.sleep(0.01)
+        temps = [p for p in tmp_path.iterdir() if p.name.startswith(f".{path.name}.tmp-")]
+        assert temps and temps[0].stat().st_size > 0  # it was mid-write, into a temporary file
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == -signal.SIGKILL
+    assert path.read_bytes() == before
+    state = load_weights(path)
+    np.testing.assert_array_equal(state["head.weight"], model.params["head.weight"])
