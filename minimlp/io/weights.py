@@ -31,7 +31,7 @@ import numpy as np
 from minimlp.io import npz, safetensors, torchfile
 from minimlp.io.files import CheckpointError, read_head
 from minimlp.models.base import Model
-from minimlp.models.registry import list_models, model_config, model_from_config, resolve_name
+from minimlp.models.registry import list_models, model_config, model_from_config, preset_arch, resolve_name
 
 FORMATS = ("pth", "npz", "safetensors")
 SAFETENSORS_META_KEY = "minimlp"  # safetensors metadata entry holding minimlp's meta as JSON
@@ -162,9 +162,10 @@ ARCH_FIELDS = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "mlp_
 
 def preset_name(config: Mapping[str, Any]) -> str | None:
     """The preset (``ff_tiny``, ...) whose architecture ``config`` has, classes aside; else None."""
+    arch = config.get("arch", "ffvit")
     for name in list_models():
-        if resolve_name(name) != name:
-            continue  # an alias
+        if resolve_name(name) != name or preset_arch(name) != arch:
+            continue  # an alias, or another family
         preset = vars(model_config(name))
         if all(config.get(f, preset[f]) == preset[f] for f in ARCH_FIELDS):
             return name

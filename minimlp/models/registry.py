@@ -70,6 +70,11 @@ def resolve_name(name: str) -> str:
     raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
 
 
+def preset_arch(name: str) -> str:
+    """The architecture family ("ffvit", "vit", "mixer") of preset ``name``."""
+    return _PRESETS[resolve_name(name)][0].arch
+
+
 def model_config(name: str, **overrides: Any) -> Any:
     """The config of preset ``name`` with ``overrides`` (None values are ignored)."""
     _, config_cls, fields = _PRESETS[resolve_name(name)]
