@@ -3,6 +3,7 @@
     python -m minimlp.prepare /data/imagenet /data/imagenet-72 --size 72
     python -m minimlp.prepare /data/imagenet /data/imagenette-160 --size 160 --subset imagenette
     python -m minimlp.prepare /data/imagenet /data/imagenet64x64 --size 64 --square -j 8
+    python -m minimlp.prepare /data/Imagenet32_npz /data/imagenet32      # Downsampled ImageNet's npz batches
 
 then train with ``--data-dir OUT``.  An interrupted run keeps what it wrote: the same command
 continues it.  Format and stored geometry: :mod:`minimlp.data.cache`; writing:
@@ -24,10 +25,12 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m minimlp.prepare",
         description="Decode and resize an image dataset once into a memory-mapped cache for fast training "
                     "(train with --data-dir OUT). Interrupted? Run the same command again to continue.")
-    parser.add_argument("root", help="image folders: ROOT/train/<class>/*, ROOT/val/... (or ImageFolder)")
+    parser.add_argument("root", help="image folders: ROOT/train/<class>/*, ROOT/val/... (or ImageFolder), or "
+                                     "Downsampled ImageNet's train_data_batch_*.npz and val_data.npz")
     parser.add_argument("out", help="the cache directory to write")
-    parser.add_argument("--size", type=int, required=True,
-                        help="short side in pixels (with --square: the side of the square); e.g. 72 to train at 64")
+    parser.add_argument("--size", type=int, default=None,
+                        help="short side in pixels (with --square: the side of the square); e.g. 73 to train at 64 "
+                             "(not needed for Downsampled ImageNet npz batches: they keep their size)")
     parser.add_argument("--square", action="store_true",
                         help="squash the whole image to SIZE x SIZE (Downsampled ImageNet style)")
     parser.add_argument("--splits", default="train,val", help="which splits to write (default: train,val)")

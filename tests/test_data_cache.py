@@ -213,3 +213,70 @@ def test_command_line(tree, tmp_path, capsys):
     assert json.loads((out / "minimlp_cache.json").read_text())["classes"]["wnids"] == ["n01440764"]
     assert prepare_cli.main([str(tmp_path / "missing"), str(out), "--size", "16"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_evaluation_from_a_cache_stored_at_size_over_crop_pct_is_a_plain_crop(tree, tmp_path):
+    root, _ = tree
+    out = tmp_path / "exact"
+    quiet_prepare(root, out, 18, splits=("val",))  # floor(16 / 0.875) = 18
+    with open_prepared(out, "val", 16, workers=0) as ds:
+        images, _ = next(iter(ds.batches(np.arange(len(ds)), len(ds), train=False, seed=0)))
+        for image, record_index in zip(images, ds.records, strict=True):
+            h, w = ds.shapes[record_index]
+            record = ds.reader.record((int(record_index), int(h), int(w)))
+            top, left = int(round((h - 16) / 2)), int(round((w - 16) / 2))
+            np.testing.assert_array_equal(image.transpose(1, 2, 0), record[top:top + 16, left:left + 16])
+
+
+def write_downsampled(root: Path, side: int, counts: dict[str, list[int]], seed: int = 0) -> dict[str, list]:
+    """Fake Downsampled ImageNet npz batches: rows of R, G, B planes and 1-based devkit labels."""
+    from minimlp.data.classes import imagenet_table
+
+    rng = np.random.default_rng(seed)
+    devkit = [c.devkit_label for c in imagenet_table()]
+    written = {}
+    root.mkdir(parents=True, exist_ok=True)
+    for split, sizes in counts.items():
+        for k, n in enumerate(sizes):
+            data = rng.integers(0, 256, size=(n, 3 * side * side), dtype=np.uint8)
+            labels = rng.choice(devkit[:12], size=n)  # the first 12 classes of the sorted list
+            name = f"train_data_batch_{k + 1}.npz" if split == "train" else "val_data.npz"
+            np.savez(root / name, data=data, labels=labels)
+            written.setdefault(split, []).append((data, labels))
+    return written
+
+
+def test_downsampled_imagenet_npz_batches_become_a_cache(tmp_path):
+    from minimlp.data.classes import imagenet_table
+
+    src = tmp_path / "Imagenet8_npz"
+    written = write_downsampled(src, 8, {"train": [7, 5, 6], "val": [4]})
+    assert detect(src) == "downsampled"
+    with pytest.raises(ValueError, match="python -m minimlp.prepare"):
+        open_image_dataset(src, "train", 8)
+    out = tmp_path / "ds8"
+    quiet_prepare(src, out, None)
+    header = read_header(out)
+    assert header["geometry"] == "square" and header["size"] == 8 and len(header["classes"]["wnids"]) == 1000
+    by_devkit = {c.devkit_label: c.index for c in imagenet_table()}
+    with open_prepared(out, "train", 8, workers=0) as ds:
+        assert len(ds) == 18
+        data = np.concatenate([d for d, _ in written["train"]])
+        labels = np.concatenate([lab for _, lab in written["train"]])
+        assert ds.labels.tolist() == [by_devkit[int(v)] for v in labels]  # devkit order -> sorted-wnid order
+        record = ds.reader.record((9, 8, 8))
+        np.testing.assert_array_equal(record, data[9].reshape(3, 8, 8).transpose(1, 2, 0))
+        images, _ = next(iter(ds.batches(np.arange(3), 3, train=False, seed=0)))
+        np.testing.assert_array_equal(images[2], data[2].reshape(3, 8, 8))
+    subset_out = tmp_path / "ds8-sub"
+    first_two = ",".join(c.wnid for c in imagenet_table()[:2])
+    quiet_prepare(src, subset_out, None, subset=first_two, splits=("val",))
+    with open_prepared(subset_out, "val", 8, workers=0) as ds:
+        val_labels = [by_devkit[int(v)] for v in written["val"][0][1]]
+        assert len(ds) == sum(v < 2 for v in val_labels) and set(ds.labels.tolist()) <= {0, 1}
+
+
+def test_pickled_downsampled_batches_are_refused(tmp_path):
+    (tmp_path / "train_data_batch_1").write_bytes(b"\x80\x04pickled")
+    with pytest.raises(ValueError, match="never"):
+        detect(tmp_path)

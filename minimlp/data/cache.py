@@ -17,7 +17,8 @@ to ``img_size`` (bicubic) + a horizontal flip, like the folder pipeline; ``train
 instead takes a plain random img_size×img_size window (padded when the stored image is
 smaller) + flip, with no resampling at all.  Evaluation resizes the short side to
 ``img_size / crop_pct`` and center-crops, as for folders; prepare with
-``S = floor(img_size / 0.875)`` (73 for 64 px) to make that a pure crop.
+``S = floor(img_size / 0.875)`` (73 for 64 px) to make that a pure crop.  Square caches are
+evaluated on the whole image (crop_pct 1), as Downsampled ImageNet is.
 
 Files in OUT, one set per split (``train_*``, ``val_*``)::
 
@@ -159,6 +160,11 @@ class CacheReader:
     def load(self, item: tuple[int, int, int], train: bool, rng: np.random.Generator) -> np.ndarray:
         pixels = self.record(item)
         if not train:
+            h, w = pixels.shape[:2]
+            left, top, right, bottom = transforms.center_crop_box(w, h, self.img_size, self.crop_pct)
+            if (right - left, bottom - top) == (self.img_size, self.img_size) and float(left).is_integer() \
+                    and float(top).is_integer():  # stored at size / crop_pct: a plain crop, no resampling
+                return pixels[int(top):int(top) + self.img_size, int(left):int(left) + self.img_size]
             return transforms.eval_crop(Image.fromarray(pixels), self.img_size, self.crop_pct)
         if self.train_crop == "crop":
             return self._window(pixels, rng)
@@ -257,7 +263,7 @@ def open_prepared(
     scale: tuple[float, float] = (0.08, 1.0),
     ratio: tuple[float, float] = (3 / 4, 4 / 3),
     hflip: float = 0.5,
-    crop_pct: float = DEFAULT_CROP_PCT,
+    crop_pct: float | None = None,
     randaugment: str | None = None,
     **ignored,
 ) -> PreparedDataset:
@@ -265,6 +271,8 @@ def open_prepared(
 
     Options as for :func:`minimlp.data.folders.open_folder_dataset` (``holdout`` and ``draft`` mean
     nothing here and are ignored); ``train_crop`` picks "rrc" or "crop" (see the module docstring).
+    ``crop_pct`` defaults to 0.875, and to 1 (the whole image) for square caches, which are whole
+    images already, as Downsampled ImageNet is evaluated.
     """
     root = Path(root)
     header = read_header(root)
@@ -293,6 +301,8 @@ def open_prepared(
     class_map = ClassMap(class_map.wnids, class_map.names,
                          tuple(stored_map.source_index[i] for i in class_map.source_index))
     slot_bytes = header["max_long"] * header["size"] * 3
+    if crop_pct is None:
+        crop_pct = 1.0 if header["geometry"] == "square" else DEFAULT_CROP_PCT
     augment = RandAugment.from_config(randaugment, mean=IMAGENET_MEAN) if randaugment else None
     reader = CacheReader(str(paths["images"]), slot_bytes, img_size, train_crop, tuple(scale), tuple(ratio), hflip,
                          crop_pct, augment)

@@ -10,6 +10,7 @@ decoded are left out and listed at the end.  Lesson 12.
 from __future__ import annotations
 
 import json
+import math
 import multiprocessing as mp
 import os
 import time
@@ -27,6 +28,7 @@ from minimlp.data.cache import (
     read_header,
     split_paths,
 )
+from minimlp.data.classes import cap_samples, imagenet_table, select_classes
 from minimlp.data.folders import detect, list_split
 from minimlp.data.loader import default_workers
 from minimlp.data.transforms import BadImageError
@@ -72,7 +74,7 @@ def _options(root: Path, size: int, square: bool, subset, num_classes, class_see
 
 
 def _start_split(out: Path, header: dict, split: str, paths: list[str], labels: np.ndarray, slot_bytes: int,
-                 chunk: int) -> None:
+                 chunk: int | str, num_chunks: int | None = None) -> None:
     """Create the split's files (pixels preallocated, sparse) and record the split in the header."""
     files = split_paths(out, split)
     n = len(paths)
@@ -80,7 +82,7 @@ def _start_split(out: Path, header: dict, split: str, paths: list[str], labels: 
     np.lib.format.open_memmap(files["shapes"], mode="w+", dtype=np.int32, shape=(n, 2)).flush()
     np.save(files["labels"], labels.astype(np.int64))
     files["files"].write_text("".join(p + "\n" for p in paths))
-    np.save(files["done"], np.zeros(-(-n // chunk), dtype=np.uint8))
+    np.save(files["done"], np.zeros(num_chunks if num_chunks is not None else -(-n // chunk), dtype=np.uint8))
     header["splits"][split] = {"count": n, "chunk": chunk, "complete": False}
     _write_header(out, header)
 
@@ -88,7 +90,7 @@ def _start_split(out: Path, header: dict, split: str, paths: list[str], labels: 
 def prepare(
     root: str | os.PathLike,
     out: str | os.PathLike,
-    size: int,
+    size: int | None,
     *,
     square: bool = False,
     splits: tuple[str, ...] = ("train", "val"),
@@ -104,14 +106,19 @@ def prepare(
 ) -> dict:
     """Write (or finish writing) the cache of ``root`` in ``out``; returns the header.
 
+    ``root`` holds image folders, or Downsampled ImageNet's npz batches (then ``size`` is theirs).
     ``chunk`` records are written per task; a resumed run keeps the chunk size it started with.
     """
     root, out = Path(root), Path(out)
-    if size < 8:
-        raise ValueError(f"--size must be at least 8 pixels, got {size}")
-    if detect(root) == "prepared":
+    kind = detect(root)
+    if kind == "prepared":
         raise ValueError(f"{root} is already a prepared cache; prepare from the image folders")
+    if kind == "downsampled":
+        size, square = downsampled_size(root), True
+    elif size is None or size < 8:
+        raise ValueError(f"--size must be at least 8 pixels, got {size}")
     options = _options(root, size, square, subset, num_classes, class_seed, per_class, train_num_samples, sample_seed)
+    options["kind"] = kind
     if (out / CACHE_HEADER).exists():
         header = read_header(out)
         if json.dumps(header["options"], sort_keys=True) != json.dumps(options, sort_keys=True):
@@ -124,6 +131,8 @@ def prepare(
                   "max_long": max_long_side(size, square), "options": options, "classes": None, "splits": {}}
     slot_bytes = header["max_long"] * size * 3
     workers = default_workers() if workers is None else workers
+    if kind == "downsampled":
+        return _prepare_downsampled(root, out, header, splits, log)
 
     for split in splits:
         info = header["splits"].get(split)
@@ -200,3 +209,101 @@ def _run_chunks(tasks: list[tuple], done: np.memmap, workers: int, split: str, t
         raise
     finally:
         pool.join()
+
+
+# ------------------------------------------------------------------------------------------------
+# Downsampled ImageNet (Chrabaszcz et al. 2017), the npz variant: train_data_batch_<k>.npz and val_data.npz,
+# each with "data" (N, 3·s·s) uint8 rows (the R plane, then G, then B) and "labels" (N,) 1-based devkit
+# labels.  Read with allow_pickle=False: the pickled variant is refused, never unpickled.
+
+
+def downsampled_files(root: Path) -> dict[str, list[Path]]:
+    """{"train": the batches in batch order, "val": [val_data.npz]} (splits that exist)."""
+    def batch_number(path: Path) -> int:
+        return int(path.stem.rsplit("_", 1)[1])
+
+    files = {"train": sorted(root.glob("train_data_batch_*.npz"), key=batch_number)}
+    if (root / "val_data.npz").is_file():
+        files["val"] = [root / "val_data.npz"]
+    return {split: paths for split, paths in files.items() if paths}
+
+
+def _load_npz(path: Path, key: str) -> np.ndarray:
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            return arrays[key]
+    except (OSError, ValueError, KeyError) as exc:
+        raise ValueError(f"{path} is not a Downsampled ImageNet npz batch with '{key}' ({exc})") from None
+
+
+def downsampled_size(root: Path) -> int:
+    first = next(iter(downsampled_files(root).values()))[0]
+    row = _load_npz(first, "data").shape[1]
+    side = math.isqrt(row // 3)
+    if 3 * side * side != row:
+        raise ValueError(f"{first}: rows of {row} values are not 3 square planes")
+    return side
+
+
+def _prepare_downsampled(root: Path, out: Path, header: dict, splits: tuple[str, ...],
+                         log: Callable[[str], None]) -> dict:
+    """Copy the npz batches into the cache, one source file per chunk (resumable the same way)."""
+    options = header["options"]
+    size = header["size"]
+    slot_bytes = size * size * 3
+    table = imagenet_table()
+    devkit_to_index = np.zeros(1001, dtype=np.int64)
+    devkit_to_index[[c.devkit_label for c in table]] = [c.index for c in table]  # devkit order -> sorted order
+    class_map = select_classes([c.wnid for c in table], options["subset"], options["num_classes"],
+                               options["class_seed"])
+    header["classes"] = class_map.to_dict()
+    sources = downsampled_files(root)
+    for split in splits:
+        if split not in sources:
+            log(f"no {split} split in {root}")
+            continue
+        files = split_paths(out, split)
+        info = header["splits"].get(split)
+        if info is None:
+            per_file = [class_map.remap(devkit_to_index[_load_npz(f, "labels").astype(np.int64)])
+                        for f in sources[split]]
+            labels = np.concatenate(per_file)
+            keep = np.flatnonzero(labels >= 0)
+            if split == "train" and (options["per_class"] is not None or options["train_num_samples"] is not None):
+                keep = keep[cap_samples(labels[keep], options["per_class"], options["train_num_samples"],
+                                        options["sample_seed"])]
+            offsets = np.cumsum([0] + [len(f) for f in per_file])
+            file_of = np.searchsorted(offsets, keep, "right") - 1  # which source file each kept row is in
+            names = [f"{sources[split][f].name}:{row - offsets[f]}" for f, row in zip(file_of, keep, strict=True)]
+            _start_split(out, header, split, names, labels[keep], slot_bytes, "file", len(sources[split]))
+            np.save(out / f"{split}_rows.npy", keep)
+            info = header["splits"][split]
+        if info["complete"]:
+            log(f"{split}: complete ({info['count']} images)")
+            continue
+        keep = np.load(out / f"{split}_rows.npy")
+        done = np.load(files["done"], mmap_mode="r+")
+        images = np.memmap(files["images"], dtype=np.uint8, mode="r+")
+        shapes = np.load(files["shapes"], mmap_mode="r+")
+        start_row = 0
+        for f, path in enumerate(sources[split]):
+            data = None
+            if not done[f]:
+                data = _load_npz(path, "data")  # (N, 3·s·s)
+            rows = len(_load_npz(path, "labels")) if data is None else len(data)
+            mine = np.flatnonzero((keep >= start_row) & (keep < start_row + rows))  # records from this file
+            if data is not None and len(mine):
+                block = data[keep[mine] - start_row].reshape(-1, 3, size, size).transpose(0, 2, 3, 1)  # (n, s, s, 3)
+                images[mine[0] * slot_bytes:(mine[-1] + 1) * slot_bytes] = block.reshape(-1)
+                shapes[mine] = size
+                images.flush()
+                shapes.flush()
+            if data is not None:
+                done[f] = 1
+                done.flush()
+                log(f"{split}: {path.name} done")
+            start_row += rows
+        info.update(complete=True, bad=0)
+        _write_header(out, header)
+        log(f"{split}: done, {info['count']} images in {files['images']}")
+    return header

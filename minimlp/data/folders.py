@@ -7,7 +7,9 @@ Layouts recognised (``detect``):
   :func:`read_val_labels`);
 * ``imagefolder``: ``ROOT/<class>/*``, class folders directly under the root; a seeded
   ``holdout`` fraction of each class (10% by default) is the validation split;
-* ``prepared``: a cache written by ``python -m minimlp.prepare`` (read by :mod:`minimlp.data.cache`).
+* ``prepared``: a cache written by ``python -m minimlp.prepare`` (read by :mod:`minimlp.data.cache`);
+* ``downsampled``: Downsampled ImageNet's npz batches, which ``python -m minimlp.prepare`` converts
+  into a prepared cache.
 
 Classes are the sorted class-folder names of ``train/`` (for ImageNet: the wnids, so label
 k is the k-th of the sorted 1000, as timm and the released checkpoints have it), narrowed
@@ -255,7 +257,7 @@ class FolderDataset:
 
 
 def detect(root: str | os.PathLike) -> str:
-    """What kind of dataset is at ``root``: "prepared", "imagenet" or "imagefolder".
+    """What kind of dataset is at ``root``: "prepared", "downsampled", "imagenet" or "imagefolder".
 
     Raises FileNotFoundError / ValueError naming the path and the layouts expected.
     """
@@ -266,6 +268,11 @@ def detect(root: str | os.PathLike) -> str:
         raise ValueError(f"--data-dir must be a directory, {root} is a file")
     if (root / CACHE_HEADER).is_file():
         return "prepared"
+    if any(root.glob("train_data_batch_*.npz")) or (root / "val_data.npz").is_file():
+        return "downsampled"
+    if any(root.glob("train_data_batch_*")) or (root / "val_data").is_file():
+        raise ValueError(f"{root} holds Downsampled ImageNet batches in the pickled format, which minimlp never "
+                         f"loads (unpickling can run code); download the npz variant instead")
     if (root / "train").is_dir() or _find_val_dir(root) is not None:
         return "imagenet"
     subdirs = [e for e in os.scandir(root) if e.is_dir() and not _hidden(e.name)]
@@ -431,6 +438,10 @@ def open_folder_dataset(
 
 def open_image_dataset(root: str | os.PathLike, split: str, img_size: int, **options):
     """Open whatever is at ``root`` (image folders or a prepared cache) with the same options."""
-    if detect(root) == "prepared":
+    kind = detect(root)
+    if kind == "prepared":
         return open_prepared(root, split, img_size, **options)
+    if kind == "downsampled":
+        raise ValueError(f"{root} holds Downsampled ImageNet npz batches: convert them once into a memory-mapped "
+                         f"cache with `python -m minimlp.prepare {root} OUT`, then use --data-dir OUT")
     return open_folder_dataset(root, split, img_size, **options)
