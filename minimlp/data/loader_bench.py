@@ -82,6 +82,32 @@ def loader_rate(dataset, batch_size: int, seed: int = 0) -> tuple[float, float |
     return count / wall, count / max(cpu + workers_after - workers_before, 1e-9)
 
 
+def draft_rates(directory: Path, repeats: int, count: int = 48) -> list[tuple[str, int, float, float]]:
+    """(original size, target px, img/s without draft, img/s with draft) of decode + RandomResizedCrop + flip."""
+    from minimlp.data.synthetic import photo_like
+    from minimlp.data.transforms import train_image
+
+    rows = []
+    rng = np.random.default_rng(0)
+    for width, height in ((500, 375), (1600, 1200)):
+        paths = []
+        for i in range(count if width < 1000 else count // 4):
+            path = directory / f"draft_{width}_{i}.JPEG"
+            photo_like(width, height, rng).save(path, quality=90)
+            paths.append(path)
+        for size in (64, 128, 224):
+            rates: dict[bool, list[float]] = {False: [], True: []}
+            for r in range(repeats):
+                for draft in (False, True):
+                    crop_rng = np.random.default_rng(r)
+                    start = time.process_time()
+                    for path in paths:
+                        train_image(path, size, crop_rng, draft=draft)
+                    rates[draft].append(len(paths) / (time.process_time() - start))
+            rows.append((f"{width}x{height}", size, statistics.median(rates[False]), statistics.median(rates[True])))
+    return rows
+
+
 def _warm(dataset, batch_size: int) -> None:
     """Start the workers and touch the files once, outside the timing."""
     for _ in dataset.batches(np.arange(min(len(dataset), batch_size * max(1, dataset.loader.workers))),
@@ -99,7 +125,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", default=None, help="comma list (default: 0,1,2,... up to 2x the cores)")
     parser.add_argument("-b", "--batch-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--draft", action="store_true", help="only compare decoding with and without Image.draft")
     args = parser.parse_args(argv)
+    if args.draft:
+        with tempfile.TemporaryDirectory(prefix="minimlp-draft-") as tmp:
+            print(f"decode + RandomResizedCrop + flip, images per CPU-second, medians of {args.repeats}")
+            print(f"{'original':>10}{'px':>6}{'no draft':>10}{'draft':>10}{'gain':>7}")
+            for original, size, plain, drafted in draft_rates(Path(tmp), args.repeats):
+                print(f"{original:>10}{size:>6}{plain:>10.0f}{drafted:>10.0f}{drafted / plain:>7.2f}")
+        return 0
 
     cores = default_workers()
     worker_counts = ([int(w) for w in args.workers.split(",")] if args.workers
