@@ -127,20 +127,23 @@ def _shm_names() -> set[str]:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /dev/shm and /proc")
-def test_ctrl_c_stops_workers_and_frees_shared_memory(tmp_path):
+@pytest.mark.parametrize("where", ["waiting for a batch", "while training"])
+def test_ctrl_c_stops_workers_and_frees_shared_memory(tmp_path, where):
     script = tmp_path / "run.py"
     pids = tmp_path / "pids.txt"
+    decode_time, step_time = (0.2, 0.0) if where == "waiting for a batch" else (0.0, 0.3)
     script.write_text(textwrap.dedent(f"""
-        import sys
+        import sys, time
         sys.path[:0] = {[str(Path(__file__).parent), str(Path(__file__).parent.parent)]!r}
         import numpy as np
-        from fake_readers import NoiseReader, item_value
+        from fake_readers import NoiseReader
         from minimlp.data.loader import BatchLoader
 
         if __name__ == "__main__":
-            loader = BatchLoader(NoiseReader(sleep=0.2), (3, 8, 8), workers=2)
+            loader = BatchLoader(NoiseReader(sleep={decode_time}), (3, 8, 8), workers=2)
             items = [str(i) for i in range(10000)]
             for i, _ in enumerate(loader.batches(items, np.zeros(10000, np.int64), 4, True, 0)):
+                time.sleep({step_time})  # the "training step"
                 if i == 1:
                     pool = loader._holder["pool"]
                     open({str(pids)!r}, "w").write(" ".join(str(p.pid) for p in pool.procs) + "\\n"
