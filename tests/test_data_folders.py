@@ -220,3 +220,12 @@ def test_open_image_dataset_dispatches(tree):
         warnings.simplefilter("ignore", DataLayoutWarning)
         ds = folders.open_image_dataset(root, "val", 32, workers=0)
     assert isinstance(ds, folders.FolderDataset) and len(ds) == 6
+
+
+def test_a_val_only_tree_keeps_imagenet_indices(tmp_path):
+    root = tmp_path / "valonly"
+    build_tree(root, train_per_class=1, val_per_class=1, awkward=False)
+    shutil.rmtree(root / "train")
+    paths, labels, cmap = list_split(root, "val")
+    assert len(cmap) == 1000 and sorted(set(labels.tolist())) == [0, 217, 482]  # indices of the full ImageNet list
+    assert [cmap.wnids[k] for k in labels] == [p.rsplit("/", 2)[1] for p in paths]

@@ -307,7 +307,7 @@ def _imagenet_split(root: Path, split: str) -> _Split:
     class_dirs = [e.name for e in os.scandir(val_dir) if e.is_dir() and not _hidden(e.name)]
     if class_dirs:
         scan = scan_class_folders(val_dir)
-        classes = train_classes if train_classes is not None else scan.classes
+        classes = train_classes if train_classes is not None else _val_only_classes(scan.classes)
         unknown = sorted(set(scan.classes) - set(classes))
         if unknown:
             raise ValueError(f"{len(unknown)} class folder(s) in {val_dir} have no folder in {train_dir}, so their "
@@ -342,6 +342,13 @@ def _imagenet_split(root: Path, split: str) -> _Split:
         raise ValueError(f"{len(unlabelled)} image(s) in {val_dir} have no label in {label_file}, e.g. "
                          f"{', '.join(unlabelled[:5])}")
     return _Split(paths, np.array(source, dtype=np.int64), classes)
+
+
+def _val_only_classes(found: list[str]) -> list[str]:
+    """Classes of a tree without train/: ImageNet wnids index into all 1000 (so checkpoints' labels
+    line up even when val/ holds some of them), other names are their own sorted list."""
+    table = [c.wnid for c in imagenet_table()]
+    return table if set(found) <= set(table) else found
 
 
 def _imagefolder_split(root: Path, split: str, holdout: float, holdout_seed: int) -> _Split:
