@@ -225,7 +225,13 @@ class PreparedDataset:
         return (f"PreparedDataset({self.root} {self.split}: {len(self)} images, {len(self.classes)} classes, stored "
                 f"{self.header['geometry']} {self.header['size']} px, read at {self.image_shape[1]} px)")
 
+    @property
+    def bad_files(self) -> dict[str, str]:
+        """Always empty: undecodable sources were left out when the cache was prepared."""
+        return self.loader.bad_files
+
     def class_info(self) -> dict:
+        """The label -> class mapping, JSON-able, for checkpoints."""
         return self.class_map.to_dict()
 
     def batches(self, indices: np.ndarray, batch_size: int, train: bool,
