@@ -420,7 +420,7 @@ def open_folder_dataset(
     scale: tuple[float, float] = (0.08, 1.0),
     ratio: tuple[float, float] = (3 / 4, 4 / 3),
     hflip: float = 0.5,
-    crop_pct: float = DEFAULT_CROP_PCT,
+    crop_pct: float | None = None,
     randaugment: str | None = None,
     draft: bool = True,
     max_bad: int | None = None,
@@ -431,12 +431,14 @@ def open_folder_dataset(
     train_num_samples / per_class       caps on the train split (seeded by ``sample_seed``)
     holdout                             ImageFolder trees without train/val: fraction of each class held out as val
     workers                             decoding processes (None: one per core, at most 8; 0: in this process)
-    scale, ratio, hflip, randaugment    the training augmentation; crop_pct the evaluation crop
+    scale, ratio, hflip, randaugment    the training augmentation (randaugment: e.g. "rand-m9-mstd0.5-inc1")
+    crop_pct                            the evaluation crop (None: 0.875)
     """
     paths, labels, class_map = list_split(root, split, subset, num_classes, class_seed, train_num_samples, per_class,
                                           sample_seed, holdout)
     if not paths:
         raise ValueError(f"no images found for the {split} split of {root}")
+    crop_pct = DEFAULT_CROP_PCT if crop_pct is None else crop_pct
     augment = RandAugment.from_config(randaugment, mean=IMAGENET_MEAN) if randaugment else None
     reader = FolderReader(img_size, tuple(scale), tuple(ratio), hflip, crop_pct, draft, augment)
     return FolderDataset(paths, labels, class_map, reader, workers=default_workers() if workers is None else workers,
