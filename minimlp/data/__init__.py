@@ -1,0 +1,1 @@
+"""Datasets and the input pipeline: image folders, the prepared cache, transforms, augmentations, workers."""

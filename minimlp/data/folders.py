@@ -1,0 +1,456 @@
+"""ImageNet and other image-folder datasets read straight from disk.
+
+Layouts recognised (``detect``):
+
+* ``imagenet``: ``ROOT/train/<class>/*`` and ``ROOT/val/<class>/*`` (``validation/`` also
+  works), or ``ROOT/val/`` as one flat folder of images plus a label file (see
+  :func:`read_val_labels`);
+* ``imagefolder``: ``ROOT/<class>/*``, class folders directly under the root; a seeded
+  ``holdout`` fraction of each class (10% by default) is the validation split;
+* ``prepared``: a cache written by ``python -m minimlp.prepare`` (read by :mod:`minimlp.data.cache`);
+* ``downsampled``: Downsampled ImageNet's npz batches, which ``python -m minimlp.prepare`` converts
+  into a prepared cache.
+
+Classes are the sorted class-folder names of ``train/`` (for ImageNet: the wnids, so label
+k is the k-th of the sorted 1000, as timm and the released checkpoints have it), narrowed
+by a subset if one is asked for (:func:`minimlp.data.classes.select_classes`) and relabelled
+0..K-1.  Files are recognised as images by their content: those with a usual image
+extension are taken as listed (and any that fails to decode is skipped and reported when
+it is read), any other file is opened by Pillow to see whether it is an image; a file
+that is not is named in a warning and left out.  Lesson 12 walks through it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from minimlp.data import transforms
+from minimlp.data.augment import RandAugment
+from minimlp.data.cache import CACHE_HEADER, open_prepared
+from minimlp.data.classes import ClassMap, cap_samples, imagenet_table, select_classes
+from minimlp.data.loader import BatchLoader, default_workers
+from minimlp.data.transforms import DEFAULT_CROP_PCT, IMAGENET_MEAN, IMAGENET_STD
+
+__all__ = [
+    "DataLayoutWarning",
+    "FolderDataset",
+    "FolderReader",
+    "detect",
+    "open_folder_dataset",
+    "open_image_dataset",
+    "read_val_labels",
+    "scan_class_folders",
+    "is_image_file",
+]
+
+IMAGE_EXTENSIONS = {".jpeg", ".jpg", ".jpe", ".png", ".bmp", ".ppm", ".pgm", ".pbm", ".webp", ".tif", ".tiff", ".gif"}
+VAL_DIR_NAMES = ("val", "validation")
+# Label files for a flat val/ folder, looked for in ROOT and in ROOT/val.
+VAL_LABEL_FILES = ("LOC_val_solution.csv", "ILSVRC2012_validation_ground_truth.txt", "val_labels.txt", "val.txt",
+                   "labels.txt")
+
+
+class DataLayoutWarning(UserWarning):
+    """Something in the data folders was left out or looks wrong; the message names the path."""
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, DataLayoutWarning, stacklevel=3)
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    """True if Pillow recognises the file's content as an image (header only, no decoding)."""
+    try:
+        with open(path, "rb") as f, Image.open(f) as img:
+            return img.format is not None
+    except Exception:
+        return False
+
+
+def _hidden(name: str) -> bool:
+    return name.startswith(".") or name.startswith("__")
+
+
+def _list_images(directory: Path, non_images: list[str]) -> list[str]:
+    """Image files under ``directory`` (recursively), sorted; other files go to ``non_images``."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(directory, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not _hidden(d))
+        for name in sorted(filenames):
+            if _hidden(name):
+                continue
+            path = os.path.join(dirpath, name)
+            if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS or is_image_file(path):
+                found.append(path)
+            else:
+                non_images.append(path)
+    return found
+
+
+@dataclass
+class ScanResult:
+    classes: list[str]  # sorted class-folder names
+    files: list[list[str]]  # per class, sorted paths
+    non_images: list[str] = field(default_factory=list)
+    empty: list[str] = field(default_factory=list)
+
+
+def scan_class_folders(directory: str | os.PathLike, warn: bool = True) -> ScanResult:
+    """The class folders under ``directory`` and their image files.
+
+    An empty class folder stays a class (so the other classes keep their indices) and is
+    named in a warning; so is every file that is not an image.
+    """
+    directory = Path(directory)
+    classes = sorted(e.name for e in os.scandir(directory) if e.is_dir() and not _hidden(e.name))
+    result = ScanResult(classes, [])
+    for name in classes:
+        files = _list_images(directory / name, result.non_images)
+        if not files:
+            result.empty.append(str(directory / name))
+        result.files.append(files)
+    if warn:
+        for path in result.non_images:
+            _warn(f"not an image, left out: {path}")
+        for path in result.empty:
+            _warn(f"class folder has no images: {path} (the class is kept so label indices do not shift)")
+    return result
+
+
+def _find_val_dir(root: Path) -> Path | None:
+    for name in VAL_DIR_NAMES:
+        if (root / name).is_dir():
+            return root / name
+    return None
+
+
+def _flat_images(directory: Path) -> list[str]:
+    return sorted(str(directory / e.name) for e in os.scandir(directory) if e.is_file() and not _hidden(e.name))
+
+
+def read_val_labels(root: str | os.PathLike, val_dir: str | os.PathLike | None = None) -> tuple[Path, dict[str, str]]:
+    """Labels of a flat validation folder: {file stem: wnid}, and the label file they came from.
+
+    Recognised label files (in ROOT or in the val folder, first found wins):
+
+    * ``LOC_val_solution.csv`` (Kaggle): ``ImageId,PredictionString`` rows; the first word of
+      PredictionString is the wnid;
+    * ``ILSVRC2012_validation_ground_truth.txt`` (devkit; also under
+      ``ILSVRC2012_devkit_t12/data/``): one 1-based devkit label per line, for the val images in
+      sorted file-name order;
+    * ``val_labels.txt`` / ``val.txt`` / ``labels.txt``: ``<file name> <wnid or class index>`` per
+      line (space, tab or comma between), the index being the sorted-wnid index 0..999.
+    """
+    root = Path(root)
+    val_dir = Path(val_dir) if val_dir is not None else _find_val_dir(root)
+    candidates = [d / name for name in VAL_LABEL_FILES for d in (root, val_dir) if d is not None]
+    candidates.insert(2, root / "ILSVRC2012_devkit_t12" / "data" / "ILSVRC2012_validation_ground_truth.txt")
+    label_file = next((p for p in candidates if p.is_file()), None)
+    if label_file is None:
+        raise FileNotFoundError(
+            f"{val_dir} holds images directly (no class folders) but no label file was found; put one of "
+            f"{', '.join(VAL_LABEL_FILES)} in {root}, or sort the images into val/<wnid>/ folders")
+    table = imagenet_table()
+    lines = [ln.strip() for ln in label_file.read_text().splitlines() if ln.strip()]
+    labels: dict[str, str] = {}
+    if label_file.name == "LOC_val_solution.csv":
+        for ln in lines[1:]:
+            image_id, prediction = ln.split(",", 1)
+            labels[Path(image_id).stem] = prediction.split()[0]
+    elif label_file.name == "ILSVRC2012_validation_ground_truth.txt":
+        by_devkit = {c.devkit_label: c.wnid for c in table}
+        images = [Path(p).stem for p in _flat_images(val_dir)]
+        if len(images) != len(lines):
+            raise ValueError(f"{label_file} has {len(lines)} labels but {val_dir} holds {len(images)} files; the "
+                             f"devkit labels only fit the complete, unrenamed val set")
+        labels = {stem: by_devkit[int(v)] for stem, v in zip(images, lines, strict=True)}
+    else:
+        by_index = {str(c.index): c.wnid for c in table}
+        for ln in lines:
+            parts = ln.replace(",", " ").split()
+            if len(parts) < 2:
+                raise ValueError(f"{label_file}: line {ln!r} is not '<file name> <wnid or index>'")
+            labels[Path(parts[0]).stem] = by_index.get(parts[1], parts[1])
+    return label_file, labels
+
+
+@dataclass(frozen=True)
+class FolderReader:
+    """Decodes one file for a batch: the small, picklable part a worker process needs."""
+
+    img_size: int
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    hflip: float = 0.5
+    crop_pct: float = DEFAULT_CROP_PCT
+    draft: bool = True
+    randaugment: RandAugment | None = None  # applied after the crop and flip
+
+    def load(self, path: str, train: bool, rng: np.random.Generator) -> np.ndarray:
+        if train:
+            return transforms.train_image(path, self.img_size, rng, self.scale, self.ratio, self.hflip,
+                                          self.randaugment, self.draft)
+        return transforms.eval_image(path, self.img_size, self.crop_pct, self.draft)
+
+
+class FolderDataset:
+    """Images listed by path with labels 0..K-1; batches are decoded by a :class:`BatchLoader`.
+
+    Implements the trainer's Dataset protocol: ``classes``, ``image_shape``, ``mean``, ``std``,
+    ``labels``, ``len()``, ``batches(indices, batch_size, train, seed)``, ``close()``.
+    """
+
+    def __init__(self, paths: list[str], labels: np.ndarray, class_map: ClassMap, reader: FolderReader,
+                 workers: int = 0, prefetch: int = 2, max_bad: int | None = None, description: str = ""):
+        self.paths = paths
+        self.labels = np.asarray(labels, dtype=np.int64)  # (N,)
+        self.class_map = class_map
+        self.classes = list(class_map.names)  # what evaluation and prediction print
+        self.wnids = list(class_map.wnids)
+        self.image_shape = (3, reader.img_size, reader.img_size)
+        self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
+        self.reader = reader
+        self.description = description
+        if max_bad is None:  # a run stops once more than 0.1% of its files (at least 5) cannot be decoded
+            max_bad = max(5, math.ceil(0.001 * len(paths)))
+        self.loader = BatchLoader(reader, self.image_shape, workers=workers, prefetch=prefetch, max_bad=max_bad)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __repr__(self) -> str:
+        return (f"FolderDataset({self.description or 'folders'}: {len(self)} images, {len(self.classes)} classes, "
+                f"{self.image_shape[1]} px, {self.loader.workers} workers)")
+
+    @property
+    def bad_files(self) -> dict[str, str]:
+        """Files that failed to decode so far (path -> reason)."""
+        return self.loader.bad_files
+
+    def class_info(self) -> dict:
+        """The label -> class mapping, JSON-able, for checkpoints."""
+        return self.class_map.to_dict()
+
+    def batches(self, indices: np.ndarray, batch_size: int, train: bool,
+                seed: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(images (B, 3, S, S) uint8, labels (B,) int64) in the order of ``indices``; last batch may be smaller."""
+        indices = np.asarray(indices, dtype=np.int64)
+        items = [self.paths[i] for i in indices]
+        return self.loader.batches(items, self.labels[indices], batch_size, train, seed)
+
+    def close(self) -> None:
+        self.loader.close()
+
+    def __enter__(self) -> FolderDataset:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def detect(root: str | os.PathLike) -> str:
+    """What kind of dataset is at ``root``: "prepared", "downsampled", "imagenet" or "imagefolder".
+
+    Raises FileNotFoundError / ValueError naming the path and the layouts expected.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"data directory {root} does not exist")
+    if not root.is_dir():
+        raise ValueError(f"--data-dir must be a directory, {root} is a file")
+    if (root / CACHE_HEADER).is_file():
+        return "prepared"
+    if any(root.glob("train_data_batch_*.npz")) or (root / "val_data.npz").is_file():
+        return "downsampled"
+    if any(root.glob("train_data_batch_*")) or (root / "val_data").is_file():
+        raise ValueError(f"{root} holds Downsampled ImageNet batches in the pickled format, which minimlp never "
+                         f"loads (unpickling can run code); download the npz variant instead")
+    if (root / "train").is_dir() or _find_val_dir(root) is not None:
+        return "imagenet"
+    subdirs = [e for e in os.scandir(root) if e.is_dir() and not _hidden(e.name)]
+    if subdirs:
+        return "imagefolder"
+    raise ValueError(
+        f"{root} holds no dataset minimlp knows: expected train/<class>/ and val/<class>/ folders (ImageNet), "
+        f"class folders directly in it (ImageFolder), or a cache written by python -m minimlp.prepare")
+
+
+@dataclass
+class _Split:
+    paths: list[str]
+    source_labels: np.ndarray  # label among all classes found (sorted folder names)
+    classes: list[str]  # all classes found, sorted
+
+
+def _imagenet_split(root: Path, split: str) -> _Split:
+    train_dir = root / "train"
+    if split == "train":
+        if not train_dir.is_dir():
+            raise FileNotFoundError(f"{train_dir} not found: the training images go in train/<wnid>/*.JPEG")
+        scan = scan_class_folders(train_dir)
+        return _flatten(scan.classes, scan.files)
+    val_dir = _find_val_dir(root)
+    if val_dir is None:
+        raise FileNotFoundError(
+            f"{root / 'val'} not found: put the validation images in val/<wnid>/ folders (or flat in val/ with a "
+            f"label file such as LOC_val_solution.csv), or train only (no evaluation)")
+    train_classes = (sorted(e.name for e in os.scandir(train_dir) if e.is_dir() and not _hidden(e.name))
+                     if train_dir.is_dir() else None)
+    class_dirs = [e.name for e in os.scandir(val_dir) if e.is_dir() and not _hidden(e.name)]
+    if class_dirs:
+        scan = scan_class_folders(val_dir)
+        classes = train_classes if train_classes is not None else _val_only_classes(scan.classes)
+        unknown = sorted(set(scan.classes) - set(classes))
+        if unknown:
+            raise ValueError(f"{len(unknown)} class folder(s) in {val_dir} have no folder in {train_dir}, so their "
+                             f"labels are undefined: {', '.join(str(val_dir / u) for u in unknown[:10])}; remove "
+                             f"them or add the training images")
+        position = {c: i for i, c in enumerate(classes)}
+        split_ = _flatten(scan.classes, scan.files)
+        split_.source_labels = np.array([position[scan.classes[k]] for k in split_.source_labels], dtype=np.int64)
+        split_.classes = classes
+        return split_
+    # A flat val folder and a label file.
+    label_file, labels = read_val_labels(root, val_dir)
+    classes = train_classes if train_classes is not None else [c.wnid for c in imagenet_table()]
+    position = {c: i for i, c in enumerate(classes)}
+    paths, source = [], []
+    non_images = []
+    files = _list_images(val_dir, non_images)
+    for path in non_images:
+        if Path(path).name not in VAL_LABEL_FILES:
+            _warn(f"not an image, left out: {path}")
+    unlabelled = []
+    for path in files:
+        wnid = labels.get(Path(path).stem)
+        if wnid is None:
+            unlabelled.append(path)
+            continue
+        if wnid not in position:
+            raise ValueError(f"{label_file} gives {path} the class {wnid}, which has no folder in {train_dir}")
+        paths.append(path)
+        source.append(position[wnid])
+    if unlabelled:
+        raise ValueError(f"{len(unlabelled)} image(s) in {val_dir} have no label in {label_file}, e.g. "
+                         f"{', '.join(unlabelled[:5])}")
+    return _Split(paths, np.array(source, dtype=np.int64), classes)
+
+
+def _val_only_classes(found: list[str]) -> list[str]:
+    """Classes of a tree without train/: ImageNet wnids index into all 1000 (so checkpoints' labels
+    line up even when val/ holds some of them), other names are their own sorted list."""
+    table = [c.wnid for c in imagenet_table()]
+    return table if set(found) <= set(table) else found
+
+
+def _imagefolder_split(root: Path, split: str, holdout: float, holdout_seed: int) -> _Split:
+    scan = scan_class_folders(root)
+    rng = np.random.default_rng(holdout_seed)
+    keep: list[list[str]] = []
+    for files in scan.files:
+        order = rng.permutation(len(files))
+        n_val = int(round(holdout * len(files)))
+        chosen = order[:n_val] if split == "val" else order[n_val:]
+        keep.append([files[i] for i in sorted(chosen)])
+    return _flatten(scan.classes, keep)
+
+
+def _flatten(classes: list[str], files: list[list[str]]) -> _Split:
+    paths = [p for per_class in files for p in per_class]
+    labels = np.repeat(np.arange(len(classes), dtype=np.int64), [len(f) for f in files])
+    return _Split(paths, labels, list(classes))
+
+
+def list_split(
+    root: str | os.PathLike,
+    split: str,
+    subset: str | None = None,
+    num_classes: int | None = None,
+    class_seed: int | None = None,
+    train_num_samples: int | None = None,
+    per_class: int | None = None,
+    sample_seed: int = 0,
+    holdout: float = 0.1,
+) -> tuple[list[str], np.ndarray, ClassMap]:
+    """(paths, labels 0..K-1, class map) of one split of a folder dataset, after subset and caps.
+
+    The caps (``per_class``, ``train_num_samples``) apply to the train split only; val keeps every
+    image of the chosen classes.
+    """
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    root = Path(root)
+    kind = detect(root)
+    if kind == "imagenet":
+        found = _imagenet_split(root, split)
+    elif kind == "imagefolder":
+        found = _imagefolder_split(root, split, holdout, sample_seed)
+    else:
+        raise ValueError(f"{root} is a {kind} dataset, not image folders")
+    class_map = select_classes(found.classes, subset, num_classes, class_seed)
+    labels = class_map.remap(found.source_labels) if len(found.source_labels) else found.source_labels
+    chosen = np.flatnonzero(labels >= 0)
+    if split == "train" and (per_class is not None or train_num_samples is not None):
+        chosen = chosen[cap_samples(labels[chosen], per_class, train_num_samples, sample_seed)]
+    return [found.paths[i] for i in chosen], labels[chosen], class_map
+
+
+def open_folder_dataset(
+    root: str | os.PathLike,
+    split: str,
+    img_size: int,
+    *,
+    subset: str | None = None,
+    num_classes: int | None = None,
+    class_seed: int | None = None,
+    train_num_samples: int | None = None,
+    per_class: int | None = None,
+    sample_seed: int = 0,
+    holdout: float = 0.1,
+    workers: int | None = None,
+    prefetch: int = 2,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    hflip: float = 0.5,
+    crop_pct: float | None = None,
+    randaugment: str | None = None,
+    draft: bool = True,
+    max_bad: int | None = None,
+) -> FolderDataset:
+    """One split ("train" or "val") of an ImageNet-style or ImageFolder tree, ready to batch.
+
+    subset / num_classes / class_seed   which classes (see ``select_classes``); val gets the same ones
+    train_num_samples / per_class       caps on the train split (seeded by ``sample_seed``)
+    holdout                             ImageFolder trees without train/val: fraction of each class held out as val
+    workers                             decoding processes (None: one per core, at most 8; 0: in this process)
+    scale, ratio, hflip, randaugment    the training augmentation (randaugment: e.g. "rand-m9-mstd0.5-inc1")
+    crop_pct                            the evaluation crop (None: 0.875)
+    """
+    paths, labels, class_map = list_split(root, split, subset, num_classes, class_seed, train_num_samples, per_class,
+                                          sample_seed, holdout)
+    if not paths:
+        raise ValueError(f"no images found for the {split} split of {root}")
+    crop_pct = DEFAULT_CROP_PCT if crop_pct is None else crop_pct
+    augment = RandAugment.from_config(randaugment, mean=IMAGENET_MEAN) if randaugment else None
+    reader = FolderReader(img_size, tuple(scale), tuple(ratio), hflip, crop_pct, draft, augment)
+    return FolderDataset(paths, labels, class_map, reader, workers=default_workers() if workers is None else workers,
+                         prefetch=prefetch, max_bad=max_bad, description=f"{Path(root)} {split}")
+
+
+def open_image_dataset(root: str | os.PathLike, split: str, img_size: int, **options):
+    """Open whatever is at ``root`` (image folders or a prepared cache) with the same options."""
+    kind = detect(root)
+    if kind == "prepared":
+        return open_prepared(root, split, img_size, **options)
+    if kind == "downsampled":
+        raise ValueError(f"{root} holds Downsampled ImageNet npz batches: convert them once into a memory-mapped "
+                         f"cache with `python -m minimlp.prepare {root} OUT`, then use --data-dir OUT")
+    return open_folder_dataset(root, split, img_size, **options)
