@@ -1,0 +1,1 @@
+"""Reading and writing files: minimlp's own checkpoints (:mod:`.checkpoint`)."""
