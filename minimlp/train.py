@@ -118,7 +118,8 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         help_text = action.help or ""
-        if action.default not in (None, False, argparse.SUPPRESS) and "default" not in help_text:
+        hidden = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        if not hidden and "default" not in help_text:
             help_text += " (default: %(default)s)"
         return help_text
 
