@@ -31,12 +31,8 @@ def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
     raw = (hi - lo) / max(1, count - 1)
     power = 10 ** math.floor(math.log10(raw))
     step = min((m * power for m in (1, 2, 5, 10) if m * power >= raw), default=10 * power)
-    first = math.floor(lo / step) * step
-    ticks, t = [], first
-    while t <= hi + 1e-9 * step:
-        ticks.append(round(t, 10))
-        t += step
-    return ticks
+    first, last = math.floor(lo / step), math.ceil(hi / step)
+    return [round(k * step, 10) for k in range(first, last + 1)]
 
 
 def _panel(draw: ImageDraw.ImageDraw, font: Any, x0: int, title: str, epochs: Sequence[float],
@@ -45,8 +41,8 @@ def _panel(draw: ImageDraw.ImageDraw, font: Any, x0: int, title: str, epochs: Se
     right, bottom = x0 + PANEL_W - MARGIN_R, PANEL_H - MARGIN_B
     values = [v for s in series.values() for v in s if v is not None and math.isfinite(v)]
     draw.text((left, 8), title, fill=(0, 0, 0), font=font)
-    draw.rectangle([left, top, right, bottom], outline=(0, 0, 0))
     if not values or not epochs:
+        draw.rectangle([left, top, right, bottom], outline=(0, 0, 0))
         return
     y_ticks = nice_ticks(min(values), max(values))
     y_lo, y_hi = y_ticks[0], y_ticks[-1] if y_ticks[-1] > y_ticks[0] else y_ticks[0] + 1
@@ -66,8 +62,8 @@ def _panel(draw: ImageDraw.ImageDraw, font: Any, x0: int, title: str, epochs: Se
             draw.line([x, bottom, x, bottom + 4], fill=(0, 0, 0))
             draw.text((x - 4, bottom + 8), f"{int(t)}", fill=(0, 0, 0), font=font)
     draw.text(((left + right) // 2 - 16, bottom + 22), "epoch", fill=(0, 0, 0), font=font)
-    legend_y = top + 6
-    for key, ys in series.items():
+    legend_x = right  # the legend runs right to left along the top margin
+    for key, ys in reversed(series.items()):
         points = [to_px(e, v) for e, v in zip(epochs, ys, strict=True) if v is not None and math.isfinite(v)]
         if not points:
             continue
@@ -76,9 +72,11 @@ def _panel(draw: ImageDraw.ImageDraw, font: Any, x0: int, title: str, epochs: Se
             draw.line(points, fill=color, width=2)
         for x, y in points:
             draw.ellipse([x - 2.5, y - 2.5, x + 2.5, y + 2.5], fill=color)
-        draw.line([right - 110, legend_y + 6, right - 92, legend_y + 6], fill=color, width=2)
-        draw.text((right - 88, legend_y), LABELS.get(key, key), fill=(0, 0, 0), font=font)
-        legend_y += 14
+        label = LABELS.get(key, key)
+        legend_x -= int(draw.textlength(label, font=font)) + 26
+        draw.line([legend_x, 14, legend_x + 18, 14], fill=color, width=2)
+        draw.text((legend_x + 22, 8), label, fill=(0, 0, 0), font=font)
+    draw.rectangle([left, top, right, bottom], outline=(0, 0, 0))
 
 
 def plot_curves(metrics: Sequence[dict[str, Any]], path: str | os.PathLike) -> None:

@@ -25,6 +25,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import queue
 import re
 import signal
@@ -255,8 +256,10 @@ def seed_for(*words: int) -> int:
 def rng_state(rng: Any) -> Any:
     """The generator's state as JSON-able data, or None where the backend cannot export it."""
     try:
-        return rng.bit_generator.state
-    except AttributeError:  # CuPy's generators do not expose their state
+        state = rng.bit_generator.state
+        json.dumps(state)
+        return state
+    except (AttributeError, NotImplementedError, TypeError, ValueError):  # CuPy's generators keep theirs
         return None
 
 
@@ -401,7 +404,9 @@ def run(argv: list[str] | None = None, *, on_step: Callable[[RunState], bool | N
                 setattr(args, key, value)  # ... unless given again on this command line
 
     backend = get_backend(args.device)
-    log(f"backend: {backend.reason}" + (f"; {num_threads()} CPU threads" if not backend.is_gpu else ""))
+    threads = (f"; {num_threads()} threads for elementwise kernels, BLAS threads: "
+               f"{os.environ.get('OPENBLAS_NUM_THREADS', 'the library default')}")
+    log(f"backend: {backend.reason}" + ("" if backend.is_gpu else threads))
 
     # -- data and model ------------------------------------------------------------------
     if checkpoint is not None:
