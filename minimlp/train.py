@@ -45,6 +45,7 @@ from minimlp.io.checkpoint import Checkpoint, CheckpointError, atomic_write, loa
 from minimlp.loss import cross_entropy_backward, cross_entropy_forward
 from minimlp.models.registry import create_model, list_models, model_config, model_from_config
 from minimlp.optim import OPTIMIZERS, LRSchedule, clip_grad_norm, create_optimizer, scale_lr
+from minimlp.parallel import DataParallel
 from minimlp.plot import plot_curves
 from minimlp.progress import Progress, format_duration
 
@@ -66,7 +67,7 @@ DEFAULT_SMOOTHING = 0.1
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 # Arguments that describe where and how fast a run executes, not what it computes:
 # a resumed run takes them from its own command line, never from the checkpoint.
-NOT_RESUMED = {"resume", "output", "eval_only", "gpu", "device", "workers", "log_interval", "download"}
+NOT_RESUMED = {"resume", "output", "eval_only", "gpu", "device", "workers", "procs", "log_interval", "download"}
 
 
 class TrainingError(RuntimeError):
@@ -159,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-aug", action="store_true", help="no training augmentation")
     g.add_argument("-j", "--workers", type=non_negative_int, default=2,
                    help="loader threads; 0 loads batches in the training thread")
+    g.add_argument("--procs", type=non_negative_int, default=0, metavar="N",
+                   help="CPU only: split every batch over N worker processes of one thread each (data "
+                        "parallel; about N times faster on N cores); 0 = one per core, at most 8; 1 = no workers")
 
     g = p.add_argument_group("optimization")
     g.add_argument("-b", "--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE, help="images per step")
@@ -375,6 +379,19 @@ class RunResult:
     eval_result: EvalResult | None = None
 
 
+def worker_processes(requested: int, backend: Any) -> int:
+    """How many data-parallel processes: 1 on a GPU, else ``requested`` or one per core (<= 8)."""
+    if backend.is_gpu:
+        return 1
+    if requested:
+        return requested
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, 8))
+
+
 def resolve_resume(path: str) -> Path:
     p = Path(path)
     if p.is_dir():
@@ -431,8 +448,9 @@ def run(argv: list[str] | None = None, *, on_step: Callable[[RunState], bool | N
                             f"{train_set.image_shape}; set --img-size / --in-chans to match")
     if model.config.num_classes != len(classes):
         raise TrainingError(f"the model has {model.config.num_classes} outputs but the dataset {len(classes)} classes")
-    log(f"model: {args.model if checkpoint is None else checkpoint.meta['model'].get('arch')} "
-        f"{model.describe()}, {model.num_params():,} parameters")
+    c = model.config
+    log(f"model: {args.model}, {model.describe()}, patch {c.patch_size}, dim {c.embed_dim}, depth {c.depth}: "
+        f"{model.num_params():,} parameters")
     train_idx = fixed_subset(len(train_set), args.train_num_samples, salt=1)
     eval_idx = fixed_subset(len(eval_set), args.eval_num_samples, salt=2)
     log(f"data: {train_set.describe()}; training on {len(train_idx)}, evaluating on {len(eval_idx)}")
@@ -472,14 +490,58 @@ def run(argv: list[str] | None = None, *, on_step: Callable[[RunState], bool | N
     run_dir = Path(args.output) if args.output else (checkpoint.path.parent if checkpoint else new_run_dir(args.model))
     run_dir.mkdir(parents=True, exist_ok=True)
 
-    if args.eval_only:
-        result = evaluate(model, eval_set, max(args.batch_size, 256), eval_idx)
-        log(f"eval: loss {result.loss:.4f}  top-1 {result.top1:.2f}%"
-            + (f"  top-5 {result.top5:.2f}%" if result.top5 is not None else ""))
+    eval_batch = max(args.batch_size, 256)
+    procs = worker_processes(args.procs, backend)
+    parallel = DataParallel(model, procs, eval_batch, seed=args.seed) if procs > 1 else None
+    if parallel is not None:
+        log(f"data parallel: every batch is split over {procs} worker processes of one thread each")
+    try:
+        if args.eval_only:
+            result = evaluate(parallel or model, eval_set, eval_batch, eval_idx)
+            log(f"eval: loss {result.loss:.4f}  top-1 {result.top1:.2f}%"
+                + (f"  top-5 {result.top5:.2f}%" if result.top5 is not None else ""))
+            return RunResult(run_dir, "evaluated", [], model, state, result)
+        setup = Setup(args, model, parallel, optimizer, schedule, state, train_set, eval_set, train_idx, eval_idx,
+                      eval_batch, steps_per_epoch, lr, weight_decay, checkpoint, run_dir, classes)
+        return _train(setup, on_step, on_epoch_end, log)
+    finally:
+        if parallel is not None:
+            parallel.close()
         train_set.close()
         eval_set.close()
-        return RunResult(run_dir, "evaluated", [], model, state, result)
 
+
+@dataclasses.dataclass
+class Setup:
+    """Everything :func:`run` prepares for the training loop."""
+
+    args: argparse.Namespace
+    model: Any
+    parallel: DataParallel | None
+    optimizer: Any
+    schedule: LRSchedule
+    state: RunState
+    train_set: Any
+    eval_set: Any
+    train_idx: np.ndarray
+    eval_idx: np.ndarray
+    eval_batch: int
+    steps_per_epoch: int
+    lr: float
+    weight_decay: float
+    checkpoint: Checkpoint | None
+    run_dir: Path
+    classes: list[str]
+
+
+def _train(setup: Setup, on_step: Callable[[RunState], bool | None] | None,
+           on_epoch_end: Callable[[dict[str, Any]], bool | None] | None, log: Callable[[str], None]) -> RunResult:
+    """The epochs: train, evaluate, record, checkpoint (the second half of :func:`run`)."""
+    args, model, parallel, optimizer = setup.args, setup.model, setup.parallel, setup.optimizer
+    schedule, state, train_set, eval_set = setup.schedule, setup.state, setup.train_set, setup.eval_set
+    train_idx, eval_idx, eval_batch = setup.train_idx, setup.eval_idx, setup.eval_batch
+    steps_per_epoch, lr, weight_decay = setup.steps_per_epoch, setup.lr, setup.weight_decay
+    checkpoint, run_dir, classes = setup.checkpoint, setup.run_dir, setup.classes
     write_json(run_dir / "args.json", {**vars(args), "effective_lr": lr, "effective_weight_decay": weight_decay})
     metrics_path = run_dir / "metrics.jsonl"
     metrics = read_metrics(metrics_path, before_epoch=state.epoch)
@@ -521,14 +583,16 @@ def run(argv: list[str] | None = None, *, on_step: Callable[[RunState], bool | N
             for images, labels in prefetch(batches, args.workers):
                 lr_now = schedule(state.step / steps_per_epoch)
                 x = normalize(images, train_set.mean, train_set.std, xp, dtype)  # (B, C, H, W) on the device
-                y = xp.asarray(labels)
-                logits, cache = model.forward(x, train=True)  # (B, K)
-                loss, loss_cache = cross_entropy_forward(logits, y, args.smoothing)
+                if parallel is not None:  # the workers leave the batch-mean gradient in model.grads
+                    loss, logits = parallel.train_step(x, labels, args.smoothing, state.step)
+                else:
+                    logits, cache = model.forward(x, train=True)  # (B, K)
+                    loss, loss_cache = cross_entropy_forward(logits, xp.asarray(labels), args.smoothing)
+                    model.zero_grad()
+                    model.backward(cross_entropy_backward(loss_cache), cache, input_grad=False)
                 loss = float(loss)
                 if not math.isfinite(loss):
                     raise Diverged(divergence_message(loss, state, epoch, steps_per_epoch, lr_now, run_dir))
-                model.zero_grad()
-                model.backward(cross_entropy_backward(loss_cache), cache, input_grad=False)
                 if args.clip_grad:
                     norm = clip_grad_norm(model.store.flat_grads, args.clip_grad)
                     if not math.isfinite(norm):
@@ -553,7 +617,7 @@ def run(argv: list[str] | None = None, *, on_step: Callable[[RunState], bool | N
 
             # -- evaluation, metrics, checkpoints --------------------------------------------
             eval_start = time.perf_counter()
-            result = evaluate(model, eval_set, max(args.batch_size, 256), eval_idx, should_stop=stop)
+            result = evaluate(parallel or model, eval_set, eval_batch, eval_idx, should_stop=stop)
             if result is None:
                 return interrupted()
             eval_time = time.perf_counter() - eval_start
@@ -585,8 +649,6 @@ def run(argv: list[str] | None = None, *, on_step: Callable[[RunState], bool | N
                 + ("  * best" if improved else ""))
             if on_epoch_end is not None and on_epoch_end(record):
                 return interrupted()
-    train_set.close()
-    eval_set.close()
     log(f"done: best top-1 {state.best_top1:.2f}% at epoch {state.best_epoch}; "
         f"{format_duration(state.elapsed_s)} in all; checkpoints and curves in {run_dir}")
     return RunResult(run_dir, "done", metrics, model, state)

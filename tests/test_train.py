@@ -17,7 +17,7 @@ from minimlp import evaluate, predict, train
 from minimlp.io.checkpoint import load_checkpoint
 
 # A tiny model on a few hundred images: each epoch takes a moment.
-QUICK = ["--train-num-samples", "320", "--eval-num-samples", "200", "-b", "64", "--patch-size", "7",
+QUICK = ["--procs", "1", "--train-num-samples", "320", "--eval-num-samples", "200", "-b", "64", "--patch-size", "7",
          "--embed-dim", "16", "--depth", "2", "--log-interval", "2", "--warmup-epochs", "0.5"]
 
 
