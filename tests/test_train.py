@@ -58,7 +58,7 @@ def test_resume_is_bitwise_identical(tmp_path, fmnist_dir):
     assert straight.status == "done"
     first = train.run(quick(tmp_path, "split", *args, data_dir=fmnist_dir), on_epoch_end=lambda record: True)
     assert first.status == "interrupted" and first.state.epoch == 1
-    resumed = train.run(["--resume", str(tmp_path / "split"), "--log-interval", "2"])  # the run's own args
+    resumed = train.run(["--resume", str(tmp_path / "split"), "--procs", "1"])  # the run's own args
     assert resumed.status == "done" and resumed.state.step == straight.state.step
     a, b = final_params(tmp_path / "straight"), final_params(tmp_path / "split")
     assert a.keys() == b.keys()
@@ -84,7 +84,7 @@ def test_ctrl_c_saves_a_resumable_checkpoint(tmp_path, fmnist_dir):
     ckpt = load_checkpoint(tmp_path / "split" / "last.npz")
     assert ckpt.meta["step"] == 7 and ckpt.meta["run"]["batch_in_epoch"] == 2 and ckpt.meta["epoch"] == 1
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "the handler is restored"
-    assert train.main(["--resume", str(tmp_path / "split")]) == 0
+    assert train.main(["--resume", str(tmp_path / "split"), "--procs", "1"]) == 0
     a, b = final_params(tmp_path / "straight"), final_params(tmp_path / "split")
     assert all(np.array_equal(a[k], b[k]) for k in a)
 
@@ -94,7 +94,8 @@ def test_diverging_loss_stops_and_keeps_the_last_checkpoint(tmp_path, fmnist_dir
     run_dir = tmp_path / "run"
     train.run(quick(tmp_path, "run", "--epochs", "1", data_dir=fmnist_dir))
     before = (run_dir / "last.npz").read_bytes()
-    code = train.main(["--resume", str(run_dir), "--epochs", "2", "--lr", "1e9", "--warmup-epochs", "0"])
+    code = train.main(["--resume", str(run_dir), "--procs", "1", "--epochs", "2", "--lr", "1e9",
+                       "--warmup-epochs", "0"])
     err = capsys.readouterr().err
     assert code == train.EXIT_FAILED
     # Step 6 (the first of epoch 2) takes the huge step; the loss that follows is not finite.
@@ -118,7 +119,7 @@ def test_crash_during_save_keeps_the_previous_checkpoint(tmp_path, fmnist_dir, m
 
     monkeypatch.setattr(np, "savez", dies_mid_write)
     with pytest.raises(OSError, match="No space left"):
-        train.run(["--resume", str(run_dir), "--epochs", "2"])
+        train.run(["--resume", str(run_dir), "--procs", "1", "--epochs", "2"])
     assert (run_dir / "last.npz").read_bytes() == before
     assert sorted(p.name for p in run_dir.iterdir() if p.name.startswith(".")) == [], "no temporary file is left"
     assert load_checkpoint(run_dir / "last.npz").meta["epoch"] == 1
@@ -162,7 +163,7 @@ def test_missing_data_is_a_clear_error(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(fmnist, "SYSTEM_DIR", tmp_path / "none")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.delenv("MINIMLP_DATA", raising=False)
-    assert train.main(["--output", str(tmp_path / "run")]) == train.EXIT_USAGE
+    assert train.main(["--output", str(tmp_path / "run"), "--procs", "1"]) == train.EXIT_USAGE
     assert "apt-get install dataset-fashion-mnist" in capsys.readouterr().err
 
 
