@@ -58,6 +58,8 @@ def test_real_fashion_mnist(fmnist_dir):
     assert train.image_shape == (1, 28, 28) and train.images.dtype == np.uint8
     assert (np.bincount(train.labels) == 6000).all() and (np.bincount(test.labels) == 1000).all()
     assert train.classes[0] == "T-shirt/top" and train.classes[9] == "Ankle boot"
+    images, labels = next(train.batches(np.arange(5), 5, train=True, seed=0))
+    assert (images == train.images[:5]).all(), "no augmentation unless asked for"
     # The published per-pixel statistics are those of these training images.
     counts = np.bincount(train.images.ravel(), minlength=256)  # exact, without a float copy
     values = np.arange(256) / 255

@@ -32,6 +32,12 @@ register("ff_large", FFViT, FFViTConfig, aliases=("linear_large",), patch_size=3
 # Fashion-MNIST: 28×28 grayscale, 7×7 patches of 4×4 pixels, 50 tokens (with the class token).
 register("ff_fmnist", FFViT, FFViTConfig, img_size=28, patch_size=4, in_chans=1, num_classes=10,
          embed_dim=128, depth=6)
+# The default of `python -m minimlp.train`: ff_fmnist at half the width and two thirds of
+# the depth (dim 64, depth 4; 219,394 parameters), a quarter of the compute per image.  On a
+# 2-core CPU it trains several epochs in the time ff_fmnist trains one, and within a
+# fixed budget of minutes more epochs of the small model beat fewer of the large one.
+register("ff_fmnist_small", FFViT, FFViTConfig, img_size=28, patch_size=4, in_chans=1, num_classes=10,
+         embed_dim=64, depth=4)
 
 
 def list_models() -> list[str]:
