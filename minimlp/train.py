@@ -471,7 +471,8 @@ def run(argv: list[str] | None = None, *, on_step: Callable[[RunState], bool | N
     steps_per_epoch = math.ceil(len(train_idx) / args.batch_size)
     log(f"optimizer: {args.opt} {optimizer.hyperparameters()}; schedule: {args.sched}, "
         f"{args.warmup_epochs:g} warmup epochs, {args.epochs} epochs x {steps_per_epoch} steps of {args.batch_size}; "
-        f"label smoothing {args.smoothing:g}, augmentation {'off' if args.no_aug else 'on'}")
+        f"label smoothing {args.smoothing:g}, augmentation: "
+        f"{'off (--no-aug)' if args.no_aug else getattr(train_set, 'augmentation', 'the dataset default')}")
 
     state = RunState()
     if checkpoint is not None:

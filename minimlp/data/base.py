@@ -38,6 +38,7 @@ class Dataset:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     labels: np.ndarray
+    augmentation: str = "none"  # optional: the training augmentation, in words, for logs
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -72,7 +73,7 @@ class ArrayDataset(Dataset):
     """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, classes: list[str], mean: tuple[float, ...],
-                 std: tuple[float, ...], augment: Any = None) -> None:
+                 std: tuple[float, ...], augment: Any = None, augmentation: str | None = None) -> None:
         if images.dtype != np.uint8 or images.ndim != 4:
             raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {images.shape}")
         if labels.shape != (images.shape[0],):
@@ -83,6 +84,7 @@ class ArrayDataset(Dataset):
         self.image_shape = tuple(int(s) for s in images.shape[1:])
         self.mean, self.std = tuple(mean), tuple(std)
         self.augment = augment
+        self.augmentation = augmentation or ("none" if augment is None else "yes")
 
     def batches(self, indices: np.ndarray, batch_size: int, train: bool, seed: int) -> Iterator[Batch]:
         if batch_size < 1:

@@ -255,7 +255,9 @@ class FashionMNIST(ArrayDataset):
         if labels.size and labels.max() >= len(CLASSES):
             raise ValueError(f"{directory}: label {labels.max()} in the {split} split; there are 10 classes")
         augment = (lambda x, rng: random_crop_flip(x, rng, pad, flip)) if (pad or flip) else None
-        super().__init__(images[:, None], labels.astype(np.int64), CLASSES, MEAN, STD, augment)
+        words = [f"random shifts of up to {pad} px"] * bool(pad) + ["horizontal flips"] * flip
+        super().__init__(images[:, None], labels.astype(np.int64), CLASSES, MEAN, STD, augment,
+                         ", ".join(words) or "none")
         self.split, self.directory = split, directory
 
     @staticmethod
