@@ -6,6 +6,8 @@ line with markers per series plus a legend.
 
     line_chart([Panel("top-1 vs epoch", "epoch", "top-1 (%)", [Series("ff", [1, 2], [70, 80])])],
                "curves.png")
+
+``plot_curves`` draws a training run's curves (the trainer's ``curves.png``) this way.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ class Panel:
     xlabel: str
     ylabel: str
     series: list[Series] = field(default_factory=list)
-    legend: str = "lower right"  # or "upper left": where the curves are not
+    legend: str = "lower right"  # or "upper left" / "upper right": where the curves are not
     x_from_zero: bool = False  # start the x axis at 0 (time axes)
 
 
@@ -113,6 +115,8 @@ def _draw_panel(draw: ImageDraw.ImageDraw, font, panel: Panel, box: tuple[int, i
         # Legend inside the plot, one row per series.
         if panel.legend == "upper left":
             lx, ly = x0 + 8, y0 + 8 + 16 * i
+        elif panel.legend == "upper right":
+            lx, ly = x1 - 8 - legend_width, y0 + 8 + 16 * i
         else:
             lx, ly = x1 - 8 - legend_width, y1 - 8 - 16 * (len(panel.series) - i)
         draw.line([(lx, ly + 5), (lx + 20, ly + 5)], fill=color, width=3)
@@ -136,3 +140,18 @@ def line_chart(panels: Sequence[Panel], path: str | os.PathLike, panel_size: tup
     image.save(tmp, format="PNG")
     os.replace(tmp, path)
     return path
+
+
+def plot_curves(metrics: Sequence[dict], path: str | os.PathLike) -> str:
+    """A run's curves from its per-epoch records (metrics.jsonl): the training and
+    evaluation losses, and the accuracies (%), against the epoch."""
+
+    def series(key: str, label: str) -> list[Series]:
+        points = [(float(m["epoch"]), float(m[key])) for m in metrics if m.get(key) is not None]
+        return [Series(label, [x for x, _ in points], [y for _, y in points])] if points else []
+
+    loss = Panel("loss", "epoch", "loss", series("train_loss", "train") + series("eval_loss", "eval"),
+                 legend="upper right")
+    accuracy = Panel("accuracy", "epoch", "%", series("train_top1", "train top-1")
+                     + series("eval_top1", "eval top-1") + series("eval_top5", "eval top-5"))
+    return line_chart([loss, accuracy], path)

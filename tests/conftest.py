@@ -3,6 +3,8 @@ present, on CuPy too (those runs are marked ``gpu`` and skip cleanly elsewhere).
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -45,3 +47,22 @@ def plain_kernels():
 
 def to_np(a):
     return a.get() if hasattr(a, "get") else np.asarray(a)
+
+
+# Fashion-MNIST: tests that need the real files skip where they are not installed, with a
+# reason saying how to get them; with MINIMLP_REQUIRE_DATA=1 (set by CI) they fail instead.
+REQUIRE_DATA = os.environ.get("MINIMLP_REQUIRE_DATA") == "1"
+
+
+@pytest.fixture(scope="session")
+def fmnist_dir():
+    from minimlp.data.fmnist import find_data_dir
+
+    directory = find_data_dir()
+    if directory is None:
+        message = ("the Fashion-MNIST files are not installed (apt-get install dataset-fashion-mnist, "
+                   "or python -m minimlp.train --download)")
+        if REQUIRE_DATA:
+            pytest.fail(message + "; MINIMLP_REQUIRE_DATA=1 demands them")
+        pytest.skip(message)
+    return directory

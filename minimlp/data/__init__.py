@@ -1,1 +1,90 @@
-"""Datasets and the input pipeline: image folders, the prepared cache, transforms, augmentations, workers."""
+"""Datasets: the interface (:mod:`.base`), Fashion-MNIST (:mod:`.fmnist`), and ``open_dataset``.
+
+``open_dataset(name_or_path, split)`` is what the commands call.  A *name* picks a
+registered dataset (``"fmnist"``); a *path* to a directory is recognised by its contents:
+each registered format has a detector, asked in turn (Fashion-MNIST's recognises the four
+IDX files).  New formats join with :func:`register_dataset` and :func:`register_format`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from minimlp.data import fmnist
+from minimlp.data.base import ArrayDataset, Dataset, normalize
+
+__all__ = ["Dataset", "ArrayDataset", "normalize", "open_dataset", "register_dataset", "register_format",
+           "list_datasets"]
+
+Opener = Callable[..., Dataset]  # opener(split, data_dir=None, download=False, **options) -> Dataset
+
+_DATASETS: dict[str, Opener] = {}
+_FORMATS: list[tuple[str, Callable[[Path], bool]]] = []  # (dataset name, detector(directory) -> bool)
+
+
+def register_dataset(name: str, opener: Opener, aliases: tuple[str, ...] = ()) -> None:
+    """Make ``open_dataset(name, split, ...)`` call ``opener(split, data_dir=..., download=..., **options)``."""
+    for key in (name, *aliases):
+        _DATASETS[key] = opener
+
+
+def register_format(name: str, detector: Callable[[Path], bool]) -> None:
+    """Let a directory that ``detector(directory)`` accepts open as dataset ``name``.
+
+    Detectors are asked in registration order; the first that says yes wins.
+    """
+    _FORMATS.append((name, detector))
+
+
+def list_datasets() -> list[str]:
+    return sorted(_DATASETS)
+
+
+def detect_format(directory: str | os.PathLike) -> str | None:
+    """The registered dataset whose detector recognises ``directory``, or None."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return None
+    for name, detector in _FORMATS:
+        if detector(directory):
+            return name
+    return None
+
+
+def open_dataset(name_or_path: str | None, split: str, data_dir: str | os.PathLike | None = None,
+                 download: bool = False, **options: Any) -> Dataset:
+    """Open ``split`` ("train" or "val") of a dataset given by name, or by a directory.
+
+    ``name_or_path`` None or "auto": recognise ``data_dir`` from its contents, falling
+    back to Fashion-MNIST (whose files are also searched for in the usual places).
+    ``options`` go to the dataset's opener; the commands pass ``workers`` (loader threads)
+    and ``img_size`` (the model's input size, or None), which every opener must accept.
+    """
+    if name_or_path in (None, "auto"):
+        name = detect_format(data_dir) if data_dir else None
+        name = name or "fmnist"
+    elif name_or_path in _DATASETS:
+        name = name_or_path
+    elif Path(name_or_path).is_dir():
+        name = detect_format(name_or_path)
+        if name is None:
+            raise ValueError(f"{name_or_path}: no known dataset layout (known: {', '.join(list_datasets())})")
+        data_dir = name_or_path
+    else:
+        raise ValueError(f"unknown dataset {name_or_path!r}; known: {', '.join(list_datasets())}, "
+                         "or a directory holding one")
+    return _DATASETS[name](split, data_dir=data_dir, download=download, **options)
+
+
+def _open_fmnist(split: str, data_dir: Any = None, download: bool = False, workers: int = 0,
+                 img_size: int | None = None, **options: Any) -> Dataset:
+    if img_size not in (None, 28):
+        raise ValueError(f"Fashion-MNIST images are 28x28; the model asks for {img_size}x{img_size} (--img-size)")
+    return fmnist.open_fmnist(split, data_dir, download, **options)  # in memory: no workers needed
+
+
+register_dataset("fmnist", _open_fmnist, aliases=("fashion-mnist", "fashion_mnist"))
+register_format("fmnist", fmnist.has_files)

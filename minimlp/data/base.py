@@ -1,0 +1,118 @@
+"""What every dataset gives the trainer: uint8 batches, labels, class names, statistics.  Lesson 10.
+
+A dataset hands out batches of **uint8** images (B, C, H, W) and int64 labels (B,), in the
+order of the indices it is asked for.  Only those uint8 bytes travel to the device, where
+:func:`normalize` turns them into floats: four times less to copy than float32, and the
+arithmetic runs where it is cheapest.  Training augmentation happens inside ``batches``,
+drawn from the ``seed`` it is given, so a run is reproducible batch for batch.
+
+Fashion-MNIST (:mod:`minimlp.data.fmnist`) and ImageNet-style folders implement this
+interface; :func:`minimlp.data.open_dataset` picks one by name or by what a directory holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Dataset", "ArrayDataset", "normalize"]
+
+Batch = tuple[np.ndarray, np.ndarray]  # uint8 images (B, C, H, W), int64 labels (B,)
+
+
+class Dataset:
+    """The interface the trainer, ``evaluate`` and ``predict`` use.
+
+    Attributes:
+        classes:     class names; the label of a sample is an index into this list.
+        image_shape: (C, H, W) of the uint8 images that ``batches`` yields.
+        mean, std:   per channel, in pixel units scaled to [0, 1]; ``normalize`` applies them.
+        labels:      (N,) int64, the label of every sample, so samplers and per-class
+                     statistics need not read any image.
+    """
+
+    classes: list[str]
+    image_shape: tuple[int, int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    labels: np.ndarray
+    augmentation: str = "none"  # optional: the training augmentation, in words, for logs
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def batches(self, indices: np.ndarray, batch_size: int, train: bool, seed: int) -> Iterator[Batch]:
+        """Yield (images uint8 (B, C, H, W), labels int64 (B,)) for ``indices``, in that order.
+
+        Every batch holds ``batch_size`` samples except perhaps the last.  ``train=True``
+        applies the training augmentation, drawn reproducibly from ``seed``.
+        """
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release files, worker threads or processes (a no-op for in-memory data)."""
+
+    def describe(self) -> str:
+        C, H, W = self.image_shape
+        return f"{type(self).__name__}: {len(self)} images of {C}x{H}x{W}, {len(self.classes)} classes"
+
+    def __enter__(self) -> Dataset:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class ArrayDataset(Dataset):
+    """A dataset held in memory as one uint8 array (N, C, H, W), with optional augmentation.
+
+    ``augment(images, rng) -> images`` receives a uint8 batch and a NumPy generator and
+    returns the augmented uint8 batch (same shape); it runs only when ``train`` is true.
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, classes: list[str], mean: tuple[float, ...],
+                 std: tuple[float, ...], augment: Any = None, augmentation: str | None = None) -> None:
+        if images.dtype != np.uint8 or images.ndim != 4:
+            raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {images.shape}")
+        if labels.shape != (images.shape[0],):
+            raise ValueError(f"labels must be ({images.shape[0]},), got {labels.shape}")
+        self.images = images
+        self.labels = labels.astype(np.int64, copy=False)
+        self.classes = list(classes)
+        self.image_shape = tuple(int(s) for s in images.shape[1:])
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.augment = augment
+        self.augmentation = augmentation or ("none" if augment is None else "yes")
+
+    def batches(self, indices: np.ndarray, batch_size: int, train: bool, seed: int) -> Iterator[Batch]:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        indices = np.asarray(indices, dtype=np.int64)
+        rng = np.random.default_rng(seed)
+        for start in range(0, len(indices), batch_size):
+            idx = indices[start:start + batch_size]
+            images = self.images[idx]  # (B, C, H, W), a copy
+            if train and self.augment is not None:
+                images = self.augment(images, rng)
+            yield images, self.labels[idx]
+
+
+def normalize(images_u8: Any, mean: tuple[float, ...], std: tuple[float, ...], xp: Any = np,
+              dtype: Any = np.float32) -> Any:
+    """uint8 (B, C, H, W) -> ``dtype`` on ``xp``'s device: (x / 255 - mean) / std per channel.
+
+    The uint8 batch is moved first and converted there, so only one byte per pixel crosses
+    to a GPU.  Written as one multiply-add with per-channel constants.
+    """
+    x = xp.asarray(images_u8)
+    C = x.shape[1]
+    if len(mean) != C or len(std) != C:
+        raise ValueError(f"mean and std need one value per channel ({C}), got {len(mean)} and {len(std)}")
+    scale = xp.asarray([1.0 / (255.0 * s) for s in std], dtype=dtype).reshape(1, C, 1, 1)
+    shift = xp.asarray([-m / s for m, s in zip(mean, std, strict=True)], dtype=dtype).reshape(1, C, 1, 1)
+    out = x.astype(dtype)
+    out *= scale
+    out += shift
+    return out

@@ -1,0 +1,688 @@
+"""Train a model: ``python -m minimlp.train``.  Lesson 13 walks through this loop.
+
+With no arguments it trains the Fashion-MNIST recipe below on the CPU and writes a run
+directory under ``runs/``.  The same command trains on ImageNet-style folders on a GPU:
+
+    python -m minimlp.train                                   # Fashion-MNIST, a few minutes
+    python -m minimlp.train --gpu --data-dir /data/imagenet --model ff_tiny -b 256 --epochs 300
+    python -m minimlp.train --resume runs/20250101-120000-ff_fmnist   # continue a run exactly
+
+One step: uint8 batch -> device -> normalise -> forward -> cross-entropy (label smoothing)
+-> backward -> clip the gradient norm -> optimizer step at the scheduled learning rate.
+After every epoch the model is evaluated and the run directory gets a line in
+``metrics.jsonl``, ``last.npz`` (and ``best.npz`` when top-1 improved) and ``curves.png``.
+
+Everything random is a function of ``--seed``: the initial weights, each epoch's order
+(``epoch`` mixed into the seed), its augmentation, and the dropout masks (whose generator
+state is saved).  A run resumed from an epoch boundary therefore continues bit for bit as
+if it had never stopped; one resumed from a Ctrl-C in mid-epoch continues with the same
+order of images, with fresh augmentation draws for the rest of that epoch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import queue
+import re
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from minimlp.backend import get_backend, num_threads, to_numpy
+from minimlp.data import list_datasets, normalize, open_dataset
+from minimlp.evaluate import EvalResult, evaluate
+from minimlp.io.checkpoint import Checkpoint, CheckpointError, atomic_write, load_checkpoint, make_meta, save_checkpoint
+from minimlp.loss import cross_entropy_backward, cross_entropy_forward
+from minimlp.models.registry import create_model, list_models, model_config, model_from_config
+from minimlp.optim import OPTIMIZERS, LRSchedule, clip_grad_norm, create_optimizer, scale_lr
+from minimlp.parallel import DataParallel
+from minimlp.plot import plot_curves
+from minimlp.progress import Progress, format_duration
+
+# --------------------------------------------------------------------------------------
+# The default run: Fashion-MNIST on a laptop CPU, chosen by measurement (README,
+# "Training"): ff_fmnist_small, AdamW at 5e-3 after half an epoch of warmup, cosine to
+# 1e-5, label smoothing 0.1, no augmentation (it slows short runs, see data/fmnist.py).
+# On short runs the higher rate learned faster (15k-image trials, two epochs: 81.2 % at
+# 1e-3, 82.8 % at 5e-3, 82.6 % at 1e-2).
+# --------------------------------------------------------------------------------------
+DEFAULT_MODEL = "ff_fmnist_small"
+DEFAULT_EPOCHS = 10
+DEFAULT_BATCH_SIZE = 128
+DEFAULT_OPT = "adamw"
+# Per optimizer: (learning rate for the batch size given, weight decay).  AdamW's decay
+# is DeiT's 0.05; SGD uses the usual 0.1 / 5e-5 of SGD-trained ViTs.
+OPT_DEFAULTS = {"adamw": (5e-3, 0.05), "sgd": (0.1, 5e-5)}
+DEFAULT_WARMUP_EPOCHS = 0.5
+DEFAULT_SMOOTHING = 0.1
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+# Arguments that describe where and how fast a run executes, not what it computes:
+# a resumed run takes them from its own command line, never from the checkpoint.
+NOT_RESUMED = {"resume", "output", "eval_only", "gpu", "device", "workers", "procs", "log_interval", "download"}
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot go on; the message says why and what to do."""
+
+
+class Diverged(TrainingError):
+    pass
+
+
+# --------------------------------------------------------------------------------------
+# Arguments
+# --------------------------------------------------------------------------------------
+def _number(kind: type, low: float | None = None, high: float | None = None, low_open: bool = False,
+            high_open: bool = False) -> Callable[[str], Any]:
+    """An argparse type: parse ``kind`` and check the range, with a message naming it."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+        if low is not None and (value < low or (low_open and value == low)):
+            raise argparse.ArgumentTypeError(f"{value} must be {'>' if low_open else '>='} {low}")
+        if high is not None and (value > high or (high_open and value == high)):
+            raise argparse.ArgumentTypeError(f"{value} must be {'<' if high_open else '<='} {high}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+positive_int = _number(int, 1)
+non_negative_int = _number(int, 0)
+non_negative_float = _number(float, 0.0)
+positive_float = _number(float, 0.0, low_open=True)
+fraction = _number(float, 0.0, 1.0, high_open=True)  # [0, 1)
+
+
+def device_name(text: str) -> str:
+    if not re.fullmatch(r"cpu|numpy|gpu|cuda|cupy|cuda:\d+", text.lower()):
+        raise argparse.ArgumentTypeError(f"unknown device {text!r}: use cpu, gpu or cuda:N")
+    return text.lower()
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Show '(default: X)' only where there is a default worth showing."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_text = action.help or ""
+        hidden = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        if not hidden and "default" not in help_text:
+            help_text += " (default: %(default)s)"
+        return help_text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m minimlp.train", formatter_class=_HelpFormatter,
+                                description="Train a feed-forward-only vision transformer (NumPy or CuPy). "
+                                            "With no arguments: the Fashion-MNIST recipe on the CPU.",
+                                epilog="Exit status: 0 done, 1 training failed (e.g. the loss diverged), "
+                                       "2 bad arguments or data, 130 interrupted (resumable).")
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default=DEFAULT_MODEL, help=f"preset name; one of {', '.join(list_models())}")
+    g.add_argument("--img-size", type=positive_int, help="input resolution (default: the preset's)")
+    g.add_argument("--patch-size", type=positive_int, help="patch size in pixels (default: the preset's)")
+    g.add_argument("--in-chans", type=positive_int, help="image channels (default: the dataset's)")
+    g.add_argument("--embed-dim", type=positive_int, help="token width D (default: the preset's)")
+    g.add_argument("--depth", type=positive_int, help="number of blocks (default: the preset's)")
+    g.add_argument("--num-classes", type=positive_int, help="classifier outputs (default: the dataset's classes)")
+    g.add_argument("--drop", type=fraction, default=0.0, help="dropout rate inside the feed-forward layers")
+    g.add_argument("--drop-path", type=fraction, default=0.0,
+                   help="stochastic depth: drop rate of the last block, rising linearly from 0")
+
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default=None,
+                   help=f"dataset name ({', '.join(list_datasets())}) or a directory; "
+                        "default: recognised from --data-dir, else fmnist")
+    g.add_argument("--data-dir", default=None, metavar="DIR",
+                   help="where the data is; Fashion-MNIST is also looked for in $MINIMLP_DATA, "
+                        "~/.cache/minimlp/fashion-mnist and /usr/share/datasets/fashion-mnist")
+    g.add_argument("--download", action="store_true",
+                   help="download Fashion-MNIST (MD5-checked) into --data-dir or the cache if it is missing")
+    g.add_argument("--train-num-samples", type=positive_int, metavar="N",
+                   help="train on a fixed random subset of N images (quick runs)")
+    g.add_argument("--eval-num-samples", type=positive_int, metavar="N",
+                   help="evaluate on a fixed random subset of N images (quick runs)")
+    g.add_argument("--no-aug", action="store_true", help="no training augmentation")
+    g.add_argument("-j", "--workers", type=non_negative_int, default=2,
+                   help="loader threads; 0 loads batches in the training thread")
+    g.add_argument("--procs", type=non_negative_int, default=0, metavar="N",
+                   help="CPU only: split every batch over N worker processes of one thread each (data "
+                        "parallel; about N times faster on N cores); 0 = one per core, at most 8; 1 = no workers")
+
+    g = p.add_argument_group("optimization")
+    g.add_argument("-b", "--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE, help="images per step")
+    g.add_argument("--epochs", type=positive_int, default=DEFAULT_EPOCHS, help="passes over the training set")
+    g.add_argument("--opt", default=DEFAULT_OPT, choices=sorted(OPTIMIZERS), help="optimizer")
+    g.add_argument("--lr", type=non_negative_float,
+                   help="peak learning rate (default: " + ", ".join(f"{k} {v[0]:g}" for k, v in OPT_DEFAULTS.items())
+                        + ")")
+    g.add_argument("--scale-lr", action="store_true",
+                   help="DeiT's rule: the effective learning rate is lr * batch_size / 512")
+    g.add_argument("--momentum", type=fraction, default=0.9, help="SGD momentum")
+    g.add_argument("--nesterov", action="store_true", help="Nesterov momentum for SGD")
+    g.add_argument("--weight-decay", type=non_negative_float,
+                   help="weight decay, not on 1-D parameters or the class token (default: "
+                        + ", ".join(f"{k} {v[1]:g}" for k, v in OPT_DEFAULTS.items()) + ")")
+    g.add_argument("--clip-grad", type=non_negative_float, default=0.0, metavar="NORM",
+                   help="clip the global gradient norm to NORM; 0 turns clipping off")
+    g.add_argument("--smoothing", type=fraction, default=DEFAULT_SMOOTHING, help="label smoothing")
+
+    g = p.add_argument_group("learning-rate schedule")
+    g.add_argument("--sched", default="cosine", choices=LRSchedule.KINDS,
+                   help="after warmup: cosine to --min-lr, step decay, or constant; evaluated every step")
+    g.add_argument("--warmup-epochs", type=non_negative_float, default=DEFAULT_WARMUP_EPOCHS,
+                   help="linear warmup from --warmup-lr (fractions allowed)")
+    g.add_argument("--warmup-lr", type=non_negative_float, default=1e-6, help="learning rate at step 0")
+    g.add_argument("--min-lr", type=non_negative_float, default=1e-5, help="the cosine's final learning rate")
+    g.add_argument("--decay-epochs", type=positive_float, default=30.0, help="step schedule: epochs per decay")
+    g.add_argument("--decay-rate", type=positive_float, default=0.1, help="step schedule: factor per decay")
+
+    g = p.add_argument_group("run")
+    g.add_argument("--seed", type=non_negative_int, default=0, help="seeds weights, data order, augmentation, dropout")
+    g.add_argument("--gpu", action="store_true", help="train on the GPU with CuPy (same as --device gpu)")
+    g.add_argument("--device", type=device_name, default="cpu", help="cpu, gpu or cuda:N")
+    g.add_argument("--output", default=None, metavar="DIR",
+                   help="run directory (default: runs/<date>-<time>-<model>, or the resumed run's directory)")
+    g.add_argument("--resume", default=None, metavar="DIR_OR_FILE",
+                   help="continue a run from its last.npz (or the given checkpoint): weights, optimizer, "
+                        "epoch, step, schedule and random state; its arguments apply unless given again")
+    g.add_argument("--eval-only", action="store_true", help="evaluate (the --resume checkpoint) and exit")
+    g.add_argument("--log-interval", type=positive_int, default=50, metavar="STEPS",
+                   help="progress line every STEPS steps when the output is not a terminal")
+    return p
+
+
+def explicit_arguments(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """The destinations the command line set explicitly (a resume keeps the rest)."""
+    quiet = argparse.ArgumentParser(add_help=False)
+    for action in parser._actions:  # argparse has no public list; this mirrors it with no defaults
+        if action.option_strings and not isinstance(action, argparse._HelpAction):
+            kwargs: dict[str, Any] = {"dest": action.dest, "default": argparse.SUPPRESS}
+            if isinstance(action, argparse._StoreTrueAction):
+                kwargs["action"] = "store_true"
+            else:
+                kwargs["nargs"] = action.nargs
+            quiet.add_argument(*action.option_strings, **kwargs)
+    return set(vars(quiet.parse_known_args(argv)[0]))
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, set[str]]:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.gpu:
+        args.device = "gpu"
+    if args.eval_only and not args.resume:
+        parser.error("--eval-only needs a checkpoint to evaluate: --resume DIR_OR_FILE")
+    if args.warmup_lr > (args.lr if args.lr is not None else OPT_DEFAULTS[args.opt][0]) > 0:
+        parser.error(f"--warmup-lr {args.warmup_lr:g} is above the peak --lr")
+    return args, explicit_arguments(parser, argv)
+
+
+# --------------------------------------------------------------------------------------
+# Run state, random state, run directory
+# --------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class RunState:
+    """Where a run is; stored in every checkpoint's meta record under "run"."""
+
+    epoch: int = 0  # epochs completed (training and evaluation)
+    step: int = 0  # optimizer steps taken
+    batch_in_epoch: int = 0  # batches of epoch ``epoch`` already trained (after a Ctrl-C)
+    loss_sum: float = 0.0  # the current epoch's running sums, so a resumed epoch reports right
+    correct: int = 0
+    seen: int = 0
+    best_top1: float | None = None
+    best_epoch: int | None = None
+    elapsed_s: float = 0.0  # wall time spent in this run, over all its sessions
+
+
+def seed_for(*words: int) -> int:
+    """A 63-bit seed mixed from several integers (the run seed, the epoch, ...)."""
+    return int(np.random.SeedSequence([int(w) for w in words]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+def rng_state(rng: Any) -> Any:
+    """The generator's state as JSON-able data, or None where the backend cannot export it."""
+    try:
+        state = rng.bit_generator.state
+        json.dumps(state)
+        return state
+    except (AttributeError, NotImplementedError, TypeError, ValueError):  # CuPy's generators keep theirs
+        return None
+
+
+def fixed_subset(n: int, count: int | None, salt: int) -> np.ndarray:
+    """The same ``count`` of ``n`` indices for every seed (so seeds compare on the same data)."""
+    if count is None or count >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(salt).permutation(n)[:count])
+
+
+def new_run_dir(model_name: str) -> Path:
+    base = Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{model_name}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
+
+
+def read_metrics(path: Path, before_epoch: int | None = None) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in records if before_epoch is None or r["epoch"] <= before_epoch]
+
+
+def write_json(path: Path, data: Any) -> None:
+    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def prefetch(batches: Iterator[Any], depth: int) -> Iterator[Any]:
+    """Produce ``batches`` in a background thread, ``depth`` ahead (0: in this thread).
+
+    The order is unchanged, so results do not depend on the thread's timing.
+    """
+    if depth <= 0:
+        yield from batches
+        return
+    slots: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    end = object()
+
+    def produce() -> None:
+        try:
+            for item in batches:
+                while not stop.is_set():
+                    try:
+                        slots.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            slots.put(end)
+        except BaseException as exc:  # hand the loader's error to the training thread
+            slots.put(exc)
+
+    worker = threading.Thread(target=produce, name="minimlp-loader", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = slots.get()
+            if item is end:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        worker.join(timeout=5)
+
+
+class StopRequest:
+    """Ctrl-C asks the loop to stop after the current step (and save); a second one aborts."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __call__(self) -> bool:
+        return self.requested
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nCtrl-C: stopping after this step and saving a resumable checkpoint "
+              "(Ctrl-C again to quit at once)", file=sys.stderr, flush=True)
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+# --------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class RunResult:
+    """What :func:`run` returns: where it wrote, how it ended, and the metrics per epoch."""
+
+    run_dir: Path
+    status: str  # "done", "interrupted" or "evaluated"
+    metrics: list[dict[str, Any]]
+    model: Any
+    state: RunState
+    eval_result: EvalResult | None = None
+
+
+def worker_processes(requested: int, backend: Any) -> int:
+    """How many data-parallel processes: 1 on a GPU, else ``requested`` or one per core (<= 8)."""
+    if backend.is_gpu:
+        return 1
+    if requested:
+        return requested
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, 8))
+
+
+def resolve_resume(path: str) -> Path:
+    p = Path(path)
+    if p.is_dir():
+        p = p / "last.npz"
+        if not p.is_file():
+            raise FileNotFoundError(f"{path}: no last.npz in this run directory")
+    return p
+
+
+def run(argv: list[str] | None = None, *, on_step: Callable[[RunState], bool | None] | None = None,
+        on_epoch_end: Callable[[dict[str, Any]], bool | None] | None = None,
+        log: Callable[[str], None] = print) -> RunResult:
+    """Train as ``python -m minimlp.train argv`` would, and return what happened.
+
+    Hooks (for tests and scripts): ``on_step(state)`` runs after every optimizer step and
+    ``on_epoch_end(record)`` after every epoch's checkpoint; either returning True stops
+    the run exactly as Ctrl-C does, with a resumable checkpoint.  Errors propagate
+    (:class:`TrainingError`, ``FileNotFoundError`` for missing data, ...); :func:`main`
+    turns them into messages and exit codes.
+    """
+    args, explicit = parse_args(argv)
+    checkpoint: Checkpoint | None = None
+    if args.resume:
+        checkpoint = load_checkpoint(resolve_resume(args.resume))
+        for key, value in checkpoint.meta.get("args", {}).items():  # the run's own settings ...
+            if key not in explicit and key not in NOT_RESUMED and hasattr(args, key):
+                setattr(args, key, value)  # ... unless given again on this command line
+
+    backend = get_backend(args.device)
+    threads = (f"; {num_threads()} threads for elementwise kernels, BLAS threads: "
+               f"{os.environ.get('OPENBLAS_NUM_THREADS', 'the library default')}")
+    log(f"backend: {backend.reason}" + ("" if backend.is_gpu else threads))
+
+    # -- data and model ------------------------------------------------------------------
+    if checkpoint is not None:
+        img_size = checkpoint.meta["model"].get("img_size")
+    else:
+        img_size = args.img_size or model_config(args.model).img_size
+    open_args = dict(data_dir=args.data_dir, download=args.download, workers=args.workers, img_size=img_size)
+    train_set = open_dataset(args.dataset, "train", **open_args)
+    eval_set = open_dataset(args.dataset, "val", **open_args)
+    classes = train_set.classes
+    if checkpoint is not None:
+        model = model_from_config(checkpoint.meta["model"], device=args.device, seed=args.seed)
+        model.load_state_dict(checkpoint.params)
+    else:
+        overrides = dict(img_size=args.img_size, patch_size=args.patch_size, embed_dim=args.embed_dim,
+                         depth=args.depth, in_chans=args.in_chans or train_set.image_shape[0],
+                         num_classes=args.num_classes or len(classes), drop_rate=args.drop,
+                         drop_path_rate=args.drop_path)
+        model = create_model(args.model, device=args.device, seed=args.seed, **overrides)
+    if tuple(model.expected_input_shape()) != tuple(train_set.image_shape):
+        raise TrainingError(f"{model.describe()} expects images {model.expected_input_shape()}, the dataset gives "
+                            f"{train_set.image_shape}; set --img-size / --in-chans to match")
+    if model.config.num_classes != len(classes):
+        raise TrainingError(f"the model has {model.config.num_classes} outputs but the dataset {len(classes)} classes")
+    c = model.config
+    log(f"model: {args.model}, {model.describe()}, patch {c.patch_size}, dim {c.embed_dim}, depth {c.depth}: "
+        f"{model.num_params():,} parameters")
+    train_idx = fixed_subset(len(train_set), args.train_num_samples, salt=1)
+    eval_idx = fixed_subset(len(eval_set), args.eval_num_samples, salt=2)
+    log(f"data: {train_set.describe()}; training on {len(train_idx)}, evaluating on {len(eval_idx)}")
+
+    # -- optimizer and schedule ----------------------------------------------------------
+    default_lr, default_wd = OPT_DEFAULTS[args.opt]
+    lr = default_lr if args.lr is None else args.lr
+    lr = scale_lr(lr, args.batch_size) if args.scale_lr else lr
+    weight_decay = default_wd if args.weight_decay is None else args.weight_decay
+    hyper: dict[str, Any] = dict(lr=lr, weight_decay=weight_decay)
+    if args.opt == "sgd":
+        hyper.update(momentum=args.momentum, nesterov=args.nesterov)
+    optimizer = create_optimizer(args.opt, model, **hyper)
+    schedule = LRSchedule(args.sched, lr, args.epochs, args.warmup_epochs, args.warmup_lr, args.min_lr,
+                          args.decay_epochs, args.decay_rate)
+    steps_per_epoch = math.ceil(len(train_idx) / args.batch_size)
+    log(f"optimizer: {args.opt} {optimizer.hyperparameters()}; schedule: {args.sched}, "
+        f"{args.warmup_epochs:g} warmup epochs, {args.epochs} epochs x {steps_per_epoch} steps of {args.batch_size}; "
+        f"label smoothing {args.smoothing:g}, augmentation: "
+        f"{'off (--no-aug)' if args.no_aug else getattr(train_set, 'augmentation', 'the dataset default')}")
+
+    state = RunState()
+    if checkpoint is not None:
+        state = RunState(**checkpoint.meta.get("run", {}))
+        opt_meta = checkpoint.meta.get("optimizer", {})
+        if opt_meta.get("name") == optimizer.name and checkpoint.optimizer:
+            optimizer.load_state_dict(checkpoint.optimizer, steps=opt_meta.get("step", state.step))
+        else:
+            log(f"note: the checkpoint's optimizer is {opt_meta.get('name')!r}; starting {optimizer.name} afresh")
+        saved_rng = checkpoint.meta.get("rng", {}).get("model")
+        if saved_rng is not None and rng_state(model.rng) is not None:
+            model.rng.bit_generator.state = saved_rng
+        else:  # no exportable state (CuPy): a fresh stream, still a function of seed and step
+            model.seed(seed_for(args.seed, state.step, 3))
+        log(f"resumed from {checkpoint.path}: epoch {state.epoch}, step {state.step}"
+            + (f", batch {state.batch_in_epoch}/{steps_per_epoch}" if state.batch_in_epoch else ""))
+
+    run_dir = Path(args.output) if args.output else (checkpoint.path.parent if checkpoint else new_run_dir(args.model))
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    eval_batch = max(args.batch_size, 256)
+    procs = worker_processes(args.procs, backend)
+    parallel = DataParallel(model, procs, eval_batch, seed=args.seed) if procs > 1 else None
+    if parallel is not None:
+        log(f"data parallel: every batch is split over {procs} worker processes of one thread each")
+    try:
+        if args.eval_only:
+            result = evaluate(parallel or model, eval_set, eval_batch, eval_idx)
+            log(f"eval: loss {result.loss:.4f}  top-1 {result.top1:.2f}%"
+                + (f"  top-5 {result.top5:.2f}%" if result.top5 is not None else ""))
+            return RunResult(run_dir, "evaluated", [], model, state, result)
+        setup = Setup(args, model, parallel, optimizer, schedule, state, train_set, eval_set, train_idx, eval_idx,
+                      eval_batch, steps_per_epoch, lr, weight_decay, checkpoint, run_dir, classes)
+        return _train(setup, on_step, on_epoch_end, log)
+    finally:
+        if parallel is not None:
+            parallel.close()
+        train_set.close()
+        eval_set.close()
+
+
+@dataclasses.dataclass
+class Setup:
+    """Everything :func:`run` prepares for the training loop."""
+
+    args: argparse.Namespace
+    model: Any
+    parallel: DataParallel | None
+    optimizer: Any
+    schedule: LRSchedule
+    state: RunState
+    train_set: Any
+    eval_set: Any
+    train_idx: np.ndarray
+    eval_idx: np.ndarray
+    eval_batch: int
+    steps_per_epoch: int
+    lr: float
+    weight_decay: float
+    checkpoint: Checkpoint | None
+    run_dir: Path
+    classes: list[str]
+
+
+def _train(setup: Setup, on_step: Callable[[RunState], bool | None] | None,
+           on_epoch_end: Callable[[dict[str, Any]], bool | None] | None, log: Callable[[str], None]) -> RunResult:
+    """The epochs: train, evaluate, record, checkpoint (the second half of :func:`run`)."""
+    args, model, parallel, optimizer = setup.args, setup.model, setup.parallel, setup.optimizer
+    schedule, state, train_set, eval_set = setup.schedule, setup.state, setup.train_set, setup.eval_set
+    train_idx, eval_idx, eval_batch = setup.train_idx, setup.eval_idx, setup.eval_batch
+    steps_per_epoch, lr, weight_decay = setup.steps_per_epoch, setup.lr, setup.weight_decay
+    checkpoint, run_dir, classes = setup.checkpoint, setup.run_dir, setup.classes
+    write_json(run_dir / "args.json", {**vars(args), "effective_lr": lr, "effective_weight_decay": weight_decay})
+    metrics_path = run_dir / "metrics.jsonl"
+    metrics = read_metrics(metrics_path, before_epoch=state.epoch)
+    if checkpoint is not None:  # drop lines of epochs the checkpoint had not finished
+        atomic_write(metrics_path, lambda f: f.write("".join(json.dumps(m) + "\n" for m in metrics).encode()))
+    log(f"run directory: {run_dir}")
+
+    data_info = {"name": args.dataset or "auto", "mean": list(train_set.mean), "std": list(train_set.std),
+                 "image_shape": list(train_set.image_shape), "crop_pct": getattr(train_set, "crop_pct", 1.0)}
+
+    def save(path: Path) -> None:
+        meta = make_meta(model.config_dict(), epoch=state.epoch, step=state.step, classes=classes,
+                         rng={"model": rng_state(model.rng), "data": {"seed": args.seed, "epoch": state.epoch,
+                                                                      "batch_in_epoch": state.batch_in_epoch}},
+                         args=vars(args),
+                         optimizer={"name": optimizer.name, "hyperparameters": optimizer.hyperparameters(),
+                                    "step": optimizer.steps},
+                         data=data_info, run=dataclasses.asdict(state))
+        save_checkpoint(path, model.params, meta, optimizer.state_dict())
+
+    def interrupted() -> RunResult:
+        save(run_dir / "last.npz")
+        log(f"stopped at epoch {state.epoch + 1}, step {state.step}; saved {run_dir / 'last.npz'}. "
+            f"Continue with: python -m minimlp.train --resume {run_dir}")
+        return RunResult(run_dir, "interrupted", metrics, model, state)
+
+    xp, dtype = model.xp, model.dtype
+    session_start = time.perf_counter()
+    elapsed_before = state.elapsed_s
+    with StopRequest() as stop:
+        for epoch in range(state.epoch, args.epochs):
+            # -- one epoch of training ---------------------------------------------------
+            order = np.random.default_rng(seed_for(args.seed, epoch, 0)).permutation(train_idx)
+            first = state.batch_in_epoch
+            batches = train_set.batches(order[first * args.batch_size:], args.batch_size, train=not args.no_aug,
+                                        seed=seed_for(args.seed, epoch, first + 1))
+            bar = Progress(steps_per_epoch, f"epoch {epoch + 1}/{args.epochs}", args.log_interval, done=first)
+            lr_now = schedule(state.step / steps_per_epoch)
+            for images, labels in prefetch(batches, args.workers):
+                lr_now = schedule(state.step / steps_per_epoch)
+                x = normalize(images, train_set.mean, train_set.std, xp, dtype)  # (B, C, H, W) on the device
+                if parallel is not None:  # the workers leave the batch-mean gradient in model.grads
+                    loss, logits = parallel.train_step(x, labels, args.smoothing, state.step)
+                else:
+                    logits, cache = model.forward(x, train=True)  # (B, K)
+                    loss, loss_cache = cross_entropy_forward(logits, xp.asarray(labels), args.smoothing)
+                    model.zero_grad()
+                    model.backward(cross_entropy_backward(loss_cache), cache, input_grad=False)
+                loss = float(loss)
+                if not math.isfinite(loss):
+                    raise Diverged(divergence_message(loss, state, epoch, steps_per_epoch, lr_now, run_dir))
+                if args.clip_grad:
+                    norm = clip_grad_norm(model.store.flat_grads, args.clip_grad)
+                    if not math.isfinite(norm):
+                        raise Diverged(divergence_message(norm, state, epoch, steps_per_epoch, lr_now, run_dir,
+                                                          what="gradient norm"))
+                optimizer.step(lr_now)
+                state.step += 1
+                state.batch_in_epoch += 1
+                state.loss_sum += loss * len(labels)
+                state.correct += int((to_numpy(logits.argmax(axis=1)) == labels).sum())
+                state.seen += len(labels)
+                bar.update(len(labels), loss=state.loss_sum / state.seen, lr=lr_now)
+                if on_step is not None and on_step(state):
+                    stop.requested = True
+                if stop.requested:
+                    break
+            bar.close()
+            train_time = bar.elapsed
+            state.elapsed_s = elapsed_before + time.perf_counter() - session_start
+            if stop.requested:
+                return interrupted()
+
+            # -- evaluation, metrics, checkpoints --------------------------------------------
+            eval_start = time.perf_counter()
+            result = evaluate(parallel or model, eval_set, eval_batch, eval_idx, should_stop=stop)
+            if result is None:
+                return interrupted()
+            eval_time = time.perf_counter() - eval_start
+            record = {"epoch": epoch + 1, "step": state.step,
+                      "train_loss": state.loss_sum / max(1, state.seen),
+                      "train_top1": 100.0 * state.correct / max(1, state.seen),
+                      "eval_loss": result.loss, "eval_top1": result.top1, "eval_top5": result.top5,
+                      "lr": lr_now, "img_per_s": bar.images_per_second, "epoch_time_s": train_time,
+                      "eval_time_s": eval_time,
+                      "elapsed_s": elapsed_before + time.perf_counter() - session_start}
+            improved = state.best_top1 is None or result.top1 > state.best_top1
+            state.epoch, state.batch_in_epoch = epoch + 1, 0
+            state.loss_sum, state.correct, state.seen = 0.0, 0, 0
+            if improved:
+                state.best_top1, state.best_epoch = result.top1, epoch + 1
+            state.elapsed_s = record["elapsed_s"]
+            save(run_dir / "last.npz")
+            if improved:
+                save(run_dir / "best.npz")
+            metrics.append(record)
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            plot_curves(metrics, run_dir / "curves.png")
+            top5 = f"  top-5 {result.top5:.2f}%" if result.top5 is not None else ""
+            log(f"epoch {epoch + 1}/{args.epochs}: train loss {record['train_loss']:.4f}  "
+                f"eval loss {result.loss:.4f}  top-1 {result.top1:.2f}%{top5}  ({record['img_per_s']:.0f} img/s, "
+                f"epoch {format_duration(train_time)}, eval {format_duration(eval_time)}, "
+                f"total {format_duration(record['elapsed_s'])})"
+                + ("  * best" if improved else ""))
+            if on_epoch_end is not None and on_epoch_end(record):
+                return interrupted()
+    log(f"done: best top-1 {state.best_top1:.2f}% at epoch {state.best_epoch}; "
+        f"{format_duration(state.elapsed_s)} in all; checkpoints and curves in {run_dir}")
+    return RunResult(run_dir, "done", metrics, model, state)
+
+
+def divergence_message(value: float, state: RunState, epoch: int, steps_per_epoch: int, lr: float, run_dir: Path,
+                       what: str = "loss") -> str:
+    last = run_dir / "last.npz"
+    saved = (f"{last} still holds the last good state (epoch {state.epoch}); continue from it with "
+             f"--resume {run_dir} and a lower --lr" if last.is_file() else "no checkpoint had been written yet")
+    return (f"the {what} became {value} at step {state.step + 1} (epoch {epoch + 1}, batch "
+            f"{state.batch_in_epoch + 1}/{steps_per_epoch}, learning rate {lr:.3g}). The learning rate is most "
+            f"likely too high for this model and batch size: try --lr {lr / 4:.2g}, a longer --warmup-epochs, "
+            f"or --clip-grad 1.0. Nothing was saved after the failure: {saved}.")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command line: run, print errors as one clear message, return the exit status."""
+    try:
+        result = run(argv)
+    except (Diverged, TrainingError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except (FileNotFoundError, CheckpointError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("aborted (the last checkpoint written is intact)", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return EXIT_INTERRUPTED if result.status == "interrupted" else EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
