@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from minimlp.io.files import atomic_write
 from minimlp.models import FFViTConfig, MixerConfig, create_model, model_config
 from minimlp.plot import Panel, Series, line_chart
 
@@ -195,9 +196,8 @@ def plot_runs(runs: dict[str, list[dict[str, Any]]], summaries: Sequence[dict[st
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_write(path) as f:
+        f.write(text.encode("utf-8"))
 
 
 def machine() -> dict[str, Any]:

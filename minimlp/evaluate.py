@@ -99,19 +99,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from minimlp.io.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+    from minimlp.io.files import CheckpointError
+    from minimlp.io.weights import model_from_checkpoint
 
     args = build_parser().parse_args(argv)
     if args.batch_size < 1:
         build_parser().error(f"--batch-size must be positive, got {args.batch_size}")
     try:
-        checkpoint = load_checkpoint(args.checkpoint)
-        model = model_from_checkpoint(checkpoint, device="gpu" if args.gpu else args.device)
+        model, info = model_from_checkpoint(args.checkpoint, device="gpu" if args.gpu else args.device)
     except (FileNotFoundError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    meta = info.meta or {}
     print(f"backend: {model.backend.reason}")
-    saved = checkpoint.meta.get("args", {})
+    saved = meta.get("args", {})
     data_dir = args.data_dir or saved.get("data_dir")
     dataset_name = args.dataset or (None if args.data_dir else saved.get("dataset"))
     try:
@@ -120,12 +121,12 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    classes = checkpoint.meta.get("classes") or dataset.classes
+    classes = meta.get("classes") or dataset.classes
     if len(classes) != model.config.num_classes:
         print(f"error: the checkpoint has {model.config.num_classes} classes, the dataset {len(dataset.classes)}",
               file=sys.stderr)
         return 2
-    print(f"checkpoint: {checkpoint.path} (epoch {checkpoint.meta.get('epoch')}, {model.num_params():,} parameters)")
+    print(f"checkpoint: {info.source} (epoch {meta.get('epoch')}, {model.num_params():,} parameters)")
     print(f"data: {dataset.describe()}")
     start = time.perf_counter()
     with dataset:

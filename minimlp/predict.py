@@ -63,16 +63,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from minimlp.io.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+    from minimlp.io.files import CheckpointError
+    from minimlp.io.weights import model_from_checkpoint
 
     args = build_parser().parse_args(argv)
     try:
-        checkpoint = load_checkpoint(args.checkpoint)
-        model = model_from_checkpoint(checkpoint, device="gpu" if args.gpu else "cpu")
+        model, info = model_from_checkpoint(args.checkpoint, device="gpu" if args.gpu else "cpu")
     except (FileNotFoundError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    meta = checkpoint.meta
+    meta = info.meta or {}
     info = meta.get("data", {})
     C, size = model.config.in_chans, model.config.img_size
     mean, std = tuple(info.get("mean", (0.5,) * C)), tuple(info.get("std", (0.5,) * C))

@@ -41,7 +41,8 @@ import numpy as np
 from minimlp.backend import get_backend, num_threads, to_numpy
 from minimlp.data import list_datasets, normalize, open_dataset
 from minimlp.evaluate import EvalResult, evaluate
-from minimlp.io.checkpoint import Checkpoint, CheckpointError, atomic_write, load_checkpoint, make_meta, save_checkpoint
+from minimlp.io.checkpoint import Checkpoint, load_checkpoint, make_meta, save_checkpoint
+from minimlp.io.files import CheckpointError, atomic_write
 from minimlp.loss import cross_entropy_backward, cross_entropy_forward
 from minimlp.models.registry import create_model, list_models, model_config, model_from_config
 from minimlp.optim import OPTIMIZERS, LRSchedule, clip_grad_norm, create_optimizer, scale_lr
@@ -294,7 +295,8 @@ def read_metrics(path: Path, before_epoch: int | None = None) -> list[dict[str, 
 
 def write_json(path: Path, data: Any) -> None:
     text = json.dumps(data, indent=2, sort_keys=True) + "\n"
-    atomic_write(path, lambda f: f.write(text.encode()))
+    with atomic_write(path) as f:
+        f.write(text.encode())
 
 
 def prefetch(batches: Iterator[Any], depth: int) -> Iterator[Any]:
@@ -549,7 +551,8 @@ def _train(setup: Setup, on_step: Callable[[RunState], bool | None] | None,
     metrics_path = run_dir / "metrics.jsonl"
     metrics = read_metrics(metrics_path, before_epoch=state.epoch)
     if checkpoint is not None:  # drop lines of epochs the checkpoint had not finished
-        atomic_write(metrics_path, lambda f: f.write("".join(json.dumps(m) + "\n" for m in metrics).encode()))
+        with atomic_write(metrics_path) as f:
+            f.write("".join(json.dumps(m) + "\n" for m in metrics).encode())
     log(f"run directory: {run_dir}")
 
     data_info = {"name": args.dataset or "auto", "mean": list(train_set.mean), "std": list(train_set.std),

@@ -1,30 +1,45 @@
-"""Checkpoints: the .npz layout and meta record, loading without pickle, clear errors for
-truncated or foreign files, and atomic writes that never damage the previous file."""
+"""minimlp's .npz checkpoints and the atomic writes every saved file goes through: the layout
+and meta record, loading without pickle, clear errors for truncated or foreign files (through
+both entry points: ``load_checkpoint`` for training checkpoints, ``load_weights`` for any
+weights file), and writes that never damage the previous file, whether they fail or are killed."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import minimlp
-from minimlp.io.atomic import atomic_write
 from minimlp.io.checkpoint import (
     FORMAT,
-    CheckpointError,
+    encode_meta,
     load_checkpoint,
     make_meta,
-    model_from_checkpoint,
     save_checkpoint,
+    weights_meta,
 )
+from minimlp.io.files import CheckpointError, CheckpointNotFound, atomic_write
+from minimlp.io.weights import load_weights, model_from_checkpoint, read_weights, save_weights
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def small_model():
     return minimlp.create_model("ff_fmnist", embed_dim=8, depth=1, patch_size=7, seed=3)
 
 
+# --------------------------------------------------------------------------------------
+# Layout
+# --------------------------------------------------------------------------------------
 def test_round_trip_and_layout(tmp_path):
     model = small_model()
     meta = make_meta(model.config_dict(), epoch=2, step=40, classes=["a", "b"], rng={"model": {"x": 1}},
@@ -39,17 +54,69 @@ def test_round_trip_and_layout(tmp_path):
     ckpt = load_checkpoint(path)
     assert ckpt.meta["epoch"] == 2 and ckpt.meta["step"] == 40 and ckpt.meta["classes"] == ["a", "b"]
     assert list(ckpt.params) == list(model.params), "checkpoint order is the model's order"
-    restored = model_from_checkpoint(ckpt)
+    assert list(ckpt.optimizer) == ["momentum_buffer"]
+    restored, info = model_from_checkpoint(path)
+    assert info.meta == ckpt.meta and info.format == "npz"
     for name, p in model.params.items():
         assert np.array_equal(restored.params[name], p) and restored.params[name].dtype == np.float32
+    state, weights_only_meta, _ = read_weights(path)  # the weights entry point skips the optimizer state
+    assert list(state) == list(model.params) and weights_only_meta == ckpt.meta
 
 
-def test_object_arrays_are_refused(tmp_path):
-    with pytest.raises(TypeError, match="object arrays"):
+def test_weights_only_layout_is_params_and_json_meta(tmp_path):
+    model = small_model()
+    save_weights(tmp_path / "w.npz", model.state_dict(), {"model": model.config_dict()})
+    with np.load(tmp_path / "w.npz", allow_pickle=False) as z:
+        assert set(z.files) == {"meta"} | {f"params/{k}" for k in model.params}
+        assert z["meta"].dtype == np.uint8
+    with zipfile.ZipFile(tmp_path / "w.npz") as zf:
+        assert all(i.compress_type == zipfile.ZIP_STORED for i in zf.infolist())
+    assert load_checkpoint(tmp_path / "w.npz").optimizer == {}  # the trainer's reader reads it too
+
+
+def test_plain_npz_is_a_state_dict_for_weights_but_not_a_checkpoint(tmp_path):
+    model = small_model()
+    np.savez(tmp_path / "plain.npz", **model.state_dict())
+    state, meta, _ = read_weights(tmp_path / "plain.npz")
+    assert meta is None and set(state) == set(model.params)
+    with pytest.raises(CheckpointError, match=r"plain\.npz: no 'meta' record"):
+        load_checkpoint(tmp_path / "plain.npz")
+
+
+# --------------------------------------------------------------------------------------
+# Python objects are never stored, and never unpickled
+# --------------------------------------------------------------------------------------
+class _Evil:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.path}",)
+
+
+def test_python_objects_are_neither_saved_nor_loaded(tmp_path):
+    with pytest.raises(CheckpointError, match="object arrays"):
         save_checkpoint(tmp_path / "c.npz", {"w": np.array([{"a": 1}], dtype=object)}, make_meta({}))
     assert not (tmp_path / "c.npz").exists()
+    with pytest.raises(CheckpointError, match="object arrays"):
+        save_weights(tmp_path / "w.npz", {"w": np.array([None], dtype=object)})
+    assert list(tmp_path.iterdir()) == []
+
+    marker = tmp_path / "pwned"
+    objects = np.empty(1, dtype=object)
+    objects[0] = _Evil(marker)
+    with open(tmp_path / "evil.npz", "wb") as f:  # np.savez pickles object arrays
+        np.savez(f, meta=encode_meta(weights_meta()), **{"params/w": objects})
+    assert b"system" in (tmp_path / "evil.npz").read_bytes()  # the payload is really in the file
+    for load in (load_weights, load_checkpoint):
+        with pytest.raises(CheckpointError, match="Python objects"):
+            load(tmp_path / "evil.npz")
+    assert not marker.exists()
 
 
+# --------------------------------------------------------------------------------------
+# Bad files: each refused with the file's name and the problem
+# --------------------------------------------------------------------------------------
 def test_truncated_and_foreign_files_name_the_file(tmp_path):
     model = small_model()
     good = save_checkpoint(tmp_path / "good.npz", model.params, make_meta(model.config_dict()))
@@ -58,14 +125,15 @@ def test_truncated_and_foreign_files_name_the_file(tmp_path):
         (tmp_path / "cut.npz").write_bytes(data[:cut])
         with pytest.raises(CheckpointError, match=r"cut\.npz: .*truncated or corrupt"):
             load_checkpoint(tmp_path / "cut.npz")
+        with pytest.raises(CheckpointError, match=r"cut\.npz: .*truncated or corrupt"):
+            load_weights(tmp_path / "cut.npz")
     (tmp_path / "junk.npz").write_bytes(b"\x80\x04K\x01." * 10)  # a pickle: must not be loaded
     with pytest.raises(CheckpointError, match=r"junk\.npz: not a zip"):
         load_checkpoint(tmp_path / "junk.npz")
-    np.savez(tmp_path / "plain.npz", w=np.ones(3))
-    with pytest.raises(CheckpointError, match=r"plain\.npz: no 'meta' record"):
-        load_checkpoint(tmp_path / "plain.npz")
     with pytest.raises(FileNotFoundError, match="missing.npz"):
         load_checkpoint(tmp_path / "missing.npz")
+    with pytest.raises(CheckpointNotFound, match=r"missing\.npz: no such"):  # both a CheckpointError ...
+        load_weights(tmp_path / "missing.npz")  # ... and a FileNotFoundError, whichever way it is read
 
 
 def test_corrupt_member_is_detected(tmp_path):
@@ -80,18 +148,35 @@ def test_corrupt_member_is_detected(tmp_path):
         load_checkpoint(path)
 
 
-def test_newer_version_and_wrong_format(tmp_path):
+@pytest.mark.parametrize("load", [load_checkpoint, load_weights], ids=["load_checkpoint", "load_weights"])
+def test_bad_meta_records_are_refused(tmp_path, load):
     model = small_model()
     meta = make_meta(model.config_dict())
     save_checkpoint(tmp_path / "v9.npz", model.params, {**meta, "version": 9})
     with pytest.raises(CheckpointError, match="version 9 is newer"):
-        load_checkpoint(tmp_path / "v9.npz")
+        load(tmp_path / "v9.npz")
+    np.savez(tmp_path / "new.npz", meta=encode_meta({"format": "minimlp-checkpoint", "version": 99}),
+             **{"params/w": np.ones(2)})
+    with pytest.raises(CheckpointError, match="version 99.*newer minimlp"):
+        load(tmp_path / "new.npz")
     save_checkpoint(tmp_path / "other.npz", model.params, {**meta, "format": "something-else"})
-    with pytest.raises(CheckpointError, match="not a minimlp checkpoint"):
-        load_checkpoint(tmp_path / "other.npz")
+    with pytest.raises(CheckpointError, match="not a minimlp checkpoint.*'something-else'"):
+        load(tmp_path / "other.npz")
+    np.savez(tmp_path / "alien.npz", meta=encode_meta({"format": "other"}), w=np.ones(2))
+    with pytest.raises(CheckpointError, match="does not describe a minimlp-checkpoint"):
+        load(tmp_path / "alien.npz")
+    np.savez(tmp_path / "junk.npz", meta=np.frombuffer(b"\xff{", np.uint8))
+    with pytest.raises(CheckpointError, match="not UTF-8"):
+        load(tmp_path / "junk.npz")
+    np.savez(tmp_path / "text.npz", meta=np.frombuffer(b"{not json", np.uint8))
+    with pytest.raises(CheckpointError, match=r"text\.npz: .*not valid JSON"):
+        load(tmp_path / "text.npz")
+    np.savez(tmp_path / "noparams.npz", meta=encode_meta(weights_meta()))
+    with pytest.raises(CheckpointError, match=r"noparams\.npz: .*holds no parameters"):
+        load(tmp_path / "noparams.npz")
 
 
-def test_wrong_parameters_are_named(tmp_path):
+def test_wrong_parameters_are_named_with_the_file(tmp_path):
     model = small_model()
     params = dict(model.state_dict())
     del params["head.bias"]
@@ -101,15 +186,69 @@ def test_wrong_parameters_are_named(tmp_path):
         model_from_checkpoint(tmp_path / "c.npz")
 
 
+# --------------------------------------------------------------------------------------
+# Atomic writes: a failed or killed write never replaces the previous file
+# --------------------------------------------------------------------------------------
 def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
     target = tmp_path / "f.bin"
-    atomic_write(target, lambda f: f.write(b"old contents"))
+    with atomic_write(target) as f:
+        f.write(b"old contents")
 
-    def fails(f):
+    with pytest.raises(RuntimeError, match="disk gone"), atomic_write(target) as f:
         f.write(b"half of the new")
         raise RuntimeError("disk gone")
-
-    with pytest.raises(RuntimeError, match="disk gone"):
-        atomic_write(target, fails)
     assert target.read_bytes() == b"old contents"
     assert [p.name for p in tmp_path.iterdir()] == ["f.bin"], "the temporary file is removed"
+    with atomic_write(tmp_path / "new" / "dir" / "g.bin") as f:  # parents are created
+        f.write(b"x")
+    assert (tmp_path / "new" / "dir" / "g.bin").read_bytes() == b"x"
+
+
+_KILLED_WRITER = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    import numpy as np
+    from minimlp.io import safetensors
+    from minimlp.io.weights import save_weights
+
+    path, ready = sys.argv[1], Path(sys.argv[2])
+    calls = []
+    def hang_mid_write(write):
+        def wrapper(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == 2:  # part of the file is written: stop here until killed
+                ready.write_text("writing")
+                time.sleep(60)
+            return write(*args, **kwargs)
+        return wrapper
+    safetensors._tensor_bytes = hang_mid_write(safetensors._tensor_bytes)
+    np.lib.format.write_array = hang_mid_write(np.lib.format.write_array)
+    save_weights(path, {"a": np.zeros(1 << 20, np.float32), "b": np.zeros(1 << 20, np.float32)})
+""")
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".safetensors"])
+def test_write_killed_midway_keeps_the_previous_file(tmp_path, suffix):
+    model = small_model()
+    path, ready = tmp_path / f"w{suffix}", tmp_path / "ready"
+    save_weights(path, model.state_dict())
+    before = path.read_bytes()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    child = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, str(path), str(ready)], env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists():
+            assert child.poll() is None, "the writer exited before it was killed"
+            assert time.monotonic() < deadline, "the writer never started writing"
+            time.sleep(0.01)
+        temps = [p for p in tmp_path.iterdir() if p.name.startswith(f".{path.name}.tmp-")]
+        assert temps and temps[0].stat().st_size > 0  # it was mid-write, into a temporary file
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == -signal.SIGKILL
+    assert path.read_bytes() == before
+    state = load_weights(path)
+    np.testing.assert_array_equal(state["head.weight"], model.params["head.weight"])

@@ -1,14 +1,10 @@
-"""The one entry point for weights: format detection, minimlp .npz, strict loading into a
-model, a new head for fine-tuning, building a model from a file, and atomic writes."""
+"""The one entry point for weights: format detection, strict loading into a model, a new head
+for fine-tuning, and building a model from a file.  (The .npz layout, its bad-file errors and
+atomic writes are tested in test_checkpoint.py.)"""
 
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
-import textwrap
-import time
 import zipfile
 from pathlib import Path
 
@@ -17,7 +13,6 @@ import pytest
 from pth_craft import state_dict, write_pth
 
 import minimlp
-from minimlp.io import npz
 from minimlp.io.files import CheckpointError
 from minimlp.io.weights import (
     detect_format,
@@ -61,62 +56,6 @@ def test_weights_round_trip_bit_exactly_with_their_config(tmp_path, dtype, suffi
         assert state[name].dtype == p.dtype and state[name].tobytes() == p.tobytes(), name
     assert meta["format"] == "minimlp-checkpoint" and meta["version"] == 1
     assert meta["model"] == m.config_dict() and meta["classes"][4] == "e"
-
-
-def test_npz_layout_is_params_and_json_meta(tmp_path, model):
-    save_weights(tmp_path / "w.npz", model.state_dict(), {"model": model.config_dict()})
-    with np.load(tmp_path / "w.npz", allow_pickle=False) as z:
-        assert set(z.files) == {"meta"} | {f"params/{k}" for k in model.params}
-        assert z["meta"].dtype == np.uint8
-    with zipfile.ZipFile(tmp_path / "w.npz") as zf:
-        assert all(i.compress_type == zipfile.ZIP_STORED for i in zf.infolist())
-
-
-def test_plain_npz_is_read_as_a_state_dict(tmp_path, model):
-    np.savez(tmp_path / "plain.npz", **model.state_dict())
-    state, meta, _ = read_weights(tmp_path / "plain.npz")
-    assert meta is None and set(state) == set(model.params)
-
-
-class _Evil:
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.path}",)
-
-
-def test_npz_with_python_objects_is_refused_without_unpickling(tmp_path):
-    marker = tmp_path / "pwned"
-    objects = np.empty(1, dtype=object)
-    objects[0] = _Evil(marker)
-    with open(tmp_path / "evil.npz", "wb") as f:  # np.savez pickles object arrays
-        np.savez(f, meta=npz.encode_meta(npz.weights_meta()), **{"params/w": objects})
-    assert b"system" in (tmp_path / "evil.npz").read_bytes()  # the payload is really in the file
-    with pytest.raises(CheckpointError, match="Python objects"):
-        load_weights(tmp_path / "evil.npz")
-    assert not marker.exists()
-
-
-def test_bad_npz_files_are_refused(tmp_path, model):
-    save_weights(tmp_path / "w.npz", model.state_dict())
-    data = (tmp_path / "w.npz").read_bytes()
-    (tmp_path / "cut.npz").write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match="truncated or corrupt"):
-        load_weights(tmp_path / "cut.npz")
-    meta = npz.encode_meta({"format": "minimlp-checkpoint", "version": 99})
-    np.savez(tmp_path / "new.npz", meta=meta, **{"params/w": np.ones(2)})
-    with pytest.raises(CheckpointError, match="version 99.*newer minimlp"):
-        load_weights(tmp_path / "new.npz")
-    np.savez(tmp_path / "alien.npz", meta=npz.encode_meta({"format": "other"}), w=np.ones(2))
-    with pytest.raises(CheckpointError, match="does not describe a minimlp-checkpoint"):
-        load_weights(tmp_path / "alien.npz")
-    np.savez(tmp_path / "junk.npz", meta=np.frombuffer(b"\xff{", np.uint8))
-    with pytest.raises(CheckpointError, match="not UTF-8"):
-        load_weights(tmp_path / "junk.npz")
-    np.savez(tmp_path / "noparams.npz", meta=npz.encode_meta(npz.weights_meta()))
-    with pytest.raises(CheckpointError, match="without parameters"):
-        load_weights(tmp_path / "noparams.npz")
 
 
 def test_format_is_detected_from_content_not_name(tmp_path, model):
@@ -253,55 +192,3 @@ def test_patch_mlp_dim_and_mlp_ratio_are_inferred():
                              mlp_ratio=2.0, patch_mlp_dim=7)
     config = infer_config(m.state_dict())
     assert config["mlp_ratio"] == 2.0 and config["patch_mlp_dim"] == 7
-
-
-# --------------------------------------------------------------------------------------
-# A write killed midway never replaces the previous file.
-# --------------------------------------------------------------------------------------
-_KILLED_WRITER = textwrap.dedent("""
-    import sys, time
-    from pathlib import Path
-    import numpy as np
-    from minimlp.io import safetensors
-    from minimlp.io.weights import save_weights
-
-    path, ready = sys.argv[1], Path(sys.argv[2])
-    calls = []
-    def hang_mid_write(write):
-        def wrapper(*args, **kwargs):
-            calls.append(1)
-            if len(calls) == 2:  # part of the file is written: stop here until killed
-                ready.write_text("writing")
-                time.sleep(60)
-            return write(*args, **kwargs)
-        return wrapper
-    safetensors._tensor_bytes = hang_mid_write(safetensors._tensor_bytes)
-    np.lib.format.write_array = hang_mid_write(np.lib.format.write_array)
-    save_weights(path, {"a": np.zeros(1 << 20, np.float32), "b": np.zeros(1 << 20, np.float32)})
-""")
-
-
-@pytest.mark.parametrize("suffix", [".npz", ".safetensors"])
-def test_write_killed_midway_keeps_the_previous_file(tmp_path, model, suffix):
-    path, ready = tmp_path / f"w{suffix}", tmp_path / "ready"
-    save_weights(path, model.state_dict())
-    before = path.read_bytes()
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    child = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, str(path), str(ready)], env=env)
-    try:
-        deadline = time.monotonic() + 60
-        while not ready.exists():
-            assert child.poll() is None, "the writer exited before it was killed"
-            assert time.monotonic() < deadline, "the writer never started writing"
-            time.sleep(0.01)
-        temps = [p for p in tmp_path.iterdir() if p.name.startswith(f".{path.name}.tmp-")]
-        assert temps and temps[0].stat().st_size > 0  # it was mid-write, into a temporary file
-        child.send_signal(signal.SIGKILL)
-        child.wait(timeout=30)
-    finally:
-        if child.poll() is None:
-            child.kill()
-    assert child.returncode == -signal.SIGKILL
-    assert path.read_bytes() == before
-    state = load_weights(path)
-    np.testing.assert_array_equal(state["head.weight"], model.params["head.weight"])

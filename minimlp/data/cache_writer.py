@@ -32,6 +32,7 @@ from minimlp.data.classes import cap_samples, imagenet_table, select_classes
 from minimlp.data.folders import detect, list_split
 from minimlp.data.loader import default_workers
 from minimlp.data.transforms import BadImageError
+from minimlp.io.files import atomic_write
 
 __all__ = ["prepare"]
 
@@ -39,9 +40,8 @@ CHUNK = 512  # records per task (and per progress mark)
 
 
 def _write_header(out: Path, header: dict) -> None:
-    tmp = out / (CACHE_HEADER + ".tmp")
-    tmp.write_text(json.dumps(header, indent=1))
-    os.replace(tmp, out / CACHE_HEADER)  # atomic: a reader never sees half a header
+    with atomic_write(out / CACHE_HEADER) as f:  # a reader never sees half a header
+        f.write(json.dumps(header, indent=1).encode())
 
 
 def _prepare_chunk(task: tuple) -> tuple[int, list[tuple[str, str]]]:

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from minimlp.data.base import ArrayDataset
-from minimlp.io.atomic import create_temp_file
+from minimlp.io.files import atomic_write
 
 __all__ = ["CLASSES", "FILES", "MD5", "MIRROR", "FashionMNIST", "read_idx", "search_dirs", "find_data_dir",
            "download_fashion_mnist", "DatasetNotFound", "open_fmnist"]
@@ -179,26 +179,18 @@ def download_fashion_mnist(dest: str | os.PathLike | None = None, base_url: str 
             continue
         url = base_url.rstrip("/") + "/" + name
         log(f"downloading {url}")
-        fd, tmp = create_temp_file(target)
-        try:
-            digest = hashlib.md5()
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+        try:  # the file takes its name only once complete and MD5-checked (atomic_write removes it otherwise)
+            with atomic_write(target) as out, urllib.request.urlopen(url, timeout=timeout) as response:
+                digest = hashlib.md5()
                 for block in iter(lambda: response.read(1 << 20), b""):
                     digest.update(block)
                     out.write(block)
-                out.flush()
-                os.fsync(out.fileno())
-            if digest.hexdigest() != expected:
-                raise ValueError(f"{url}: MD5 {digest.hexdigest()} does not match the published {expected}; "
-                                 "the download is corrupt and was deleted. Try again, or install "
-                                 "dataset-fashion-mnist with apt-get")
-            os.replace(tmp, target)
-        except BaseException as exc:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            if isinstance(exc, OSError):
-                raise OSError(f"could not download {url}: {exc}") from exc
-            raise
+                if digest.hexdigest() != expected:
+                    raise ValueError(f"{url}: MD5 {digest.hexdigest()} does not match the published {expected}; "
+                                     "the download is corrupt and was deleted. Try again, or install "
+                                     "dataset-fashion-mnist with apt-get")
+        except OSError as exc:
+            raise OSError(f"could not download {url}: {exc}") from exc
     return dest
 
 

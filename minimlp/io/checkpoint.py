@@ -1,18 +1,22 @@
-"""minimlp's own checkpoints: one ``.npz`` file, read without pickle, written atomically.  Lesson 12.
+"""minimlp's own checkpoints: one ``.npz`` file, read without pickle, written atomically.  Lesson 13.
 
-A checkpoint is a NumPy ``.npz`` (a zip of ``.npy`` arrays) holding
+A checkpoint is an uncompressed NumPy ``.npz`` (a zip of ``.npy`` arrays) holding
 
 * ``params/<name>``    every parameter, under the released checkpoint's names, PyTorch layout;
-* ``optimizer/<name>`` the optimizer's flat state arrays (``momentum_buffer``, ``exp_avg``, ...);
+* ``optimizer/<name>`` the optimizer's flat state arrays (``momentum_buffer``, ``exp_avg``, ...;
+  training checkpoints only);
 * ``meta``             a uint8 array of UTF-8 JSON: ``{"format": "minimlp-checkpoint",
   "version": 1, "model": <Model.config_dict()>, "epoch", "step", "classes": [...],
   "rng": {...}, "args": {...}, "optimizer": {"name", "hyperparameters", "step"}}`` and
-  whatever else the writer adds (the trainer adds ``data`` statistics and ``best_top1``).
+  whatever else the writer adds (the trainer adds ``data``, the transform its images went
+  through, ``class_map``, which wnid each label stands for, and ``run``).
 
 Nothing in it is a Python object, so it loads with ``allow_pickle=False``: opening a
-checkpoint from anywhere can never run code.  Writing goes to a temporary file in the
-same directory, which is flushed to disk and then renamed over the old one
-(``os.replace`` is atomic), so a crash mid-save leaves the previous checkpoint whole.
+checkpoint from anywhere can never run code.  Writing goes through
+:func:`minimlp.io.files.atomic_write`, so a crash mid-save leaves the previous checkpoint
+whole.  A weights-only file (``python -m minimlp.convert``) is the same layout without
+``optimizer/*``; a plain ``np.savez(path, **state_dict)`` file is read as a bare state dict
+by :func:`read_npz` (the entry point :mod:`minimlp.io.weights` uses).
 """
 
 from __future__ import annotations
@@ -28,17 +32,14 @@ from typing import Any
 import numpy as np
 
 from minimlp.backend import to_numpy
-from minimlp.io.atomic import atomic_write, create_temp_file
+from minimlp.io.files import CheckpointError, CheckpointNotFound, atomic_write
 
-__all__ = ["FORMAT", "VERSION", "Checkpoint", "CheckpointError", "atomic_write", "create_temp_file", "make_meta",
-           "save_checkpoint", "load_checkpoint", "model_from_checkpoint"]
+__all__ = ["FORMAT", "VERSION", "Checkpoint", "make_meta", "weights_meta", "save_checkpoint", "load_checkpoint",
+           "read_npz", "encode_meta", "decode_meta", "meta_from_json"]
 
 FORMAT = "minimlp-checkpoint"
 VERSION = 1
-
-
-class CheckpointError(ValueError):
-    """A file that is not a readable minimlp checkpoint; the message names the file."""
+PARAMS, OPTIMIZER, META = "params/", "optimizer/", "meta"
 
 
 @dataclass
@@ -49,39 +50,90 @@ class Checkpoint:
     path: Path | None = None
 
 
+# --------------------------------------------------------------------------------------
+# The meta record
+# --------------------------------------------------------------------------------------
 def make_meta(model_config: Mapping[str, Any], *, epoch: int = 0, step: int = 0, classes: list[str] | None = None,
               rng: Mapping[str, Any] | None = None, args: Mapping[str, Any] | None = None,
               optimizer: Mapping[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
-    """The ``meta`` record, with the fixed keys first; ``extra`` keys are kept as given."""
+    """A training checkpoint's ``meta`` record, with the fixed keys first; ``extra`` keys are kept as given."""
     return {"format": FORMAT, "version": VERSION, "model": dict(model_config), "epoch": int(epoch),
             "step": int(step), "classes": list(classes or []), "rng": dict(rng or {}), "args": dict(args or {}),
             "optimizer": dict(optimizer or {}), **extra}
 
 
+def weights_meta(meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A weights-only file's ``meta``: what is known (``model``, ``classes``, ...) plus ``format`` and ``version``."""
+    return {**(meta or {}), "format": FORMAT, "version": VERSION}
+
+
+def encode_meta(meta: Mapping[str, Any]) -> np.ndarray:
+    """JSON -> a (bytes,) uint8 array, so that meta loads without pickle.  Strict JSON: no NaN."""
+    return np.frombuffer(json.dumps(dict(meta), allow_nan=False).encode("utf-8"), dtype=np.uint8)
+
+
+def decode_meta(array: np.ndarray, where: Any) -> dict[str, Any]:
+    """The ``meta`` array back to a dict, checking format and version."""
+    try:
+        text = np.asarray(array, dtype=np.uint8).tobytes().decode("utf-8")
+    except (UnicodeDecodeError, ValueError) as e:
+        raise CheckpointError(f"{where}: the 'meta' record is not UTF-8 text: {e}") from None
+    return meta_from_json(text, where)
+
+
+def meta_from_json(text: str, where: Any) -> dict[str, Any]:
+    """Parse checkpoint meta JSON (an .npz ``meta`` record, or safetensors metadata), checking format and version."""
+    try:
+        meta = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{where}: the 'meta' record is not valid JSON: {e}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise CheckpointError(f"{where}: not a minimlp checkpoint: its meta does not describe a {FORMAT} file "
+                              f"(format {found!r})")
+    version = meta.get("version")
+    if not isinstance(version, int) or version > VERSION:
+        raise CheckpointError(f"{where}: checkpoint version {version!r} is newer than this minimlp reads "
+                              f"({VERSION}): a newer minimlp wrote it; upgrade minimlp")
+    return meta
+
+
+# --------------------------------------------------------------------------------------
+# Writing and reading
+# --------------------------------------------------------------------------------------
 def save_checkpoint(path: str | os.PathLike, params: Mapping[str, Any], meta: Mapping[str, Any],
                     optimizer: Mapping[str, Any] | None = None) -> Path:
-    """Write ``params`` (name -> array, NumPy or CuPy), ``optimizer`` state and ``meta`` atomically."""
+    """Write ``params`` (name -> array, NumPy or CuPy), ``optimizer`` state and ``meta`` atomically.
+
+    ``meta`` is written as given (build it with :func:`make_meta` or :func:`weights_meta`).
+    Arrays of Python objects are refused before anything is written.
+    """
     arrays: dict[str, np.ndarray] = {}
-    for prefix, group in (("params", params), ("optimizer", optimizer or {})):
+    for prefix, group in ((PARAMS, params), (OPTIMIZER, optimizer or {})):
         for name, value in group.items():
             a = np.ascontiguousarray(to_numpy(value))
             if a.dtype.hasobject:
-                raise TypeError(f"{prefix}/{name}: object arrays cannot be stored without pickle")
-            arrays[f"{prefix}/{name}"] = a
-    text = json.dumps(dict(meta), allow_nan=False, sort_keys=False)
-    arrays["meta"] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
-    return atomic_write(path, lambda f: np.savez(f, **arrays))
+                raise CheckpointError(f"{path}: {prefix}{name}: object arrays (Python objects) cannot be stored "
+                                      f"without pickle, which minimlp never uses")
+            arrays[prefix + name] = a
+    arrays[META] = encode_meta(meta)
+    with atomic_write(path) as f:
+        np.savez(f, **arrays)
+    return Path(path)
 
 
-def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """Read a checkpoint written by :func:`save_checkpoint`, never unpickling anything.
+def read_npz(path: str | os.PathLike, require_meta: bool = False
+             ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, Any] | None]:
+    """(parameters, optimizer state, meta) of an ``.npz``, never unpickling anything.
 
-    A missing file raises ``FileNotFoundError``; a truncated, corrupt or foreign file
-    raises :class:`CheckpointError` naming the file and the problem.
+    A file without a ``meta`` record is a plain state dict: every array is a parameter and
+    meta is None (or, with ``require_meta``, it is refused).  A missing file raises
+    :class:`CheckpointNotFound` (a ``FileNotFoundError``); a truncated, corrupt or foreign
+    file raises :class:`CheckpointError` naming the file and the problem.
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint file")
+        raise CheckpointNotFound(f"{path}: no such checkpoint file")
     with open(path, "rb") as f:
         if f.read(4) != b"PK\x03\x04":  # every .npz is a zip file
             raise CheckpointError(f"{path}: not a zip (.npz) file, so not a minimlp checkpoint")
@@ -89,42 +141,25 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         with np.load(path, allow_pickle=False) as archive:
             if not isinstance(archive, np.lib.npyio.NpzFile):
                 raise CheckpointError(f"{path}: a single .npy array, not a minimlp checkpoint (.npz)")
-            if "meta" not in archive.files:
-                raise CheckpointError(f"{path}: no 'meta' record; not a minimlp checkpoint")
             arrays = {name: archive[name] for name in archive.files}
     except CheckpointError:
         raise
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
-        raise CheckpointError(f"{path}: cannot read the checkpoint ({type(exc).__name__}: {exc}); "
-                              "the file is truncated or corrupt, or not a minimlp checkpoint") from exc
-    try:
-        meta = json.loads(arrays.pop("meta").tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path}: the meta record is not valid JSON ({exc})") from exc
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        found = meta.get("format") if isinstance(meta, dict) else meta
-        raise CheckpointError(f"{path}: not a minimlp checkpoint (format {found!r})")
-    if int(meta.get("version", 0)) > VERSION:
-        raise CheckpointError(f"{path}: checkpoint version {meta['version']} is newer than this minimlp reads "
-                              f"({VERSION}); upgrade minimlp")
-    params = {k[len("params/"):]: v for k, v in arrays.items() if k.startswith("params/")}
-    optimizer = {k[len("optimizer/"):]: v for k, v in arrays.items() if k.startswith("optimizer/")}
+        raise CheckpointError(f"{path}: cannot read the checkpoint ({type(exc).__name__}: {exc}); the file is "
+                              "truncated or corrupt, or holds Python objects (which minimlp never unpickles)") from None
+    if META not in arrays:
+        if require_meta:
+            raise CheckpointError(f"{path}: no 'meta' record; not a minimlp checkpoint")
+        return arrays, {}, None
+    meta = decode_meta(arrays.pop(META), path)
+    params = {k[len(PARAMS):]: v for k, v in arrays.items() if k.startswith(PARAMS)}
+    optimizer = {k[len(OPTIMIZER):]: v for k, v in arrays.items() if k.startswith(OPTIMIZER)}
     if not params:
-        raise CheckpointError(f"{path}: holds no parameters")
-    return Checkpoint(params, optimizer, meta, path)
+        raise CheckpointError(f"{path}: a minimlp checkpoint that holds no parameters (no params/* entries)")
+    return params, optimizer, meta
 
 
-def model_from_checkpoint(checkpoint: Checkpoint | str | os.PathLike, device: str = "cpu") -> Any:
-    """Rebuild the model a checkpoint describes and load its parameters (strictly)."""
-    from minimlp.models.registry import model_from_config
-
-    if not isinstance(checkpoint, Checkpoint):
-        checkpoint = load_checkpoint(checkpoint)
-    if not checkpoint.meta.get("model"):
-        raise CheckpointError(f"{checkpoint.path}: the meta record has no model configuration")
-    model = model_from_config(checkpoint.meta["model"], device=device)
-    try:
-        model.load_state_dict(checkpoint.params, strict=True)
-    except ValueError as exc:
-        raise CheckpointError(f"{checkpoint.path}: {exc}") from exc
-    return model
+def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Read a checkpoint written by :func:`save_checkpoint` (meta required), never unpickling anything."""
+    params, optimizer, meta = read_npz(path, require_meta=True)
+    return Checkpoint(params, optimizer, meta, Path(path))

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from minimlp.io import npz, safetensors, torchfile
+from minimlp.io import checkpoint, safetensors, torchfile
 from minimlp.io.files import CheckpointError, read_head
 from minimlp.models.base import Model
 from minimlp.models.registry import list_models, model_config, model_from_config, preset_arch, resolve_name
@@ -79,11 +79,11 @@ def read_weights(path: str | os.PathLike, use_ema: bool = False) -> tuple[dict[s
     if fmt == "pth":
         return torchfile.load_torch_weights(path, use_ema), None, fmt
     if fmt == "npz":
-        state, meta = npz.read_npz(path)
+        state, _, meta = checkpoint.read_npz(path)  # a training checkpoint's optimizer state is not weights
         return state, meta, fmt
     state, metadata = safetensors.read_safetensors(path)
     meta = metadata.get(SAFETENSORS_META_KEY)
-    return state, (npz.meta_from_json(meta, path) if meta is not None else None), fmt
+    return state, (checkpoint.meta_from_json(meta, path) if meta is not None else None), fmt
 
 
 def load_weights(path: str | os.PathLike, use_ema: bool = False) -> dict[str, np.ndarray]:
@@ -113,9 +113,9 @@ def save_weights(path: str | os.PathLike, state: Mapping[str, np.ndarray], meta:
         raise CheckpointError(f"{path}: cannot tell the format from the extension {suffix!r}; "
                               "use .npz or .safetensors")
     if fmt == "npz":
-        npz.save_weights_npz(path, state, meta)
+        checkpoint.save_checkpoint(path, state, checkpoint.weights_meta(meta))
     elif fmt == "safetensors":
-        metadata = {"format": "np", SAFETENSORS_META_KEY: json.dumps(npz.weights_meta(meta))}
+        metadata = {"format": "np", SAFETENSORS_META_KEY: json.dumps(checkpoint.weights_meta(meta))}
         safetensors.save_safetensors(path, state, metadata)
     else:
         raise CheckpointError(f"unknown format {fmt!r}; minimlp writes {', '.join(WRITABLE.values())}")
@@ -176,14 +176,42 @@ def preset_name(config: Mapping[str, Any]) -> str | None:
 # Into a model
 # --------------------------------------------------------------------------------------
 @dataclass
+class WeightsFile:
+    """A weights file, read once: its tensors, minimlp meta (None for a .pth) and format."""
+
+    path: str
+    state: dict[str, np.ndarray]
+    meta: dict[str, Any] | None
+    format: str
+    ema: bool = False
+
+    def config(self) -> dict[str, Any]:
+        """The model config: the one a minimlp file stores, else inferred from the tensor shapes."""
+        if self.meta and isinstance(self.meta.get("model"), dict):
+            return dict(self.meta["model"])
+        return infer_config(self.state, self.path)
+
+
+def open_weights(path: str | os.PathLike, use_ema: bool = False) -> WeightsFile:
+    """Read a .pth, .npz or .safetensors file once, for :func:`load_pretrained` and to build its model."""
+    state, meta, fmt = read_weights(path, use_ema)
+    return WeightsFile(str(path), state, meta, fmt, use_ema)
+
+
+@dataclass
 class PretrainedInfo:
-    """What ``load_pretrained`` did: where from, which format, which tensors it re-initialised."""
+    """What ``load_pretrained`` did: where from, which format, which tensors it re-initialised.
+
+    ``meta`` is the file's minimlp meta record (classes, data transform, ...), or None for
+    files that have none (a .pth, a bare state dict).
+    """
 
     source: str
     format: str
     num_tensors: int
     reset: list[str] = field(default_factory=list)
     ema: bool = False
+    meta: dict[str, Any] | None = field(default=None, repr=False)
 
     def __str__(self) -> str:
         text = f"loaded {self.num_tensors} tensors from {self.source} ({self.format}{', EMA' if self.ema else ''})"
@@ -192,22 +220,24 @@ class PretrainedInfo:
         return text
 
 
-def load_pretrained(model: Model, source: str | os.PathLike | Mapping[str, np.ndarray],
+def load_pretrained(model: Model, source: str | os.PathLike | Mapping[str, np.ndarray] | WeightsFile,
                     num_classes: int | None = None, use_ema: bool = False, seed: int = 0) -> PretrainedInfo:
-    """Copy the weights in ``source`` (a file or a state dict) into ``model``, strictly.
+    """Copy the weights in ``source`` (a file, a :class:`WeightsFile` or a state dict) into ``model``, strictly.
 
     Every parameter must be present and shaped as in the model, and nothing else may be
-    there; the error names every missing, unexpected and mis-shaped key.  The one
-    exception is fine-tuning: when ``num_classes`` is given (it must equal the model's)
+    there; the error names the file and every missing, unexpected and mis-shaped key.  The
+    one exception is fine-tuning: when ``num_classes`` is given (it must equal the model's)
     and the checkpoint's head has another number of classes, ``head.*`` are
     re-initialised (as a fresh model would be, from ``seed``) instead of loaded.
     ``use_ema`` takes a DeiT checkpoint's ``model_ema`` weights.
     """
     if isinstance(source, Mapping):
-        state, fmt, where = dict(source), "state dict", "state dict"
+        weights = WeightsFile("state dict", dict(source), None, "state dict")
+    elif isinstance(source, WeightsFile):
+        weights = source
     else:
-        state, _, fmt = read_weights(source, use_ema)
-        where = str(source)
+        weights = open_weights(source, use_ema)
+    state = dict(weights.state)  # the head may be replaced: never change the caller's dict
     K = model.config.num_classes
     if num_classes is not None and num_classes != K:
         raise ValueError(f"num_classes={num_classes} but the model has {K} classes; "
@@ -228,30 +258,31 @@ def load_pretrained(model: Model, source: str | os.PathLike | Mapping[str, np.nd
         if not head_fits and num_classes is None and "head.weight" in state:
             hint = (f"\n  the checkpoint's head has {np.shape(state['head.weight'])[0]} classes and the model {K}: "
                     f"to fine-tune, pass num_classes={K} (--num-classes {K}) to start a new head")
-        raise CheckpointError(f"{where}: {e}{hint}") from None
-    return PretrainedInfo(where, fmt, len(state), reset, use_ema)
+        raise CheckpointError(f"{weights.path}: {e}{hint}") from None
+    return PretrainedInfo(weights.path, weights.format, len(state), reset, weights.ema, weights.meta)
 
 
 def model_from_checkpoint(path: str | os.PathLike, num_classes: int | None = None, device: str = "cpu",
-                          use_ema: bool = False, seed: int = 0,
-                          dtype: str | None = None) -> tuple[Model, PretrainedInfo]:
+                          use_ema: bool = False, seed: int = 0, dtype: str | None = None,
+                          **overrides: Any) -> tuple[Model, PretrainedInfo]:
     """Build the model a file describes and load its weights: ``(model, info)``.
 
     The architecture comes from a minimlp file's stored config, or from the tensor shapes
     of a ``.pth`` (``linear-tiny-checkpoint.pth`` gives ``ff_tiny``).  ``num_classes``
     other than the checkpoint's starts a new head for fine-tuning; ``dtype`` overrides
-    the stored one (``"float64"`` for checks).
+    the stored one (``"float64"`` for checks), and ``overrides`` other config fields that
+    do not change the parameters (``drop_rate``, ``drop_path_rate``).  ``info.meta`` is
+    the file's minimlp meta record (classes, data transform), if it has one.
     """
-    state, meta, fmt = read_weights(path, use_ema)
-    config = dict(meta["model"]) if meta and isinstance(meta.get("model"), dict) else infer_config(state, path)
+    weights = open_weights(path, use_ema)
+    config = weights.config()
     if num_classes is not None:
         config["num_classes"] = num_classes
     if dtype is not None:
         config["dtype"] = dtype
+    config.update(overrides)
     try:
         model = model_from_config(config, device=device, seed=seed)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: cannot build the model it describes ({config}): {e}") from None
-    info = load_pretrained(model, state, num_classes=num_classes, seed=seed)
-    info.source, info.format, info.ema = str(path), fmt, use_ema
-    return model, info
+    return model, load_pretrained(model, weights, num_classes=num_classes, seed=seed)
