@@ -37,7 +37,6 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,8 +46,8 @@ from PIL import Image
 from minimlp.data import transforms
 from minimlp.data.augment import RandAugment
 from minimlp.data.classes import ClassMap, cap_samples, select_classes
-from minimlp.data.loader import BatchLoader, default_workers
-from minimlp.data.transforms import DEFAULT_CROP_PCT, IMAGENET_MEAN, IMAGENET_STD
+from minimlp.data.loader import LoaderDataset, default_workers
+from minimlp.data.transforms import DEFAULT_CROP_PCT, IMAGENET_MEAN
 
 __all__ = [
     "CACHE_HEADER",
@@ -199,57 +198,25 @@ class CacheReader:
             object.__setattr__(self, key, value)
 
 
-class PreparedDataset:
-    """A split of a prepared cache; implements the trainer's Dataset protocol."""
+class PreparedDataset(LoaderDataset):
+    """A split of a prepared cache; its reader crops records of the memory-mapped file."""
 
     def __init__(self, root: str | os.PathLike, split: str, img_size: int, header: dict, records: np.ndarray,
-                 labels: np.ndarray, class_map: ClassMap, reader: CacheReader, workers: int, prefetch: int = 2):
+                 labels: np.ndarray, class_map: ClassMap, reader: CacheReader, workers: int, prefetch: int = 2,
+                 augmentation: str = "none"):
         self.root = Path(root)
         self.split = split
         self.header = header
         self.records = records  # (N,) indices into the split's slots
         self.shapes = np.load(split_paths(root, split)["shapes"], mmap_mode="r")
-        self.labels = np.asarray(labels, dtype=np.int64)  # (N,)
-        self.class_map = class_map
-        self.classes = list(class_map.names)
-        self.wnids = list(class_map.wnids)
-        self.image_shape = (3, img_size, img_size)
-        self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
-        self.reader = reader
-        self.loader = BatchLoader(reader, self.image_shape, workers=workers, prefetch=prefetch)
+        super().__init__(labels, class_map, reader, img_size, workers, prefetch,
+                         description=f"prepared cache {self.root} {split} (stored {header['geometry']} "
+                                     f"{header['size']} px)", augmentation=augmentation)
 
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __repr__(self) -> str:
-        return (f"PreparedDataset({self.root} {self.split}: {len(self)} images, {len(self.classes)} classes, stored "
-                f"{self.header['geometry']} {self.header['size']} px, read at {self.image_shape[1]} px)")
-
-    @property
-    def bad_files(self) -> dict[str, str]:
-        """Always empty: undecodable sources were left out when the cache was prepared."""
-        return self.loader.bad_files
-
-    def class_info(self) -> dict:
-        """The label -> class mapping, JSON-able, for checkpoints."""
-        return self.class_map.to_dict()
-
-    def batches(self, indices: np.ndarray, batch_size: int, train: bool,
-                seed: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        indices = np.asarray(indices, dtype=np.int64)
+    def _items(self, indices: np.ndarray) -> list[tuple[int, int, int]]:
         records = self.records[indices]
         shapes = self.shapes[records]  # (n, 2)
-        items = list(zip(records.tolist(), shapes[:, 0].tolist(), shapes[:, 1].tolist(), strict=True))
-        return self.loader.batches(items, self.labels[indices], batch_size, train, seed)
-
-    def close(self) -> None:
-        self.loader.close()
-
-    def __enter__(self) -> PreparedDataset:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+        return list(zip(records.tolist(), shapes[:, 0].tolist(), shapes[:, 1].tolist(), strict=True))
 
 
 def open_prepared(
@@ -312,5 +279,7 @@ def open_prepared(
     augment = RandAugment.from_config(randaugment, mean=IMAGENET_MEAN) if randaugment else None
     reader = CacheReader(str(paths["images"]), slot_bytes, img_size, train_crop, tuple(scale), tuple(ratio), hflip,
                          crop_pct, augment)
+    crop = "RandomResizedCrop + flip" if train_crop == "rrc" else "random crop + flip"
     return PreparedDataset(root, split, img_size, header, records, labels, class_map, reader,
-                           workers=default_workers() if workers is None else workers, prefetch=prefetch)
+                           workers=default_workers() if workers is None else workers, prefetch=prefetch,
+                           augmentation=crop + (f" + RandAugment {randaugment}" if randaugment else ""))

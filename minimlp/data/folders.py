@@ -22,10 +22,8 @@ that is not is named in a warning and left out.  Lesson 12 walks through it.
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,8 +34,8 @@ from minimlp.data import transforms
 from minimlp.data.augment import RandAugment
 from minimlp.data.cache import CACHE_HEADER, open_prepared
 from minimlp.data.classes import ClassMap, cap_samples, imagenet_table, select_classes
-from minimlp.data.loader import BatchLoader, default_workers
-from minimlp.data.transforms import DEFAULT_CROP_PCT, IMAGENET_MEAN, IMAGENET_STD
+from minimlp.data.loader import LoaderDataset, default_workers
+from minimlp.data.transforms import DEFAULT_CROP_PCT, IMAGENET_MEAN
 
 __all__ = [
     "DataLayoutWarning",
@@ -201,59 +199,18 @@ class FolderReader:
         return transforms.eval_image(path, self.img_size, self.crop_pct, self.draft)
 
 
-class FolderDataset:
-    """Images listed by path with labels 0..K-1; batches are decoded by a :class:`BatchLoader`.
-
-    Implements the trainer's Dataset protocol: ``classes``, ``image_shape``, ``mean``, ``std``,
-    ``labels``, ``len()``, ``batches(indices, batch_size, train, seed)``, ``close()``.
-    """
+class FolderDataset(LoaderDataset):
+    """Images listed by path with labels 0..K-1; batches are decoded by a :class:`BatchLoader`."""
 
     def __init__(self, paths: list[str], labels: np.ndarray, class_map: ClassMap, reader: FolderReader,
-                 workers: int = 0, prefetch: int = 2, max_bad: int | None = None, description: str = ""):
+                 workers: int = 0, prefetch: int = 2, max_bad: int | None = None, description: str = "",
+                 augmentation: str = "none"):
         self.paths = paths
-        self.labels = np.asarray(labels, dtype=np.int64)  # (N,)
-        self.class_map = class_map
-        self.classes = list(class_map.names)  # what evaluation and prediction print
-        self.wnids = list(class_map.wnids)
-        self.image_shape = (3, reader.img_size, reader.img_size)
-        self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
-        self.reader = reader
-        self.description = description
-        if max_bad is None:  # a run stops once more than 0.1% of its files (at least 5) cannot be decoded
-            max_bad = max(5, math.ceil(0.001 * len(paths)))
-        self.loader = BatchLoader(reader, self.image_shape, workers=workers, prefetch=prefetch, max_bad=max_bad)
+        super().__init__(labels, class_map, reader, reader.img_size, workers, prefetch, max_bad,
+                         description or "image folders", augmentation)
 
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __repr__(self) -> str:
-        return (f"FolderDataset({self.description or 'folders'}: {len(self)} images, {len(self.classes)} classes, "
-                f"{self.image_shape[1]} px, {self.loader.workers} workers)")
-
-    @property
-    def bad_files(self) -> dict[str, str]:
-        """Files that failed to decode so far (path -> reason)."""
-        return self.loader.bad_files
-
-    def class_info(self) -> dict:
-        """The label -> class mapping, JSON-able, for checkpoints."""
-        return self.class_map.to_dict()
-
-    def batches(self, indices: np.ndarray, batch_size: int, train: bool,
-                seed: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(images (B, 3, S, S) uint8, labels (B,) int64) in the order of ``indices``; last batch may be smaller."""
-        indices = np.asarray(indices, dtype=np.int64)
-        items = [self.paths[i] for i in indices]
-        return self.loader.batches(items, self.labels[indices], batch_size, train, seed)
-
-    def close(self) -> None:
-        self.loader.close()
-
-    def __enter__(self) -> FolderDataset:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def _items(self, indices: np.ndarray) -> list[str]:
+        return [self.paths[i] for i in indices]
 
 
 def detect(root: str | os.PathLike) -> str:
@@ -441,8 +398,10 @@ def open_folder_dataset(
     crop_pct = DEFAULT_CROP_PCT if crop_pct is None else crop_pct
     augment = RandAugment.from_config(randaugment, mean=IMAGENET_MEAN) if randaugment else None
     reader = FolderReader(img_size, tuple(scale), tuple(ratio), hflip, crop_pct, draft, augment)
+    augmentation = "RandomResizedCrop + flip" + (f" + RandAugment {randaugment}" if randaugment else "")
     return FolderDataset(paths, labels, class_map, reader, workers=default_workers() if workers is None else workers,
-                         prefetch=prefetch, max_bad=max_bad, description=f"{Path(root)} {split}")
+                         prefetch=prefetch, max_bad=max_bad, description=f"{Path(root)} {split}",
+                         augmentation=augmentation)
 
 
 def open_image_dataset(root: str | os.PathLike, split: str, img_size: int, **options):

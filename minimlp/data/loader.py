@@ -49,7 +49,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from minimlp.data.transforms import BadImageError
+from minimlp.data.base import Dataset
+from minimlp.data.classes import ClassMap
+from minimlp.data.transforms import IMAGENET_MEAN, IMAGENET_STD, BadImageError
 
 __all__ = [
     "BatchLoader",
@@ -57,6 +59,7 @@ __all__ = [
     "LoaderError",
     "TooManyBadImagesError",
     "BadImagesWarning",
+    "LoaderDataset",
     "default_workers",
     "fill_batch",
     "batch_rng",
@@ -431,3 +434,57 @@ class BatchLoader:
     def __exit__(self, *exc) -> None:
         self.close()
 
+
+class LoaderDataset(Dataset):
+    """A dataset whose images a :class:`BatchLoader` decodes: image folders and the prepared cache.
+
+    Labels are 0..K-1 through ``class_map`` (``classes`` are the names, ``wnids`` the folder
+    names), images are (3, img_size, img_size) uint8, normalised with the ImageNet mean and
+    std.  A subclass says, through ``_items(indices)``, what its reader needs for those
+    samples (file paths, cache records).  ``crop_pct`` is the evaluation crop, so a
+    checkpoint can record the transform its images went through.
+    """
+
+    def __init__(self, labels: np.ndarray, class_map: ClassMap, reader: Any, img_size: int, workers: int,
+                 prefetch: int = 2, max_bad: int | None = None, description: str = "", augmentation: str = "none"):
+        self.labels = np.asarray(labels, dtype=np.int64)  # (N,)
+        self.class_map = class_map
+        self.classes = list(class_map.names)  # what evaluation and prediction print
+        self.wnids = list(class_map.wnids)
+        self.image_shape = (3, img_size, img_size)
+        self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
+        self.reader = reader
+        self.crop_pct = float(reader.crop_pct)
+        self.description = description
+        self.augmentation = augmentation
+        if max_bad is None:  # a run stops once more than 0.1% of its files (at least 5) cannot be decoded
+            max_bad = max(5, math.ceil(0.001 * len(self.labels)))
+        self.loader = BatchLoader(reader, self.image_shape, workers=workers, prefetch=prefetch, max_bad=max_bad)
+
+    def _items(self, indices: np.ndarray) -> list:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.describe()})"
+
+    def describe(self) -> str:
+        return (f"{self.description}: {len(self)} images, {len(self.classes)} classes, {self.image_shape[1]} px, "
+                f"{self.loader.workers} decoding worker(s)")
+
+    @property
+    def bad_files(self) -> dict[str, str]:
+        """Files that failed to decode so far (path -> reason)."""
+        return self.loader.bad_files
+
+    def class_info(self) -> dict:
+        """The label -> class mapping, JSON-able, for checkpoints."""
+        return self.class_map.to_dict()
+
+    def batches(self, indices: np.ndarray, batch_size: int, train: bool,
+                seed: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(images (B, 3, S, S) uint8, labels (B,) int64) in the order of ``indices``; the last batch may be smaller."""
+        indices = np.asarray(indices, dtype=np.int64)
+        return self.loader.batches(self._items(indices), self.labels[indices], batch_size, train, seed)
+
+    def close(self) -> None:
+        self.loader.close()
