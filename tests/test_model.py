@@ -166,18 +166,22 @@ def test_first_loss_is_log_k():
     assert abs(float(loss) - math.log(10)) < 0.1
 
 
-def test_tiny_batch_overfits():
-    model = minimlp.create_model("ff_tiny", img_size=16, patch_size=4, in_chans=1, num_classes=4,
-                                 embed_dim=32, depth=2, seed=0)
+@pytest.mark.parametrize("name,size,overrides,lr", [
+    ("ff_tiny", 16, dict(embed_dim=32, depth=2), 0.1),
+    ("deit_tiny", 8, dict(embed_dim=16, depth=1, num_heads=2), 0.2),  # the comparison models too
+    ("mixer_s16", 8, dict(embed_dim=16, depth=1), 0.2),
+])
+def test_tiny_batch_overfits(name, size, overrides, lr):
+    model = minimlp.create_model(name, img_size=size, patch_size=4, in_chans=1, num_classes=4, seed=0, **overrides)
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((8, 1, 16, 16)).astype(np.float32)
+    x = rng.standard_normal((8, 1, size, size)).astype(np.float32)
     y = np.array([0, 1, 2, 3, 0, 1, 2, 3])
     for _ in range(60):
         model.zero_grad()
         logits, cache = model.forward(x, train=True)
         loss, lcache = cross_entropy_forward(logits, y)
         model.backward(cross_entropy_backward(lcache), cache, input_grad=False)
-        model.store.flat_params -= 0.1 * model.store.flat_grads  # plain SGD
+        model.store.flat_params -= lr * model.store.flat_grads  # plain SGD
     logits, _ = model.forward(x)
     assert float(loss) < 0.05 and (logits.argmax(1) == y).all()
 

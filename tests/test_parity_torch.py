@@ -8,10 +8,9 @@ import pytest
 
 import minimlp
 from minimlp.gradcheck import rel_error
-from minimlp.loss import cross_entropy_backward, cross_entropy_forward
 
 torch = pytest.importorskip("torch", reason="PyTorch is an optional test dependency")
-from torch_twin import TwinFFViT  # noqa: E402
+from torch_twin import TwinFFViT, assert_float64_parity  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
@@ -43,26 +42,7 @@ def test_float64_logits_loss_and_every_gradient(name):
     x = rng.standard_normal((5, config["in_chans"], config["img_size"], config["img_size"]))
     y = rng.integers(0, config["num_classes"], 5)
 
-    logits, cache = model.forward(x)
-    loss, lcache = cross_entropy_forward(logits, y, smoothing=0.1)
-    model.zero_grad()
-    dx = model.backward(cross_entropy_backward(lcache), cache)
-
-    xt = torch.from_numpy(x).requires_grad_(True)
-    logits_t = twin(xt)
-    loss_t = torch.nn.functional.cross_entropy(logits_t, torch.from_numpy(y), label_smoothing=0.1)
-    loss_t.backward()
-
-    assert rel_error(logits, logits_t.detach().numpy()) < 1e-9
-    assert abs(float(loss) - loss_t.item()) / loss_t.item() < 1e-9
-    assert rel_error(dx, xt.grad.numpy()) < 1e-9
-    twin_params = dict(twin.named_parameters())
-    assert set(twin_params) == set(model.grads)
-    # The last block's patch-FF output bias has an exactly-zero gradient (see gradcheck);
-    # measure each tensor against at least 1e-3 of the largest gradient, as gradcheck does.
-    floor = 1e-3 * max(float(np.abs(g).max()) for g in model.grads.values())
-    for key, g in model.grads.items():
-        assert rel_error(g, twin_params[key].grad.numpy(), floor=floor) < 1e-9, key
+    assert_float64_parity(model, twin, x, y)
 
 
 def test_float32_logits_match_to_float32_rounding():

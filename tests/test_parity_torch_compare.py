@@ -9,9 +9,9 @@ import pytest
 
 import minimlp
 from minimlp.gradcheck import rel_error
-from minimlp.loss import cross_entropy_backward, cross_entropy_forward
 
 torch = pytest.importorskip("torch", reason="PyTorch is an optional test dependency")
+from torch_twin import assert_float64_parity  # noqa: E402
 from torch_twin_compare import TwinMixer, TwinViT  # noqa: E402
 
 pytestmark = pytest.mark.torch
@@ -50,26 +50,7 @@ def test_float64_logits_loss_and_every_gradient(case):
     x = rng.standard_normal((5, 3, 16, 16))
     y = rng.integers(0, 7, 5)
 
-    logits, cache = model.forward(x)
-    loss, lcache = cross_entropy_forward(logits, y, smoothing=0.1)
-    model.zero_grad()
-    dx = model.backward(cross_entropy_backward(lcache), cache)
-
-    xt = torch.from_numpy(x).requires_grad_(True)
-    logits_t = twin(xt)
-    loss_t = torch.nn.functional.cross_entropy(logits_t, torch.from_numpy(y), label_smoothing=0.1)
-    loss_t.backward()
-
-    assert rel_error(logits, logits_t.detach().numpy()) < 1e-9
-    assert abs(float(loss) - loss_t.item()) / loss_t.item() < 1e-9
-    assert rel_error(dx, xt.grad.numpy()) < 1e-9
-    twin_params = dict(twin.named_parameters())
-    assert list(twin_params) == list(model.grads)  # the same names, in timm's order
-    # Some gradients are exactly zero by construction (the key bias of every attention;
-    # the Mixer's last token-MLP output bias): measure against 1e-3 of the largest.
-    floor = 1e-3 * max(float(np.abs(g).max()) for g in model.grads.values())
-    for key, g in model.grads.items():
-        assert rel_error(g, twin_params[key].grad.numpy(), floor=floor) < 1e-9, key
+    assert_float64_parity(model, twin, x, y)  # the same names, in timm's order
 
 
 @pytest.mark.parametrize("case", ["vit", "mixer"])

@@ -9,6 +9,7 @@ import math
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_compare_models import MIXER64, VIT64
 
 import minimlp
 from minimlp import functional as F
@@ -84,19 +85,20 @@ def test_feature_ff_commutes_with_token_permutations_and_patch_ff_does_not(seed)
     assert np.abs(patch_ff.forward(x[perm])[0] - patch_ff.forward(x)[0][perm]).max() > 1e-6
 
 
-@settings(max_examples=10, deadline=None)
-@given(seed=seeds)
-def test_two_half_batches_accumulate_to_one_full_batch(seed):
-    x = arrays(seed, 6, 2, 8, 8)
-    y = np.random.default_rng(seed).integers(0, 4, 6)
+@settings(max_examples=15, deadline=None)
+@given(seed=seeds, which=st.sampled_from(["ff", "vit", "mixer"]))
+def test_two_half_batches_accumulate_to_one_full_batch(seed, which):
+    model = {"ff": MODEL64, "vit": VIT64, "mixer": MIXER64}[which]  # the comparison models too
+    x = arrays(seed, 6, *model.expected_input_shape())
+    y = np.random.default_rng(seed).integers(0, model.config.num_classes, 6)
 
     def accumulate(parts):
-        MODEL64.zero_grad()
+        model.zero_grad()
         for xs, ys in parts:
-            logits, cache = MODEL64.forward(xs)
+            logits, cache = model.forward(xs)
             _, lcache = cross_entropy_forward(logits, ys)
-            MODEL64.backward(cross_entropy_backward(lcache, dloss=len(ys) / len(y)), cache)
-        return MODEL64.store.flat_grads.copy()
+            model.backward(cross_entropy_backward(lcache, dloss=len(ys) / len(y)), cache)
+        return model.store.flat_grads.copy()
 
     full = accumulate([(x, y)])
     halves = accumulate([(x[:3], y[:3]), (x[3:], y[3:])])

@@ -10,15 +10,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-
-
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1, self.act, self.fc2 = nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim)
-
-    def forward(self, x):
-        return self.fc2(self.act(self.fc1(x)))
+from torch_twin import Mlp
 
 
 class Attention(nn.Module):
