@@ -28,6 +28,8 @@ __all__ = [
     "SUBSETS",
     "imagenet_table",
     "imagenet_name",
+    "label_map",
+    "model_classes",
     "select_classes",
     "subset_wnids",
 ]
@@ -203,3 +205,37 @@ def cap_samples(labels: np.ndarray, per_class: int | None = None, total: int | N
     if total is not None and len(keep) > total:
         keep = np.sort(rng.choice(keep, size=total, replace=False))
     return keep
+
+
+def model_classes(meta: dict | None, num_classes: int) -> tuple[list[str], list[str] | None]:
+    """(names, wnids or None) of a model's K outputs, from its checkpoint's meta record.
+
+    A trainer checkpoint stores its ``class_map`` (wnids and names) or at least ``classes``
+    (names).  A file without either (a .pth) with 1000 outputs is an ImageNet-1k model, whose
+    outputs are the 1000 wnids in sorted order; any other is numbered.
+    """
+    meta = meta or {}
+    class_map = meta.get("class_map") or {}
+    if len(class_map.get("wnids", ())) == num_classes:
+        return list(class_map["names"]), list(class_map["wnids"])
+    if len(meta.get("classes") or ()) == num_classes:
+        return list(meta["classes"]), None
+    if num_classes == len(imagenet_table()):
+        return [c.name for c in imagenet_table()], [c.wnid for c in imagenet_table()]
+    return [str(i) for i in range(num_classes)], None
+
+
+def label_map(data_wnids: list[str] | None, model_wnids: list[str] | None, data_classes: list[str],
+              num_outputs: int) -> np.ndarray:
+    """(K_data,) int64: the model output that stands for each dataset label, -1 where the model has none.
+
+    By wnid when both sides know them (a 1000-class model evaluated on an Imagenette tree, a
+    subset model on full ImageNet), else label for label, which needs equal class counts.
+    """
+    if data_wnids is not None and model_wnids is not None:
+        position = {w: i for i, w in enumerate(model_wnids)}
+        return np.array([position.get(w, -1) for w in data_wnids], dtype=np.int64)
+    if len(data_classes) != num_outputs:
+        raise ValueError(f"the model has {num_outputs} outputs but the dataset {len(data_classes)} classes, and "
+                         f"without class wnids on both sides they cannot be matched")
+    return np.arange(num_outputs, dtype=np.int64)

@@ -42,6 +42,7 @@ __all__ = [
     "FolderDataset",
     "FolderReader",
     "detect",
+    "recognise",
     "open_folder_dataset",
     "open_image_dataset",
     "read_val_labels",
@@ -213,6 +214,26 @@ class FolderDataset(LoaderDataset):
         return [self.paths[i] for i in indices]
 
 
+def recognise(root: str | os.PathLike) -> str | None:
+    """The kind of image dataset at ``root`` ("prepared", "downsampled", "imagenet", "imagefolder"), or None.
+
+    Looks only at names, never raises: this is how ``open_dataset`` tells an image tree from
+    other data.  :func:`detect` says what is wrong when the answer is None.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        return None
+    if (root / CACHE_HEADER).is_file():
+        return "prepared"
+    if any(root.glob("train_data_batch_*")) or (root / "val_data.npz").is_file() or (root / "val_data").is_file():
+        return "downsampled"
+    if (root / "train").is_dir() or _find_val_dir(root) is not None:
+        return "imagenet"
+    if any(e.is_dir() and not _hidden(e.name) for e in os.scandir(root)):
+        return "imagefolder"
+    return None
+
+
 def detect(root: str | os.PathLike) -> str:
     """What kind of dataset is at ``root``: "prepared", "downsampled", "imagenet" or "imagefolder".
 
@@ -223,21 +244,15 @@ def detect(root: str | os.PathLike) -> str:
         raise FileNotFoundError(f"data directory {root} does not exist")
     if not root.is_dir():
         raise ValueError(f"--data-dir must be a directory, {root} is a file")
-    if (root / CACHE_HEADER).is_file():
-        return "prepared"
-    if any(root.glob("train_data_batch_*.npz")) or (root / "val_data.npz").is_file():
-        return "downsampled"
-    if any(root.glob("train_data_batch_*")) or (root / "val_data").is_file():
+    kind = recognise(root)
+    if kind == "downsampled" and not (any(root.glob("train_data_batch_*.npz")) or (root / "val_data.npz").is_file()):
         raise ValueError(f"{root} holds Downsampled ImageNet batches in the pickled format, which minimlp never "
                          f"loads (unpickling can run code); download the npz variant instead")
-    if (root / "train").is_dir() or _find_val_dir(root) is not None:
-        return "imagenet"
-    subdirs = [e for e in os.scandir(root) if e.is_dir() and not _hidden(e.name)]
-    if subdirs:
-        return "imagefolder"
-    raise ValueError(
-        f"{root} holds no dataset minimlp knows: expected train/<class>/ and val/<class>/ folders (ImageNet), "
-        f"class folders directly in it (ImageFolder), or a cache written by python -m minimlp.prepare")
+    if kind is None:
+        raise ValueError(
+            f"{root} holds no dataset minimlp knows: expected train/<class>/ and val/<class>/ folders (ImageNet), "
+            f"class folders directly in it (ImageFolder), or a cache written by python -m minimlp.prepare")
+    return kind
 
 
 @dataclass
