@@ -83,10 +83,11 @@ def _worker(rank: int, config: dict[str, Any], specs: dict, names: dict[str, str
                 np.copyto(flat, a["params"])
                 x = a["images"][lo:hi]
                 if kind == "train":
-                    smoothing, step = command[3:]
+                    smoothing, step, soft = command[3:]
                     model.seed(int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0]))
                     logits, cache = model.forward(x, train=True)  # (B_k, K)
-                    loss, loss_cache = cross_entropy_forward(logits, a["labels"][lo:hi], smoothing)
+                    target = a["targets"][lo:hi] if soft else a["labels"][lo:hi]  # (B_k, K) or (B_k,)
+                    loss, loss_cache = cross_entropy_forward(logits, target, smoothing)
                     model.zero_grad()
                     model.backward(cross_entropy_backward(loss_cache), cache, input_grad=False)
                     np.copyto(a["grads"][rank], model.store.flat_grads)
@@ -106,8 +107,9 @@ class DataParallel:
     """Run a model's forward and backward over ``num_procs`` worker processes.
 
     ``forward(x, train=False)`` has the model's signature (so :func:`minimlp.evaluate.evaluate`
-    takes a ``DataParallel`` as it takes a model); ``train_step(x, labels, smoothing, step)``
-    leaves the batch-mean gradient in ``model.grads`` and returns (loss, logits).
+    takes a ``DataParallel`` as it takes a model); ``train_step(x, targets, smoothing, step)``
+    leaves the batch-mean gradient in ``model.grads`` and returns (loss, logits); targets are
+    labels or soft targets (mixup/cutmix), which reach every worker's loss.
     """
 
     def __init__(self, model: Any, num_procs: int, max_batch: int, seed: int = 0) -> None:
@@ -119,7 +121,7 @@ class DataParallel:
         dtype = model.dtype.name
         specs = {"params": ((P,), dtype), "grads": ((self.num_procs, P), dtype),
                  "images": ((max_batch, C, H, W), dtype), "labels": ((max_batch,), "int64"),
-                 "logits": ((max_batch, K), dtype)}
+                 "targets": ((max_batch, K), dtype), "logits": ((max_batch, K), dtype)}
         self.max_batch = max_batch
         self.shared = _Shared(specs)
         # Workers start with Python's "spawn" (a fresh interpreter: no inherited thread pools
@@ -187,13 +189,18 @@ class DataParallel:
         self._run(x, [("eval", lo, hi) for lo, hi in self._shards(x.shape[0])])
         return self.shared.arrays["logits"][:x.shape[0]].copy(), None
 
-    def train_step(self, x: np.ndarray, labels: np.ndarray, smoothing: float, step: int) -> tuple[float, np.ndarray]:
-        """Forward and backward over the shards; ``model.grads`` gets the batch-mean gradient."""
+    def train_step(self, x: np.ndarray, targets: np.ndarray, smoothing: float, step: int) -> tuple[float, np.ndarray]:
+        """Forward and backward over the shards; ``model.grads`` gets the batch-mean gradient.
+
+        ``targets`` are int labels (B,) or soft targets (B, K) (mixup/cutmix), as for
+        :func:`minimlp.loss.cross_entropy_forward`.
+        """
         x = self.model.prepare_input(x)
         B = x.shape[0]
         shards = self._shards(B)
-        self.shared.arrays["labels"][:B] = labels
-        losses = self._run(x, [("train", lo, hi, smoothing, step) for lo, hi in shards])
+        soft = np.ndim(targets) == 2
+        self.shared.arrays["targets" if soft else "labels"][:B] = targets
+        losses = self._run(x, [("train", lo, hi, smoothing, step, soft) for lo, hi in shards])
         grads = self.shared.arrays["grads"]
         total = self.model.store.flat_grads
         total.fill(0)

@@ -38,6 +38,25 @@ def test_split_batch_gradient_equals_whole_batch():
             parallel.forward(np.zeros((17, 1, 28, 28), np.float32))
 
 
+def test_soft_targets_reach_every_workers_loss():
+    """Mixup/cutmix targets (B, K), with smoothing 0, split over the workers like the labels."""
+    model = minimlp.create_model("ff_fmnist", embed_dim=16, depth=2, patch_size=7, seed=0)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((10, 1, 28, 28)).astype(np.float32)
+    targets = rng.dirichlet(np.ones(10), size=10).astype(np.float32)  # (B, K), rows sum to 1
+    logits, cache = model.forward(x, train=True)
+    loss, loss_cache = cross_entropy_forward(logits, targets, 0.0)
+    model.zero_grad()
+    model.backward(cross_entropy_backward(loss_cache), cache, input_grad=False)
+    expected = model.store.flat_grads.copy()
+    with DataParallel(model, 2, max_batch=16, seed=0) as parallel:
+        split_loss, _ = parallel.train_step(x, targets, 0.0, step=0)
+        assert split_loss == pytest.approx(float(loss), rel=1e-6)
+        assert np.abs(model.store.flat_grads - expected).max() < 1e-5 * np.abs(expected).max()
+        hard_loss, _ = parallel.train_step(x, targets.argmax(1), 0.0, step=1)  # and labels again after
+        assert hard_loss != pytest.approx(split_loss)
+
+
 def test_data_parallel_run_resumes_bitwise(tmp_path, fmnist_dir):
     args = ("--epochs", "2", "--procs", "2", "--drop-path", "0.1")
     train.run(quick(tmp_path, "straight", *args, data_dir=fmnist_dir))
