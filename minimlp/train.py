@@ -32,6 +32,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -39,16 +40,27 @@ from typing import Any
 import numpy as np
 
 from minimlp.backend import get_backend, num_threads, to_numpy
-from minimlp.data import list_datasets, normalize, open_dataset
+from minimlp.data import list_datasets, normalize
+from minimlp.data.augment import RandAugment
+from minimlp.data.loader import BadImagesWarning, LoaderDataset, LoaderError, TooManyBadImagesError, default_workers
 from minimlp.evaluate import EvalResult, evaluate
 from minimlp.io.checkpoint import Checkpoint, load_checkpoint, make_meta, save_checkpoint
 from minimlp.io.files import CheckpointError, atomic_write
 from minimlp.loss import cross_entropy_backward, cross_entropy_forward
-from minimlp.models.registry import create_model, list_models, model_config, model_from_config
+from minimlp.models.registry import create_model, list_models, model_config, model_from_config, preset_arch
 from minimlp.optim import OPTIMIZERS, LRSchedule, clip_grad_norm, create_optimizer, scale_lr
 from minimlp.parallel import DataParallel
 from minimlp.plot import plot_curves
 from minimlp.progress import Progress, format_duration
+from minimlp.train_data import (
+    RECIPES,
+    DeviceAugment,
+    apply_recipe,
+    epoch_order,
+    loader_workers,
+    new_bad_files,
+    open_datasets,
+)
 
 # --------------------------------------------------------------------------------------
 # The default run: Fashion-MNIST on a laptop CPU, chosen by measurement (README,
@@ -105,11 +117,21 @@ def _number(kind: type, low: float | None = None, high: float | None = None, low
     return parse
 
 
+def randaugment_config(text: str) -> str:
+    """An argparse type: a RandAugment config string timm understands (rand-m9-mstd0.5-inc1)."""
+    try:
+        RandAugment.from_config(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 positive_int = _number(int, 1)
 non_negative_int = _number(int, 0)
 non_negative_float = _number(float, 0.0)
 positive_float = _number(float, 0.0, low_open=True)
 fraction = _number(float, 0.0, 1.0, high_open=True)  # [0, 1)
+probability = _number(float, 0.0, 1.0)  # [0, 1]
 
 
 def device_name(text: str) -> str:
@@ -142,7 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--in-chans", type=positive_int, help="image channels (default: the dataset's)")
     g.add_argument("--embed-dim", type=positive_int, help="token width D (default: the preset's)")
     g.add_argument("--depth", type=positive_int, help="number of blocks (default: the preset's)")
-    g.add_argument("--num-classes", type=positive_int, help="classifier outputs (default: the dataset's classes)")
+    g.add_argument("--num-classes", type=positive_int, metavar="K",
+                   help="classifier outputs, which is also how many classes of ImageNet-style data to use: the "
+                        "first K sorted (K random ones with --class-seed) (default: every class of the data)")
     g.add_argument("--drop", type=fraction, default=0.0, help="dropout rate inside the feed-forward layers")
     g.add_argument("--drop-path", type=fraction, default=0.0,
                    help="stochastic depth: drop rate of the last block, rising linearly from 0")
@@ -160,12 +184,49 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train on a fixed random subset of N images (quick runs)")
     g.add_argument("--eval-num-samples", type=positive_int, metavar="N",
                    help="evaluate on a fixed random subset of N images (quick runs)")
-    g.add_argument("--no-aug", action="store_true", help="no training augmentation")
-    g.add_argument("-j", "--workers", type=non_negative_int, default=2,
-                   help="loader threads; 0 loads batches in the training thread")
+    g.add_argument("--no-aug", action="store_true",
+                   help="no training augmentation at all (evaluation crops, no erasing, mixup or repeats)")
+    g.add_argument("-j", "--workers", type=non_negative_int, default=None, metavar="N",
+                   help="processes that decode image files (0: in the training process); also how many batches "
+                        "a background thread prepares ahead. Default: one per core (at most 8) on a GPU; 1 on "
+                        "the CPU, where --procs already uses every core and decoding is cheap next to a step")
     g.add_argument("--procs", type=non_negative_int, default=0, metavar="N",
                    help="CPU only: split every batch over N worker processes of one thread each (data "
                         "parallel; about N times faster on N cores); 0 = one per core, at most 8; 1 = no workers")
+
+    g = p.add_argument_group("ImageNet-style data (folders, ImageFolder trees, a prepared cache)")
+    g.add_argument("--subset", metavar="NAME",
+                   help="train on some classes: imagenette, imagewoof, imagenet100, a comma-separated list of "
+                        "wnids, or a file with one wnid per line (labels become 0..K-1 in sorted wnid order)")
+    g.add_argument("--class-seed", type=non_negative_int, metavar="SEED",
+                   help="with --num-classes: K classes drawn at random with this seed instead of the first K")
+    g.add_argument("--per-class", type=positive_int, metavar="N", help="at most N training images per class")
+    g.add_argument("--crop-pct", type=_number(float, 0.0, 1.0, low_open=True), metavar="PCT",
+                   help="evaluation: resize the short side to img_size / PCT, then center-crop img_size "
+                        "(default: 0.875, as DeiT; 1 for square caches)")
+    g.add_argument("--train-crop", choices=("rrc", "crop"),
+                   help="prepared cache only: RandomResizedCrop + flip (rrc, the default), or a plain random "
+                        "window + flip (crop: no resampling, fastest)")
+
+    g = p.add_argument_group("augmentation (each off by default; --recipe deit turns them all on)")
+    g.add_argument("--aa", type=randaugment_config, metavar="CONFIG",
+                   help="RandAugment in the data workers, e.g. rand-m9-mstd0.5-inc1 (DeiT's)")
+    g.add_argument("--reprob", type=probability, default=0.0,
+                   help="random erasing: probability per image (on the device, after normalisation)")
+    g.add_argument("--mixup", type=non_negative_float, default=0.0, metavar="ALPHA",
+                   help="mixup with Beta(ALPHA, ALPHA) weights; the loss takes soft targets")
+    g.add_argument("--cutmix", type=non_negative_float, default=0.0, metavar="ALPHA",
+                   help="cutmix with Beta(ALPHA, ALPHA) box areas; with --mixup too, one of the two per batch")
+    g.add_argument("--mixup-prob", type=probability, default=1.0, help="probability of mixing a batch at all")
+    g.add_argument("--mixup-switch-prob", type=probability, default=0.5,
+                   help="with both --mixup and --cutmix: probability of cutmix for a batch")
+    g.add_argument("--repeated-aug", type=positive_int, default=1, metavar="N",
+                   help="repeated augmentation: each image N times per epoch, in different crops; 1 = off")
+    g.add_argument("--recipe", choices=RECIPES,
+                   help="deit: every option not given is DeiT's (AdamW, lr 5e-4 x batch / 512, 300 epochs, 5 warmup, "
+                        "cosine, smoothing 0.1, drop path 0.1, dropout 0.1 for the FF models, weight decay 0.05, "
+                        "mixup 0.8, cutmix 1.0, RandAugment rand-m9-mstd0.5-inc1, random erasing 0.25, "
+                        "repeated augmentation 3)")
 
     g = p.add_argument_group("optimization")
     g.add_argument("-b", "--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE, help="images per step")
@@ -228,13 +289,17 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, set[s
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    explicit = explicit_arguments(parser, argv)
     if args.gpu:
         args.device = "gpu"
     if args.eval_only and not args.resume:
         parser.error("--eval-only needs a checkpoint to evaluate: --resume DIR_OR_FILE")
+    if args.class_seed is not None and args.num_classes is None:
+        parser.error("--class-seed draws --num-classes K classes at random; give --num-classes too")
+    apply_recipe(args, explicit, ff_model=preset_arch(args.model) == "ffvit" if args.model in list_models() else True)
     if args.warmup_lr > (args.lr if args.lr is not None else OPT_DEFAULTS[args.opt][0]) > 0:
         parser.error(f"--warmup-lr {args.warmup_lr:g} is above the peak --lr")
-    return args, explicit_arguments(parser, argv)
+    return args, explicit
 
 
 # --------------------------------------------------------------------------------------
@@ -387,13 +452,7 @@ def worker_processes(requested: int, backend: Any) -> int:
     """How many data-parallel processes: 1 on a GPU, else ``requested`` or one per core (<= 8)."""
     if backend.is_gpu:
         return 1
-    if requested:
-        return requested
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(cores, 8))
+    return requested or default_workers()
 
 
 def resolve_resume(path: str) -> Path:
@@ -403,6 +462,77 @@ def resolve_resume(path: str) -> Path:
         if not p.is_file():
             raise FileNotFoundError(f"{path}: no last.npz in this run directory")
     return p
+
+
+def resume_checkpoint(args: argparse.Namespace, explicit: set[str]) -> Checkpoint | None:
+    """The --resume checkpoint, its run's arguments applied to ``args`` unless given again."""
+    if not args.resume:
+        return None
+    checkpoint = load_checkpoint(resolve_resume(args.resume))
+    for key, value in checkpoint.meta.get("args", {}).items():  # the run's own settings ...
+        if key not in explicit and key not in NOT_RESUMED and hasattr(args, key):
+            setattr(args, key, value)  # ... unless given again on this command line
+    return checkpoint
+
+
+def input_size(args: argparse.Namespace, checkpoint: Checkpoint | None) -> int:
+    """The model's input size, which the datasets crop to: known before the model is built."""
+    if checkpoint is not None:
+        return checkpoint.meta["model"]["img_size"]
+    return args.img_size or model_config(args.model).img_size
+
+
+def build_model(args: argparse.Namespace, checkpoint: Checkpoint | None, train_set: Any) -> Any:
+    """The model to train: the checkpoint's (resume), or a preset with the command line's changes."""
+    if checkpoint is not None:
+        model = model_from_config(checkpoint.meta["model"], device=args.device, seed=args.seed)
+        model.load_state_dict(checkpoint.params)
+        return model
+    overrides = dict(img_size=args.img_size, patch_size=args.patch_size, embed_dim=args.embed_dim,
+                     depth=args.depth, in_chans=args.in_chans or train_set.image_shape[0],
+                     num_classes=args.num_classes or len(train_set.classes), drop_rate=args.drop,
+                     drop_path_rate=args.drop_path)
+    return create_model(args.model, device=args.device, seed=args.seed, **overrides)
+
+
+def check_model_fits_data(model: Any, train_set: Any) -> None:
+    if tuple(model.expected_input_shape()) != tuple(train_set.image_shape):
+        raise TrainingError(f"{model.describe()} expects images {model.expected_input_shape()}, the dataset gives "
+                            f"{train_set.image_shape}; set --img-size / --in-chans to match")
+    K = len(train_set.classes)
+    if model.config.num_classes != K:
+        raise TrainingError(f"the model has {model.config.num_classes} outputs but the dataset {K} classes")
+
+
+def make_optimizer(args: argparse.Namespace, model: Any) -> tuple[Any, float, float]:
+    """(optimizer, peak learning rate, weight decay) from the command line and the defaults."""
+    default_lr, default_wd = OPT_DEFAULTS[args.opt]
+    lr = default_lr if args.lr is None else args.lr
+    lr = scale_lr(lr, args.batch_size) if args.scale_lr else lr
+    weight_decay = default_wd if args.weight_decay is None else args.weight_decay
+    hyper: dict[str, Any] = dict(lr=lr, weight_decay=weight_decay)
+    if args.opt == "sgd":
+        hyper.update(momentum=args.momentum, nesterov=args.nesterov)
+    return create_optimizer(args.opt, model, **hyper), lr, weight_decay
+
+
+def restore_state(checkpoint: Checkpoint, model: Any, optimizer: Any, args: argparse.Namespace,
+                  steps_per_epoch: int, log: Callable[[str], None]) -> RunState:
+    """Where the checkpoint's run stopped: its RunState, optimizer state and dropout RNG."""
+    state = RunState(**checkpoint.meta.get("run", {}))
+    opt_meta = checkpoint.meta.get("optimizer", {})
+    if opt_meta.get("name") == optimizer.name and checkpoint.optimizer:
+        optimizer.load_state_dict(checkpoint.optimizer, steps=opt_meta.get("step", state.step))
+    else:
+        log(f"note: the checkpoint's optimizer is {opt_meta.get('name')!r}; starting {optimizer.name} afresh")
+    saved_rng = checkpoint.meta.get("rng", {}).get("model")
+    if saved_rng is not None and rng_state(model.rng) is not None:
+        model.rng.bit_generator.state = saved_rng
+    else:  # no exportable state (CuPy): a fresh stream, still a function of seed and step
+        model.seed(seed_for(args.seed, state.step, 3))
+    log(f"resumed from {checkpoint.path}: epoch {state.epoch}, step {state.step}"
+        + (f", batch {state.batch_in_epoch}/{steps_per_epoch}" if state.batch_in_epoch else ""))
+    return state
 
 
 def run(argv: list[str] | None = None, *, on_step: Callable[[RunState], bool | None] | None = None,
@@ -417,98 +547,64 @@ def run(argv: list[str] | None = None, *, on_step: Callable[[RunState], bool | N
     turns them into messages and exit codes.
     """
     args, explicit = parse_args(argv)
-    checkpoint: Checkpoint | None = None
-    if args.resume:
-        checkpoint = load_checkpoint(resolve_resume(args.resume))
-        for key, value in checkpoint.meta.get("args", {}).items():  # the run's own settings ...
-            if key not in explicit and key not in NOT_RESUMED and hasattr(args, key):
-                setattr(args, key, value)  # ... unless given again on this command line
+    checkpoint = resume_checkpoint(args, explicit)
 
     backend = get_backend(args.device)
     threads = (f"; {num_threads()} threads for elementwise kernels, BLAS threads: "
                f"{os.environ.get('OPENBLAS_NUM_THREADS', 'the library default')}")
     log(f"backend: {backend.reason}" + ("" if backend.is_gpu else threads))
+    procs = worker_processes(args.procs, backend)
+    workers = loader_workers(args.workers, backend.is_gpu)
 
     # -- data and model ------------------------------------------------------------------
-    if checkpoint is not None:
-        img_size = checkpoint.meta["model"].get("img_size")
-    else:
-        img_size = args.img_size or model_config(args.model).img_size
-    open_args = dict(data_dir=args.data_dir, download=args.download, workers=args.workers, img_size=img_size)
-    train_set = open_dataset(args.dataset, "train", **open_args)
-    eval_set = open_dataset(args.dataset, "val", **open_args)
-    classes = train_set.classes
-    if checkpoint is not None:
-        model = model_from_config(checkpoint.meta["model"], device=args.device, seed=args.seed)
-        model.load_state_dict(checkpoint.params)
-    else:
-        overrides = dict(img_size=args.img_size, patch_size=args.patch_size, embed_dim=args.embed_dim,
-                         depth=args.depth, in_chans=args.in_chans or train_set.image_shape[0],
-                         num_classes=args.num_classes or len(classes), drop_rate=args.drop,
-                         drop_path_rate=args.drop_path)
-        model = create_model(args.model, device=args.device, seed=args.seed, **overrides)
-    if tuple(model.expected_input_shape()) != tuple(train_set.image_shape):
-        raise TrainingError(f"{model.describe()} expects images {model.expected_input_shape()}, the dataset gives "
-                            f"{train_set.image_shape}; set --img-size / --in-chans to match")
-    if model.config.num_classes != len(classes):
-        raise TrainingError(f"the model has {model.config.num_classes} outputs but the dataset {len(classes)} classes")
-    c = model.config
-    log(f"model: {args.model}, {model.describe()}, patch {c.patch_size}, dim {c.embed_dim}, depth {c.depth}: "
-        f"{model.num_params():,} parameters")
-    train_idx = fixed_subset(len(train_set), args.train_num_samples, salt=1)
-    eval_idx = fixed_subset(len(eval_set), args.eval_num_samples, salt=2)
-    log(f"data: {train_set.describe()}; training on {len(train_idx)}, evaluating on {len(eval_idx)}")
-
-    # -- optimizer and schedule ----------------------------------------------------------
-    default_lr, default_wd = OPT_DEFAULTS[args.opt]
-    lr = default_lr if args.lr is None else args.lr
-    lr = scale_lr(lr, args.batch_size) if args.scale_lr else lr
-    weight_decay = default_wd if args.weight_decay is None else args.weight_decay
-    hyper: dict[str, Any] = dict(lr=lr, weight_decay=weight_decay)
-    if args.opt == "sgd":
-        hyper.update(momentum=args.momentum, nesterov=args.nesterov)
-    optimizer = create_optimizer(args.opt, model, **hyper)
-    schedule = LRSchedule(args.sched, lr, args.epochs, args.warmup_epochs, args.warmup_lr, args.min_lr,
-                          args.decay_epochs, args.decay_rate)
-    steps_per_epoch = math.ceil(len(train_idx) / args.batch_size)
-    log(f"optimizer: {args.opt} {optimizer.hyperparameters()}; schedule: {args.sched}, "
-        f"{args.warmup_epochs:g} warmup epochs, {args.epochs} epochs x {steps_per_epoch} steps of {args.batch_size}; "
-        f"label smoothing {args.smoothing:g}, augmentation: "
-        f"{'off (--no-aug)' if args.no_aug else getattr(train_set, 'augmentation', 'the dataset default')}")
-
-    state = RunState()
-    if checkpoint is not None:
-        state = RunState(**checkpoint.meta.get("run", {}))
-        opt_meta = checkpoint.meta.get("optimizer", {})
-        if opt_meta.get("name") == optimizer.name and checkpoint.optimizer:
-            optimizer.load_state_dict(checkpoint.optimizer, steps=opt_meta.get("step", state.step))
-        else:
-            log(f"note: the checkpoint's optimizer is {opt_meta.get('name')!r}; starting {optimizer.name} afresh")
-        saved_rng = checkpoint.meta.get("rng", {}).get("model")
-        if saved_rng is not None and rng_state(model.rng) is not None:
-            model.rng.bit_generator.state = saved_rng
-        else:  # no exportable state (CuPy): a fresh stream, still a function of seed and step
-            model.seed(seed_for(args.seed, state.step, 3))
-        log(f"resumed from {checkpoint.path}: epoch {state.epoch}, step {state.step}"
-            + (f", batch {state.batch_in_epoch}/{steps_per_epoch}" if state.batch_in_epoch else ""))
-
-    run_dir = Path(args.output) if args.output else (checkpoint.path.parent if checkpoint else new_run_dir(args.model))
-    run_dir.mkdir(parents=True, exist_ok=True)
-
-    eval_batch = max(args.batch_size, 256)
-    procs = worker_processes(args.procs, backend)
-    parallel = DataParallel(model, procs, eval_batch, seed=args.seed) if procs > 1 else None
-    if parallel is not None:
-        log(f"data parallel: every batch is split over {procs} worker processes of one thread each")
+    train_set, eval_set = open_datasets(args, input_size(args, checkpoint), workers)
+    parallel: DataParallel | None = None
     try:
+        model = build_model(args, checkpoint, train_set)
+        check_model_fits_data(model, train_set)
+        c = model.config
+        log(f"model: {args.model}, {model.describe()}, patch {c.patch_size}, dim {c.embed_dim}, depth {c.depth}: "
+            f"{model.num_params():,} parameters")
+        train_idx = fixed_subset(len(train_set), args.train_num_samples, salt=1)
+        eval_idx = fixed_subset(len(eval_set), args.eval_num_samples, salt=2)
+        log(f"data: {train_set.describe()}; training on {len(train_idx)}, evaluating on {len(eval_idx)}")
+
+        # -- optimizer and schedule ------------------------------------------------------
+        optimizer, lr, weight_decay = make_optimizer(args, model)
+        schedule = LRSchedule(args.sched, lr, args.epochs, args.warmup_epochs, args.warmup_lr, args.min_lr,
+                              args.decay_epochs, args.decay_rate)
+        steps_per_epoch = math.ceil(len(train_idx) / args.batch_size)
+        augment = DeviceAugment.from_args(args, c.num_classes)
+        augmentation = "off (--no-aug)" if args.no_aug else ", ".join(
+            filter(None, [getattr(train_set, "augmentation", "the dataset default"), augment.describe(),
+                          f"repeated augmentation x{args.repeated_aug}" if args.repeated_aug > 1 else ""]))
+        log(f"optimizer: {args.opt} {optimizer.hyperparameters()}; schedule: {args.sched}, "
+            f"{args.warmup_epochs:g} warmup epochs, {args.epochs} epochs x {steps_per_epoch} steps of "
+            f"{args.batch_size}; label smoothing {args.smoothing:g}, augmentation: {augmentation}")
+
+        state = RunState()
+        if checkpoint is not None:
+            state = restore_state(checkpoint, model, optimizer, args, steps_per_epoch, log)
+        run_dir = Path(args.output) if args.output else (checkpoint.path.parent if checkpoint
+                                                          else new_run_dir(args.model))
+        run_dir.mkdir(parents=True, exist_ok=True)
+
+        eval_batch = max(args.batch_size, 256)
+        if procs > 1:
+            parallel = DataParallel(model, procs, eval_batch, seed=args.seed)
+            log(f"data parallel: every batch is split over {procs} worker processes of one thread each"
+                + (f"; {workers} decoding process(es)" if isinstance(train_set, LoaderDataset) else ""))
         if args.eval_only:
             result = evaluate(parallel or model, eval_set, eval_batch, eval_idx)
             log(f"eval: loss {result.loss:.4f}  top-1 {result.top1:.2f}%"
                 + (f"  top-5 {result.top5:.2f}%" if result.top5 is not None else ""))
             return RunResult(run_dir, "evaluated", [], model, state, result)
         setup = Setup(args, model, parallel, optimizer, schedule, state, train_set, eval_set, train_idx, eval_idx,
-                      eval_batch, steps_per_epoch, lr, weight_decay, checkpoint, run_dir, classes)
-        return _train(setup, on_step, on_epoch_end, log)
+                      eval_batch, steps_per_epoch, lr, weight_decay, checkpoint, run_dir, train_set.classes,
+                      augment, workers)
+        with warnings.catch_warnings():  # the epoch summary names undecodable files (once, not every pass)
+            warnings.simplefilter("ignore", BadImagesWarning)
+            return _train(setup, on_step, on_epoch_end, log)
     finally:
         if parallel is not None:
             parallel.close()
@@ -537,6 +633,8 @@ class Setup:
     checkpoint: Checkpoint | None
     run_dir: Path
     classes: list[str]
+    augment: DeviceAugment
+    workers: int  # decoding processes, and how many batches a background thread prepares ahead
 
 
 def _train(setup: Setup, on_step: Callable[[RunState], bool | None] | None,
@@ -555,8 +653,8 @@ def _train(setup: Setup, on_step: Callable[[RunState], bool | None] | None,
             f.write("".join(json.dumps(m) + "\n" for m in metrics).encode())
     log(f"run directory: {run_dir}")
 
-    data_info = {"name": args.dataset or "auto", "mean": list(train_set.mean), "std": list(train_set.std),
-                 "image_shape": list(train_set.image_shape), "crop_pct": getattr(train_set, "crop_pct", 1.0)}
+    data_info = data_transform(args, train_set, eval_set)
+    class_map = train_set.class_info() if hasattr(train_set, "class_info") else None
 
     def save(path: Path) -> None:
         meta = make_meta(model.config_dict(), epoch=state.epoch, step=state.step, classes=classes,
@@ -565,7 +663,7 @@ def _train(setup: Setup, on_step: Callable[[RunState], bool | None] | None,
                          args=vars(args),
                          optimizer={"name": optimizer.name, "hyperparameters": optimizer.hyperparameters(),
                                     "step": optimizer.steps},
-                         data=data_info, run=dataclasses.asdict(state))
+                         data=data_info, class_map=class_map, run=dataclasses.asdict(state))
         save_checkpoint(path, model.params, meta, optimizer.state_dict())
 
     def interrupted() -> RunResult:
@@ -574,28 +672,26 @@ def _train(setup: Setup, on_step: Callable[[RunState], bool | None] | None,
             f"Continue with: python -m minimlp.train --resume {run_dir}")
         return RunResult(run_dir, "interrupted", metrics, model, state)
 
-    xp, dtype = model.xp, model.dtype
     session_start = time.perf_counter()
     elapsed_before = state.elapsed_s
+    bad_seen: set[str] = set()
     with StopRequest() as stop:
         for epoch in range(state.epoch, args.epochs):
             # -- one epoch of training ---------------------------------------------------
-            order = np.random.default_rng(seed_for(args.seed, epoch, 0)).permutation(train_idx)
+            order = epoch_order(train_idx, seed_for(args.seed, epoch, 0), args.repeated_aug)
             first = state.batch_in_epoch
             batches = train_set.batches(order[first * args.batch_size:], args.batch_size, train=not args.no_aug,
                                         seed=seed_for(args.seed, epoch, first + 1))
             bar = Progress(steps_per_epoch, f"epoch {epoch + 1}/{args.epochs}", args.log_interval, done=first)
             lr_now = schedule(state.step / steps_per_epoch)
-            for images, labels in prefetch(batches, args.workers):
+            for images, labels in prefetch(batches, setup.workers):
+                if len(labels) == 0:  # every file of this batch failed to decode (reported after the epoch)
+                    state.batch_in_epoch += 1
+                    continue
                 lr_now = schedule(state.step / steps_per_epoch)
-                x = normalize(images, train_set.mean, train_set.std, xp, dtype)  # (B, C, H, W) on the device
-                if parallel is not None:  # the workers leave the batch-mean gradient in model.grads
-                    loss, logits = parallel.train_step(x, labels, args.smoothing, state.step)
-                else:
-                    logits, cache = model.forward(x, train=True)  # (B, K)
-                    loss, loss_cache = cross_entropy_forward(logits, xp.asarray(labels), args.smoothing)
-                    model.zero_grad()
-                    model.backward(cross_entropy_backward(loss_cache), cache, input_grad=False)
+                # The device augmentations' boxes and mixing weights: a function of (seed, epoch, batch).
+                rng = np.random.default_rng(seed_for(args.seed, epoch, state.batch_in_epoch, 2))
+                loss, logits = train_step(setup, images, labels, rng)
                 loss = float(loss)
                 if not math.isfinite(loss):
                     raise Diverged(divergence_message(loss, state, epoch, steps_per_epoch, lr_now, run_dir))
@@ -627,12 +723,17 @@ def _train(setup: Setup, on_step: Callable[[RunState], bool | None] | None,
             if result is None:
                 return interrupted()
             eval_time = time.perf_counter() - eval_start
+            bad = {**new_bad_files(train_set, bad_seen), **new_bad_files(eval_set, bad_seen)}
+            if bad:
+                shown = "\n  ".join(f"{path} ({reason})" for path, reason in list(bad.items())[:20])
+                log(f"skipped {len(bad)} file(s) that could not be decoded ({len(bad_seen)} in this run so far; "
+                    f"each is left out of its batch):\n  {shown}" + ("\n  ..." if len(bad) > 20 else ""))
             record = {"epoch": epoch + 1, "step": state.step,
                       "train_loss": state.loss_sum / max(1, state.seen),
                       "train_top1": 100.0 * state.correct / max(1, state.seen),
                       "eval_loss": result.loss, "eval_top1": result.top1, "eval_top5": result.top5,
                       "lr": lr_now, "img_per_s": bar.images_per_second, "epoch_time_s": train_time,
-                      "eval_time_s": eval_time,
+                      "eval_time_s": eval_time, "skipped_files": len(bad_seen),
                       "elapsed_s": elapsed_before + time.perf_counter() - session_start}
             improved = state.best_top1 is None or result.top1 > state.best_top1
             state.epoch, state.batch_in_epoch = epoch + 1, 0
@@ -660,6 +761,37 @@ def _train(setup: Setup, on_step: Callable[[RunState], bool | None] | None,
     return RunResult(run_dir, "done", metrics, model, state)
 
 
+def train_step(setup: Setup, images: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> tuple[Any, Any]:
+    """Forward and backward of one batch, the gradient left in ``model.grads``: (loss, logits (B, K)).
+
+    uint8 images -> the device -> normalise -> random erasing -> mixup/cutmix (timm's order)
+    -> forward -> cross-entropy (against soft targets with mixup/cutmix) -> backward.
+    """
+    model, xp, args = setup.model, setup.model.xp, setup.args
+    x = normalize(images, setup.train_set.mean, setup.train_set.std, xp, model.dtype)  # (B, C, H, W) on the device
+    x, targets, smoothing = setup.augment(x, labels, rng, model.rng, args.smoothing)
+    if setup.parallel is not None:  # the workers leave the batch-mean gradient in model.grads
+        return setup.parallel.train_step(x, targets, smoothing, setup.state.step)
+    logits, cache = model.forward(x, train=True)  # (B, K)
+    loss, loss_cache = cross_entropy_forward(logits, xp.asarray(targets), smoothing)
+    model.zero_grad()
+    model.backward(cross_entropy_backward(loss_cache), cache, input_grad=False)
+    return loss, logits
+
+
+def data_transform(args: argparse.Namespace, train_set: Any, eval_set: Any) -> dict[str, Any]:
+    """How images become model inputs, for checkpoints: evaluate and predict apply the same.
+
+    Image files are evaluated by resizing the short side to img_size / crop_pct (bicubic) and
+    center-cropping img_size (``crop_pct`` is None for in-memory data, used as it is); then
+    (x / 255 - mean) / std per channel.
+    """
+    crop_pct = getattr(eval_set, "crop_pct", None)
+    return {"name": args.dataset or "auto", "mean": list(train_set.mean), "std": list(train_set.std),
+            "image_shape": list(train_set.image_shape), "crop_pct": None if crop_pct is None else float(crop_pct),
+            "interpolation": "bicubic"}
+
+
 def divergence_message(value: float, state: RunState, epoch: int, steps_per_epoch: int, lr: float, run_dir: Path,
                        what: str = "loss") -> str:
     last = run_dir / "last.npz"
@@ -676,6 +808,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = run(argv)
     except (Diverged, TrainingError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except (TooManyBadImagesError, LoaderError) as exc:  # the data went wrong during the run
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except (FileNotFoundError, CheckpointError, ValueError) as exc:

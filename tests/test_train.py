@@ -150,11 +150,16 @@ def test_help_documents_every_flag(capsys):
                  "--dataset", "--data-dir", "--batch-size", "--epochs", "--opt", "--lr", "--momentum", "--nesterov",
                  "--weight-decay", "--sched", "--warmup-epochs", "--warmup-lr", "--min-lr", "--smoothing", "--drop",
                  "--drop-path", "--clip-grad", "--seed", "--gpu", "--device", "--output", "--resume", "--eval-only",
-                 "--train-num-samples", "--log-interval", "--workers", "--scale-lr", "--download"):
+                 "--train-num-samples", "--log-interval", "--workers", "--scale-lr", "--download", "--procs",
+                 "--subset", "--class-seed", "--per-class", "--crop-pct", "--train-crop", "--aa", "--reprob",
+                 "--mixup", "--cutmix", "--mixup-prob", "--mixup-switch-prob", "--repeated-aug", "--recipe",
+                 "--eval-num-samples", "--no-aug", "--momentum", "--decay-epochs", "--decay-rate"):
         assert flag in text, flag
     parser = train.build_parser()
     undocumented = [a.option_strings for a in parser._actions if not a.help]
     assert undocumented == []
+    missing = [a.option_strings[-1] for a in parser._actions if a.option_strings and a.option_strings[-1] not in text]
+    assert missing == []
 
 
 def test_missing_data_is_a_clear_error(tmp_path, monkeypatch, capsys):
