@@ -19,7 +19,7 @@ import sys
 from minimlp.io.files import CheckpointError
 from minimlp.io.weights import WRITABLE, infer_config, preset_name, read_weights, save_weights
 
-WEIGHTS_META = ("model", "classes", "epoch", "step")  # what a weights-only file keeps of a checkpoint's meta
+WEIGHTS_META = ("model", "classes", "class_map", "data", "epoch", "step")  # what a weights-only file keeps
 
 
 def build_parser() -> argparse.ArgumentParser:

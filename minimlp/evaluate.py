@@ -2,9 +2,16 @@
 
     python -m minimlp.evaluate --checkpoint runs/fmnist/best.npz [--data-dir DIR] [--gpu]
 
-The dataset is the one the checkpoint was trained on (its ``--dataset`` / ``--data-dir``
-arguments are stored in it), unless ``--dataset`` or ``--data-dir`` say otherwise; its
-validation split is used ("val", which for Fashion-MNIST is the test set).
+The checkpoint is any file minimlp reads (its own ``.npz``, ``.safetensors``, a PyTorch
+``.pth``).  The dataset is the one a minimlp checkpoint was trained on (its ``--dataset`` /
+``--data-dir`` arguments are stored in it), unless ``--dataset`` or ``--data-dir`` say
+otherwise; its validation split is used ("val", which for Fashion-MNIST is the test set).
+Image files are read with the checkpoint's evaluation transform, the paper's for files
+without one: resize the short side to img_size / crop_pct (256 for 224, bicubic, without
+JPEG draft decoding), center-crop img_size, normalise with the ImageNet mean and std.
+Dataset labels are matched to the model's outputs by wnid, so a 1000-class model can be
+scored on a subset tree, and a subset model on full ImageNet (the images of classes it
+does not know are left out, and counted).
 :func:`evaluate` is also what the trainer calls after every epoch.
 """
 
@@ -43,10 +50,12 @@ class EvalResult:
 
 
 def evaluate(model: Any, dataset: Dataset, batch_size: int = 256, indices: np.ndarray | None = None,
-             should_stop: Callable[[], bool] | None = None) -> EvalResult | None:
+             should_stop: Callable[[], bool] | None = None, label_map: np.ndarray | None = None) -> EvalResult | None:
     """Run ``model`` over ``dataset`` (or ``indices`` of it) without augmentation.
 
-    Returns None when ``should_stop()`` turns true between batches (Ctrl-C in the trainer).
+    ``label_map[k]`` is the model output that dataset label k stands for (default: k itself);
+    leave out the samples it maps to -1.  Returns None when ``should_stop()`` turns true
+    between batches (Ctrl-C in the trainer).
     """
     xp = model.xp
     K = model.config.num_classes
@@ -57,6 +66,10 @@ def evaluate(model: Any, dataset: Dataset, batch_size: int = 256, indices: np.nd
     for images, labels in dataset.batches(indices, batch_size, train=False, seed=0):
         if should_stop is not None and should_stop():
             return None
+        if len(labels) == 0:  # every file of the batch failed to decode (the loader reports them)
+            continue
+        if label_map is not None:
+            labels = label_map[labels]
         x = normalize(images, dataset.mean, dataset.std, xp, model.dtype)
         logits, _ = model.forward(x, train=False)  # (B, K)
         y = xp.asarray(labels)
@@ -77,28 +90,54 @@ def evaluate(model: Any, dataset: Dataset, batch_size: int = 256, indices: np.nd
 
 
 def format_per_class(result: EvalResult, classes: list[str]) -> str:
-    width = max(len(c) for c in classes) if classes else 5
+    """A table of per-class top-1 accuracy; classes without samples are counted, not listed."""
+    shown = [k for k in range(len(classes)) if result.class_total[k] > 0]
+    width = max((len(classes[k]) for k in shown), default=5)
     lines = [f"  {'class':<{width}}  top-1 %   samples"]
-    for name, acc, n in zip(classes, result.per_class(), result.class_total, strict=True):
-        shown = "     -" if math.isnan(acc) else f"{acc:6.2f}"
-        lines.append(f"  {name:<{width}}  {shown}   {n:7d}")
+    for k in shown:
+        acc = result.per_class()[k]
+        lines.append(f"  {classes[k]:<{width}}  {'     -' if math.isnan(acc) else f'{acc:6.2f}'}   "
+                     f"{result.class_total[k]:7d}")
+    if len(shown) < len(classes):
+        lines.append(f"  ({len(classes) - len(shown)} of the model's {len(classes)} classes have no images here)")
     return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m minimlp.evaluate", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--checkpoint", required=True, metavar="FILE", help="a minimlp .npz checkpoint (best.npz, last.npz)")
+    p.add_argument("--checkpoint", required=True, metavar="FILE",
+                   help="a minimlp checkpoint (best.npz, last.npz) or any weights file minimlp reads (.pth, "
+                        ".safetensors, .npz)")
     p.add_argument("--dataset", default=None, help="dataset name or directory (default: the checkpoint's)")
     p.add_argument("--data-dir", default=None, metavar="DIR", help="where the data is (default: the checkpoint's)")
+    p.add_argument("--crop-pct", type=float, default=None,
+                   help="image data: resize to img_size / PCT, center-crop img_size (default: the checkpoint's, "
+                        "else 0.875)")
     p.add_argument("-b", "--batch-size", type=int, default=256, help="images per forward pass")
     p.add_argument("--gpu", action="store_true", help="run on the GPU (CuPy), same as --device gpu")
     p.add_argument("--device", default="cpu", help="cpu, gpu or cuda:N")
-    p.add_argument("-j", "--workers", type=int, default=2, help="loader threads (for datasets that decode files)")
+    p.add_argument("-j", "--workers", type=int, default=None,
+                   help="processes that decode image files (default: one per core, at most 8)")
     return p
 
 
+def open_eval_data(args: argparse.Namespace, meta: dict[str, Any], img_size: int) -> Dataset:
+    """The validation split to score: the command line's, else the checkpoint's, with its transform."""
+    saved = meta.get("args", {})
+    data_dir = args.data_dir or saved.get("data_dir")
+    dataset_name = args.dataset or (None if args.data_dir else saved.get("dataset"))
+    if data_dir is None and dataset_name is None and meta.get("class_map") is None and not meta.get("classes"):
+        raise ValueError("this file says nothing about its data: give --data-dir (e.g. an ImageNet folder)")
+    crop_pct = args.crop_pct if args.crop_pct is not None else meta.get("data", {}).get("crop_pct")
+    options: dict[str, Any] = {"crop_pct": crop_pct} if crop_pct is not None else {}
+    # The exact transform (no drafting) where image files are decoded; in-memory data has no use for it.
+    options["draft"] = False
+    return open_dataset(dataset_name, "val", data_dir=data_dir, workers=args.workers, img_size=img_size, **options)
+
+
 def main(argv: list[str] | None = None) -> int:
+    from minimlp.data.classes import label_map, model_classes
     from minimlp.io.files import CheckpointError
     from minimlp.io.weights import model_from_checkpoint
 
@@ -111,26 +150,32 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     meta = info.meta or {}
+    K = model.config.num_classes
+    classes, wnids = model_classes(meta, K)
     print(f"backend: {model.backend.reason}")
-    saved = meta.get("args", {})
-    data_dir = args.data_dir or saved.get("data_dir")
-    dataset_name = args.dataset or (None if args.data_dir else saved.get("dataset"))
     try:
-        dataset = open_dataset(dataset_name, "val", data_dir=data_dir, workers=args.workers,
-                               img_size=model.config.img_size)
+        dataset = open_eval_data(args, meta, model.config.img_size)
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    classes = meta.get("classes") or dataset.classes
-    if len(classes) != model.config.num_classes:
-        print(f"error: the checkpoint has {model.config.num_classes} classes, the dataset {len(dataset.classes)}",
-              file=sys.stderr)
-        return 2
-    print(f"checkpoint: {info.source} (epoch {meta.get('epoch')}, {model.num_params():,} parameters)")
-    print(f"data: {dataset.describe()}")
-    start = time.perf_counter()
     with dataset:
-        result = evaluate(model, dataset, args.batch_size)
+        try:
+            mapping = label_map(getattr(dataset, "wnids", None), wnids, dataset.classes, K)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        indices = np.flatnonzero(mapping[dataset.labels] >= 0)
+        epoch = f"epoch {meta['epoch']}, " if "epoch" in meta else ""
+        print(f"checkpoint: {info.source} ({info.format}{', EMA' if info.ema else ''}, {epoch}"
+              f"{model.num_params():,} parameters, {K} classes)")
+        print(f"data: {dataset.describe()}")
+        if len(indices) < len(dataset):
+            print(f"note: {len(dataset) - len(indices)} images of classes the model does not know are left out")
+        if len(indices) == 0:
+            print("error: none of the dataset's classes is among the model's", file=sys.stderr)
+            return 2
+        start = time.perf_counter()
+        result = evaluate(model, dataset, args.batch_size, indices, label_map=mapping)
     elapsed = time.perf_counter() - start
     top5 = f"  top-5 {result.top5:.2f}%" if result.top5 is not None else ""
     print(f"top-1 {result.top1:.2f}%{top5}  loss {result.loss:.4f}  "
