@@ -103,18 +103,24 @@ def test_center_crop_box_matches_resize_then_crop(size, wh):
     assert left + right == pytest.approx(width, abs=2 / scale) and top + bottom == pytest.approx(height, abs=2 / scale)
 
 
-def test_eval_image_is_close_to_the_two_step_reference(tmp_path):
-    img = photo_like(500, 375, np.random.default_rng(1))
+@pytest.mark.parametrize("wh", [(500, 375), (375, 500), (333, 500), (640, 427), (1200, 900)])
+def test_eval_image_is_the_two_step_reference_exactly(tmp_path, wh):
+    """torchvision's Resize(256) + CenterCrop(224), written out: the paper's evaluation, pixel for pixel."""
+    width, height = wh
+    img = photo_like(width, height, np.random.default_rng(1))
     path = tmp_path / "a.JPEG"
     img.save(path, quality=95)
     decoded = Image.open(path).convert("RGB")
-    two_step = decoded.resize((int(256 * 500 / 375), 256), Image.Resampling.BICUBIC)  # torchvision's Resize(256)
+    size = (256, int(256 * height / width)) if width <= height else (int(256 * width / height), 256)
+    two_step = decoded.resize(size, Image.Resampling.BICUBIC)  # torchvision's Resize(256)
     left = int(round((two_step.size[0] - 224) / 2.0))
-    top = int(round((256 - 224) / 2.0))
+    top = int(round((two_step.size[1] - 224) / 2.0))
     reference = np.asarray(two_step.crop((left, top, left + 224, top + 224)), np.float32)
     ours = transforms.eval_image(path, 224, draft=False).astype(np.float32)
     assert ours.shape == (224, 224, 3)
     assert np.abs(ours - reference).mean() < 2.0
+    assert np.array_equal(ours, reference)
+    assert np.array_equal(transforms.eval_crop(decoded, 224), reference)  # the same from a decoded image
 
 
 def test_draft_keeps_the_box_and_the_picture(tmp_path):
