@@ -1,17 +1,18 @@
-"""Evaluate a checkpoint: top-1, top-5 and per-class accuracy.  ``python -m minimlp.evaluate``.
+"""Evaluate a checkpoint or released weights: top-1, top-5 and per-class accuracy.  ``python -m minimlp.evaluate``.
 
     python -m minimlp.evaluate --checkpoint runs/fmnist/best.npz [--data-dir DIR] [--gpu]
+    python -m minimlp.evaluate --pretrained linear-base-checkpoint.pth --data-dir /data/imagenet --gpu
 
-The checkpoint is any file minimlp reads (its own ``.npz``, ``.safetensors``, a PyTorch
-``.pth``).  The dataset is the one a minimlp checkpoint was trained on (its ``--dataset`` /
-``--data-dir`` arguments are stored in it), unless ``--dataset`` or ``--data-dir`` say
-otherwise; its validation split is used ("val", which for Fashion-MNIST is the test set).
-Image files are read with the checkpoint's evaluation transform, the paper's for files
-without one: resize the short side to img_size / crop_pct (256 for 224, bicubic, without
-JPEG draft decoding), center-crop img_size, normalise with the ImageNet mean and std.
-Dataset labels are matched to the model's outputs by wnid, so a 1000-class model can be
-scored on a subset tree, and a subset model on full ImageNet (the images of classes it
-does not know are left out, and counted).
+``--checkpoint`` and ``--pretrained`` are the same option: any file minimlp reads (its own
+``.npz``, ``.safetensors``, a PyTorch ``.pth``).  The dataset is the one a minimlp checkpoint
+was trained on (its ``--dataset`` / ``--data-dir`` arguments are stored in it), unless
+``--dataset`` or ``--data-dir`` say otherwise; its validation split is used ("val", which
+for Fashion-MNIST is the test set).  Image files are read with the checkpoint's evaluation
+transform, the paper's for files without one: resize the short side to img_size / crop_pct
+(256 for 224, bicubic, without JPEG draft decoding), center-crop img_size, normalise with
+the ImageNet mean and std.  Dataset labels are matched to the model's outputs by wnid, so a
+1000-class model can be scored on a subset tree, and a subset model on full ImageNet (the
+images of classes it does not know are left out, and counted).
 :func:`evaluate` is also what the trainer calls after every epoch.
 """
 
@@ -106,9 +107,10 @@ def format_per_class(result: EvalResult, classes: list[str]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m minimlp.evaluate", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--checkpoint", required=True, metavar="FILE",
+    p.add_argument("--checkpoint", "--pretrained", dest="checkpoint", required=True, metavar="FILE",
                    help="a minimlp checkpoint (best.npz, last.npz) or any weights file minimlp reads (.pth, "
-                        ".safetensors, .npz)")
+                        ".safetensors, .npz); both names are the same option")
+    p.add_argument("--ema", action="store_true", help="a DeiT training checkpoint's EMA weights (model_ema)")
     p.add_argument("--dataset", default=None, help="dataset name or directory (default: the checkpoint's)")
     p.add_argument("--data-dir", default=None, metavar="DIR", help="where the data is (default: the checkpoint's)")
     p.add_argument("--crop-pct", type=float, default=None,
@@ -145,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.batch_size < 1:
         build_parser().error(f"--batch-size must be positive, got {args.batch_size}")
     try:
-        model, info = model_from_checkpoint(args.checkpoint, device="gpu" if args.gpu else args.device)
+        model, info = model_from_checkpoint(args.checkpoint, device="gpu" if args.gpu else args.device,
+                                            use_ema=args.ema)
     except (FileNotFoundError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,6 +1,7 @@
-"""Classify image files with a checkpoint: ``python -m minimlp.predict``.
+"""Classify image files with a checkpoint or released weights: ``python -m minimlp.predict``.
 
     python -m minimlp.predict --checkpoint runs/fmnist/best.npz shirt.png boot.jpg
+    python -m minimlp.predict --pretrained linear-tiny-checkpoint.pth cat.jpg
 
 Each image goes through the checkpoint's own evaluation transform (the one its validation
 images went through in training, stored in the checkpoint): converted to the model's
@@ -68,9 +69,11 @@ def predict(model: Any, images_u8: np.ndarray, mean: tuple[float, ...], std: tup
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m minimlp.predict", description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", required=True, metavar="FILE",
-                   help="a minimlp checkpoint (.npz) or any weights file minimlp reads (.pth, .safetensors)")
+    p.add_argument("--checkpoint", "--pretrained", dest="checkpoint", required=True, metavar="FILE",
+                   help="a minimlp checkpoint (.npz) or any weights file minimlp reads (.pth, .safetensors); "
+                        "both names are the same option")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format Pillow reads)")
+    p.add_argument("--ema", action="store_true", help="a DeiT training checkpoint's EMA weights (model_ema)")
     p.add_argument("--top", type=int, default=5, help="how many classes to show per image (default: 5)")
     p.add_argument("--invert", action="store_true", help="invert brightness before classifying")
     p.add_argument("--gpu", action="store_true", help="run on the GPU (CuPy)")
@@ -84,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
-        model, info = model_from_checkpoint(args.checkpoint, device="gpu" if args.gpu else "cpu")
+        model, info = model_from_checkpoint(args.checkpoint, device="gpu" if args.gpu else "cpu", use_ema=args.ema)
     except (FileNotFoundError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

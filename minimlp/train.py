@@ -46,6 +46,7 @@ from minimlp.data.loader import BadImagesWarning, LoaderDataset, LoaderError, To
 from minimlp.evaluate import EvalResult, evaluate
 from minimlp.io.checkpoint import Checkpoint, load_checkpoint, make_meta, save_checkpoint
 from minimlp.io.files import CheckpointError, atomic_write
+from minimlp.io.weights import WeightsFile, load_pretrained, open_weights, preset_name
 from minimlp.loss import cross_entropy_backward, cross_entropy_forward
 from minimlp.models.registry import create_model, list_models, model_config, model_from_config, preset_arch
 from minimlp.optim import OPTIMIZERS, LRSchedule, clip_grad_norm, create_optimizer, scale_lr
@@ -166,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--depth", type=positive_int, help="number of blocks (default: the preset's)")
     g.add_argument("--num-classes", type=positive_int, metavar="K",
                    help="classifier outputs, which is also how many classes of ImageNet-style data to use: the "
-                        "first K sorted (K random ones with --class-seed) (default: every class of the data)")
+                        "first K sorted (K random ones with --class-seed); with --pretrained, a new head of K "
+                        "outputs for fine-tuning (default: every class of the data)")
     g.add_argument("--drop", type=fraction, default=0.0, help="dropout rate inside the feed-forward layers")
     g.add_argument("--drop-path", type=fraction, default=0.0,
                    help="stochastic depth: drop rate of the last block, rising linearly from 0")
@@ -265,7 +267,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", default=None, metavar="DIR_OR_FILE",
                    help="continue a run from its last.npz (or the given checkpoint): weights, optimizer, "
                         "epoch, step, schedule and random state; its arguments apply unless given again")
-    g.add_argument("--eval-only", action="store_true", help="evaluate (the --resume checkpoint) and exit")
+    g.add_argument("--pretrained", default=None, metavar="FILE",
+                   help="start from these weights (.pth, .npz or .safetensors): the architecture is the file's "
+                        "unless --model is given; --num-classes K starts a new head for fine-tuning")
+    g.add_argument("--eval-only", action="store_true",
+                   help="evaluate (the --resume checkpoint, or the --pretrained weights) and exit")
     g.add_argument("--log-interval", type=positive_int, default=50, metavar="STEPS",
                    help="progress line every STEPS steps when the output is not a terminal")
     return p
@@ -292,8 +298,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, set[s
     explicit = explicit_arguments(parser, argv)
     if args.gpu:
         args.device = "gpu"
-    if args.eval_only and not args.resume:
-        parser.error("--eval-only needs a checkpoint to evaluate: --resume DIR_OR_FILE")
+    if args.eval_only and not (args.resume or args.pretrained):
+        parser.error("--eval-only needs a checkpoint to evaluate: --resume DIR_OR_FILE or --pretrained FILE")
     if args.class_seed is not None and args.num_classes is None:
         parser.error("--class-seed draws --num-classes K classes at random; give --num-classes too")
     apply_recipe(args, explicit, ff_model=preset_arch(args.model) == "ffvit" if args.model in list_models() else True)
@@ -475,15 +481,22 @@ def resume_checkpoint(args: argparse.Namespace, explicit: set[str]) -> Checkpoin
     return checkpoint
 
 
-def input_size(args: argparse.Namespace, checkpoint: Checkpoint | None) -> int:
+def input_size(args: argparse.Namespace, explicit: set[str], checkpoint: Checkpoint | None,
+               pretrained: WeightsFile | None) -> int:
     """The model's input size, which the datasets crop to: known before the model is built."""
     if checkpoint is not None:
         return checkpoint.meta["model"]["img_size"]
-    return args.img_size or model_config(args.model).img_size
+    if args.img_size:
+        return args.img_size
+    if pretrained is not None and "model" not in explicit:
+        return pretrained.config()["img_size"]
+    return model_config(args.model).img_size
 
 
-def build_model(args: argparse.Namespace, checkpoint: Checkpoint | None, train_set: Any) -> Any:
-    """The model to train: the checkpoint's (resume), or a preset with the command line's changes."""
+def build_model(args: argparse.Namespace, explicit: set[str], checkpoint: Checkpoint | None,
+                pretrained: WeightsFile | None, train_set: Any, log: Callable[[str], None]) -> Any:
+    """The model to train: the checkpoint's (resume), or a preset with the command line's changes,
+    then the --pretrained weights (the architecture is the file's unless --model is given)."""
     if checkpoint is not None:
         model = model_from_config(checkpoint.meta["model"], device=args.device, seed=args.seed)
         model.load_state_dict(checkpoint.params)
@@ -492,16 +505,26 @@ def build_model(args: argparse.Namespace, checkpoint: Checkpoint | None, train_s
                      depth=args.depth, in_chans=args.in_chans or train_set.image_shape[0],
                      num_classes=args.num_classes or len(train_set.classes), drop_rate=args.drop,
                      drop_path_rate=args.drop_path)
-    return create_model(args.model, device=args.device, seed=args.seed, **overrides)
+    if pretrained is not None and "model" not in explicit:
+        config = {**pretrained.config(), **{k: v for k, v in overrides.items() if v is not None}}
+        args.model = preset_name(config) or args.model
+        model = model_from_config(config, device=args.device, seed=args.seed)
+    else:
+        model = create_model(args.model, device=args.device, seed=args.seed, **overrides)
+    if pretrained is not None:
+        # num_classes only when asked for: otherwise a head that does not fit is an error (with a hint)
+        log(f"pretrained: {load_pretrained(model, pretrained, num_classes=args.num_classes, seed=args.seed)}")
+    return model
 
 
-def check_model_fits_data(model: Any, train_set: Any) -> None:
+def check_model_fits_data(model: Any, train_set: Any, pretrained: WeightsFile | None) -> None:
     if tuple(model.expected_input_shape()) != tuple(train_set.image_shape):
         raise TrainingError(f"{model.describe()} expects images {model.expected_input_shape()}, the dataset gives "
                             f"{train_set.image_shape}; set --img-size / --in-chans to match")
     K = len(train_set.classes)
     if model.config.num_classes != K:
-        raise TrainingError(f"the model has {model.config.num_classes} outputs but the dataset {K} classes")
+        hint = f"; --num-classes {K} starts a new head for fine-tuning" if pretrained is not None else ""
+        raise TrainingError(f"the model has {model.config.num_classes} outputs but the dataset {K} classes{hint}")
 
 
 def make_optimizer(args: argparse.Namespace, model: Any) -> tuple[Any, float, float]:
@@ -548,6 +571,7 @@ def run(argv: list[str] | None = None, *, on_step: Callable[[RunState], bool | N
     """
     args, explicit = parse_args(argv)
     checkpoint = resume_checkpoint(args, explicit)
+    pretrained = open_weights(args.pretrained) if args.pretrained and checkpoint is None else None
 
     backend = get_backend(args.device)
     threads = (f"; {num_threads()} threads for elementwise kernels, BLAS threads: "
@@ -557,11 +581,11 @@ def run(argv: list[str] | None = None, *, on_step: Callable[[RunState], bool | N
     workers = loader_workers(args.workers, backend.is_gpu)
 
     # -- data and model ------------------------------------------------------------------
-    train_set, eval_set = open_datasets(args, input_size(args, checkpoint), workers)
+    train_set, eval_set = open_datasets(args, input_size(args, explicit, checkpoint, pretrained), workers)
     parallel: DataParallel | None = None
     try:
-        model = build_model(args, checkpoint, train_set)
-        check_model_fits_data(model, train_set)
+        model = build_model(args, explicit, checkpoint, pretrained, train_set, log)
+        check_model_fits_data(model, train_set, pretrained)
         c = model.config
         log(f"model: {args.model}, {model.describe()}, patch {c.patch_size}, dim {c.embed_dim}, depth {c.depth}: "
             f"{model.num_params():,} parameters")

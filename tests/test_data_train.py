@@ -1,7 +1,8 @@
 """End to end: train and evaluate a tiny model on an ImageNet-style tree of real, awkward image files
 (CMYK, grayscale, palette, alpha, a PNG named .JPEG, a truncated JPEG, a non-image file, an empty
 class folder), from the folders and from a prepared cache, with subsets, the DeiT augmentations,
-data parallelism, exact resume, and the evaluate / predict commands on the checkpoints it writes."""
+data parallelism, exact resume, fine-tuning from a .pth, and the evaluate / predict commands on the
+checkpoints it writes."""
 
 from __future__ import annotations
 
@@ -11,11 +12,14 @@ import warnings
 import numpy as np
 import pytest
 from data_trees import EMPTY_WNID, WNIDS, build_tree
+from pth_craft import state_dict, write_pth
 
+import minimlp
 from minimlp import evaluate, predict, train
 from minimlp.data.cache_writer import prepare
-from minimlp.data.classes import imagenet_name
+from minimlp.data.classes import SUBSETS, imagenet_name
 from minimlp.data.folders import DataLayoutWarning
+from minimlp.data.synthetic import photo_like
 from minimlp.io.checkpoint import load_checkpoint
 
 ALL_WNIDS = sorted([*WNIDS, EMPTY_WNID])  # the empty train folder stays a class (indices do not shift)
@@ -133,3 +137,64 @@ def test_resume_with_the_augmentations_is_bitwise_identical(cache, tmp_path):
     a = load_checkpoint(tmp_path / "straight" / "last.npz").params
     b = load_checkpoint(tmp_path / "split" / "last.npz").params
     assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def imagenette_and_more(tmp_path_factory):
+    """The 10 Imagenette classes and 2 others, 2 training images and 1 validation image each."""
+    root = tmp_path_factory.mktemp("imagenette")
+    rng = np.random.default_rng(0)
+    for wnid in [*SUBSETS["imagenette"], "n01443537", "n01484850"]:  # + goldfish, great white shark
+        for split, count in (("train", 2), ("val", 1)):
+            (root / split / wnid).mkdir(parents=True)
+            for i in range(count):
+                photo_like(48, 40, rng).save(root / split / wnid / f"{wnid}_{i}.JPEG", quality=90)
+    return root
+
+
+def test_fine_tuning_from_a_pth_starts_a_new_head(imagenette_and_more, tmp_path, capsys):
+    """``train --pretrained X.pth --num-classes 10 --subset imagenette``: a 1000-class .pth of the same
+    architecture gets a new 10-class head (seeded), the rest comes from the file (checked with lr 0),
+    and the architecture is the file's when --model is not given. Without --num-classes the error
+    names the file, the mismatched head and the flag to use."""
+    root = imagenette_and_more
+    source = minimlp.create_model("ff_tiny", img_size=32, patch_size=8, embed_dim=32, depth=2, seed=5)
+    obj, storages = state_dict(source.state_dict())
+    write_pth(tmp_path / "pretrained.pth", obj, storages)
+    tune = ["--data-dir", str(root), "--pretrained", str(tmp_path / "pretrained.pth"), "--subset", "imagenette",
+            "-b", "8", "--epochs", "1", "--procs", "1", "-j", "0"]
+    lines: list[str] = []
+    result = train.run([*tune, "--num-classes", "10", "--lr", "0", "--warmup-lr", "0", "--min-lr", "0", "--output",
+                        str(tmp_path / "tuned")], log=lines.append)
+    log = "\n".join(lines)
+    assert result.status == "done"
+    assert "pretrained: loaded 33 tensors from" in log and "new head.weight, head.bias for fine-tuning" in log
+    assert "ffvit(img_size=32, in_chans=3, num_classes=10)" in log and "training on 20, evaluating on 10" in log
+    tuned = load_checkpoint(tmp_path / "tuned" / "last.npz")
+    assert tuned.meta["class_map"]["wnids"] == sorted(SUBSETS["imagenette"])
+    for name, p in source.state_dict().items():  # lr 0: every loaded tensor is still the file's
+        if not name.startswith("head."):
+            np.testing.assert_array_equal(tuned.params[name], p, err_msg=name)
+    assert tuned.params["head.weight"].shape == (10, 32)
+
+    trained = train.run([*tune, "--num-classes", "10", "--output", str(tmp_path / "trained")], log=lambda s: None)
+    moved = load_checkpoint(tmp_path / "trained" / "last.npz").params
+    assert not np.array_equal(moved["blocks.0.mlp1.fc1.weight"], source.params["blocks.0.mlp1.fc1.weight"])
+    assert trained.metrics[0]["eval_top1"] >= 0  # trained and evaluated
+
+    capsys.readouterr()
+    assert train.main([*tune, "--output", str(tmp_path / "no")]) == train.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "pretrained.pth" in err and "head.weight: checkpoint (1000, 32) vs model (10, 32)" in err
+    assert "--num-classes 10" in err
+
+    assert train.main(["--data-dir", str(root), "--pretrained", str(tmp_path / "pretrained.pth"), "--eval-only",
+                       "--procs", "1", "-j", "0", "--output", str(tmp_path / "eval"), "--subset", "imagenette",
+                       "--num-classes", "10"]) == 0
+    assert "eval: loss" in capsys.readouterr().out
+
+    # evaluate scores the 1000-class file on this 12-class tree: its labels are matched by wnid.
+    assert evaluate.main(["--pretrained", str(tmp_path / "pretrained.pth"), "--data-dir", str(root), "-j", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "12 images, 12 classes" in out and "1000 classes)" in out and "tench" in out
+    assert "(988 of the model's 1000 classes have no images here)" in out

@@ -153,7 +153,7 @@ def test_help_documents_every_flag(capsys):
                  "--train-num-samples", "--log-interval", "--workers", "--scale-lr", "--download", "--procs",
                  "--subset", "--class-seed", "--per-class", "--crop-pct", "--train-crop", "--aa", "--reprob",
                  "--mixup", "--cutmix", "--mixup-prob", "--mixup-switch-prob", "--repeated-aug", "--recipe",
-                 "--eval-num-samples", "--no-aug", "--momentum", "--decay-epochs", "--decay-rate"):
+                 "--pretrained", "--eval-num-samples", "--no-aug", "--momentum", "--decay-epochs", "--decay-rate"):
         assert flag in text, flag
     parser = train.build_parser()
     undocumented = [a.option_strings for a in parser._actions if not a.help]
