@@ -22,6 +22,7 @@ import argparse
 import math
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +32,7 @@ import numpy as np
 from minimlp.backend import to_numpy
 from minimlp.data import Dataset, normalize, open_dataset
 from minimlp.loss import cross_entropy_forward
+from minimlp.progress import print_warning
 
 __all__ = ["EvalResult", "evaluate", "main"]
 
@@ -139,6 +141,12 @@ def open_eval_data(args: argparse.Namespace, meta: dict[str, Any], img_size: int
 
 
 def main(argv: list[str] | None = None) -> int:
+    with warnings.catch_warnings():  # restores showwarning afterwards
+        warnings.showwarning = print_warning
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     from minimlp.data.classes import label_map, model_classes
     from minimlp.io.files import CheckpointError
     from minimlp.io.weights import model_from_checkpoint

@@ -1,4 +1,5 @@
-"""A small progress bar: position, loss, learning rate, images per second and time left.
+"""Console output of the commands: a small progress bar (position, loss, learning rate, images
+per second and time left), durations, and warnings as plain lines.
 
 On a terminal the bar redraws one line in place (at most a few times a second); into a
 file or a pipe (a log, CI) it prints a plain line every ``interval`` steps instead, so
@@ -18,6 +19,12 @@ def format_duration(seconds: float) -> str:
     h, rest = divmod(seconds, 3600)
     m, s = divmod(rest, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def print_warning(message: Any, category: type, filename: str, lineno: int, file: Any = None,
+                  line: str | None = None) -> None:
+    """A ``warnings.showwarning`` for the commands: one plain line (a left-out file, an empty class folder)."""
+    print(f"warning: {message}", file=sys.stderr)
 
 
 class Progress:

@@ -52,7 +52,7 @@ from minimlp.models.registry import create_model, list_models, model_config, mod
 from minimlp.optim import OPTIMIZERS, LRSchedule, clip_grad_norm, create_optimizer, scale_lr
 from minimlp.parallel import DataParallel
 from minimlp.plot import plot_curves
-from minimlp.progress import Progress, format_duration
+from minimlp.progress import Progress, format_duration, print_warning
 from minimlp.train_data import (
     RECIPES,
     DeviceAugment,
@@ -830,7 +830,9 @@ def divergence_message(value: float, state: RunState, epoch: int, steps_per_epoc
 def main(argv: list[str] | None = None) -> int:
     """The command line: run, print errors as one clear message, return the exit status."""
     try:
-        result = run(argv)
+        with warnings.catch_warnings():  # restores showwarning afterwards
+            warnings.showwarning = print_warning
+            result = run(argv)
     except (Diverged, TrainingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
