@@ -212,15 +212,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("augmentation (each off by default; --recipe deit turns them all on)")
     g.add_argument("--aa", type=randaugment_config, metavar="CONFIG",
-                   help="RandAugment in the data workers, e.g. rand-m9-mstd0.5-inc1 (DeiT's)")
-    g.add_argument("--reprob", type=probability, default=0.0,
+                   help="RandAugment where the images are decoded, e.g. rand-m9-mstd0.5-inc1 (DeiT's)")
+    g.add_argument("--reprob", type=probability, default=0.0, metavar="P",
                    help="random erasing: probability per image (on the device, after normalisation)")
     g.add_argument("--mixup", type=non_negative_float, default=0.0, metavar="ALPHA",
                    help="mixup with Beta(ALPHA, ALPHA) weights; the loss takes soft targets")
     g.add_argument("--cutmix", type=non_negative_float, default=0.0, metavar="ALPHA",
                    help="cutmix with Beta(ALPHA, ALPHA) box areas; with --mixup too, one of the two per batch")
-    g.add_argument("--mixup-prob", type=probability, default=1.0, help="probability of mixing a batch at all")
-    g.add_argument("--mixup-switch-prob", type=probability, default=0.5,
+    g.add_argument("--mixup-prob", type=probability, default=1.0, metavar="P",
+                   help="probability of mixing a batch at all")
+    g.add_argument("--mixup-switch-prob", type=probability, default=0.5, metavar="P",
                    help="with both --mixup and --cutmix: probability of cutmix for a batch")
     g.add_argument("--repeated-aug", type=positive_int, default=1, metavar="N",
                    help="repeated augmentation: each image N times per epoch, in different crops; 1 = off")
