@@ -14,11 +14,13 @@ GELU; lesson 11 the GPU.
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -38,6 +40,7 @@ __all__ = [
     "parallel_chunks",
     "set_num_threads",
     "blas_threads",
+    "single_threaded_blas",
 ]
 
 
@@ -235,33 +238,42 @@ def _get_pool() -> ThreadPoolExecutor:
 # Elements per piece: the few float32 arrays a kernel touches per piece stay inside one
 # core's L2 cache (512 KiB on the machines we measured), and one ufunc call per piece is
 # long enough that its ~1 µs of Python overhead stays small.
-CHUNK = 16384
+CHUNK = 65536
 
 
 def parallel_for(body: Callable[[int, int], None], n: int, grain: int = 1) -> None:
     """Run ``body(lo, hi)`` over ``[0, n)`` in pieces of ``grain`` items, on all threads.
 
-    Each thread takes one contiguous span of pieces and walks it in order, which keeps
-    neighbouring data in that core's cache; the calling thread works on the first span
-    itself instead of waiting idle.  Exceptions from any piece are re-raised here.
+    The threads (the calling one included) take pieces in turn from a shared counter
+    until none are left, so a thread that the operating system pauses, on a machine
+    busy with other work, does not hold the others up: they take over its share.
+    Exceptions from any piece are re-raised here.
     """
     pieces = -(-n // grain)
     threads = min(num_threads(), pieces)
+    counter = itertools.count()  # next() on it is atomic under the GIL
+    failed: list[BaseException] = []
 
-    def run_span(first: int, last: int) -> None:
-        for p in range(first, last):
-            body(p * grain, min((p + 1) * grain, n))
+    def work() -> None:
+        while not failed:
+            p = next(counter)
+            if p >= pieces:
+                return
+            try:
+                body(p * grain, min((p + 1) * grain, n))
+            except BaseException as exc:
+                failed.append(exc)
+                raise
 
     if threads <= 1:
-        run_span(0, pieces)
+        work()
         return
-    bounds = [pieces * t // threads for t in range(threads + 1)]
-    futures = [_get_pool().submit(run_span, lo, hi) for lo, hi in zip(bounds[1:-1], bounds[2:], strict=True)]
+    futures = [_get_pool().submit(work) for _ in range(threads - 1)]
     try:
-        run_span(bounds[0], bounds[1])
+        work()
     finally:
         for f in futures:
-            f.result()  # wait for every span; re-raises a piece's exception here
+            f.result()  # wait for every thread; re-raises a piece's exception here
 
 
 def parallel_chunks(kernel: Callable[..., None], *arrays: np.ndarray, chunk: int = CHUNK) -> None:
@@ -320,15 +332,47 @@ def _openblas() -> Any:
     return None
 
 
+_blas_api: Any = ()  # () until looked up, then (get, set) or None
+
+
+def _openblas_api() -> Any:
+    global _blas_api
+    if _blas_api == ():
+        _blas_api = _openblas()
+    return _blas_api
+
+
 def blas_threads(n: int | None = None) -> int | None:
     """The number of OpenBLAS threads NumPy's matrix products use; with ``n``, set it first.
 
     Returns None when NumPy's BLAS is not OpenBLAS (or cannot be found).
     """
-    api = _openblas()
+    api = _openblas_api()
     if api is None:
         return None
     get, put = api
     if n is not None:
         put(max(1, int(n)))
     return int(get())
+
+
+@contextmanager
+def single_threaded_blas() -> Iterator[bool]:
+    """Within the block, each BLAS call runs on the thread that makes it.
+
+    Yields False (and changes nothing) when the BLAS cannot be controlled; then a caller
+    should not run BLAS calls on several threads of its own.
+    """
+    api = _openblas_api()
+    if api is None:
+        yield False
+        return
+    get, put = api
+    previous = int(get())
+    if previous != 1:
+        put(1)
+    try:
+        yield True
+    finally:
+        if previous != 1:
+            put(previous)

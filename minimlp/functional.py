@@ -39,6 +39,13 @@ Array = Any  # a NumPy or CuPy ndarray
 # --------------------------------------------------------------------------------------
 # Linear: y = W x + b along one axis.  Lesson 2.
 # --------------------------------------------------------------------------------------
+def _matmul(a: Array, b: Array) -> Array:
+    """a @ b; float32 on the CPU goes to fused.matmul, which spreads it over the cores."""
+    if fused.applies_matmul(a, b):
+        return fused.matmul(a, b)
+    return a @ b
+
+
 class LinearCache(NamedTuple):
     x: Array
     axis: int
@@ -53,7 +60,7 @@ def linear_forward(x: Array, w: Array, b: Array | None, axis: int = -1) -> tuple
     """
     if axis == -1:
         x2 = x.reshape(-1, x.shape[-1])  # (M, I)
-        y = x2 @ w.T  # (M, O); w.T is a view, which BLAS reads as a transposed matrix
+        y = _matmul(x2, w.T)  # (M, O); w.T is a view, which BLAS reads as a transposed matrix
         if b is not None and fused.applies(y):
             fused.add_bias(y, b, axis)
         elif b is not None:
@@ -61,7 +68,7 @@ def linear_forward(x: Array, w: Array, b: Array | None, axis: int = -1) -> tuple
         return y.reshape(*x.shape[:-1], w.shape[0]), LinearCache(x, axis)
     if axis == 0:
         x2 = x.reshape(x.shape[0], -1)  # (I, M)
-        y = w @ x2  # (O, M)
+        y = _matmul(w, x2)  # (O, M)
         if b is not None and fused.applies(y):
             fused.add_bias(y, b, axis)
         elif b is not None:
@@ -78,16 +85,16 @@ def linear_backward(dy: Array, cache: LinearCache, w: Array, dw: Array, db: Arra
     if cache.axis == -1:
         dy2 = dy.reshape(-1, dy.shape[-1])  # (M, O)
         x2 = x.reshape(-1, x.shape[-1])  # (M, I)
-        dw += dy2.T @ x2  # (O, I)
+        dw += _matmul(dy2.T, x2)  # (O, I)
         if db is not None:
             db += dy2.sum(axis=0)
-        return (dy2 @ w).reshape(x.shape) if input_grad else None  # (M, I)
+        return _matmul(dy2, w).reshape(x.shape) if input_grad else None  # (M, I)
     dy2 = dy.reshape(dy.shape[0], -1)  # (O, M)
     x2 = x.reshape(x.shape[0], -1)  # (I, M)
-    dw += dy2 @ x2.T  # (O, I)
+    dw += _matmul(dy2, x2.T)  # (O, I)
     if db is not None:
         db += dy2.sum(axis=1)
-    return (w.T @ dy2).reshape(x.shape) if input_grad else None  # (I, M)
+    return _matmul(w.T, dy2).reshape(x.shape) if input_grad else None  # (I, M)
 
 
 # --------------------------------------------------------------------------------------

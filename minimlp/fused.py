@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from minimlp.backend import CHUNK, array_module, parallel_for
+from minimlp.backend import CHUNK, array_module, num_threads, parallel_for, single_threaded_blas
 from minimlp.profiling import timed
 
 _enabled = os.environ.get("MINIMLP_FUSED", "1") != "0"
@@ -48,6 +48,12 @@ def applies(x: Any) -> bool:
     if array_module(x) is np:
         return x.dtype == np.float32 and x.flags.c_contiguous
     return x.dtype in (np.float32, np.float16) and x.flags.c_contiguous
+
+
+def applies_matmul(a: Any, b: Any) -> bool:
+    """Whether :func:`matmul` takes a product: float32 NumPy matrices, with threads to spread over."""
+    return (_enabled and isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.ndim == b.ndim == 2
+            and a.dtype == b.dtype == np.float32 and num_threads() > 1)
 
 
 def _cuda():
@@ -72,7 +78,9 @@ def _tiles(rows: int, cols: int, whole: str = "") -> list[tuple[slice, slice]]:
     otherwise tiles are runs of whole rows, or pieces of one row when a row is long.
     """
     if whole == "rows":
-        step = max(1, CHUNK // max(rows, 1))
+        # Columns of a row-major array are strided: keep each row's piece long (>= 4096
+        # elements), so that memory is read in long runs, even when the tile gets large.
+        step = max(4096, CHUNK // max(rows, 1))
         return [(slice(None), slice(c, min(c + step, cols))) for c in range(0, cols, step)]
     if whole == "cols" or cols <= 2 * CHUNK:
         step = max(1, CHUNK // max(cols, 1))
@@ -105,6 +113,43 @@ def _scratch(count: int, shape: tuple[int, ...]) -> list[np.ndarray]:
 
 
 # --------------------------------------------------------------------------------------
+# Matrix products.  OpenBLAS threads its own products, but its threads wait for each
+# other inside a product, spinning; on a machine whose cores are shared with other work a
+# paused thread then stalls the product (we measured 1-3 GFLOP/s instead of 60 for some
+# shapes).  Here a product is cut into independent pieces of its output: blocks of rows,
+# or of columns when the output is short and wide.  The threads take pieces in turn and
+# compute each with a single-threaded BLAS call, so no thread waits on another until the
+# last piece is done.  Each piece re-reads the shared operand, a small cost next to the
+# product itself for pieces of at least 64 rows or columns.
+# --------------------------------------------------------------------------------------
+_MIN_PIECE = 64
+
+
+def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """a @ b for float32 NumPy matrices (any strides BLAS accepts), on all cores."""
+    m, n = a.shape[0], b.shape[1]
+    out = np.empty((m, n), np.result_type(a, b)) if out is None else out
+    along_rows = m >= n
+    length = m if along_rows else n
+    pieces = min(4 * num_threads(), length // _MIN_PIECE)
+    if pieces < 2:
+        return np.matmul(a, b, out=out)
+    step = -(-length // pieces)
+
+    def piece(lo: int, hi: int) -> None:
+        if along_rows:
+            np.matmul(a[lo:hi], b, out=out[lo:hi])
+        else:
+            np.matmul(a, b[:, lo:hi], out=out[:, lo:hi])
+
+    with single_threaded_blas() as ours:
+        if not ours:  # a BLAS we cannot steer keeps its own threads
+            return np.matmul(a, b, out=out)
+        parallel_for(piece, length, step)
+    return out
+
+
+# --------------------------------------------------------------------------------------
 # GELU: h = z Φ(z) and its derivative g = Φ(z) + z φ(z), in one pass over each tile.
 #
 # Φ comes from the upper tail q(a) = Φ(-a) for a = |z|, written as
@@ -119,13 +164,20 @@ def _scratch(count: int, shape: tuple[int, ...]) -> list[np.ndarray]:
 #     g = 1/2 + sign(z) (1/2 - q + a φ)         (Φ(z) + z φ(z); the bracket is never < 0)
 # 29 NumPy operations per element, all on a tile that stays in the core's cache.
 # --------------------------------------------------------------------------------------
-_R_NUM = tuple(np.float32(c) for c in (13.706913417598496, 9.43080780930002, 2.9904207335724253,
-                                       0.3988401852242123))  # c0 + c1 a + c2 a² + c3 a³
-_R_DEN = tuple(np.float32(c) for c in (27.413827709273654, 40.73461946864278, 24.7762218812428,
-                                       7.486590643221724))  # d0 + d1 a + d2 a² + d3 a³ + a⁴
-_INV_SQRT_2PI = np.float32(1.0 / math.sqrt(2.0 * math.pi))
-_HALF = np.float32(0.5)
-_MINUS_HALF = np.float32(-0.5)
+# Constants as 0-d float32 arrays: a NumPy call with a 0-d array operand costs about half
+# a microsecond less than one with a scalar, which it would otherwise convert every time.
+def _f32(value: float) -> np.ndarray:
+    return np.array(value, np.float32)
+
+
+_R_NUM = tuple(_f32(c) for c in (13.706913417598496, 9.43080780930002, 2.9904207335724253,
+                                 0.3988401852242123))  # c0 + c1 a + c2 a² + c3 a³
+_R_DEN = tuple(_f32(c) for c in (27.413827709273654, 40.73461946864278, 24.7762218812428,
+                                 7.486590643221724))  # d0 + d1 a + d2 a² + d3 a³ + a⁴
+_INV_SQRT_2PI = _f32(1.0 / math.sqrt(2.0 * math.pi))
+_HALF = _f32(0.5)
+_MINUS_HALF = _f32(-0.5)
+_ONE = _f32(1.0)
 
 
 def _gelu_tile(z: np.ndarray, h: np.ndarray, g: np.ndarray) -> None:
@@ -133,14 +185,14 @@ def _gelu_tile(z: np.ndarray, h: np.ndarray, g: np.ndarray) -> None:
     a, num, t = _scratch(3, z.shape)
     np.abs(z, out=a)
     np.multiply(a, _R_NUM[3], out=num)  # numerator of R, by Horner's rule
-    for c in _R_NUM[2::-1]:
-        np.add(num, c, out=num)
-        if c is not _R_NUM[0]:
+    for i in (2, 1, 0):
+        np.add(num, _R_NUM[i], out=num)
+        if i:
             np.multiply(num, a, out=num)
     np.add(a, _R_DEN[3], out=t)  # denominator (monic)
-    for c in _R_DEN[2::-1]:
+    for i in (2, 1, 0):
         np.multiply(t, a, out=t)
-        np.add(t, c, out=t)
+        np.add(t, _R_DEN[i], out=t)
     np.divide(num, t, out=num)  # R(a)
     np.multiply(a, _MINUS_HALF, out=t)
     np.multiply(t, a, out=t)
@@ -242,18 +294,19 @@ def layernorm(x: Any, w: Any, b: Any, axis: int, eps: float) -> tuple[Any, Any, 
     y2, xhat2 = np.empty_like(x2), np.empty_like(x2)
     rstd2 = np.empty((x2.shape[0], 1) if red == 1 else (1, x2.shape[1]), np.float32)
     w2, b2 = (w[None, :], b[None, :]) if red == 1 else (w[:, None], b[:, None])
-    eps = np.float32(eps)
+    inv_n, eps = _f32(1.0 / x2.shape[red]), _f32(eps)
 
     def body(i: int, rs: slice, cs: slice) -> None:
-        xt, xh, yt = x2[rs, cs], xhat2[rs, cs], y2[rs, cs]
-        (sq,) = _scratch(1, xt.shape)
-        np.subtract(xt, xt.mean(axis=red, keepdims=True), out=xh)
-        np.multiply(xh, xh, out=sq)
-        r = sq.mean(axis=red, keepdims=True)  # the biased variance, as PyTorch
+        xt, xh, yt, r = x2[rs, cs], xhat2[rs, cs], y2[rs, cs], rstd2[rs, cs]
+        mean = np.add.reduce(xt, axis=red, keepdims=True)
+        np.multiply(mean, inv_n, out=mean)
+        np.subtract(xt, mean, out=xh)
+        np.multiply(xh, xh, out=yt)  # y holds the squares for a moment
+        np.add.reduce(yt, axis=red, keepdims=True, out=r)
+        np.multiply(r, inv_n, out=r)  # the biased variance, as PyTorch
         np.add(r, eps, out=r)
         np.sqrt(r, out=r)
-        np.divide(np.float32(1.0), r, out=r)
-        rstd2[rs, cs] = r
+        np.divide(_ONE, r, out=r)
         np.multiply(xh, r, out=xh)
         np.multiply(xh, w2, out=yt)
         np.add(yt, b2, out=yt)
@@ -274,6 +327,7 @@ def layernorm_backward(dy: Any, xhat: Any, rstd: Any, w: Any, dw: Any, db: Any, 
     dx2 = np.empty_like(dy2)
     tiles = _tiles(*dy2.shape, whole="cols" if red == 1 else "rows")
     n = w.shape[0]
+    inv_n = _f32(1.0 / n)
     partial_dw = np.zeros((len(tiles), n), np.float32)
     partial_db = np.zeros((len(tiles), n), np.float32)
 
@@ -281,20 +335,22 @@ def layernorm_backward(dy: Any, xhat: Any, rstd: Any, w: Any, dw: Any, db: Any, 
         d, xh, dx = dy2[rs, cs], xhat2[rs, cs], dx2[rs, cs]
         (t,) = _scratch(1, d.shape)
         np.multiply(d, xh, out=t)
-        t.sum(axis=1 - red, out=partial_dw[i])
-        d.sum(axis=1 - red, out=partial_db[i])
+        np.add.reduce(t, axis=1 - red, out=partial_dw[i])
+        np.add.reduce(d, axis=1 - red, out=partial_db[i])
         np.multiply(d, w2, out=dx)  # dxhat
-        mean_dxhat = dx.mean(axis=red, keepdims=True)
+        mean_dxhat = np.add.reduce(dx, axis=red, keepdims=True)
+        np.multiply(mean_dxhat, inv_n, out=mean_dxhat)
         np.multiply(t, w2, out=t)  # dxhat * xhat
-        mean_dxhat_xhat = t.mean(axis=red, keepdims=True)
+        mean_dxhat_xhat = np.add.reduce(t, axis=red, keepdims=True)
+        np.multiply(mean_dxhat_xhat, inv_n, out=mean_dxhat_xhat)
         np.multiply(xh, mean_dxhat_xhat, out=t)
         np.subtract(dx, t, out=dx)
         np.subtract(dx, mean_dxhat, out=dx)
         np.multiply(dx, rstd2[rs, cs], out=dx)
 
     _run(tiles, body)
-    dw += partial_dw.sum(axis=0)
-    db += partial_db.sum(axis=0)
+    dw += np.add.reduce(partial_dw, axis=0)
+    db += np.add.reduce(partial_db, axis=0)
     return dx2.reshape(dy.shape)
 
 
