@@ -412,6 +412,7 @@ def _machine() -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    kept_memory = backend.keep_freed_memory()  # no page faults for reused activations (both contenders)
     device = "gpu" if args.gpu else (args.device or "cpu")
     threads = args.threads or backend.num_threads()
     backend.set_num_threads(threads)
@@ -447,7 +448,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "tf32": bool(args.tf32 and on_gpu), "machine": _machine(),
         "threads": {"elementwise": threads, "blas": blas_threads,
                     "torch": theirs.torch.get_num_threads() if theirs and not on_gpu else None},
-        "flops_per_image": flops, "steps": args.steps, "warmup": args.warmup,
+        "flops_per_image": flops, "steps": args.steps, "warmup": args.warmup, "keep_freed_memory": kept_memory,
         "rounds": args.rounds if theirs else 1,
     }
     if on_gpu:
