@@ -34,6 +34,7 @@ import sys
 import time
 import tracemalloc
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -396,6 +397,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="side of the square matmul that measures the peak (default 2048 on the CPU, 8192 on a GPU)")
     p.add_argument("--lr", type=float, default=1e-3, help="SGD learning rate of the timed steps")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    p.add_argument("--out", help="also write the JSON object to this file")
+    p.add_argument("--summary", metavar="DIR",
+                   help="do not benchmark: summarise the JSON files in DIR (from --out) as one table")
     return p.parse_args(argv)
 
 
@@ -530,8 +534,50 @@ def format_table(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def summarise_runs(directory: str) -> dict[str, Any]:
+    """One row per benchmark JSON file in ``directory``: throughputs, % of peak, ratio."""
+    rows = []
+    for path in sorted(Path(directory).glob("*.json")):
+        try:
+            r = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(r, dict) or "minimlp" not in r:
+            continue  # not a benchmark result (e.g. an earlier summary)
+        row = {"file": path.name, "model": r["model"], "batch_size": r["batch_size"], "device": r["device"],
+               "dtype": r["dtype"], "tf32": r["tf32"], "gpu": r["machine"].get("gpu"),
+               "minimlp_train_images_per_s": r["minimlp"]["train"]["images_per_s"],
+               "minimlp_fraction_of_peak": r["minimlp"]["train"].get("fraction_of_peak"),
+               "matmul_peak_gflops": r["matmul_peak_gflops"]["minimlp"]}
+        if "torch" in r:
+            row.update(torch_train_images_per_s=r["torch"]["train"]["images_per_s"],
+                       torch_fraction_of_peak=r["torch"]["train"].get("fraction_of_peak"),
+                       ratio_train=r["ratio"]["train"], ratio_forward=r["ratio"]["forward"])
+        rows.append(row)
+    return {"runs": rows}
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    lines = [f"{'model':10s}{'batch':>6s} {'precision':12s}{'minimlp img/s':>14s}{'PyTorch img/s':>14s}"
+             f"{'ratio':>8s}{'minimlp % peak':>16s}"]
+    for row in summary["runs"]:
+        precision = "tf32" if row["tf32"] else row["dtype"]
+        torch_ips = row.get("torch_train_images_per_s")
+        lines.append(f"{row['model']:10s}{row['batch_size']:6d} {precision:12s}"
+                     f"{row['minimlp_train_images_per_s']:14.1f}"
+                     + (f"{torch_ips:14.1f}{row['ratio_train']:7.2f}x" if torch_ips else f"{'-':>14s}{'-':>8s}")
+                     + f"{100 * (row['minimlp_fraction_of_peak'] or float('nan')):15.1f}%")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    if args.summary:
+        summary = summarise_runs(args.summary)
+        print(json.dumps(summary) if args.json else format_summary(summary))
+        if args.out:
+            Path(args.out).write_text(json.dumps(summary, indent=1))
+        return summary
     if args.steps < 1 or args.warmup < 0 or args.rounds < 1 or args.batch_size < 1:
         raise SystemExit("--steps, --rounds and -b must be positive and --warmup not negative")
     threads, env_threads, blas = backend.num_threads(), os.environ.get("MINIMLP_NUM_THREADS"), backend.blas_threads()
@@ -543,6 +589,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             backend.blas_threads(blas)
         if "torch" in sys.modules and args.threads:
             sys.modules["torch"].set_num_threads(threads)
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=1))
     if args.json:
         print(json.dumps(result))
     else:

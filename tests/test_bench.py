@@ -139,3 +139,14 @@ def test_profiling_charges_only_the_outermost_op():
         inner()
     assert timer.calls == {"outer": 1, "inner": 1}
     assert profiling._active is None
+
+
+def test_summary_collects_the_runs_of_a_directory(tiny_run, tmp_path, capsys):
+    (tmp_path / "bench-a.json").write_text(json.dumps(tiny_run))
+    (tmp_path / "notes.json").write_text("[1, 2]")  # not a benchmark result: skipped
+    summary = bench.main(["--summary", str(tmp_path), "--out", str(tmp_path / "summary.json")])
+    assert len(summary["runs"]) == 1
+    row = summary["runs"][0]
+    assert row["model"] == "ff_fmnist" and row["minimlp_train_images_per_s"] > 0
+    assert "ff_fmnist" in capsys.readouterr().out
+    assert json.loads((tmp_path / "summary.json").read_text()) == summary
