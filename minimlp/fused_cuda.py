@@ -137,22 +137,26 @@ def layernorm_backward(dy: Array, xhat: Array, rstd: Array, w: Array, dw: Array,
 # --------------------------------------------------------------------------------------
 @functools.cache
 def _ce_kernels() -> dict[str, Any]:
+    # A reduction's final expression sees only the reduced value, not the inputs; so the
+    # row sums s = sum exp(z - zmax) are returned as they are, and log(s) + zmax (the
+    # log-sum-exp) is formed inside the kernels that use it.
     return {
-        "logsumexp": cupy.ReductionKernel("T z, T zmax", "T lse", "exp(z - zmax)", "a + b", "lse = log(a) + zmax",
-                                          "0", "minimlp_ce_logsumexp"),
-        "loss": cupy.ReductionKernel("T q, T z, T lse", "T loss", "q * (lse - z)", "a + b", "loss = a", "0",
-                                     "minimlp_ce_loss"),
-        "probs": cupy.ElementwiseKernel("T z, T lse", "T p", "p = exp(z - lse)", "minimlp_ce_probs"),
-        "grad": cupy.ElementwiseKernel("T p, T q, T s", "T d", "d = (p - q) * s", "minimlp_ce_grad"),
+        "sumexp": cupy.ReductionKernel("T z, T zmax", "T s", "exp(z - zmax)", "a + b", "s = a", "0",
+                                       "minimlp_ce_sumexp"),
+        "loss": cupy.ReductionKernel("T q, T z, T zmax, T s", "T loss", "q * (log(s) + zmax - z)", "a + b",
+                                     "loss = a", "0", "minimlp_ce_loss"),
+        "probs": cupy.ElementwiseKernel("T z, T zmax, T s", "T p", "p = exp(z - zmax) / s", "minimlp_ce_probs"),
+        "grad": cupy.ElementwiseKernel("T p, T q, T scale", "T d", "d = (p - q) * scale", "minimlp_ce_grad"),
     }
 
 
 def cross_entropy(logits: Array, q: Array) -> tuple[Array, Array]:
     """(mean loss, softmax probabilities), as ``loss.cross_entropy_forward`` computes them."""
     k = _ce_kernels()
-    lse = k["logsumexp"](logits, logits.max(axis=1, keepdims=True), axis=1, keepdims=True)  # (B, 1)
-    loss = k["loss"](q, logits, lse) / logits.shape[0]
-    return loss, k["probs"](logits, lse)
+    zmax = logits.max(axis=1, keepdims=True)  # (B, 1): the largest logit becomes 0, as in the plain version
+    s = k["sumexp"](logits, zmax, axis=1, keepdims=True)  # (B, 1)
+    loss = k["loss"](q, logits, zmax, s) / logits.shape[0]
+    return loss, k["probs"](logits, zmax, s)
 
 
 def cross_entropy_grad(probs: Array, q: Array, scale: float) -> Array:
