@@ -105,7 +105,8 @@ _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 
 class GeluCache(NamedTuple):
-    dgelu: Array  # GELU'(x) = Φ(x) + x φ(x); computed in forward, where Φ is at hand
+    dgelu: Array | None  # GELU'(x) = Φ(x) + x φ(x); computed in forward, where Φ is at hand
+    x: Array | None = None  # the input instead, from a forward that skipped the derivative
 
 
 @timed("gelu")
@@ -122,10 +123,11 @@ def gelu_forward(x: Array) -> tuple[Array, GeluCache]:
 @timed("gelu")
 def gelu_backward(dout: Array, cache: GeluCache, out: Array | None = None) -> Array:
     """dL/dx = dout * GELU'(x), written into ``out`` if given (``out`` may be ``dout``)."""
+    dgelu = cache.dgelu if cache.dgelu is not None else gelu_forward(cache.x)[1].dgelu
     if fused.applies(dout):
-        return fused.gelu_backward(dout, cache.dgelu, out)
+        return fused.gelu_backward(dout, dgelu, out)
     xp = array_module(dout)
-    return xp.multiply(dout, cache.dgelu, out=out)
+    return xp.multiply(dout, dgelu, out=out)
 
 
 # --------------------------------------------------------------------------------------
@@ -133,10 +135,18 @@ def gelu_backward(dout: Array, cache: GeluCache, out: Array | None = None) -> Ar
 # version is the two ops above; the fused one adds the bias inside the GELU pass, so the
 # largest activation of the model is read and written once instead of three times.
 # --------------------------------------------------------------------------------------
-def linear_gelu_forward(x: Array, w: Array, b: Array, axis: int = -1) -> tuple[Array, tuple[LinearCache, GeluCache]]:
-    """GELU(linear(x)): returns (h, (linear cache, GELU cache))."""
+def linear_gelu_forward(x: Array, w: Array, b: Array, axis: int = -1,
+                        need_grad: bool = True) -> tuple[Array, tuple[LinearCache, GeluCache]]:
+    """GELU(linear(x)): returns (h, (linear cache, GELU cache)).
+
+    ``need_grad=False`` (evaluation) lets the fused path keep GELU's input instead of its
+    derivative, which it then skips; a backward pass still works, computing it then.
+    """
     if fused.applies(x) and b is not None:
         y, c_lin = linear_forward(x, w, None, axis)  # the product alone; the bias goes into the GELU pass
+        if not need_grad:
+            h, z = fused.bias_gelu_inference(y, b, axis)
+            return h, (c_lin, GeluCache(None, z))
         h, dgelu = fused.bias_gelu(y, b, axis)
         return h, (c_lin, GeluCache(dgelu))
     y, c_lin = linear_forward(x, w, b, axis)
@@ -148,7 +158,7 @@ def linear_gelu_backward(dh: Array, cache: tuple[LinearCache, GeluCache], w: Arr
                          input_grad: bool = True, owns_dh: bool = False) -> Array | None:
     """Backward of :func:`linear_gelu_forward`.  ``owns_dh=True`` lets it overwrite ``dh``."""
     c_lin, c_act = cache
-    if owns_dh and fused.applies(dh) and db is not None:
+    if owns_dh and fused.applies(dh) and db is not None and c_act.dgelu is not None:
         dy = fused.bias_gelu_backward(dh, c_act.dgelu, db, c_lin.axis)  # also adds the bias gradient
         return linear_backward(dy, c_lin, w, dw, None, input_grad)
     dy = gelu_backward(dh, c_act)

@@ -180,8 +180,11 @@ _MINUS_HALF = _f32(-0.5)
 _ONE = _f32(1.0)
 
 
-def _gelu_tile(z: np.ndarray, h: np.ndarray, g: np.ndarray) -> None:
-    """One tile of float32 GELU: writes h = GELU(z), g = GELU'(z).  ``h`` may be ``z``."""
+def _gelu_tile(z: np.ndarray, h: np.ndarray, g: np.ndarray | None) -> None:
+    """One tile of float32 GELU: writes h = GELU(z) and, unless g is None, g = GELU'(z).
+
+    ``h`` may be ``z``.
+    """
     a, num, t = _scratch(3, z.shape)
     np.abs(z, out=a)
     np.multiply(a, _R_NUM[3], out=num)  # numerator of R, by Horner's rule
@@ -198,12 +201,13 @@ def _gelu_tile(z: np.ndarray, h: np.ndarray, g: np.ndarray) -> None:
     np.multiply(t, a, out=t)
     np.exp(t, out=t)  # exp(-a²/2)
     np.multiply(num, t, out=num)  # q = Φ(-a)
-    np.multiply(t, a, out=t)
-    np.multiply(t, _INV_SQRT_2PI, out=t)  # a φ(a)
-    np.subtract(t, num, out=t)
-    np.add(t, _HALF, out=t)  # 1/2 - q + a φ  (>= 0)
-    np.copysign(t, z, out=g)
-    np.add(g, _HALF, out=g)  # g = Φ(z) + z φ(z)
+    if g is not None:
+        np.multiply(t, a, out=t)
+        np.multiply(t, _INV_SQRT_2PI, out=t)  # a φ(a)
+        np.subtract(t, num, out=t)
+        np.add(t, _HALF, out=t)  # 1/2 - q + a φ  (>= 0)
+        np.copysign(t, z, out=g)
+        np.add(g, _HALF, out=g)  # g = Φ(z) + z φ(z)
     np.multiply(num, a, out=num)  # a q
     np.add(z, a, out=h)  # z is read for the last time here, so h may overwrite it
     np.multiply(h, _HALF, out=h)
@@ -241,6 +245,28 @@ def bias_gelu(y: Any, b: Any, axis: int) -> tuple[Any, Any]:
 
     _run(_tiles(*y2.shape), body)
     return y, g2.reshape(y.shape)
+
+
+@timed("gelu")
+def bias_gelu_inference(y: Any, b: Any, axis: int) -> tuple[Any, Any]:
+    """(GELU(y + b), y + b): the activation without its derivative, for a forward pass
+    that will probably not be followed by a backward one.  ``y`` becomes y + b in place
+    (kept, so that a backward can still compute the derivative); the activation is new.
+    Skips a fifth of the work and one output array.
+    """
+    if array_module(y) is not np:
+        return _cuda().bias_gelu_inference(y, b, axis)
+    y2 = _as_2d(y, axis)
+    h2 = np.empty_like(y2)
+    b2 = b[None, :] if axis == -1 else b[:, None]
+
+    def body(i: int, rs: slice, cs: slice) -> None:
+        z = y2[rs, cs]
+        np.add(z, b2[:, cs] if axis == -1 else b2[rs], out=z)
+        _gelu_tile(z, h2[rs, cs], None)
+
+    _run(_tiles(*y2.shape), body)
+    return h2.reshape(y.shape), y
 
 
 def gelu_backward(dout: Any, dgelu: Any, out: Any = None) -> Any:

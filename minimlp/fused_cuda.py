@@ -46,6 +46,17 @@ def _bias_gelu_kernel() -> cupy.ElementwiseKernel:
                                   "minimlp_bias_gelu")
 
 
+@functools.cache
+def _bias_gelu_value_kernel() -> cupy.ElementwiseKernel:
+    return cupy.ElementwiseKernel(
+        "T y, T b", "T zout, T h",
+        """
+        const float z = (float)y + (float)b;
+        zout = (T)z;
+        h = (T)(0.5f * z * erfcf(-z * 0.70710678118654752f));
+        """, "minimlp_bias_gelu_value")
+
+
 def gelu(x: Array) -> tuple[Array, Array]:
     return _gelu_kernel()(x)
 
@@ -64,6 +75,14 @@ def bias_gelu(y: Array, b: Array, axis: int) -> tuple[Array, Array]:
     g2 = cupy.empty_like(y2)
     _bias_gelu_kernel()(y2, _bias_along(b, axis), y2, g2)  # the output h is y itself
     return y, g2.reshape(y.shape)
+
+
+def bias_gelu_inference(y: Array, b: Array, axis: int) -> tuple[Array, Array]:
+    """(GELU(y + b), y + b), with y + b written over y and no derivative."""
+    y2 = _as_2d(y, axis)
+    h2 = cupy.empty_like(y2)
+    _bias_gelu_value_kernel()(y2, _bias_along(b, axis), y2, h2)
+    return h2.reshape(y.shape), y
 
 
 @functools.cache

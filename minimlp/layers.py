@@ -168,7 +168,8 @@ class Mlp:
 
     def forward(self, x: Array, train: bool = False, rng: Any = None) -> tuple[Array, tuple]:
         p, fc1 = self.fc1.store.params, self.fc1
-        h, (c_fc1, c_act) = F.linear_gelu_forward(x, p[fc1.w], p[fc1.b], fc1.axis)  # (..., H): fc1, then GELU
+        # (..., H): fc1, then GELU; outside training the GELU derivative waits until a backward asks for it
+        h, (c_fc1, c_act) = F.linear_gelu_forward(x, p[fc1.w], p[fc1.b], fc1.axis, need_grad=train)
         h, c_drop1 = F.dropout_forward(h, self.drop, rng, train)
         y, c_fc2 = self.fc2.forward(h)  # (..., in)
         y, c_drop2 = F.dropout_forward(y, self.drop, rng, train)

@@ -95,6 +95,7 @@ def kernels():
     return [
         ("gelu", fused_cuda._gelu_kernel(), half_too),
         ("bias_gelu", fused_cuda._bias_gelu_kernel(), half_too),
+        ("bias_gelu_value", fused_cuda._bias_gelu_value_kernel(), half_too),
         ("mul_sum", fused_cuda._mul_sum_kernel(), half_too),
         *((f"layernorm_{name}", k, half_too) for name, k in ln.items()),
         *((f"cross_entropy_{name}", k, ("float", "double")) for name, k in ce.items()),

@@ -98,6 +98,19 @@ def test_bias_gelu_matches_linear_bias_then_gelu(axis, shape):
 
 
 @pytest.mark.parametrize("axis", [-1, 0])
+def test_bias_gelu_without_derivative_keeps_the_input(axis):
+    rng = np.random.default_rng(11)
+    y = rand(rng, 50, 16, 128, scale=3.0)
+    b = rand(rng, y.shape[axis])
+    h_ref, _ = fused.bias_gelu(y.copy(), b, axis)
+    y_in = y.copy()
+    h, z = fused.bias_gelu_inference(y_in, b, axis)
+    assert z is y_in and h is not y_in
+    np.testing.assert_array_equal(h, h_ref)
+    np.testing.assert_array_equal(z, y + (b if axis == -1 else b[:, None, None]))
+
+
+@pytest.mark.parametrize("axis", [-1, 0])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_bias_gelu_backward_matches_plain(axis, shape):
     rng = np.random.default_rng(1)
@@ -212,6 +225,39 @@ def test_whole_model_fused_matches_plain_float32():
         assert rel_error(g, grads_ref[name], floor=scale) < 1e-5, name
 
 
+@pytest.mark.parametrize("axis", [-1, 0])
+def test_linear_gelu_without_derivative_still_has_a_backward(axis):
+    rng = np.random.default_rng(12)
+    x = rand(rng, 12, 6, 8)
+    w, b = rand(rng, 20, x.shape[axis]) * 0.3, rand(rng, 20)
+    h, cache = F.linear_gelu_forward(x, w, b, axis)
+    h_eval, cache_eval = F.linear_gelu_forward(x, w, b, axis, need_grad=False)
+    assert cache_eval[1].dgelu is None
+    close(h_eval, h)
+    dh = rand(rng, *h.shape)
+    grads = []
+    for c in (cache, cache_eval):
+        dw, db = np.zeros_like(w), np.zeros_like(b)
+        dx = F.linear_gelu_backward(dh.copy(), c, w, dw, db, owns_dh=True)
+        grads.append((dx, dw, db))
+    for a, e in zip(*grads, strict=True):
+        close(a, e, 1e-6)
+
+
+def test_model_backward_after_an_evaluation_forward():
+    model = minimlp.create_model("ff_tiny", img_size=16, patch_size=4, embed_dim=16, depth=2, num_classes=5)
+    rng = np.random.default_rng(13)
+    x, dlogits = rand(rng, 3, 3, 16, 16), rand(rng, 3, 5)
+    results = []
+    for train in (True, False):
+        logits, cache = model.forward(x, train=train)
+        model.zero_grad()
+        dx = model.backward(dlogits, cache)
+        results.append((logits, dx, model.store.flat_grads.copy()))
+    for a, e in zip(*results, strict=True):
+        close(a, e, 1e-6)
+
+
 def test_float64_never_takes_a_fused_path():
     assert not fused.applies(np.zeros((4, 4)))
     assert fused.applies(np.zeros((4, 4), np.float32))
@@ -234,6 +280,8 @@ def test_cuda_bias_gelu_and_backward_match_plain(axis, dtype):
     y64, b64 = rng.standard_normal((50, 8, 96)) * 3, rng.standard_normal(96 if axis == -1 else 50)
     y, b = cp.asarray(y64, dtype=dtype), cp.asarray(b64, dtype=dtype)
     h, g = fused.bias_gelu(y.copy(), b, axis)
+    h_eval, z_eval = fused.bias_gelu_inference(y.copy(), b, axis)
+    close(h_eval, h, 1e-6)
     z = y.astype(cp.float64) + (b.astype(cp.float64) if axis == -1 else b.astype(cp.float64)[:, None, None])
     h_ref, c_ref = plain(F.gelu_forward, z)
     tol = 1e-5 if dtype == "float32" else 2e-3
