@@ -23,7 +23,7 @@ clean:
 
 # The README's CPU tables: minimlp and PyTorch eager side by side, in alternating rounds.
 BENCH_PY ?= $(PY)
-bench:
+bench: setup
 	$(BENCH_PY) -m minimlp.bench --model ff_fmnist -b 128 --compare torch --steps 20 --rounds 5
 	$(BENCH_PY) -m minimlp.bench --model ff_tiny -b 32 --compare torch --steps 10 --rounds 5
 

@@ -278,10 +278,11 @@ class TorchRunner:
     name = "torch"
 
     def __init__(self, minimlp_runner: MinimlpRunner, device: str, dtype: str, lr: float, threads: int) -> None:
-        import torch
-
-        from minimlp import bench_torch
-
+        try:
+            from minimlp import bench_torch
+        except ImportError as exc:
+            raise SystemExit(str(exc)) from exc
+        torch = bench_torch.torch
         self.torch, self.device = torch, device
         if device == "cpu":
             torch.set_num_threads(threads)

@@ -108,6 +108,14 @@ def test_bench_compares_with_torch(capsys):
 threads_before = backend.num_threads()
 
 
+def test_compare_torch_without_torch_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch now fails, as where it is not installed
+    monkeypatch.delitem(sys.modules, "minimlp.bench_torch", raising=False)
+    monkeypatch.delattr(minimlp, "bench_torch", raising=False)
+    with pytest.raises(SystemExit, match="needs PyTorch"):
+        bench.main([*TINY, "--compare", "torch"])
+
+
 def test_float16_on_the_cpu_is_refused():
     with pytest.raises(SystemExit, match="needs a GPU"):
         bench.main([*TINY, "--dtype", "float16"])
