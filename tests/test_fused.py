@@ -61,7 +61,7 @@ def test_parallel_for_covers_the_range_once():
     assert (hits == 1).all()
 
 
-@pytest.mark.parametrize("m, k, n", [(300, 50, 7), (7, 50, 300), (640, 33, 650), (3, 4, 5)])
+@pytest.mark.parametrize("m, k, n", [(300, 50, 7), (7, 50, 300), (640, 33, 650), (3, 4, 5), (40, 3000, 70)])
 @pytest.mark.parametrize("transposed", [False, True])
 def test_matmul_matches_numpy(m, k, n, transposed):
     rng = np.random.default_rng(10)
