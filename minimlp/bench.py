@@ -190,7 +190,8 @@ class MinimlpRunner:
 
             self.mixed = MixedPrecision(model)
 
-    def train_step(self) -> None:
+    def train_step(self, timer: profiling.OpTimer | None = None) -> None:
+        """One training step; with ``timer``, the optimizer's share is charged to it."""
         m = self.model
         if self.mixed is not None:
             m.zero_grad()
@@ -198,9 +199,22 @@ class MinimlpRunner:
         else:
             logits, cache = m.forward(self.x, train=True)
             _, loss_cache = cross_entropy_forward(logits, self.y)
-            m.zero_grad()
+            self._optimizer_part(m.zero_grad, timer)
             m.backward(cross_entropy_backward(loss_cache), cache, input_grad=False)
-        sgd_update(m.store, self.lr)
+        self._optimizer_part(lambda: sgd_update(m.store, self.lr), timer)
+
+    @staticmethod
+    def _optimizer_part(fn: Callable[[], None], timer: profiling.OpTimer | None) -> None:
+        if timer is None:
+            fn()
+            return
+        if timer.sync is not None:
+            timer.sync()
+        start = time.perf_counter()
+        fn()
+        if timer.sync is not None:
+            timer.sync()
+        timer.charge("optimizer", time.perf_counter() - start)
 
     def forward_step(self) -> None:
         model = self.mixed.half if self.mixed is not None else self.model
@@ -215,36 +229,13 @@ class MinimlpRunner:
         total = 0.0
         with profiling.recording(sync) as timer:
             for _ in range(steps):
-                total += self.clock(self._profiled_step(timer))
+                total += self.clock(lambda: self.train_step(timer))
         seconds = {k: v / steps for k, v in timer.seconds.items()}
         seconds["other"] = max(0.0, total / steps - sum(seconds.values()))
         return {k: 1e3 * v for k, v in seconds.items()}
 
-    def _profiled_step(self, timer: profiling.OpTimer) -> Callable[[], None]:
-        def step() -> None:
-            m = self.model
-            if self.mixed is not None:
-                m.zero_grad()
-                self.mixed.forward_backward(self.x, self.y)
-            else:
-                logits, cache = m.forward(self.x, train=True)
-                _, loss_cache = cross_entropy_forward(logits, self.y)
-                start = time.perf_counter()
-                m.zero_grad()
-                timer.charge("optimizer", time.perf_counter() - start)
-                m.backward(cross_entropy_backward(loss_cache), cache, input_grad=False)
-            if timer.sync is not None:
-                timer.sync()
-            start = time.perf_counter()
-            sgd_update(m.store, self.lr)
-            if timer.sync is not None:
-                timer.sync()
-            timer.charge("optimizer", time.perf_counter() - start)
-
-        return step
-
     def peak_memory(self) -> dict[str, float]:
-        """Bytes held at the peak of one training step (parameters, gradients, activations)."""
+        """MiB held at the peak of one training step (parameters, gradients, activations)."""
         store = self.model.store
         resident = store.flat_params.nbytes + store.flat_grads.nbytes
         if self.gpu:
