@@ -14,11 +14,13 @@ GELU; lesson 11 the GPU.
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -34,7 +36,12 @@ __all__ = [
     "erf",
     "erfc",
     "num_threads",
+    "parallel_for",
     "parallel_chunks",
+    "set_num_threads",
+    "blas_threads",
+    "single_threaded_blas",
+    "keep_freed_memory",
 ]
 
 
@@ -229,30 +236,175 @@ def _get_pool() -> ThreadPoolExecutor:
     return _pool
 
 
-# Elements per piece: a few float32 arrays of this size stay inside a core's L2 cache.
-CHUNK = 32768
+# Elements per piece: the few float32 arrays a kernel touches per piece stay inside one
+# core's L2 cache (512 KiB on the machines we measured), and one ufunc call per piece is
+# long enough that its ~1 µs of Python overhead stays small.
+CHUNK = 65536
+
+
+def parallel_for(body: Callable[[int, int], None], n: int, grain: int = 1) -> None:
+    """Run ``body(lo, hi)`` over ``[0, n)`` in pieces of ``grain`` items, on all threads.
+
+    The threads (the calling one included) take pieces in turn from a shared counter
+    until none are left, so a thread that the operating system pauses, on a machine
+    busy with other work, does not hold the others up: they take over its share.
+    Exceptions from any piece are re-raised here.
+    """
+    pieces = -(-n // grain)
+    threads = min(num_threads(), pieces)
+    counter = itertools.count()  # next() on it is atomic under the GIL
+    failed: list[BaseException] = []
+
+    def work() -> None:
+        while not failed:
+            p = next(counter)
+            if p >= pieces:
+                return
+            try:
+                body(p * grain, min((p + 1) * grain, n))
+            except BaseException as exc:
+                failed.append(exc)
+                raise
+
+    if threads <= 1:
+        work()
+        return
+    futures = [_get_pool().submit(work) for _ in range(threads - 1)]
+    try:
+        work()
+    finally:
+        for f in futures:
+            f.result()  # wait for every thread; re-raises a piece's exception here
 
 
 def parallel_chunks(kernel: Callable[..., None], *arrays: np.ndarray, chunk: int = CHUNK) -> None:
     """Run ``kernel(*pieces)`` over matching 1-D pieces of same-sized contiguous arrays.
 
     ``kernel`` writes its results into some of the pieces (they are views), so the
-    arrays hold the answer when this returns.  Each thread takes one contiguous span and
-    walks it piece by piece, which keeps the pieces hot in that core's cache.
+    arrays hold the answer when this returns.
     """
     flat = [a.reshape(-1) for a in arrays]  # views: the arrays are C-contiguous
-    n = flat[0].size
-    threads = min(num_threads(), max(1, n // chunk))
+    parallel_for(lambda lo, hi: kernel(*(f[lo:hi] for f in flat)), flat[0].size, chunk)
 
-    def run_span(lo: int, hi: int) -> None:
-        for start in range(lo, hi, chunk):
-            stop = min(start + chunk, hi)
-            kernel(*(f[start:stop] for f in flat))
 
-    if threads == 1:
-        run_span(0, n)
+def set_num_threads(n: int | None) -> None:
+    """Use ``n`` threads for elementwise work from now on (None: back to the default)."""
+    global _pool
+    if n is None:
+        os.environ.pop("MINIMLP_NUM_THREADS", None)
+    else:
+        os.environ["MINIMLP_NUM_THREADS"] = str(max(1, int(n)))
+    if _pool is not None:
+        _pool.shutdown(wait=True)
+        _pool = None
+
+
+# --------------------------------------------------------------------------------------
+# The BLAS that NumPy uses.  NumPy's wheels bundle OpenBLAS, which starts one thread per
+# core.  Its C API can report and change that number at run time; we call it directly
+# (found in the process's memory map), which works for the bundled library and for a
+# system OpenBLAS alike, and report None where the BLAS is something else.
+# --------------------------------------------------------------------------------------
+_OPENBLAS_PREFIXES = ("scipy_openblas", "openblas")
+_OPENBLAS_SUFFIXES = ("64_", "_64_", "")
+
+
+def _openblas() -> Any:
+    import ctypes
+
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "openblas" in line.lower() and "/" in line}
+    except OSError:  # not Linux
+        return None
+    for path in sorted(paths, key=lambda p: "numpy" not in p):  # NumPy's own copy first
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for prefix in _OPENBLAS_PREFIXES:
+            for suffix in _OPENBLAS_SUFFIXES:
+                get = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
+                put = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
+                if get is not None and put is not None:
+                    get.restype = ctypes.c_int
+                    put.argtypes = [ctypes.c_int]
+                    return get, put
+    return None
+
+
+_blas_api: Any = ()  # () until looked up, then (get, set) or None
+
+
+def _openblas_api() -> Any:
+    global _blas_api
+    if _blas_api == ():
+        _blas_api = _openblas()
+    return _blas_api
+
+
+def blas_threads(n: int | None = None) -> int | None:
+    """The number of OpenBLAS threads NumPy's matrix products use; with ``n``, set it first.
+
+    Returns None when NumPy's BLAS is not OpenBLAS (or cannot be found).
+    """
+    api = _openblas_api()
+    if api is None:
+        return None
+    get, put = api
+    if n is not None:
+        put(max(1, int(n)))
+    return int(get())
+
+
+@contextmanager
+def single_threaded_blas() -> Iterator[bool]:
+    """Within the block, each BLAS call runs on the thread that makes it.
+
+    Yields False (and changes nothing) when the BLAS cannot be controlled; then a caller
+    should not run BLAS calls on several threads of its own.
+    """
+    api = _openblas_api()
+    if api is None:
+        yield False
         return
-    bounds = np.linspace(0, n, threads + 1).astype(int)
-    futures = [_get_pool().submit(run_span, lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
-    for f in futures:
-        f.result()  # re-raises a kernel's exception here
+    get, put = api
+    previous = int(get())
+    if previous != 1:
+        put(1)
+    try:
+        yield True
+    finally:
+        if previous != 1:
+            put(previous)
+
+
+# --------------------------------------------------------------------------------------
+# Memory.  A training step allocates the same large activation arrays every step and
+# frees them again.  glibc hands large freed blocks back to the kernel (munmap, or by
+# trimming the top of the heap), so the next step page-faults them in again, zero-filled:
+# about 24,000 page faults per ff_fmnist step (batch 128) on our machine, and about 7% of
+# the step's time.  Raising glibc's thresholds keeps freed blocks in the process for reuse.
+# --------------------------------------------------------------------------------------
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, from glibc's malloc.h
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc keep freed memory for reuse instead of returning it to the OS.
+
+    Process-wide: the process then holds on to its peak memory.  The commands (e.g.
+    ``minimlp.bench``) call it; a library user can.  ``MINIMLP_KEEP_MEMORY=0`` turns it
+    off.  Returns True when applied (Linux with glibc), False elsewhere.
+    """
+    if os.environ.get("MINIMLP_KEEP_MEMORY", "1") == "0" or not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):  # not glibc (musl, ...)
+        return False
+    # Some glibc versions refuse an mmap threshold above 32 MiB; then 32 MiB it is.
+    mmap_ok = any(mallopt(_M_MMAP_THRESHOLD, size) for size in (1 << 30, 32 << 20))
+    trim_ok = bool(mallopt(_M_TRIM_THRESHOLD, 1 << 30))
+    return mmap_ok and trim_ok

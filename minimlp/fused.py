@@ -1,27 +1,35 @@
 """Fused kernels: faster versions of a few ``functional`` ops, each tested against it.
 
 The plain versions in :mod:`minimlp.functional` are the reference: short, written once
-against ``xp``, and what the lessons derive.  The kernels here compute the same numbers
-(to float32 rounding) with less memory traffic:
+against ``xp``, and what the lessons derive and the gradient checks prove.  The kernels
+here compute the same numbers (to float32 rounding) with far less memory traffic:
 
-* on the CPU, float32 only: the work is cut into cache-sized pieces that all cores work
-  through (:func:`minimlp.backend.parallel_chunks`), with every intermediate written into
-  a reused buffer;
-* on the GPU: CuPy ``ElementwiseKernel``\\ s that read each input once.
+* on the CPU, float32 only: the arrays are cut into cache-sized tiles that all cores
+  work through (:func:`minimlp.backend.parallel_for`); every intermediate lives in a
+  small per-thread scratch buffer, so each input is read from memory once and each
+  output written once, instead of once per NumPy operation;
+* on the GPU: CuPy kernels (:mod:`minimlp.fused_cuda`) that read each input once.
 
-``MINIMLP_FUSED=0`` in the environment (or :func:`set_enabled`) turns them off, which the
-tests use to compare both paths.  Lesson 11 walks through why each one pays.
+float64 (gradient checks) always takes the plain path.  ``MINIMLP_FUSED=0`` in the
+environment (or :func:`set_enabled`) turns the kernels off, which the tests use to
+compare both paths.  Lesson 11 walks through why each one pays.
+
+Arrays reach the kernels as 2-D views: a (T, B, D) activation is (T·B, D) for ops along
+the features (axis -1) and (T, B·D) for ops along the tokens (axis 0), as in
+``functional``.
 """
 
 from __future__ import annotations
 
-import functools
+import math
 import os
+import threading
 from typing import Any
 
 import numpy as np
 
-from minimlp.backend import array_module, parallel_chunks
+from minimlp.backend import CHUNK, array_module, num_threads, parallel_for, single_threaded_blas
+from minimlp.profiling import timed
 
 _enabled = os.environ.get("MINIMLP_FUSED", "1") != "0"
 
@@ -34,87 +42,391 @@ def set_enabled(flag: bool) -> bool:
 
 
 def applies(x: Any) -> bool:
-    """Whether a fused kernel exists for ``x``: float32 on NumPy, or any float on CuPy."""
+    """Whether a fused kernel exists for ``x``: float32 on NumPy, or float32/float16 on CuPy."""
     if not _enabled:
         return False
     if array_module(x) is np:
         return x.dtype == np.float32 and x.flags.c_contiguous
-    return x.dtype.kind == "f"
+    return x.dtype in (np.float32, np.float16) and x.flags.c_contiguous
+
+
+def applies_matmul(a: Any, b: Any) -> bool:
+    """Whether :func:`matmul` takes a product: float32 NumPy matrices, with threads to spread over."""
+    return (_enabled and isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.ndim == b.ndim == 2
+            and a.dtype == b.dtype == np.float32 and num_threads() > 1)
+
+
+def _cuda():
+    from minimlp import fused_cuda  # imports CuPy; only reached with CuPy arrays
+
+    return fused_cuda
+
+
+def _as_2d(x: np.ndarray, axis: int) -> np.ndarray:
+    """The (rows, columns) view the kernels work on: (M, D) for axis -1, (T, M) for axis 0."""
+    return x.reshape(-1, x.shape[-1]) if axis == -1 else x.reshape(x.shape[0], -1)
 
 
 # --------------------------------------------------------------------------------------
-# GELU: h = x Φ(x) and its derivative g = Φ(x) + x φ(x), in one pass.
+# Tiles and scratch memory.
+# --------------------------------------------------------------------------------------
+def _tiles(rows: int, cols: int, whole: str = "") -> list[tuple[slice, slice]]:
+    """Cut a (rows, cols) array into tiles of about CHUNK elements.
+
+    whole="cols": every tile spans all columns (a kernel that reduces along each row);
+    whole="rows": every tile spans all rows (one that reduces along each column);
+    otherwise tiles are runs of whole rows, or pieces of one row when a row is long.
+    """
+    if whole == "rows":
+        # Columns of a row-major array are strided: keep each row's piece long (>= 4096
+        # elements), so that memory is read in long runs, even when the tile gets large.
+        step = max(4096, CHUNK // max(rows, 1))
+        return [(slice(None), slice(c, min(c + step, cols))) for c in range(0, cols, step)]
+    if whole == "cols" or cols <= 2 * CHUNK:
+        step = max(1, CHUNK // max(cols, 1))
+        return [(slice(r, min(r + step, rows)), slice(None)) for r in range(0, rows, step)]
+    parts = -(-cols // CHUNK)
+    width = -(-cols // parts)
+    return [(slice(r, r + 1), slice(c, min(c + width, cols))) for r in range(rows) for c in range(0, cols, width)]
+
+
+def _run(tiles: list, body) -> None:
+    """Run ``body(index, rows, cols)`` for every tile, spread over the threads."""
+
+    def span(lo: int, hi: int) -> None:
+        for i in range(lo, hi):
+            body(i, *tiles[i])
+
+    parallel_for(span, len(tiles), 1)
+
+
+_local = threading.local()
+
+
+def _scratch(count: int, shape: tuple[int, ...]) -> list[np.ndarray]:
+    """``count`` float32 work arrays of ``shape``, private to this thread and reused."""
+    size = math.prod(shape)
+    bufs = getattr(_local, "bufs", None)
+    if bufs is None or bufs.shape[0] < count or bufs.shape[1] < size:
+        bufs = _local.bufs = np.empty((max(count, 4), max(size, 3 * CHUNK)), np.float32)
+    return [bufs[i, :size].reshape(shape) for i in range(count)]
+
+
+# --------------------------------------------------------------------------------------
+# Matrix products.  OpenBLAS threads its own products, but its threads wait for each
+# other inside a product, spinning; on a machine whose cores are shared with other work a
+# paused thread then stalls the product (we measured 1-11 GFLOP/s instead of 50-60 for
+# the weight gradients).  Here a product is cut into independent pieces that the threads
+# take in turn, each computed by a single-threaded BLAS call, so no thread waits on
+# another until the last piece is done:
 #
-# CPU: Φ comes from the upper tail q(a) = Φ(-a) for a = |x|, written as
-#     q(a) = φ(a) R(a),      φ(a) = exp(-a²/2) / √(2π),
-# where R(a) = √(2π) exp(a²/2) Φ(-a) is smooth and slowly varying (it falls like 1/a).
-# R is replaced by a (4, 4) rational function fitted by iteratively reweighted least
-# squares for the smallest worst-case *relative* error on 0 ≤ a ≤ 14 (1.4e-7; beyond
-# a = 14, φ underflows float32 anyway).  Computing through the tail keeps Φ(x) accurate
-# relative to itself for negative x, where 1 + erf(x/√2) would cancel to zero.
-# The same φ gives the derivative for free, so backward is a single multiply.
+# * usually blocks of output rows (or columns, when the output is short and wide); each
+#   piece re-reads the shared operand, a small cost for pieces of 64+ rows or columns;
+# * for a long inner dimension (the weight gradients, which sum over all T·B positions),
+#   blocks of that dimension instead: each piece reads its own share of both operands
+#   and writes a small partial product, and the partials are summed at the end (measured
+#   50-100% faster than splitting the output, which re-read the long operands).
 # --------------------------------------------------------------------------------------
-_R_NUM = tuple(np.float32(c) for c in (
-    1.253313958e00, 8.565245606e-01, 2.721625096e-01, 3.653923491e-02, 5.305875045e-07))
-_R_DEN = tuple(np.float32(c) for c in (
-    1.0, 1.481284609e00, 8.991144310e-01, 2.716374143e-01, 3.656494075e-02))
-_LOG_INV_SQRT_2PI = np.float32(-0.5 * np.log(2.0 * np.pi))
-_MINUS_HALF = np.float32(-0.5)
+_MIN_PIECE = 64
 
 
-def _horner(a: np.ndarray, coeffs: tuple, out: np.ndarray) -> np.ndarray:
-    """out = c0 + a (c1 + a (c2 + ...)), in place."""
-    np.multiply(a, coeffs[-1], out=out)
-    for c in coeffs[-2:0:-1]:
-        np.add(out, c, out=out)
-        np.multiply(out, a, out=out)
-    np.add(out, coeffs[0], out=out)
+def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """a @ b for float32 NumPy matrices (any strides BLAS accepts), on all cores."""
+    m, k, n = a.shape[0], a.shape[1], b.shape[1]
+    out = np.empty((m, n), np.result_type(a, b)) if out is None else out
+    split_inner = k >= 4 * max(m, n)
+    length = k if split_inner else max(m, n)
+    pieces = min((2 if split_inner else 4) * num_threads(), length // _MIN_PIECE)
+    if pieces < 2:
+        return np.matmul(a, b, out=out)
+    step = -(-length // pieces)
+    partials = np.empty((-(-length // step), m, n), out.dtype) if split_inner else None
+
+    def piece(lo: int, hi: int) -> None:
+        if split_inner:
+            np.matmul(a[:, lo:hi], b[lo:hi], out=partials[lo // step])
+        elif m >= n:
+            np.matmul(a[lo:hi], b, out=out[lo:hi])
+        else:
+            np.matmul(a, b[:, lo:hi], out=out[:, lo:hi])
+
+    with single_threaded_blas() as ours:
+        if not ours:  # a BLAS we cannot steer keeps its own threads
+            return np.matmul(a, b, out=out)
+        parallel_for(piece, length, step)
+    if split_inner:
+        np.add.reduce(partials, axis=0, out=out)
     return out
 
 
-def _gelu_piece(x: np.ndarray, h: np.ndarray, g: np.ndarray) -> None:
-    """One cache-sized piece of float32 GELU: writes h = GELU(x) and g = GELU'(x)."""
-    a = np.abs(x)
-    pdf = np.empty_like(x)
-    _horner(a, _R_NUM, h)
-    _horner(a, _R_DEN, g)
-    np.divide(h, g, out=h)  # R(a)
-    np.multiply(a, a, out=pdf)
-    np.multiply(pdf, _MINUS_HALF, out=pdf)
-    np.add(pdf, _LOG_INV_SQRT_2PI, out=pdf)
-    np.exp(pdf, out=pdf)  # φ(x) = exp(-x²/2 - log √(2π))
-    np.multiply(h, pdf, out=h)  # q = Φ(-|x|)
-    np.sign(x, out=a)
-    np.multiply(h, a, out=h)  # sign(x) q
-    np.heaviside(x, np.float32(0.5), out=a)
-    np.subtract(a, h, out=a)  # Φ(x) = step(x) - sign(x) q: 1 - q for x > 0, q for x < 0
-    np.multiply(x, pdf, out=pdf)
-    np.add(a, pdf, out=g)  # GELU'(x) = Φ(x) + x φ(x)
-    np.multiply(x, a, out=h)  # GELU(x) = x Φ(x)
+# --------------------------------------------------------------------------------------
+# GELU: h = z Φ(z) and its derivative g = Φ(z) + z φ(z), in one pass over each tile.
+#
+# Φ comes from the upper tail q(a) = Φ(-a) for a = |z|, written as
+#     q(a) = exp(-a²/2) R(a),
+# where R(a) = exp(a²/2) Φ(-a) is smooth and slowly varying (R(0) = 1/2, R ~ 1/(a√2π)).
+# R is a (3, 4) rational function fitted by iteratively reweighted least squares on
+# 0 ≤ a ≤ 14 for the smallest worst-case error of q: 1.6e-8 absolute, 1.6e-6 relative
+# (beyond a = 14, exp(-a²/2) underflows float32 anyway).  Going through the tail keeps
+# GELU(z) = -a q accurate relative to itself far into the left tail, where
+# z (1 + erf(z/√2)) / 2 would cancel to zero.  Then, with φ(a) = exp(-a²/2)/√(2π):
+#     h = (z + a)/2 - a q                       (z Φ(z): z - a q for z > 0, -a q for z < 0)
+#     g = 1/2 + sign(z) (1/2 - q + a φ)         (Φ(z) + z φ(z); the bracket is never < 0)
+# 29 NumPy operations per element, all on a tile that stays in the core's cache.
+# --------------------------------------------------------------------------------------
+# Constants as 0-d float32 arrays: a NumPy call with a 0-d array operand costs about half
+# a microsecond less than one with a scalar, which it would otherwise convert every time.
+def _f32(value: float) -> np.ndarray:
+    return np.array(value, np.float32)
 
 
-@functools.cache
-def _gelu_cupy_kernel():
-    import cupy
+_R_NUM = tuple(_f32(c) for c in (13.706913417598496, 9.43080780930002, 2.9904207335724253,
+                                 0.3988401852242123))  # c0 + c1 a + c2 a² + c3 a³
+_R_DEN = tuple(_f32(c) for c in (27.413827709273654, 40.73461946864278, 24.7762218812428,
+                                 7.486590643221724))  # d0 + d1 a + d2 a² + d3 a³ + a⁴
+_INV_SQRT_2PI = _f32(1.0 / math.sqrt(2.0 * math.pi))
+_HALF = _f32(0.5)
+_MINUS_HALF = _f32(-0.5)
+_ONE = _f32(1.0)
 
-    return cupy.ElementwiseKernel(
-        "T x",
-        "T h, T g",
-        """
-        const T cdf = (T)0.5 * erfc(-x * (T)0.70710678118654752440);
-        const T pdf = exp((T)-0.5 * x * x) * (T)0.39894228040143267794;
-        h = x * cdf;
-        g = cdf + x * pdf;
-        """,
-        "minimlp_gelu_fwd",
-    )
+
+def _gelu_tile(z: np.ndarray, h: np.ndarray, g: np.ndarray | None) -> None:
+    """One tile of float32 GELU: writes h = GELU(z) and, unless g is None, g = GELU'(z).
+
+    ``h`` may be ``z``.
+    """
+    a, num, t = _scratch(3, z.shape)
+    np.abs(z, out=a)
+    np.multiply(a, _R_NUM[3], out=num)  # numerator of R, by Horner's rule
+    for i in (2, 1, 0):
+        np.add(num, _R_NUM[i], out=num)
+        if i:
+            np.multiply(num, a, out=num)
+    np.add(a, _R_DEN[3], out=t)  # denominator (monic)
+    for i in (2, 1, 0):
+        np.multiply(t, a, out=t)
+        np.add(t, _R_DEN[i], out=t)
+    np.divide(num, t, out=num)  # R(a)
+    np.multiply(a, _MINUS_HALF, out=t)
+    np.multiply(t, a, out=t)
+    np.exp(t, out=t)  # exp(-a²/2)
+    np.multiply(num, t, out=num)  # q = Φ(-a)
+    if g is not None:
+        np.multiply(t, a, out=t)
+        np.multiply(t, _INV_SQRT_2PI, out=t)  # a φ(a)
+        np.subtract(t, num, out=t)
+        np.add(t, _HALF, out=t)  # 1/2 - q + a φ  (>= 0)
+        np.copysign(t, z, out=g)
+        np.add(g, _HALF, out=g)  # g = Φ(z) + z φ(z)
+    np.multiply(num, a, out=num)  # a q
+    np.add(z, a, out=h)  # z is read for the last time here, so h may overwrite it
+    np.multiply(h, _HALF, out=h)
+    np.subtract(h, num, out=h)  # h = z Φ(z)
 
 
 def gelu(x: Any) -> tuple[Any, Any]:
     """(GELU(x), GELU'(x)) with the exact erf-based GELU, as one fused pass."""
-    xp = array_module(x)
-    if xp is np:
-        h, g = np.empty_like(x), np.empty_like(x)
-        parallel_chunks(_gelu_piece, x, h, g)
-        return h, g
-    return _gelu_cupy_kernel()(x)
+    if array_module(x) is not np:
+        return _cuda().gelu(x)
+    h, g = np.empty_like(x), np.empty_like(x)
+    xf, hf, gf = x.reshape(-1), h.reshape(-1), g.reshape(-1)
+    parallel_for(lambda lo, hi: _gelu_tile(xf[lo:hi], hf[lo:hi], gf[lo:hi]), xf.size, CHUNK)
+    return h, g
+
+
+@timed("gelu")
+def bias_gelu(y: Any, b: Any, axis: int) -> tuple[Any, Any]:
+    """(GELU(y + b), GELU'(y + b)) with ``b`` broadcast along ``axis`` (-1 or 0).
+
+    This is a linear layer's bias add and the activation after it, in one pass.  The
+    first output is written over ``y``, the matrix product's result, which nothing else
+    holds; the second is a new array.
+    """
+    if array_module(y) is not np:
+        return _cuda().bias_gelu(y, b, axis)
+    y2 = _as_2d(y, axis)
+    g2 = np.empty_like(y2)
+    b2 = b[None, :] if axis == -1 else b[:, None]
+
+    def body(i: int, rs: slice, cs: slice) -> None:
+        z = y2[rs, cs]
+        np.add(z, b2[:, cs] if axis == -1 else b2[rs], out=z)
+        _gelu_tile(z, z, g2[rs, cs])
+
+    _run(_tiles(*y2.shape), body)
+    return y, g2.reshape(y.shape)
+
+
+@timed("gelu")
+def bias_gelu_inference(y: Any, b: Any, axis: int) -> tuple[Any, Any]:
+    """(GELU(y + b), y + b): the activation without its derivative, for a forward pass
+    that will probably not be followed by a backward one.  ``y`` becomes y + b in place
+    (kept, so that a backward can still compute the derivative); the activation is new.
+    Skips a fifth of the work and one output array.
+    """
+    if array_module(y) is not np:
+        return _cuda().bias_gelu_inference(y, b, axis)
+    y2 = _as_2d(y, axis)
+    h2 = np.empty_like(y2)
+    b2 = b[None, :] if axis == -1 else b[:, None]
+
+    def body(i: int, rs: slice, cs: slice) -> None:
+        z = y2[rs, cs]
+        np.add(z, b2[:, cs] if axis == -1 else b2[rs], out=z)
+        _gelu_tile(z, h2[rs, cs], None)
+
+    _run(_tiles(*y2.shape), body)
+    return h2.reshape(y.shape), y
+
+
+def gelu_backward(dout: Any, dgelu: Any, out: Any = None) -> Any:
+    """dout * GELU'(x), written into ``out`` (which may be ``dout``) or a new array."""
+    xp = array_module(dout)
+    out = xp.empty_like(dout) if out is None else out
+    if xp is not np:
+        return xp.multiply(dout, dgelu, out=out)
+    d, g, o = dout.reshape(-1), dgelu.reshape(-1), out.reshape(-1)
+    parallel_for(lambda lo, hi: np.multiply(d[lo:hi], g[lo:hi], out=o[lo:hi]), d.size, CHUNK)
+    return out
+
+
+@timed("gelu")
+def bias_gelu_backward(dout: Any, dgelu: Any, db: Any, axis: int) -> Any:
+    """The gradient through GELU, dh = dout * GELU'(x), and the bias gradient db += Σ dh.
+
+    ``dh`` is written over ``dout`` (the caller owns it); the sum runs over every axis
+    but ``axis``, tile by tile while each tile is still in cache.
+    """
+    if array_module(dout) is not np:
+        return _cuda().bias_gelu_backward(dout, dgelu, db, axis)
+    d2, g2 = _as_2d(dout, axis), _as_2d(dgelu, axis)
+    tiles = _tiles(*d2.shape)
+    partial = np.zeros((len(tiles), db.shape[0]), np.float32)
+
+    def body(i: int, rs: slice, cs: slice) -> None:
+        d = d2[rs, cs]
+        np.multiply(d, g2[rs, cs], out=d)
+        if axis == -1:
+            d.sum(axis=0, out=partial[i, cs])
+        else:
+            d.sum(axis=1, out=partial[i, rs])
+
+    _run(tiles, body)
+    db += partial.sum(axis=0)
+    return dout
+
+
+# --------------------------------------------------------------------------------------
+# LayerNorm along the columns of each row (axis -1) or the rows of each column (axis 0),
+# tile by tile: every tile holds whole normalisation groups, so its statistics are
+# complete and it is read once from memory.
+# --------------------------------------------------------------------------------------
+def layernorm(x: Any, w: Any, b: Any, axis: int, eps: float) -> tuple[Any, Any, Any]:
+    """(y, xhat, rstd) as ``functional.layernorm_forward`` computes them."""
+    if array_module(x) is not np:
+        return _cuda().layernorm(x, w, b, axis, eps)
+    x2 = _as_2d(x, axis)
+    red = 1 if axis == -1 else 0  # the axis of x2 that is normalised
+    y2, xhat2 = np.empty_like(x2), np.empty_like(x2)
+    rstd2 = np.empty((x2.shape[0], 1) if red == 1 else (1, x2.shape[1]), np.float32)
+    w2, b2 = (w[None, :], b[None, :]) if red == 1 else (w[:, None], b[:, None])
+    inv_n, eps = _f32(1.0 / x2.shape[red]), _f32(eps)
+
+    def body(i: int, rs: slice, cs: slice) -> None:
+        xt, xh, yt, r = x2[rs, cs], xhat2[rs, cs], y2[rs, cs], rstd2[rs, cs]
+        mean = np.add.reduce(xt, axis=red, keepdims=True)
+        np.multiply(mean, inv_n, out=mean)
+        np.subtract(xt, mean, out=xh)
+        np.multiply(xh, xh, out=yt)  # y holds the squares for a moment
+        np.add.reduce(yt, axis=red, keepdims=True, out=r)
+        np.multiply(r, inv_n, out=r)  # the biased variance, as PyTorch
+        np.add(r, eps, out=r)
+        np.sqrt(r, out=r)
+        np.divide(_ONE, r, out=r)
+        np.multiply(xh, r, out=xh)
+        np.multiply(xh, w2, out=yt)
+        np.add(yt, b2, out=yt)
+
+    _run(_tiles(*x2.shape, whole="cols" if red == 1 else "rows"), body)
+    rstd_shape = (*x.shape[:-1], 1) if axis == -1 else (1, *x.shape[1:])
+    return y2.reshape(x.shape), xhat2.reshape(x.shape), rstd2.reshape(rstd_shape)
+
+
+def layernorm_backward(dy: Any, xhat: Any, rstd: Any, w: Any, dw: Any, db: Any, axis: int) -> Any:
+    """dx of LayerNorm, adding dw and db, as ``functional.layernorm_backward`` does."""
+    if array_module(dy) is not np:
+        return _cuda().layernorm_backward(dy, xhat, rstd, w, dw, db, axis)
+    dy2, xhat2 = _as_2d(dy, axis), _as_2d(xhat, axis)
+    red = 1 if axis == -1 else 0
+    rstd2 = rstd.reshape(-1, 1) if red == 1 else rstd.reshape(1, -1)
+    w2 = w[None, :] if red == 1 else w[:, None]
+    dx2 = np.empty_like(dy2)
+    tiles = _tiles(*dy2.shape, whole="cols" if red == 1 else "rows")
+    n = w.shape[0]
+    inv_n = _f32(1.0 / n)
+    partial_dw = np.zeros((len(tiles), n), np.float32)
+    partial_db = np.zeros((len(tiles), n), np.float32)
+
+    def body(i: int, rs: slice, cs: slice) -> None:
+        d, xh, dx = dy2[rs, cs], xhat2[rs, cs], dx2[rs, cs]
+        (t,) = _scratch(1, d.shape)
+        np.multiply(d, xh, out=t)
+        np.add.reduce(t, axis=1 - red, out=partial_dw[i])
+        np.add.reduce(d, axis=1 - red, out=partial_db[i])
+        np.multiply(d, w2, out=dx)  # dxhat
+        mean_dxhat = np.add.reduce(dx, axis=red, keepdims=True)
+        np.multiply(mean_dxhat, inv_n, out=mean_dxhat)
+        np.multiply(t, w2, out=t)  # dxhat * xhat
+        mean_dxhat_xhat = np.add.reduce(t, axis=red, keepdims=True)
+        np.multiply(mean_dxhat_xhat, inv_n, out=mean_dxhat_xhat)
+        np.multiply(xh, mean_dxhat_xhat, out=t)
+        np.subtract(dx, t, out=dx)
+        np.subtract(dx, mean_dxhat, out=dx)
+        np.multiply(dx, rstd2[rs, cs], out=dx)
+
+    _run(tiles, body)
+    dw += np.add.reduce(partial_dw, axis=0)
+    db += np.add.reduce(partial_db, axis=0)
+    return dx2.reshape(dy.shape)
+
+
+# --------------------------------------------------------------------------------------
+# Small helpers: a bias added along an axis, and a threaded in-place add.
+# --------------------------------------------------------------------------------------
+def add_bias(y: Any, b: Any, axis: int) -> Any:
+    """y += b along ``axis`` (in place), on all cores."""
+    if array_module(y) is not np:
+        y += b if axis == -1 else b.reshape(-1, *([1] * (y.ndim - 1)))
+        return y
+    y2 = _as_2d(y, axis)
+    b2 = b[None, :] if axis == -1 else b[:, None]
+
+    def body(i: int, rs: slice, cs: slice) -> None:
+        np.add(y2[rs, cs], b2[:, cs] if axis == -1 else b2[rs], out=y2[rs, cs])
+
+    _run(_tiles(*y2.shape), body)
+    return y
+
+
+def add_(out: Any, x: Any) -> Any:
+    """out += x (same shapes, contiguous), on all cores."""
+    if array_module(out) is not np:
+        out += x
+        return out
+    o, v = out.reshape(-1), x.reshape(-1)
+    parallel_for(lambda lo, hi: np.add(o[lo:hi], v[lo:hi], out=o[lo:hi]), o.size, CHUNK)
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# Softmax cross-entropy: only on the GPU, where the plain version's ten small kernels
+# cost more launches than arithmetic.  On the CPU the (B, K) logits are tiny.
+# --------------------------------------------------------------------------------------
+def cross_entropy(logits: Any, q: Any) -> tuple[Any, Any]:
+    """(mean loss, softmax(logits)) for CuPy float32 logits (B, K) and targets q (B, K)."""
+    return _cuda().cross_entropy(logits, q)
+
+
+def cross_entropy_grad(probs: Any, q: Any, scale: float) -> Any:
+    """(probs - q) * scale for CuPy arrays, in one kernel."""
+    return _cuda().cross_entropy_grad(probs, q, scale)

@@ -167,8 +167,9 @@ class Mlp:
         self.drop = drop
 
     def forward(self, x: Array, train: bool = False, rng: Any = None) -> tuple[Array, tuple]:
-        h, c_fc1 = self.fc1.forward(x)  # (..., H)
-        h, c_act = F.gelu_forward(h)
+        p, fc1 = self.fc1.store.params, self.fc1
+        # (..., H): fc1, then GELU; outside training the GELU derivative waits until a backward asks for it
+        h, (c_fc1, c_act) = F.linear_gelu_forward(x, p[fc1.w], p[fc1.b], fc1.axis, need_grad=train)
         h, c_drop1 = F.dropout_forward(h, self.drop, rng, train)
         y, c_fc2 = self.fc2.forward(h)  # (..., in)
         y, c_drop2 = F.dropout_forward(y, self.drop, rng, train)
@@ -179,8 +180,9 @@ class Mlp:
         dy = F.dropout_backward(dy, c_drop2)
         dh = self.fc2.backward(dy, c_fc2)
         dh = F.dropout_backward(dh, c_drop1)
-        dh = F.gelu_backward(dh, c_act)
-        return self.fc1.backward(dh, c_fc1)
+        p, g, fc1 = self.fc1.store.params, self.fc1.store.grads, self.fc1
+        # dh is a fresh array made just above, so the GELU backward may overwrite it.
+        return F.linear_gelu_backward(dh, (c_fc1, c_act), p[fc1.w], g[fc1.w], g[fc1.b], owns_dh=True)
 
 
 class PatchEmbed:

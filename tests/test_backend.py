@@ -110,3 +110,21 @@ def test_fused_gelu_cupy_matches_float64(xp):
     h, g = fused.gelu(x)
     h64, g64 = gelu_reference(x.get().astype(np.float64))
     assert np.abs(h.get() - h64).max() < 1e-5 and np.abs(g.get() - g64).max() < 1e-5
+
+
+def test_keep_freed_memory_can_be_turned_off(monkeypatch):
+    monkeypatch.setenv("MINIMLP_KEEP_MEMORY", "0")
+    assert backend.keep_freed_memory() is False
+    monkeypatch.delenv("MINIMLP_KEEP_MEMORY")
+    assert backend.keep_freed_memory() in (True, False)  # True on Linux with glibc
+
+
+def test_blas_threads_reports_and_sets():
+    before = backend.blas_threads()
+    if before is None:
+        pytest.skip("NumPy's BLAS is not OpenBLAS")
+    try:
+        assert backend.blas_threads(1) == 1
+    finally:
+        backend.blas_threads(before)
+    assert backend.blas_threads() == before

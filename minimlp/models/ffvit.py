@@ -72,22 +72,22 @@ class FFBlock:
         h, c_norm1 = self.norm1.forward(x)  # each token over its D features
         h, c_mlp1 = self.mlp1.forward(h, train, rng)  # mixes features: (T, B, D)
         h, c_path1 = F.drop_path_forward(h, self.drop_path, rng, train)
-        x = x + h
+        x = F.add_inplace(h, x)  # x + h, into h: the branch output is a fresh array
         # The paper transposes to (B, D, T) here; in (T, B, D) the tokens are axis 0 already.
         h, c_norm2 = self.norm2.forward(x)  # each channel over its T tokens
         h, c_mlp2 = self.mlp2.forward(h, train, rng)  # mixes tokens: (T, B, D)
         h, c_path2 = F.drop_path_forward(h, self.drop_path, rng, train)
-        return x + h, (c_norm1, c_mlp1, c_path1, c_norm2, c_mlp2, c_path2)
+        return F.add_inplace(h, x), (c_norm1, c_mlp1, c_path1, c_norm2, c_mlp2, c_path2)
 
     def backward(self, dx: Array, cache: tuple) -> Array:
         c_norm1, c_mlp1, c_path1, c_norm2, c_mlp2, c_path2 = cache
         # x_out = x_mid + branch2(x_mid): the gradient flows both ways round the residual.
         dh = F.drop_path_backward(dx, c_path2)
         dh = self.mlp2.backward(dh, c_mlp2)
-        dx = dx + self.norm2.backward(dh, c_norm2)
+        dx = F.add_inplace(self.norm2.backward(dh, c_norm2), dx)  # into the fresh LayerNorm gradient
         dh = F.drop_path_backward(dx, c_path1)
         dh = self.mlp1.backward(dh, c_mlp1)
-        return dx + self.norm1.backward(dh, c_norm1)
+        return F.add_inplace(self.norm1.backward(dh, c_norm1), dx)
 
 
 class FFViTCache(NamedTuple):
