@@ -6,6 +6,7 @@ directory under ``runs/``.  The same command trains on ImageNet-style folders on
     python -m minimlp.train                                   # Fashion-MNIST, a few minutes
     python -m minimlp.train --gpu --data-dir /data/imagenet --model ff_tiny -b 256 --epochs 300
     python -m minimlp.train --resume runs/20250101-120000-ff_fmnist   # continue a run exactly
+    mpirun -n 8 python -m minimlp.train --gpu --data-dir /data/imagenet -b 1024   # 8 GPUs: minimlp/ddp.py
 
 One step: uint8 batch -> device -> normalise -> forward -> cross-entropy (label smoothing)
 -> backward -> clip the gradient norm -> optimizer step at the scheduled learning rate.
@@ -38,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from minimlp import ddp, distributed
 from minimlp.backend import get_backend, num_threads, to_numpy
 from minimlp.data import list_datasets, normalize, open_dataset
 from minimlp.evaluate import EvalResult, evaluate
@@ -394,6 +396,10 @@ def worker_processes(requested: int, backend: Any) -> int:
     return max(1, min(cores, 8))
 
 
+def _quiet(message: str) -> None:
+    """The log of ranks other than 0."""
+
+
 def resolve_resume(path: str) -> Path:
     p = Path(path)
     if p.is_dir():
@@ -415,6 +421,10 @@ def run(argv: list[str] | None = None, *, on_step: Callable[[RunState], bool | N
     turns them into messages and exit codes.
     """
     args, explicit = parse_args(argv)
+    world = distributed.world()  # under mpirun: this rank's place in the job (else one process)
+    if not world.is_main:
+        log = _quiet  # only rank 0 logs
+    world.select_gpu(args.device)  # one GPU per rank, by local rank
     checkpoint: Checkpoint | None = None
     if args.resume:
         checkpoint = load_checkpoint(resolve_resume(args.resume))
@@ -490,17 +500,29 @@ def run(argv: list[str] | None = None, *, on_step: Callable[[RunState], bool | N
         log(f"resumed from {checkpoint.path}: epoch {state.epoch}, step {state.step}"
             + (f", batch {state.batch_in_epoch}/{steps_per_epoch}" if state.batch_in_epoch else ""))
 
+    if world.active:  # every rank must run the same job: compare, and name what differs
+        world.check_same(argument=vars(args), model=model.config_dict(),
+                         data={"training images": len(train_idx), "evaluation images": len(eval_idx),
+                               "classes": classes},
+                         state={"step": state.step, "parameters": distributed.checksum(model.store.flat_params),
+                                "optimizer": [distributed.checksum(a) for a in optimizer.state.values()]})
     run_dir = Path(args.output) if args.output else (checkpoint.path.parent if checkpoint else new_run_dir(args.model))
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = Path(world.from_main(str(run_dir)))  # rank 0's choice; only rank 0 writes there
+    if world.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
 
     eval_batch = max(args.batch_size, 256)
-    procs = worker_processes(args.procs, backend)
-    parallel = DataParallel(model, procs, eval_batch, seed=args.seed) if procs > 1 else None
+    procs = worker_processes(args.procs, backend) if not world.active else max(1, args.procs)  # mpirun: 1 per rank
+    parallel = DataParallel(model, procs, eval_batch, seed=world.rank_seed(args.seed)) if procs > 1 else None
     if parallel is not None:
         log(f"data parallel: every batch is split over {procs} worker processes of one thread each")
+    if world.active:  # the ranks' shards of each batch; gradients summed over the ranks
+        distributed.per_rank_batch(args.batch_size, world.size)  # refuses a batch that does not split evenly
+        parallel = ddp.DistributedDataParallel(world, model, parallel, seed=args.seed)
+        log(f"{parallel.describe()}; a batch of {args.batch_size} is {args.batch_size // world.size} per rank")
     try:
         if args.eval_only:
-            result = evaluate(parallel or model, eval_set, eval_batch, eval_idx)
+            result = evaluate(parallel or model, eval_set, eval_batch, eval_idx, world=world)
             log(f"eval: loss {result.loss:.4f}  top-1 {result.top1:.2f}%"
                 + (f"  top-5 {result.top5:.2f}%" if result.top5 is not None else ""))
             return RunResult(run_dir, "evaluated", [], model, state, result)
@@ -545,17 +567,21 @@ def _train(setup: Setup, on_step: Callable[[RunState], bool | None] | None,
     train_idx, eval_idx, eval_batch = setup.train_idx, setup.eval_idx, setup.eval_batch
     steps_per_epoch, lr, weight_decay = setup.steps_per_epoch, setup.lr, setup.weight_decay
     checkpoint, run_dir, classes = setup.checkpoint, setup.run_dir, setup.classes
-    write_json(run_dir / "args.json", {**vars(args), "effective_lr": lr, "effective_weight_decay": weight_decay})
+    world = distributed.world()
     metrics_path = run_dir / "metrics.jsonl"
     metrics = read_metrics(metrics_path, before_epoch=state.epoch)
-    if checkpoint is not None:  # drop lines of epochs the checkpoint had not finished
-        atomic_write(metrics_path, lambda f: f.write("".join(json.dumps(m) + "\n" for m in metrics).encode()))
+    if world.is_main:
+        write_json(run_dir / "args.json", {**vars(args), "effective_lr": lr, "effective_weight_decay": weight_decay})
+        if checkpoint is not None:  # drop lines of epochs the checkpoint had not finished
+            atomic_write(metrics_path, lambda f: f.write("".join(json.dumps(m) + "\n" for m in metrics).encode()))
     log(f"run directory: {run_dir}")
 
     data_info = {"name": args.dataset or "auto", "mean": list(train_set.mean), "std": list(train_set.std),
                  "image_shape": list(train_set.image_shape), "crop_pct": getattr(train_set, "crop_pct", 1.0)}
 
     def save(path: Path) -> None:
+        if not world.is_main:
+            return
         meta = make_meta(model.config_dict(), epoch=state.epoch, step=state.step, classes=classes,
                          rng={"model": rng_state(model.rng), "data": {"seed": args.seed, "epoch": state.epoch,
                                                                       "batch_in_epoch": state.batch_in_epoch}},
@@ -579,9 +605,10 @@ def _train(setup: Setup, on_step: Callable[[RunState], bool | None] | None,
             # -- one epoch of training ---------------------------------------------------
             order = np.random.default_rng(seed_for(args.seed, epoch, 0)).permutation(train_idx)
             first = state.batch_in_epoch
-            batches = train_set.batches(order[first * args.batch_size:], args.batch_size, train=not args.no_aug,
-                                        seed=seed_for(args.seed, epoch, first + 1))
-            bar = Progress(steps_per_epoch, f"epoch {epoch + 1}/{args.epochs}", args.log_interval, done=first)
+            batches = world.batches(train_set, order[first * args.batch_size:], args.batch_size, train=not args.no_aug,
+                                    seed=seed_for(args.seed, epoch, first + 1))  # this rank's shard of each batch
+            bar = Progress(steps_per_epoch, f"epoch {epoch + 1}/{args.epochs}", args.log_interval, done=first,
+                           stream=world.progress_stream())
             lr_now = schedule(state.step / steps_per_epoch)
             for images, labels in prefetch(batches, args.workers):
                 lr_now = schedule(state.step / steps_per_epoch)
@@ -593,7 +620,8 @@ def _train(setup: Setup, on_step: Callable[[RunState], bool | None] | None,
                     loss, loss_cache = cross_entropy_forward(logits, xp.asarray(labels), args.smoothing)
                     model.zero_grad()
                     model.backward(cross_entropy_backward(loss_cache), cache, input_grad=False)
-                loss = float(loss)
+                correct = int((to_numpy(logits.argmax(axis=1)) == labels).sum())
+                loss, correct, count = world.batch_totals(float(loss), correct, len(labels))  # over all ranks
                 if not math.isfinite(loss):
                     raise Diverged(divergence_message(loss, state, epoch, steps_per_epoch, lr_now, run_dir))
                 if args.clip_grad:
@@ -604,23 +632,24 @@ def _train(setup: Setup, on_step: Callable[[RunState], bool | None] | None,
                 optimizer.step(lr_now)
                 state.step += 1
                 state.batch_in_epoch += 1
-                state.loss_sum += loss * len(labels)
-                state.correct += int((to_numpy(logits.argmax(axis=1)) == labels).sum())
-                state.seen += len(labels)
-                bar.update(len(labels), loss=state.loss_sum / state.seen, lr=lr_now)
+                state.loss_sum += loss * count
+                state.correct += correct
+                state.seen += count
+                bar.update(count, loss=state.loss_sum / state.seen, lr=lr_now)
                 if on_step is not None and on_step(state):
                     stop.requested = True
-                if stop.requested:
+                if world.any(stop.requested):  # every rank stops after the same step
+                    stop.requested = True
                     break
             bar.close()
             train_time = bar.elapsed
             state.elapsed_s = elapsed_before + time.perf_counter() - session_start
-            if stop.requested:
+            if world.any(stop.requested):
                 return interrupted()
 
             # -- evaluation, metrics, checkpoints --------------------------------------------
             eval_start = time.perf_counter()
-            result = evaluate(parallel or model, eval_set, eval_batch, eval_idx, should_stop=stop)
+            result = evaluate(parallel or model, eval_set, eval_batch, eval_idx, should_stop=stop, world=world)
             if result is None:
                 return interrupted()
             eval_time = time.perf_counter() - eval_start
@@ -641,9 +670,10 @@ def _train(setup: Setup, on_step: Callable[[RunState], bool | None] | None,
             if improved:
                 save(run_dir / "best.npz")
             metrics.append(record)
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-            plot_curves(metrics, run_dir / "curves.png")
+            if world.is_main:
+                with open(metrics_path, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+                plot_curves(metrics, run_dir / "curves.png")
             top5 = f"  top-5 {result.top5:.2f}%" if result.top5 is not None else ""
             log(f"epoch {epoch + 1}/{args.epochs}: train loss {record['train_loss']:.4f}  "
                 f"eval loss {result.loss:.4f}  top-1 {result.top1:.2f}%{top5}  ({record['img_per_s']:.0f} img/s, "
@@ -670,17 +700,18 @@ def divergence_message(value: float, state: RunState, epoch: int, steps_per_epoc
 
 def main(argv: list[str] | None = None) -> int:
     """The command line: run, print errors as one clear message, return the exit status."""
+    # Under mpirun an error is reported by fail(): one that every rank met at the same point
+    # from shared numbers (collective) ends all of them normally; one rank's own error aborts the job.
     try:
         result = run(argv)
-    except (Diverged, TrainingError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+    except distributed.DistributedError as exc:
+        return distributed.current_world().fail(f"error: {exc}", EXIT_USAGE if exc.usage else EXIT_FAILED, True)
+    except (Diverged, TrainingError) as exc:  # a diverged loss is the whole batch's: every rank sees it
+        return distributed.current_world().fail(f"error: {exc}", EXIT_FAILED, collective=isinstance(exc, Diverged))
     except (FileNotFoundError, CheckpointError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return distributed.current_world().fail(f"error: {exc}", EXIT_USAGE)
     except KeyboardInterrupt:
-        print("aborted (the last checkpoint written is intact)", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return distributed.current_world().fail("aborted (the last checkpoint written is intact)", EXIT_INTERRUPTED)
     return EXIT_INTERRUPTED if result.status == "interrupted" else EXIT_OK
 
 
