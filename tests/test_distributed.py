@@ -225,7 +225,7 @@ def mpirun():
     missing = [what for what, ok in (("Open MPI's mpirun", shutil.which("mpirun")),
                                      ("mpi4py", importlib.util.find_spec("mpi4py"))) if not ok]
     if missing:
-        message = f"{' and '.join(missing)} not installed (make mpi-setup)"
+        message = f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed (make mpi-setup)"
         if REQUIRE_MPI:
             pytest.fail(message + "; MINIMLP_REQUIRE_MPI=1 demands them")
         pytest.skip(message)
