@@ -444,7 +444,7 @@ class MPIWorld(World):
         uid = raw if form == b"b" else tuple(np.frombuffer(raw, np.int8).tolist())
         with self.guard("creating the NCCL communicator (every rank must join)"):
             self.nccl = nccl.NcclCommunicator(self.size, uid, self.rank)
-        self.watchdog.checks.append(self.nccl.check_async_error)
+        self.watchdog.checks = [self.nccl.check_async_error]  # the newest communicator (one per run)
         return self.nccl
 
 

@@ -342,11 +342,18 @@ def prefetch(batches: Iterator[Any], depth: int) -> Iterator[Any]:
 
 
 class StopRequest:
-    """Ctrl-C asks the loop to stop after the current step (and save); a second one aborts."""
+    """Ctrl-C asks the loop to stop after the current step (and save); a second one aborts.
 
-    def __init__(self) -> None:
+    SIGUSR1 asks the same: mpirun forwards it to every rank (Ctrl-C makes mpirun kill the
+    job), and a batch system can send it ahead of a time limit (Slurm: --signal=B:USR1@120).
+    """
+
+    SIGNALS = tuple(s for s in (getattr(signal, "SIGINT", None), getattr(signal, "SIGUSR1", None)) if s)
+
+    def __init__(self, announce: bool = True) -> None:
         self.requested = False
-        self._previous: Any = None
+        self.announce = announce  # print the notice (rank 0 only, under mpirun)
+        self._previous: dict[int, Any] = {}
 
     def __call__(self) -> bool:
         return self.requested
@@ -355,17 +362,19 @@ class StopRequest:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        print("\nCtrl-C: stopping after this step and saving a resumable checkpoint "
-              "(Ctrl-C again to quit at once)", file=sys.stderr, flush=True)
+        if self.announce:
+            what = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+            print(f"\n{what}: stopping after this step and saving a resumable checkpoint "
+                  "(Ctrl-C again to quit at once)", file=sys.stderr, flush=True)
 
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for s, previous in self._previous.items():
+            signal.signal(s, previous)
 
 
 # --------------------------------------------------------------------------------------
@@ -600,7 +609,7 @@ def _train(setup: Setup, on_step: Callable[[RunState], bool | None] | None,
     xp, dtype = model.xp, model.dtype
     session_start = time.perf_counter()
     elapsed_before = state.elapsed_s
-    with StopRequest() as stop:
+    with StopRequest(announce=world.is_main) as stop:
         for epoch in range(state.epoch, args.epochs):
             # -- one epoch of training ---------------------------------------------------
             order = np.random.default_rng(seed_for(args.seed, epoch, 0)).permutation(train_idx)

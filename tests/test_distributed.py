@@ -9,7 +9,8 @@ With Open MPI and mpi4py (``make mpi-setup``; skipped otherwise, a failure in CI
 MINIMLP_REQUIRE_MPI=1): ``mpirun -n 2`` trains to the parameters of one process with the
 whole batch and only rank 0 writes; a resumed 2-rank run continues bit for bit; ranks
 started with different arguments are stopped with the difference named; and a rank that
-fails, is killed, hangs or drifts takes the job down with a message, in bounded time.
+fails, is killed, hangs or drifts takes the job down with a message, in bounded time; and
+SIGUSR1 to mpirun stops every rank after the same step with a resumable checkpoint.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -342,3 +344,26 @@ def test_drifting_replicas_stop_every_rank(mpirun, fmnist_dir, tmp_path):
     assert "error: the model replicas have drifted apart before step 3: the parameters of rank 1 differ" \
            in done.stderr
     assert "MPI_ABORT" not in done.stderr, "every rank found it: a clean stop, no abort"
+
+
+def test_sigusr1_to_mpirun_stops_every_rank_with_a_resumable_checkpoint(mpirun, fmnist_dir, tmp_path):
+    """Ctrl-C makes mpirun kill the job; SIGUSR1, which mpirun forwards, stops it cleanly."""
+    args = [*TINY, "--train-num-samples", "6400", "--epochs", "5", "--log-interval", "1",
+            "--data-dir", str(fmnist_dir), "--output", str(tmp_path / "run")]
+    process = subprocess.Popen([*mpirun, "-n", "2", *trainer(*args)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True, env=mpi_env())
+    lines = []
+    try:
+        for line in process.stderr:  # rank 0's progress: training has begun
+            lines.append(line)
+            if line.startswith("epoch 1/5 ["):
+                process.send_signal(signal.SIGUSR1)
+                break
+        lines += process.stderr.readlines()
+        assert process.wait(timeout=60) == 130, "".join(lines)
+    finally:
+        process.kill()
+    err = "".join(lines)
+    assert err.count("SIGUSR1: stopping after this step") == 1
+    state = load_checkpoint(tmp_path / "run" / "last.npz").meta["run"]
+    assert 0 < state["step"] < 500 and state["batch_in_epoch"] == state["step"] % 100
