@@ -182,6 +182,63 @@ def test_large_buckets_group_blocks_and_a_model_without_blocks_has_one():
     assert gradient_buckets(SimpleNamespace(store=model.store), 1) == [(None, [(0, model.num_params())])]
 
 
+def test_nccl_path_launches_each_bucket_once_in_order_on_a_side_stream(monkeypatch):
+    """NcclGradients run against a recording stand-in for CuPy and NCCL (no GPU here): every
+    gradient element is summed once per step, each bucket right after its block's backward
+    (its own event, on the side stream), and the compute stream waits for the sums."""
+    log = []
+
+    class Stream:
+        def __init__(self, name="side", non_blocking=False):
+            self.name, self.ptr = name, 99
+
+        def record(self):
+            log.append(f"{self.name} records")
+            return f"{self.name}'s event"
+
+        def wait_event(self, event):
+            log.append(f"{self.name} waits for {event}")
+
+        def synchronize(self):
+            log.append(f"{self.name} synchronizes")
+
+    compute, base = Stream("compute"), 4096
+    nccl = SimpleNamespace(NCCL_FLOAT32=7, NCCL_FLOAT64=8, NCCL_FLOAT16=6, NCCL_SUM=0,
+                           groupStart=lambda: log.append("group"), groupEnd=lambda: log.append("end"))
+    cuda = SimpleNamespace(Stream=Stream, get_current_stream=lambda: compute, nccl=nccl)
+    monkeypatch.setitem(sys.modules, "cupy", SimpleNamespace(cuda=cuda, get_array_module=lambda *a: np))
+    monkeypatch.setitem(sys.modules, "cupy.cuda", cuda)
+    comm = SimpleNamespace(allReduce=lambda send, recv, n, kind, op, stream: log.append(
+        ("sum", (send - base) // 4, n, send == recv, kind, stream)))
+    world = FakeWorld(0, 2)
+    world.nccl_communicator = lambda: comm
+    model = minimlp.create_model("ff_fmnist", depth=4, seed=0)
+    from minimlp.ddp import NcclGradients
+
+    gradients = NcclGradients(world, model, bucket_bytes=1)
+    gradients.grads = SimpleNamespace(data=SimpleNamespace(ptr=base), itemsize=4)  # a device pointer
+    x = np.random.default_rng(0).standard_normal((2, 1, 28, 28)).astype(np.float32)
+    logits, cache = model.forward(x, train=True)
+    model.backward(np.ones_like(logits), cache)  # not armed: no launch outside a training step
+    assert log == []
+    gradients.begin()
+    model.backward(np.ones_like(logits), cache)
+    launched_in_backward = log.count("group")
+    gradients.finish()
+    assert launched_in_backward == 3 and log.count("group") == 4, "3 buckets during backward, the last after"
+    sums = sorted((lo, n) for entry in log if entry[0] == "sum" for _, lo, n, *_ in [entry])
+    assert sums[0][0] == 0 and sum(n for _, n in sums) == model.num_params()
+    assert all(a[0] + a[1] == b[0] for a, b in zip(sums, sums[1:], strict=False)), "every element once"
+    assert all(e[3:] == (True, 7, 99) for e in log if e[0] == "sum"), "in place, float32, on the side stream"
+    first = log.index("group")
+    assert log[first - 2:first] == ["compute records", "side waits for compute's event"]
+    assert log[-3:] == ["side records", "compute waits for side's event", "compute synchronizes"]
+    log.clear()
+    gradients.begin()  # a rank with no images this step: no backward, every bucket still summed
+    gradients.finish()
+    assert log.count("group") == 4
+
+
 # --------------------------------------------------------------------------------------
 # Start-up checks and launch detection
 # --------------------------------------------------------------------------------------
