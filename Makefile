@@ -3,12 +3,13 @@
 #                 (extra flags: make train ARGS="--epochs 5 --output runs/short")
 # make bench      the CPU benchmark against PyTorch eager (needs torch in the environment)
 # make gpu-check  on a GPU machine: the CuPy tests and the GPU benchmarks, logs in $(GPU_CHECK_DIR)
+# make mpi-setup  optional: Open MPI (Debian's, as root) and mpi4py, for mpirun training and its tests
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: test setup train fmnist-data clean bench gpu-check
+.PHONY: test setup train fmnist-data mpi-setup clean bench gpu-check
 
 setup: $(VENV)/.installed
 
@@ -41,6 +42,23 @@ fmnist-data: setup
 train: setup fmnist-data
 	OPENBLAS_NUM_THREADS=$${OPENBLAS_NUM_THREADS:-1} OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} \
 	  $(PY) -m minimlp.train $(ARGS)
+
+# Multi-process training: mpirun from Debian's Open MPI (installed when we run as root),
+# mpi4py from PyPI (requirements-mpi.txt) into the virtual environment.  Without these,
+# make test skips the MPI tests and says why.
+mpi-setup: setup
+	@if ! command -v mpirun >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Open MPI (apt-get install openmpi-bin libopenmpi-dev)"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -q openmpi-bin libopenmpi-dev >/dev/null 2>&1 \
+	      || { apt-get update -q >/dev/null && apt-get install -y -q openmpi-bin libopenmpi-dev >/dev/null; }; \
+	  else \
+	    echo "Open MPI is not installed: sudo apt-get install openmpi-bin libopenmpi-dev, then make mpi-setup"; \
+	    exit 1; \
+	  fi; \
+	fi
+	$(PY) -m pip install --quiet -r requirements-mpi.txt
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

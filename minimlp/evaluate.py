@@ -53,16 +53,23 @@ class EvalResult:
 
 
 def evaluate(model: Any, dataset: Dataset, batch_size: int = 256, indices: np.ndarray | None = None,
-             should_stop: Callable[[], bool] | None = None, label_map: np.ndarray | None = None) -> EvalResult | None:
+             should_stop: Callable[[], bool] | None = None, label_map: np.ndarray | None = None,
+             world: Any = None) -> EvalResult | None:
     """Run ``model`` over ``dataset`` (or ``indices`` of it) without augmentation.
 
     ``label_map[k]`` is the model output that dataset label k stands for (default: k itself);
     leave out the samples it maps to -1.  Returns None when ``should_stop()`` turns true
     between batches (Ctrl-C in the trainer).
+    ``world`` (a :class:`minimlp.distributed.World`, under mpirun): each rank evaluates its
+    share of the images and the sums are added over the ranks, so every rank returns the
+    whole result; ``should_stop`` is then not consulted (the ranks must agree on stopping,
+    which the trainer does between steps).
     """
     xp = model.xp
     K = model.config.num_classes
     indices = np.arange(len(dataset)) if indices is None else np.asarray(indices)
+    if world is not None and world.size > 1:
+        indices, should_stop = world.shard(indices), None
     loss_sum, correct1, correct5, seen = 0.0, 0, 0, 0
     class_correct = np.zeros(K, dtype=np.int64)
     class_total = np.zeros(K, dtype=np.int64)
@@ -85,6 +92,10 @@ def evaluate(model: Any, dataset: Dataset, batch_size: int = 256, indices: np.nd
         seen += len(labels)
         np.add.at(class_total, labels, 1)
         np.add.at(class_correct, labels[hit1], 1)
+    if world is not None and world.size > 1:  # the sums over every rank's share
+        totals = world.sum(np.concatenate([[loss_sum, correct1, correct5, seen], class_correct, class_total]))
+        loss_sum, (correct1, correct5, seen) = float(totals[0]), (int(t) for t in totals[1:4])
+        class_correct, class_total = totals[4:4 + K].astype(np.int64), totals[4 + K:].astype(np.int64)
     if seen == 0:
         raise ValueError("nothing to evaluate: the dataset (or the index subset) is empty")
     top5 = 100.0 * correct5 / seen if K > 5 else None

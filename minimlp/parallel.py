@@ -18,7 +18,9 @@ step (a few MB, far cheaper than the step itself).  Dropout masks come from a ge
 each worker reseeds from (seed, step, k), so a run is reproducible and resumes exactly
 even though no worker state is saved.  Workers ignore Ctrl-C: the trainer decides when
 to stop.  Lesson 13 explains why the gradient of a mean is the weighted mean of the
-shards' gradients.
+shards' gradients; :mod:`minimlp.sharding` holds the split and the weights, which the
+MPI ranks of :mod:`minimlp.distributed` share (each rank may split its own shard
+over worker processes in turn).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from minimlp.loss import cross_entropy_backward, cross_entropy_forward
+from minimlp.sharding import shard_bounds, shard_weight
 
 __all__ = ["DataParallel"]
 
@@ -161,8 +164,7 @@ class DataParallel:
         return self.model.config
 
     def _shards(self, B: int) -> list[tuple[int, int]]:
-        bounds = np.linspace(0, B, min(self.num_procs, B) + 1).astype(int)
-        return [(int(lo), int(hi)) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+        return shard_bounds(B, min(self.num_procs, B))  # no empty shards: an idle worker is not asked
 
     def _run(self, x: np.ndarray, commands: list[tuple]) -> list[float]:
         B = x.shape[0]
@@ -206,7 +208,7 @@ class DataParallel:
         total.fill(0)
         loss = 0.0
         for rank, ((lo, hi), shard_loss) in enumerate(zip(shards, losses, strict=True)):
-            weight = (hi - lo) / B  # each shard's loss is a mean over its rows
+            weight = shard_weight(hi - lo, B)  # each shard's loss is a mean over its rows
             total += weight * grads[rank]
             loss += weight * shard_loss
         return loss, self.shared.arrays["logits"][:B].copy()

@@ -6,6 +6,7 @@ directory under ``runs/``.  The same command trains on ImageNet-style folders on
     python -m minimlp.train                                   # Fashion-MNIST, a few minutes
     python -m minimlp.train --gpu --data-dir /data/imagenet --model ff_tiny -b 256 --epochs 300
     python -m minimlp.train --resume runs/20250101-120000-ff_fmnist   # continue a run exactly
+    mpirun -n 8 python -m minimlp.train --gpu --data-dir /data/imagenet -b 1024   # 8 GPUs: minimlp/ddp.py
 
 One step: uint8 batch -> device -> normalise -> forward -> cross-entropy (label smoothing)
 -> backward -> clip the gradient norm -> optimizer step at the scheduled learning rate.
@@ -39,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from minimlp import ddp, distributed
 from minimlp.backend import get_backend, num_threads, to_numpy
 from minimlp.data import list_datasets, normalize
 from minimlp.data.augment import RandAugment
@@ -414,11 +416,18 @@ def prefetch(batches: Iterator[Any], depth: int) -> Iterator[Any]:
 
 
 class StopRequest:
-    """Ctrl-C asks the loop to stop after the current step (and save); a second one aborts."""
+    """Ctrl-C asks the loop to stop after the current step (and save); a second one aborts.
 
-    def __init__(self) -> None:
+    SIGUSR1 asks the same: mpirun forwards it to every rank (Ctrl-C makes mpirun kill the
+    job), and a batch system can send it ahead of a time limit (Slurm: --signal=B:USR1@120).
+    """
+
+    SIGNALS = tuple(s for s in (getattr(signal, "SIGINT", None), getattr(signal, "SIGUSR1", None)) if s)
+
+    def __init__(self, announce: bool = True) -> None:
         self.requested = False
-        self._previous: Any = None
+        self.announce = announce  # print the notice (rank 0 only, under mpirun)
+        self._previous: dict[int, Any] = {}
 
     def __call__(self) -> bool:
         return self.requested
@@ -427,17 +436,19 @@ class StopRequest:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        print("\nCtrl-C: stopping after this step and saving a resumable checkpoint "
-              "(Ctrl-C again to quit at once)", file=sys.stderr, flush=True)
+        if self.announce:
+            what = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+            print(f"\n{what}: stopping after this step and saving a resumable checkpoint "
+                  "(Ctrl-C again to quit at once)", file=sys.stderr, flush=True)
 
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for s, previous in self._previous.items():
+            signal.signal(s, previous)
 
 
 # --------------------------------------------------------------------------------------
@@ -460,6 +471,10 @@ def worker_processes(requested: int, backend: Any) -> int:
     if backend.is_gpu:
         return 1
     return requested or default_workers()
+
+
+def _quiet(message: str) -> None:
+    """The log of ranks other than 0."""
 
 
 def resolve_resume(path: str) -> Path:
@@ -571,6 +586,10 @@ def run(argv: list[str] | None = None, *, on_step: Callable[[RunState], bool | N
     turns them into messages and exit codes.
     """
     args, explicit = parse_args(argv)
+    world = distributed.world()  # under mpirun: this rank's place in the job (else one process)
+    if not world.is_main:
+        log = _quiet  # only rank 0 logs
+    world.select_gpu(args.device)  # one GPU per rank, by local rank
     checkpoint = resume_checkpoint(args, explicit)
     pretrained = open_weights(args.pretrained) if args.pretrained and checkpoint is None else None
 
@@ -610,17 +629,31 @@ def run(argv: list[str] | None = None, *, on_step: Callable[[RunState], bool | N
         state = RunState()
         if checkpoint is not None:
             state = restore_state(checkpoint, model, optimizer, args, steps_per_epoch, log)
+        if world.active:  # every rank must run the same job: compare, and name what differs
+            world.check_same(argument=vars(args), model=model.config_dict(),
+                             data={"training images": len(train_idx), "evaluation images": len(eval_idx),
+                                   "classes": train_set.classes},
+                             state={"step": state.step, "parameters": distributed.checksum(model.store.flat_params),
+                                    "optimizer": [distributed.checksum(a) for a in optimizer.state.values()]})
         run_dir = Path(args.output) if args.output else (checkpoint.path.parent if checkpoint
                                                           else new_run_dir(args.model))
-        run_dir.mkdir(parents=True, exist_ok=True)
+        run_dir = Path(world.from_main(str(run_dir)))  # rank 0's choice; only rank 0 writes there
+        if world.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
 
         eval_batch = max(args.batch_size, 256)
+        if world.active:  # mpirun: one process per rank unless --procs asks for more
+            procs = max(1, args.procs)
         if procs > 1:
-            parallel = DataParallel(model, procs, eval_batch, seed=args.seed)
+            parallel = DataParallel(model, procs, eval_batch, seed=world.rank_seed(args.seed))
             log(f"data parallel: every batch is split over {procs} worker processes of one thread each"
                 + (f"; {workers} decoding process(es)" if isinstance(train_set, LoaderDataset) else ""))
+        if world.active:  # the ranks' shards of each batch; gradients summed over the ranks
+            distributed.per_rank_batch(args.batch_size, world.size)  # refuses a batch that does not split evenly
+            parallel = ddp.DistributedDataParallel(world, model, parallel, seed=args.seed)
+            log(f"{parallel.describe()}; a batch of {args.batch_size} is {args.batch_size // world.size} per rank")
         if args.eval_only:
-            result = evaluate(parallel or model, eval_set, eval_batch, eval_idx)
+            result = evaluate(parallel or model, eval_set, eval_batch, eval_idx, world=world)
             log(f"eval: loss {result.loss:.4f}  top-1 {result.top1:.2f}%"
                 + (f"  top-5 {result.top5:.2f}%" if result.top5 is not None else ""))
             return RunResult(run_dir, "evaluated", [], model, state, result)
@@ -670,18 +703,22 @@ def _train(setup: Setup, on_step: Callable[[RunState], bool | None] | None,
     train_idx, eval_idx, eval_batch = setup.train_idx, setup.eval_idx, setup.eval_batch
     steps_per_epoch, lr, weight_decay = setup.steps_per_epoch, setup.lr, setup.weight_decay
     checkpoint, run_dir, classes = setup.checkpoint, setup.run_dir, setup.classes
-    write_json(run_dir / "args.json", {**vars(args), "effective_lr": lr, "effective_weight_decay": weight_decay})
+    world = distributed.world()
     metrics_path = run_dir / "metrics.jsonl"
     metrics = read_metrics(metrics_path, before_epoch=state.epoch)
-    if checkpoint is not None:  # drop lines of epochs the checkpoint had not finished
-        with atomic_write(metrics_path) as f:
-            f.write("".join(json.dumps(m) + "\n" for m in metrics).encode())
+    if world.is_main:
+        write_json(run_dir / "args.json", {**vars(args), "effective_lr": lr, "effective_weight_decay": weight_decay})
+        if checkpoint is not None:  # drop lines of epochs the checkpoint had not finished
+            with atomic_write(metrics_path) as f:
+                f.write("".join(json.dumps(m) + "\n" for m in metrics).encode())
     log(f"run directory: {run_dir}")
 
     data_info = data_transform(args, train_set, eval_set)
     class_map = train_set.class_info() if hasattr(train_set, "class_info") else None
 
     def save(path: Path) -> None:
+        if not world.is_main:
+            return
         meta = make_meta(model.config_dict(), epoch=state.epoch, step=state.step, classes=classes,
                          rng={"model": rng_state(model.rng), "data": {"seed": args.seed, "epoch": state.epoch,
                                                                       "batch_in_epoch": state.batch_in_epoch}},
@@ -700,24 +737,26 @@ def _train(setup: Setup, on_step: Callable[[RunState], bool | None] | None,
     session_start = time.perf_counter()
     elapsed_before = state.elapsed_s
     bad_seen: set[str] = set()
-    with StopRequest() as stop:
+    with StopRequest(announce=world.is_main) as stop:
         for epoch in range(state.epoch, args.epochs):
             # -- one epoch of training ---------------------------------------------------
             order = epoch_order(train_idx, seed_for(args.seed, epoch, 0), args.repeated_aug)
             first = state.batch_in_epoch
-            batches = train_set.batches(order[first * args.batch_size:], args.batch_size, train=not args.no_aug,
-                                        seed=seed_for(args.seed, epoch, first + 1))
-            bar = Progress(steps_per_epoch, f"epoch {epoch + 1}/{args.epochs}", args.log_interval, done=first)
+            batches = world.batches(train_set, order[first * args.batch_size:], args.batch_size, train=not args.no_aug,
+                                    seed=seed_for(args.seed, epoch, first + 1))  # this rank's shard of each batch
+            bar = Progress(steps_per_epoch, f"epoch {epoch + 1}/{args.epochs}", args.log_interval, done=first,
+                           stream=world.progress_stream())
             lr_now = schedule(state.step / steps_per_epoch)
             for images, labels in prefetch(batches, setup.workers):
-                if len(labels) == 0:  # every file of this batch failed to decode (reported after the epoch)
+                if len(labels) == 0 and not world.active:  # every file failed to decode (reported after the epoch)
                     state.batch_in_epoch += 1
                     continue
                 lr_now = schedule(state.step / steps_per_epoch)
                 # The device augmentations' boxes and mixing weights: a function of (seed, epoch, batch).
                 rng = np.random.default_rng(seed_for(args.seed, epoch, state.batch_in_epoch, 2))
                 loss, logits = train_step(setup, images, labels, rng)
-                loss = float(loss)
+                correct = int((to_numpy(logits.argmax(axis=1)) == labels).sum())
+                loss, correct, count = world.batch_totals(float(loss), correct, len(labels))  # over all ranks
                 if not math.isfinite(loss):
                     raise Diverged(divergence_message(loss, state, epoch, steps_per_epoch, lr_now, run_dir))
                 if args.clip_grad:
@@ -728,23 +767,24 @@ def _train(setup: Setup, on_step: Callable[[RunState], bool | None] | None,
                 optimizer.step(lr_now)
                 state.step += 1
                 state.batch_in_epoch += 1
-                state.loss_sum += loss * len(labels)
-                state.correct += int((to_numpy(logits.argmax(axis=1)) == labels).sum())
-                state.seen += len(labels)
-                bar.update(len(labels), loss=state.loss_sum / state.seen, lr=lr_now)
+                state.loss_sum += loss * count
+                state.correct += correct
+                state.seen += count
+                bar.update(count, loss=state.loss_sum / state.seen, lr=lr_now)
                 if on_step is not None and on_step(state):
                     stop.requested = True
-                if stop.requested:
+                if world.any(stop.requested):  # every rank stops after the same step
+                    stop.requested = True
                     break
             bar.close()
             train_time = bar.elapsed
             state.elapsed_s = elapsed_before + time.perf_counter() - session_start
-            if stop.requested:
+            if world.any(stop.requested):
                 return interrupted()
 
             # -- evaluation, metrics, checkpoints --------------------------------------------
             eval_start = time.perf_counter()
-            result = evaluate(parallel or model, eval_set, eval_batch, eval_idx, should_stop=stop)
+            result = evaluate(parallel or model, eval_set, eval_batch, eval_idx, should_stop=stop, world=world)
             if result is None:
                 return interrupted()
             eval_time = time.perf_counter() - eval_start
@@ -770,9 +810,10 @@ def _train(setup: Setup, on_step: Callable[[RunState], bool | None] | None,
             if improved:
                 save(run_dir / "best.npz")
             metrics.append(record)
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-            plot_curves(metrics, run_dir / "curves.png")
+            if world.is_main:
+                with open(metrics_path, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+                plot_curves(metrics, run_dir / "curves.png")
             top5 = f"  top-5 {result.top5:.2f}%" if result.top5 is not None else ""
             log(f"epoch {epoch + 1}/{args.epochs}: train loss {record['train_loss']:.4f}  "
                 f"eval loss {result.loss:.4f}  top-1 {result.top1:.2f}%{top5}  ({record['img_per_s']:.0f} img/s, "
@@ -830,22 +871,22 @@ def divergence_message(value: float, state: RunState, epoch: int, steps_per_epoc
 
 def main(argv: list[str] | None = None) -> int:
     """The command line: run, print errors as one clear message, return the exit status."""
+    # Under mpirun an error is reported by fail(): one that every rank met at the same point
+    # from shared numbers (collective) ends all of them normally; one rank's own error aborts the job.
     try:
         with warnings.catch_warnings():  # restores showwarning afterwards
             warnings.showwarning = print_warning
             result = run(argv)
-    except (Diverged, TrainingError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+    except distributed.DistributedError as exc:
+        return distributed.current_world().fail(f"error: {exc}", EXIT_USAGE if exc.usage else EXIT_FAILED, True)
+    except (Diverged, TrainingError) as exc:  # a diverged loss is the whole batch's: every rank sees it
+        return distributed.current_world().fail(f"error: {exc}", EXIT_FAILED, collective=isinstance(exc, Diverged))
     except (TooManyBadImagesError, LoaderError) as exc:  # the data went wrong during the run
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return distributed.current_world().fail(f"error: {exc}", EXIT_FAILED)
     except (FileNotFoundError, CheckpointError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return distributed.current_world().fail(f"error: {exc}", EXIT_USAGE)
     except KeyboardInterrupt:
-        print("aborted (the last checkpoint written is intact)", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return distributed.current_world().fail("aborted (the last checkpoint written is intact)", EXIT_INTERRUPTED)
     return EXIT_INTERRUPTED if result.status == "interrupted" else EXIT_OK
 
 

@@ -142,6 +142,8 @@ class DeviceAugment:
         hold the label smoothing, so the loss gets smoothing 0.  ``rng`` draws the boxes and
         mixing weights on the host; ``noise_rng`` the erasing noise on the device.
         """
+        if len(labels) == 0:  # a rank's empty share of a short last batch (mpirun)
+            return x, labels, smoothing
         if self.erase is not None:
             x = self.erase(x, rng, noise_rng=noise_rng)
         if self.mix is None:

@@ -1,0 +1,86 @@
+"""How a batch is split between data-parallel processes, and how their gradients combine.
+
+Both kinds of data parallelism in minimlp use this module: the worker processes of one
+machine (:mod:`minimlp.parallel`, ``--procs``) and the MPI ranks of one or many machines
+(:mod:`minimlp.distributed`, ``mpirun``).  Each process computes the gradient of the
+*mean* loss over its shard of ``B_k`` rows; the gradient of the mean over the whole batch
+of ``B`` rows is the weighted sum
+
+    grad = sum_k (B_k / B) * grad_k
+
+(lesson 13 works it out).  With equal shards the weights are all 1/N and this is the
+plain average; with a short last batch they differ, and a rank whose shard is empty
+contributes nothing but still takes part in the sum.
+
+Every epoch has one order of the training images, the same in every process (a
+permutation drawn from the seed).  Batch ``s`` is ``order[s*B : (s+1)*B]`` exactly as in a
+single process, and rank ``r`` of ``N`` takes the slice ``shard_bounds(len(batch), N)[r]``
+of it.  So the ranks never see the same image in one epoch, together they see every
+image, and one step of N ranks consumes the images one step of one process would.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = ["shard_bounds", "shard_weight", "rank_indices", "ShardPlan"]
+
+
+def shard_bounds(n: int, parts: int) -> list[tuple[int, int]]:
+    """Split ``n`` rows into ``parts`` contiguous shards ``[lo, hi)`` whose sizes differ by at most one.
+
+    Integer arithmetic, so every process computes the same bounds; shards are empty
+    when ``n < parts``.
+    """
+    if parts < 1 or n < 0:
+        raise ValueError(f"cannot split {n} rows into {parts} parts")
+    return [(n * k // parts, n * (k + 1) // parts) for k in range(parts)]
+
+
+def shard_weight(shard_rows: int, batch_rows: int) -> float:
+    """The weight of a shard's mean-loss gradient in the batch's mean-loss gradient."""
+    return shard_rows / batch_rows if batch_rows else 0.0
+
+
+def rank_indices(order: np.ndarray, batch_size: int, rank: int, world_size: int) -> np.ndarray:
+    """Rank ``rank``'s part of every batch of ``order``, concatenated in step order.
+
+    Read in chunks of ``batch_size // world_size`` this gives the rank's shard of each
+    batch in turn: full batches give every rank exactly that many rows, and the short
+    last batch gives each at most that many (perhaps none).
+    """
+    order = np.asarray(order)
+    parts = []
+    for start in range(0, len(order), batch_size):
+        batch = order[start:start + batch_size]
+        lo, hi = shard_bounds(len(batch), world_size)[rank]
+        parts.append(batch[lo:hi])
+    return np.concatenate(parts) if parts else order[:0]
+
+
+class ShardPlan:
+    """The shape of one epoch for one rank: how many rows it gets at each step.
+
+    ``ShardPlan(num_samples, batch_size, world_size)``; ``rows(step_in_epoch, rank)`` is the
+    rank's shard size at that step and ``batch_rows(step_in_epoch)`` the whole batch's.
+    Every rank derives the same plan from the same three numbers, so no message is needed
+    to agree on the weights.
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, world_size: int) -> None:
+        if batch_size % world_size:
+            lower, upper = batch_size - batch_size % world_size, batch_size + world_size - batch_size % world_size
+            raise ValueError(f"the batch size {batch_size} does not split evenly over {world_size} processes; "
+                             f"use a multiple of {world_size} (e.g. -b {lower or upper} or -b {upper})")
+        self.num_samples, self.batch_size, self.world_size = int(num_samples), int(batch_size), int(world_size)
+        self.per_rank = batch_size // world_size
+        self.steps = math.ceil(num_samples / batch_size)
+
+    def batch_rows(self, step_in_epoch: int) -> int:
+        return max(0, min(self.batch_size, self.num_samples - step_in_epoch * self.batch_size))
+
+    def rows(self, step_in_epoch: int, rank: int) -> int:
+        lo, hi = shard_bounds(self.batch_rows(step_in_epoch), self.world_size)[rank]
+        return hi - lo
