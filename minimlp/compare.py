@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import json
 import math
 import os
@@ -104,11 +103,7 @@ def train_all(models: Sequence[str], output: Path, train_argv: Sequence[str],
               train_main: Callable[[list[str]], Any] | None = None) -> None:
     """Train each model with the same arguments and its own output directory."""
     if train_main is None:
-        try:
-            train_main = importlib.import_module("minimlp.train").main
-        except ImportError as err:
-            raise SystemExit(f"compare needs the trainer, minimlp.train, which could not be imported ({err}); "
-                             f"with runs already in {output}, use --no-train") from err
+        from minimlp.train import main as train_main
     for i, name in enumerate(models, 1):
         run_dir = output / name
         print(f"[compare] {i}/{len(models)}: training {name} into {run_dir}", flush=True)

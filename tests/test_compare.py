@@ -4,7 +4,6 @@ real trainer is at the end; it skips where ``minimlp.train`` does not exist."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 
@@ -17,7 +16,6 @@ from PIL import Image
 from minimlp import compare
 from minimlp.plot import COLORS, nice_ticks
 
-HAVE_TRAINER = importlib.util.find_spec("minimlp.train") is not None
 MODELS = ["ff_fmnist", "vit_fmnist", "mixer_fmnist"]
 
 
@@ -118,12 +116,6 @@ def test_failed_training_stops_with_the_model_named(tmp_path):
         compare.main(["--output", str(tmp_path), "--models", "vit_fmnist"], train_main=lambda argv: 2)
 
 
-@pytest.mark.skipif(HAVE_TRAINER, reason="only meaningful while minimlp.train does not exist")
-def test_missing_trainer_says_what_to_do(tmp_path):
-    with pytest.raises(SystemExit, match="needs the trainer.*--no-train"):
-        compare.main(["--output", str(tmp_path)])
-
-
 def test_bad_metrics_files_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="no metrics at .*metrics.jsonl"):
         compare.read_metrics(tmp_path / "metrics.jsonl")
@@ -152,7 +144,6 @@ def test_nice_ticks_cover_the_range_with_round_steps(lo, width):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not HAVE_TRAINER, reason="the trainer, minimlp.train, is not part of this tree")
 def test_with_the_real_trainer(tmp_path):
     """One short epoch per model on a slice of Fashion-MNIST, through the real trainer.
     The sample-limiting options are the trainer's; if they change, change them here."""
