@@ -154,6 +154,17 @@ def _erf_small(x: np.ndarray) -> np.ndarray:
     return x * (num + _A[3]) / (den + _B[3])
 
 
+def _exp_minus_square(y: np.ndarray) -> np.ndarray:
+    """exp(-y*y) without the rounding error of y*y, which exp would magnify by y*y.
+
+    For y = 10, y*y = 100 is rounded by about 1e-14, and exp(-y*y) then carries a relative
+    error of 100 times that.  Cody splits y = a + b with a = y rounded down to 1/16, so that
+    a*a is exact and b = y - a is tiny: exp(-y*y) = exp(-a*a) * exp(-b*(y + a)).
+    """
+    a = np.trunc(y * 16.0) / 16.0
+    return np.exp(-a * a) * np.exp(-(y - a) * (y + a))
+
+
 def _erfc_positive(y: np.ndarray) -> np.ndarray:
     """erfc(y) for y > 0.46875, accurate relative to erfc itself (good far-tail accuracy)."""
     out = np.empty_like(y)
@@ -162,14 +173,14 @@ def _erfc_positive(y: np.ndarray) -> np.ndarray:
     num, den = _C[8] * ym, ym
     for i in range(7):
         num, den = (num + _C[i]) * ym, (den + _D[i]) * ym
-    out[mid] = np.exp(-ym * ym) * (num + _C[7]) / (den + _D[7])
+    out[mid] = _exp_minus_square(ym) * (num + _C[7]) / (den + _D[7])
     yt = y[~mid]
     z = 1.0 / (yt * yt)
     num, den = _P[5] * z, z
     for i in range(4):
         num, den = (num + _P[i]) * z, (den + _Q[i]) * z
     r = z * (num + _P[4]) / (den + _Q[4])
-    out[~mid] = np.exp(-yt * yt) * (_INV_SQRT_PI - r) / yt
+    out[~mid] = _exp_minus_square(yt) * (_INV_SQRT_PI - r) / yt
     return out
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -152,6 +152,16 @@ class LayerNorm:
         return F.layernorm_backward(dout, cache, p[self.w], g[self.w], g[self.b])
 
 
+class MlpCache(NamedTuple):
+    """What :meth:`Mlp.backward` needs from the forward pass."""
+
+    fc1: Any  # fc1's input, for its weight gradient
+    gelu: Any  # GELU'(fc1 output), or what computes it
+    drop1: Any  # the dropout mask after GELU (None when not training)
+    fc2: Any  # fc2's input (the GELU output after dropout)
+    drop2: Any  # the dropout mask after fc2
+
+
 class Mlp:
     """The feed-forward layer: Linear -> GELU -> Dropout -> Linear -> Dropout (timm's Mlp).
 
@@ -166,23 +176,22 @@ class Mlp:
         self.fc2 = Linear(store, f"{name}.fc2", hidden_features, in_features, axis)
         self.drop = drop
 
-    def forward(self, x: Array, train: bool = False, rng: Any = None) -> tuple[Array, tuple]:
+    def forward(self, x: Array, train: bool = False, rng: Any = None) -> tuple[Array, MlpCache]:
         p, fc1 = self.fc1.store.params, self.fc1
         # (..., H): fc1, then GELU; outside training the GELU derivative waits until a backward asks for it
         h, (c_fc1, c_act) = F.linear_gelu_forward(x, p[fc1.w], p[fc1.b], fc1.axis, need_grad=train)
         h, c_drop1 = F.dropout_forward(h, self.drop, rng, train)
         y, c_fc2 = self.fc2.forward(h)  # (..., in)
         y, c_drop2 = F.dropout_forward(y, self.drop, rng, train)
-        return y, (c_fc1, c_act, c_drop1, c_fc2, c_drop2)
+        return y, MlpCache(c_fc1, c_act, c_drop1, c_fc2, c_drop2)
 
-    def backward(self, dy: Array, cache: tuple) -> Array:
-        c_fc1, c_act, c_drop1, c_fc2, c_drop2 = cache
-        dy = F.dropout_backward(dy, c_drop2)
-        dh = self.fc2.backward(dy, c_fc2)
-        dh = F.dropout_backward(dh, c_drop1)
+    def backward(self, dy: Array, cache: MlpCache) -> Array:
+        dy = F.dropout_backward(dy, cache.drop2)
+        dh = self.fc2.backward(dy, cache.fc2)
+        dh = F.dropout_backward(dh, cache.drop1)
         p, g, fc1 = self.fc1.store.params, self.fc1.store.grads, self.fc1
         # dh is a fresh array made just above, so the GELU backward may overwrite it.
-        return F.linear_gelu_backward(dh, (c_fc1, c_act), p[fc1.w], g[fc1.w], g[fc1.b], owns_dh=True)
+        return F.linear_gelu_backward(dh, (cache.fc1, cache.gelu), p[fc1.w], g[fc1.w], g[fc1.b], owns_dh=True)
 
 
 class PatchEmbed:

@@ -15,12 +15,13 @@ from minimlp.backend import erf, erfc, get_backend
 
 
 def test_erf_matches_math_to_float64_rounding():
-    x = np.concatenate([np.linspace(-6, 6, 4001), [-0.46875, 0.46875, -4.0, 4.0, 0.0, 1e-300, -27.0, 27.0]])
+    x = np.concatenate([np.linspace(-6, 6, 4001), np.linspace(6, 26.5, 2001),
+                        [-0.46875, 0.46875, -4.0, 4.0, 0.0, 1e-300, -27.0, 27.0]])
     ref_erf = np.array([math.erf(v) for v in x])
     ref_erfc = np.array([math.erfc(v) for v in x])
     assert np.abs(erf(x) - ref_erf).max() < 4e-16
     tail = ref_erfc > 0
-    assert (np.abs(erfc(x) - ref_erfc)[tail] / ref_erfc[tail]).max() < 1e-14  # relative, into the far tail
+    assert (np.abs(erfc(x) - ref_erfc)[tail] / ref_erfc[tail]).max() < 2e-15  # relative, into the far tail
 
 
 def test_erf_keeps_float32():
