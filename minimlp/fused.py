@@ -172,7 +172,7 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
 # z (1 + erf(z/√2)) / 2 would cancel to zero.  Then, with φ(a) = exp(-a²/2)/√(2π):
 #     h = (z + a)/2 - a q                       (z Φ(z): z - a q for z > 0, -a q for z < 0)
 #     g = 1/2 + sign(z) (1/2 - q + a φ)         (Φ(z) + z φ(z); the bracket is never < 0)
-# 29 NumPy operations per element, all on a tile that stays in the core's cache.
+# 30 NumPy operations per element, all on a tile that stays in the core's cache.
 # --------------------------------------------------------------------------------------
 # Constants as 0-d float32 arrays: a NumPy call with a 0-d array operand costs about half
 # a microsecond less than one with a scalar, which it would otherwise convert every time.
@@ -188,6 +188,7 @@ _INV_SQRT_2PI = _f32(1.0 / math.sqrt(2.0 * math.pi))
 _HALF = _f32(0.5)
 _MINUS_HALF = _f32(-0.5)
 _ONE = _f32(1.0)
+_SIGN_BIT = np.array(-(2**31), np.int32)  # 0x80000000, the sign bit of a float32
 
 
 def _gelu_tile(z: np.ndarray, h: np.ndarray, g: np.ndarray | None) -> None:
@@ -215,8 +216,12 @@ def _gelu_tile(z: np.ndarray, h: np.ndarray, g: np.ndarray | None) -> None:
         np.multiply(t, a, out=t)
         np.multiply(t, _INV_SQRT_2PI, out=t)  # a φ(a)
         np.subtract(t, num, out=t)
-        np.add(t, _HALF, out=t)  # 1/2 - q + a φ  (>= 0)
-        np.copysign(t, z, out=g)
+        np.add(t, _HALF, out=t)  # 1/2 - q + a φ  (>= 0, up to rounding)
+        # g = 1/2 + sign(z) t: t's bits with z's sign bit set into them.  Two integer
+        # operations cost a third of np.copysign, which NumPy does not vectorise.
+        g_bits = g.view(np.int32)
+        np.bitwise_and(z.view(np.int32), _SIGN_BIT, out=g_bits)
+        np.bitwise_or(g_bits, t.view(np.int32), out=g_bits)
         np.add(g, _HALF, out=g)  # g = Φ(z) + z φ(z)
     np.multiply(num, a, out=num)  # a q
     np.add(z, a, out=h)  # z is read for the last time here, so h may overwrite it
