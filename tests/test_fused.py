@@ -18,8 +18,17 @@ from minimlp import functional as F
 from minimlp.gradcheck import rel_error
 from minimlp.loss import cross_entropy_backward, cross_entropy_forward
 
+# The kernels' tiles are made small here, so that modest arrays exercise every tiling path.
+TEST_CHUNK = 8192
+
 # (T, B, D) activations: small, tile-sized, and one with rows longer than two tiles.
-SHAPES = [(5, 3, 4), (50, 16, 128), (3, 2, 3 * backend.CHUNK + 7)]
+SHAPES = [(5, 3, 4), (50, 16, 128), (3, 2, 3 * TEST_CHUNK + 7)]
+
+
+@pytest.fixture(autouse=True)
+def small_tiles(monkeypatch):
+    monkeypatch.setattr(backend, "CHUNK", TEST_CHUNK)
+    monkeypatch.setattr(fused, "CHUNK", TEST_CHUNK)
 
 
 def plain(fn, *args, **kwargs):
@@ -39,7 +48,7 @@ def close(a, b, tol=2e-6):
 
 
 def test_tiles_cover_every_element_once():
-    for rows, cols, whole in [(7, 5, ""), (1000, 3, ""), (3, 5 * backend.CHUNK + 1, ""), (200, 50, "rows"),
+    for rows, cols, whole in [(7, 5, ""), (1000, 3, ""), (3, 5 * TEST_CHUNK + 1, ""), (200, 50, "rows"),
                               (13, 100, "cols"), (1, 1, "")]:
         seen = np.zeros((rows, cols), int)
         for rs, cs in fused._tiles(rows, cols, whole):
