@@ -306,8 +306,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, set[s
     if args.class_seed is not None and args.num_classes is None:
         parser.error("--class-seed draws --num-classes K classes at random; give --num-classes too")
     apply_recipe(args, explicit, ff_model=preset_arch(args.model) == "ffvit" if args.model in list_models() else True)
-    if args.warmup_lr > (args.lr if args.lr is not None else OPT_DEFAULTS[args.opt][0]) > 0:
+    peak = args.lr if args.lr is not None else OPT_DEFAULTS[args.opt][0]
+    if args.warmup_lr > peak > 0:
         parser.error(f"--warmup-lr {args.warmup_lr:g} is above the peak --lr")
+    if args.min_lr > peak > 0 and args.sched != "constant":
+        parser.error(f"--min-lr {args.min_lr:g} is above the peak --lr {peak:g}: the schedule would rise")
     return args, explicit
 
 

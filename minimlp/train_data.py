@@ -61,6 +61,10 @@ def apply_recipe(args: argparse.Namespace, explicit: set[str], ff_model: bool = 
     if "lr" not in explicit:
         args.lr = recipe_lr(args.batch_size, recipe)
         changed.append("lr")
+    if "min_lr" not in explicit and args.lr is not None and args.min_lr > args.lr:
+        # DeiT's floor, 1e-5, is 1/50 of its peak at batch 512; a small batch scales the peak
+        # below it, and the cosine would then climb.  Keep the ratio instead.
+        args.min_lr = args.lr * recipe["min_lr"] / recipe["lr"]
     return changed
 
 

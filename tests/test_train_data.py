@@ -29,6 +29,15 @@ def test_recipe_fills_what_the_command_line_left_unset():
     assert plain.mixup == 0 and plain.reprob == 0 and plain.aa is None and plain.repeated_aug == 1
 
 
+def test_recipe_floor_stays_below_a_small_batch_peak():
+    """At batch 8 the scaled peak (7.8e-6) is below DeiT's floor of 1e-5: the floor keeps its ratio."""
+    args, _ = train.parse_args(["--recipe", "deit", "-b", "8"])
+    assert args.min_lr == pytest.approx(args.lr / 50) and args.min_lr < args.lr
+    schedule = train.LRSchedule(args.sched, args.lr, args.epochs, args.warmup_epochs, args.warmup_lr, args.min_lr)
+    peak_epoch = args.warmup_epochs
+    assert all(schedule(e) <= schedule(peak_epoch) for e in np.linspace(peak_epoch, args.epochs, 50))
+
+
 def test_epoch_order_is_a_function_of_the_seed_and_repeats_in_a_row():
     indices = np.arange(100, 130)
     a, b = epoch_order(indices, 7), epoch_order(indices, 7)
@@ -92,6 +101,7 @@ def test_image_options_on_fashion_mnist_are_refused_by_name(flags, message, fmni
     (["--train-crop", "center"], "argument --train-crop: invalid choice"),
     (["--class-seed", "1"], "--class-seed draws --num-classes K classes at random"),
     (["--crop-pct", "0"], "argument --crop-pct: 0.0 must be > 0.0"),
+    (["--lr", "1e-4", "--min-lr", "1e-3"], "--min-lr 0.001 is above the peak --lr 0.0001"),
 ])
 def test_bad_data_arguments_are_rejected(argv, message, capsys):
     with pytest.raises(SystemExit) as info:
