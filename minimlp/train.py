@@ -1,4 +1,4 @@
-"""Train a model: ``python -m minimlp.train``.  Lesson 13 walks through this loop.
+"""Train a model: ``python -m minimlp.train``.  Lesson 10 walks through this loop.
 
 With no arguments it trains the Fashion-MNIST recipe below on the CPU and writes a run
 directory under ``runs/``.  The same command trains on ImageNet-style folders on a GPU:
