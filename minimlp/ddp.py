@@ -13,7 +13,7 @@ buckets whose sums start while the backward pass is still computing the earlier 
 (:func:`gradient_buckets`).  :class:`DistributedDataParallel` has the interface of
 :class:`minimlp.parallel.DataParallel`, so the trainer uses either the same way.  The
 ranks, the job and its failure handling are :mod:`minimlp.distributed`; the split of the
-batch and the weights are :mod:`minimlp.sharding`; lesson 13 derives the weights.
+batch and the weights, derived there, are :mod:`minimlp.sharding`.
 """
 
 from __future__ import annotations
@@ -270,7 +270,7 @@ class DistributedDataParallel:
             logits, cache = model.forward(x, train=True)  # (B_k, K)
             loss, loss_cache = cross_entropy_forward(logits, xp.asarray(labels), smoothing)
             model.zero_grad()
-            # dloss = B_k / B weights this shard's mean-loss gradient (lesson 13); the sum over
+            # dloss = B_k / B weights this shard's mean-loss gradient (see minimlp.sharding); the sum over
             # ranks is then the whole batch's mean-loss gradient.
             model.backward(cross_entropy_backward(loss_cache, dloss=weight), cache, input_grad=False)
         self.gradients.finish()

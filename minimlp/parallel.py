@@ -17,8 +17,8 @@ Only the main process's model is ever updated; workers copy its parameters at ev
 step (a few MB, far cheaper than the step itself).  Dropout masks come from a generator
 each worker reseeds from (seed, step, k), so a run is reproducible and resumes exactly
 even though no worker state is saved.  Workers ignore Ctrl-C: the trainer decides when
-to stop.  Lesson 13 explains why the gradient of a mean is the weighted mean of the
-shards' gradients; :mod:`minimlp.sharding` holds the split and the weights, which the
+to stop.  :mod:`minimlp.sharding` holds the split and the weights (and why the gradient
+of a mean is the weighted mean of the shards' gradients), which the
 MPI ranks of :mod:`minimlp.distributed` share (each rank may split its own shard
 over worker processes in turn).
 """

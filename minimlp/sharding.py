@@ -8,7 +8,8 @@ of ``B`` rows is the weighted sum
 
     grad = sum_k (B_k / B) * grad_k
 
-(lesson 13 works it out).  With equal shards the weights are all 1/N and this is the
+(the batch loss is (1/B) Σ over rows = Σ_k (B_k/B) · (1/B_k) Σ over shard k's rows, and
+the gradient is linear).  With equal shards the weights are all 1/N and this is the
 plain average; with a short last batch they differ, and a rank whose shard is empty
 contributes nothing but still takes part in the sum.
 

@@ -1,5 +1,5 @@
 """The data side of ``python -m minimlp.train``: datasets from the command line, each epoch's order,
-and the augmentations that run on the device.  Lesson 13 walks through the training loop.
+and the augmentations that run on the device.  Lesson 10 walks through the training loop.
 
 * :func:`apply_recipe` fills the options a command line left unset from DeiT's recipe
   (``--recipe deit``), the learning rate scaled to the batch size.

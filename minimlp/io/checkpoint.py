@@ -1,4 +1,4 @@
-"""minimlp's own checkpoints: one ``.npz`` file, read without pickle, written atomically.  Lesson 13.
+"""minimlp's own checkpoints: one ``.npz`` file, read without pickle, written atomically.  Lesson 10.
 
 A checkpoint is an uncompressed NumPy ``.npz`` (a zip of ``.npy`` arrays) holding
 

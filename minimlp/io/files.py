@@ -5,7 +5,7 @@ and only then renamed over the destination (``os.replace`` is atomic on POSIX an
 Windows).  A run killed while writing therefore leaves the previous file intact, at
 worst with a stray ``.<name>.tmp-<pid>-<random>`` beside it.  Checkpoints, safetensors
 files, the trainer's ``args.json`` and ``metrics.jsonl`` and the Fashion-MNIST download
-all go through here.  Lesson 13 shows why the rename is what makes a save safe.
+all go through here.
 """
 
 from __future__ import annotations
