@@ -85,7 +85,7 @@ DEFAULT_SMOOTHING = 0.1
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 # Arguments that describe where and how fast a run executes, not what it computes:
 # a resumed run takes them from its own command line, never from the checkpoint.
-NOT_RESUMED = {"resume", "output", "eval_only", "gpu", "device", "workers", "procs", "log_interval", "download"}
+NOT_RESUMED = {"resume", "output", "eval_only", "gpu", "device", "tf32", "workers", "procs", "log_interval", "download"}
 
 
 class TrainingError(RuntimeError):
@@ -265,6 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=non_negative_int, default=0, help="seeds weights, data order, augmentation, dropout")
     g.add_argument("--gpu", action="store_true", help="train on the GPU with CuPy (same as --device gpu)")
     g.add_argument("--device", type=device_name, default="cpu", help="cpu, gpu or cuda:N")
+    g.add_argument("--tf32", action="store_true",
+                   help="GPU: let float32 matrix products use TF32 tensor cores (Ampere and newer; about 1e-3 "
+                        "relative error per product, as PyTorch's allow_tf32)")
     g.add_argument("--output", default=None, metavar="DIR",
                    help="run directory (default: runs/<date>-<time>-<model>, or the resumed run's directory)")
     g.add_argument("--resume", default=None, metavar="DIR_OR_FILE",
@@ -596,6 +599,10 @@ def run(argv: list[str] | None = None, *, on_step: Callable[[RunState], bool | N
     checkpoint = resume_checkpoint(args, explicit)
     pretrained = open_weights(args.pretrained) if args.pretrained and checkpoint is None else None
 
+    if args.tf32 and args.device != "cpu":
+        from minimlp import gpu
+
+        gpu.set_tf32(True)  # before the first float32 product
     backend = get_backend(args.device)
     threads = (f"; {num_threads()} threads for elementwise kernels, BLAS threads: "
                f"{os.environ.get('OPENBLAS_NUM_THREADS', 'the library default')}")
