@@ -39,12 +39,14 @@ class Progress:
         self.start_done = done
         self.images = 0
         self.start = time.perf_counter()
+        self.stop: float | None = None  # set by close(): the epoch's speed is not diluted by what follows
         self.last_draw = 0.0
         self.fields: dict[str, Any] = {}
 
     @property
     def elapsed(self) -> float:
-        return time.perf_counter() - self.start
+        """Seconds since the bar was made, up to close() once it is closed."""
+        return (time.perf_counter() if self.stop is None else self.stop) - self.start
 
     @property
     def images_per_second(self) -> float:
@@ -82,6 +84,7 @@ class Progress:
             self.stream.flush()
 
     def close(self) -> None:
+        self.stop = time.perf_counter()
         if self.tty:
             self.stream.write("\r" + self.line() + "\033[K\n")
             self.stream.flush()

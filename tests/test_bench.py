@@ -40,6 +40,31 @@ def test_flop_count_equals_hand_count():
     assert traced == counted
 
 
+@pytest.mark.parametrize("feature_mixer", ["mlp", "attention"])
+def test_flop_count_includes_the_attention_products(feature_mixer):
+    """q kᵀ and softmax(·) v are matrix products too: 2·S·S·d FLOPs each per head."""
+    img, patch, chans, dim, depth, classes = 16, 4, 3, 8, 2, 5
+    model = minimlp.create_model("deit_tiny", img_size=img, patch_size=patch, in_chans=chans, embed_dim=dim,
+                                 depth=depth, num_heads=2, num_classes=classes, feature_mixer=feature_mixer)
+    n = (img // patch) ** 2
+    t = n + 1
+
+    def attention(tokens, width):  # qkv, the two products of attention, proj; any number of heads
+        return 2 * tokens * width * 3 * width + 2 * 2 * tokens * tokens * width + 2 * tokens * width * width
+
+    feature_mixing = 2 * 2 * t * dim * 4 * dim if feature_mixer == "mlp" else attention(dim, t)
+    embed = 2 * n * chans * patch * patch * dim
+    forward = embed + depth * (attention(t, dim) + feature_mixing) + 2 * dim * classes
+    traced = bench.count_flops(model, np.zeros((2, chans, img, img), np.float32))
+    assert traced == {"forward": forward, "embed": embed, "train": 3 * forward - embed}
+
+
+def test_deit_tiny_flops_match_the_published_count():
+    # DeiT-tiny: 1.3 G multiply-adds per 224 px image (the DeiT paper's table), 2.5 GFLOP.
+    flops = bench.count_flops(minimlp.create_model("deit_tiny"), np.zeros((1, 3, 224, 224), np.float32))
+    assert 2.45e9 < flops["forward"] < 2.6e9
+
+
 def test_ff_tiny_flops_match_the_published_macs():
     # About 1.44 GMACs per 224 px image (INTEROP notes), i.e. 2.88 GFLOP forward.
     flops = bench.ffvit_flops(model_config("ff_tiny"))
