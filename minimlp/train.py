@@ -607,7 +607,8 @@ def run(argv: list[str] | None = None, *, on_step: Callable[[RunState], bool | N
     threads = (f"; {num_threads()} threads for elementwise kernels, BLAS threads: "
                f"{os.environ.get('OPENBLAS_NUM_THREADS', 'the library default')}")
     log(f"backend: {backend.reason}" + ("" if backend.is_gpu else threads))
-    procs = worker_processes(args.procs, backend)
+    # Worker processes per rank: under mpirun one unless --procs asks for more, else one per core.
+    procs = max(1, args.procs) if world.active else worker_processes(args.procs, backend)
     workers = loader_workers(args.workers, backend.is_gpu)
 
     # -- data and model ------------------------------------------------------------------
@@ -652,8 +653,6 @@ def run(argv: list[str] | None = None, *, on_step: Callable[[RunState], bool | N
             run_dir.mkdir(parents=True, exist_ok=True)
 
         eval_batch = max(args.batch_size, 256)
-        if world.active:  # mpirun: one process per rank unless --procs asks for more
-            procs = max(1, args.procs)
         if procs > 1:
             parallel = DataParallel(model, procs, eval_batch, seed=world.rank_seed(args.seed))
             log(f"data parallel: every batch is split over {procs} worker processes of one thread each"
