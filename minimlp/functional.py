@@ -86,13 +86,17 @@ def linear_backward(dy: Array, cache: LinearCache, w: Array, dw: Array, db: Arra
         dy2 = dy.reshape(-1, dy.shape[-1])  # (M, O)
         x2 = x.reshape(-1, x.shape[-1])  # (M, I)
         dw += _matmul(dy2.T, x2)  # (O, I)
-        if db is not None:
+        if db is not None and fused.applies(dy2):
+            fused.bias_backward(dy2, db, -1)
+        elif db is not None:
             db += dy2.sum(axis=0)
         return _matmul(dy2, w).reshape(x.shape) if input_grad else None  # (M, I)
     dy2 = dy.reshape(dy.shape[0], -1)  # (O, M)
     x2 = x.reshape(x.shape[0], -1)  # (I, M)
     dw += _matmul(dy2, x2.T)  # (O, I)
-    if db is not None:
+    if db is not None and fused.applies(dy2):
+        fused.bias_backward(dy2, db, 0)
+    elif db is not None:
         db += dy2.sum(axis=1)
     return _matmul(w.T, dy2).reshape(x.shape) if input_grad else None  # (I, M)
 

@@ -134,6 +134,33 @@ def test_bias_gelu_backward_matches_plain(axis, shape):
     close(db, db_ref, 1e-5)
 
 
+@pytest.mark.parametrize("axis", [-1, 0])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_bias_backward_matches_plain_and_leaves_dout(axis, shape):
+    rng = np.random.default_rng(12)
+    dout = rand(rng, *shape)
+    db = rand(rng, shape[axis])
+    other = tuple(i for i in range(3) if i != axis % 3)
+    expected = db + dout.sum(axis=other)
+    before = dout.copy()
+    fused.bias_backward(dout, db, axis)
+    close(db, expected, 1e-5)
+    np.testing.assert_array_equal(dout, before)
+
+
+def test_linear_backward_bias_gradient_matches_plain():
+    rng = np.random.default_rng(13)
+    cases = [(-1, rand(rng, 9, 40, 16), rand(rng, 9, 40, 24)), (0, rand(rng, 16, 40, 9), rand(rng, 24, 40, 9))]
+    for axis, x, dy in cases:
+        w = rand(rng, 24, 16)
+        grads = []
+        for run in (lambda f, *a: f(*a), plain):
+            dw, db = np.zeros_like(w), np.zeros(24, np.float32)
+            run(F.linear_backward, dy, F.LinearCache(x, axis), w, dw, db)
+            grads.append(db)
+        close(grads[0], grads[1], 1e-6)
+
+
 def test_gelu_backward_writes_into_out():
     rng = np.random.default_rng(2)
     dout, dgelu = rand(rng, 70_000), rand(rng, 70_000)
