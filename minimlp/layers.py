@@ -249,3 +249,36 @@ class Attention:
         dq, dk, dv = F.attention_backward(dctx, c_attn)
         dqkv = F.split_heads_backward(dq, dk, dv, self.axis)
         return self.qkv.backward(dqkv, c_qkv)
+
+
+class PreNormBlock:
+    """Two residual branches, each a LayerNorm, a mixing layer and drop path:
+
+        x = x + drop_path(mixer1(norm1(x)))
+        x = x + drop_path(mixer2(norm2(x)))
+
+    The block of all three models: the FF-only model (feature FF, patch FF), ViT
+    (attention, feature MLP) and MLP-Mixer (token MLP, channel MLP).  A subclass builds
+    its layers and lists them in ``branches`` as (norm, mixer) pairs, in order.
+    """
+
+    branches: tuple[tuple[Any, Any], ...]
+    drop_path: float
+
+    def forward(self, x: Array, train: bool, rng: Any) -> tuple[Array, list]:
+        caches = []
+        for norm, mixer in self.branches:
+            h, c_norm = norm.forward(x)
+            h, c_mix = mixer.forward(h, train, rng)
+            h, c_path = F.drop_path_forward(h, self.drop_path, rng, train)
+            x = F.add_inplace(h, x)  # x + h, into h: the branch output is a fresh array
+            caches.append((c_norm, c_mix, c_path))
+        return x, caches
+
+    def backward(self, dx: Array, caches: list) -> Array:
+        # x_out = x + branch(x): the gradient flows both ways round each residual.
+        for (norm, mixer), (c_norm, c_mix, c_path) in zip(reversed(self.branches), reversed(caches), strict=True):
+            dh = F.drop_path_backward(dx, c_path)
+            dh = mixer.backward(dh, c_mix)
+            dx = F.add_inplace(norm.backward(dh, c_norm), dx)  # into the fresh LayerNorm gradient
+        return dx

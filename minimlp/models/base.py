@@ -5,16 +5,18 @@ A model builds its layers on a :class:`~minimlp.layers.ParameterStore` and imple
 base class supplies the rest of the public API: ``params`` and ``grads`` (dicts keyed by
 the released checkpoint names, PyTorch layout), ``zero_grad``, a strict
 ``load_state_dict`` that names every problem, and input checking that says which shape
-was expected.
+was expected.  :class:`ClassTokenModel` adds the forward and backward pass around the
+blocks that the FF-only model and the ViT share.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
+from minimlp import functional as F
 from minimlp.backend import Backend, get_backend, to_numpy
 from minimlp.layers import ParameterStore
 
@@ -118,3 +120,69 @@ class Model:
 
     def config_dict(self) -> dict[str, Any]:
         return {"arch": self.arch, **dataclasses.asdict(self.config)}
+
+
+class ClassTokenCache(NamedTuple):
+    patch_embed: Any
+    pos_drop: Any
+    blocks: list
+    pool_shape: tuple
+    norm: Any
+    head: Any
+
+
+class ClassTokenModel(Model):
+    """The shell that the FF-only ViT and ViT/DeiT share: patch embedding, a class token
+    and positions, the blocks, a final LayerNorm of the class token and a linear head.
+
+    A subclass declares ``patch_embed``, ``blocks``, ``norm`` and ``head`` and names its
+    position parameters in ``position_names``, as :func:`minimlp.functional.tokens_forward`
+    takes them: one (1, T, D) table (timm's ViT), or a patch grid and the class token's own
+    position (the released FF checkpoints).
+    """
+
+    position_names: tuple[str, ...] = ()
+
+    def _tokens(self, x: Array, train: bool) -> tuple[Array, Any, Any]:
+        """Images (B, C, H, W) -> tokens (T, B, D) with the class token first, after dropout."""
+        p = self.params
+        t, c_embed = self.patch_embed.forward(x)  # (N, B, D)
+        t = F.tokens_forward(t, p["cls_token"], *(p[name] for name in self.position_names))  # (T, B, D)
+        t, c_drop = F.dropout_forward(t, self.config.drop_rate, self.rng, train)
+        return t, c_embed, c_drop
+
+    def forward(self, x: Array, train: bool = False) -> tuple[Array, ClassTokenCache]:
+        """Images (B, C, H, W) -> logits (B, K)."""
+        t, c_embed, c_drop = self._tokens(self.prepare_input(x), train)
+        c_blocks = []
+        for block in self.blocks:
+            t, c = block.forward(t, train, self.rng)
+            c_blocks.append(c)
+        # The final LayerNorm works token by token and the head reads only the class
+        # token, so normalising that token alone gives the same logits.
+        cls, pool_shape = F.cls_pool_forward(t)  # (B, D)
+        cls, c_norm = self.norm.forward(cls)
+        logits, c_head = self.head.forward(cls)  # (B, K)
+        return logits, ClassTokenCache(c_embed, c_drop, c_blocks, pool_shape, c_norm, c_head)
+
+    def backward(self, dlogits: Array, cache: ClassTokenCache, input_grad: bool = True) -> Array | None:
+        """Add every parameter's gradient into ``grads``; return dL/dx (B, C, H, W).
+
+        ``input_grad=False`` skips the image gradient (training never needs it).
+        """
+        g = self.grads
+        dcls = self.head.backward(self.xp.asarray(dlogits, dtype=self.dtype), cache.head)
+        dcls = self.norm.backward(dcls, cache.norm)
+        dt = F.cls_pool_backward(dcls, cache.pool_shape)  # (T, B, D)
+        for block, c in zip(reversed(self.blocks), reversed(cache.blocks), strict=True):
+            dt = block.backward(dt, c)
+        dt = F.dropout_backward(dt, cache.pos_drop)
+        dt = F.tokens_backward(dt, g["cls_token"], *(g[name] for name in self.position_names))
+        return self.patch_embed.backward(dt, cache.patch_embed, input_grad)
+
+    def forward_features(self, x: Array) -> Array:
+        """The token features after the last block, as (B, T, D) like the paper's code."""
+        t, _, _ = self._tokens(self.prepare_input(x), False)
+        for block in self.blocks:
+            t, _ = block.forward(t, False, self.rng)
+        return F.transpose_forward(t, (1, 0, 2))[0]  # (T, B, D) -> (B, T, D)

@@ -15,13 +15,12 @@ first.  Parameter names and shapes are those of the released checkpoints
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
-from minimlp import functional as F
-from minimlp.layers import LayerNorm, Linear, Mlp, PatchEmbed, trunc_normal
-from minimlp.models.base import Model, check_image_config
+from minimlp.layers import LayerNorm, Linear, Mlp, PatchEmbed, PreNormBlock, trunc_normal
+from minimlp.models.base import ClassTokenModel, check_image_config
 
 Array = Any
 
@@ -55,8 +54,13 @@ class FFViTConfig:
         return self.grid * self.grid + 1  # patches and the class token
 
 
-class FFBlock:
-    """One block: feature feed-forward, then patch feed-forward, each residual."""
+class FFBlock(PreNormBlock):
+    """One block: feature feed-forward, then patch feed-forward, each residual.
+
+    The paper transposes to (B, D, T) before the patch feed-forward; in (T, B, D) the
+    tokens are axis 0 already, so norm2 normalises each channel over its T tokens and
+    mlp2 mixes the tokens of each channel, with no copy.
+    """
 
     def __init__(self, store, name: str, dim: int, num_tokens: int, mlp_ratio: float,
                  patch_mlp_dim: int, drop: float, drop_path: float) -> None:
@@ -65,44 +69,15 @@ class FFBlock:
         self.norm1 = LayerNorm(store, f"{name}.norm1", dim, axis=-1)
         self.mlp2 = Mlp(store, f"{name}.mlp2", num_tokens, patch_mlp_dim, axis=0, drop=drop)
         self.norm2 = LayerNorm(store, f"{name}.norm2", num_tokens, axis=0)  # weight (T,)
+        self.branches = ((self.norm1, self.mlp1), (self.norm2, self.mlp2))
         self.drop_path = drop_path
 
-    def forward(self, x: Array, train: bool, rng: Any) -> tuple[Array, tuple]:
-        # x: (T, B, D)
-        h, c_norm1 = self.norm1.forward(x)  # each token over its D features
-        h, c_mlp1 = self.mlp1.forward(h, train, rng)  # mixes features: (T, B, D)
-        h, c_path1 = F.drop_path_forward(h, self.drop_path, rng, train)
-        x = F.add_inplace(h, x)  # x + h, into h: the branch output is a fresh array
-        # The paper transposes to (B, D, T) here; in (T, B, D) the tokens are axis 0 already.
-        h, c_norm2 = self.norm2.forward(x)  # each channel over its T tokens
-        h, c_mlp2 = self.mlp2.forward(h, train, rng)  # mixes tokens: (T, B, D)
-        h, c_path2 = F.drop_path_forward(h, self.drop_path, rng, train)
-        return F.add_inplace(h, x), (c_norm1, c_mlp1, c_path1, c_norm2, c_mlp2, c_path2)
 
-    def backward(self, dx: Array, cache: tuple) -> Array:
-        c_norm1, c_mlp1, c_path1, c_norm2, c_mlp2, c_path2 = cache
-        # x_out = x_mid + branch2(x_mid): the gradient flows both ways round the residual.
-        dh = F.drop_path_backward(dx, c_path2)
-        dh = self.mlp2.backward(dh, c_mlp2)
-        dx = F.add_inplace(self.norm2.backward(dh, c_norm2), dx)  # into the fresh LayerNorm gradient
-        dh = F.drop_path_backward(dx, c_path1)
-        dh = self.mlp1.backward(dh, c_mlp1)
-        return F.add_inplace(self.norm1.backward(dh, c_norm1), dx)
-
-
-class FFViTCache(NamedTuple):
-    patch_embed: Any
-    pos_drop: Any
-    blocks: list
-    pool_shape: tuple
-    norm: Any
-    head: Any
-
-
-class FFViT(Model):
+class FFViT(ClassTokenModel):
     """The feed-forward-only ViT (``ff_tiny`` / ``linear_tiny`` and friends)."""
 
     arch = "ffvit"
+    position_names = ("pos_encoding.pos_embed", "pos_encoding.cls_pos_embed")
 
     def __init__(self, config: FFViTConfig, device: str = "cpu", seed: int = 0) -> None:
         super().__init__(config, device, seed)
@@ -120,46 +95,3 @@ class FFViT(Model):
         self.norm = LayerNorm(s, "norm", c.embed_dim)
         self.head = Linear(s, "head", c.embed_dim, c.num_classes)
         self._build(seed)
-
-    def forward(self, x: Array, train: bool = False) -> tuple[Array, FFViTCache]:
-        """Images (B, C, H, W) -> logits (B, K)."""
-        x = self.prepare_input(x)
-        p = self.params
-        t, c_embed = self.patch_embed.forward(x)  # (N, B, D)
-        t = F.tokens_forward(t, p["cls_token"], p["pos_encoding.pos_embed"], p["pos_encoding.cls_pos_embed"])
-        t, c_drop = F.dropout_forward(t, self.config.drop_rate, self.rng, train)  # (T, B, D)
-        c_blocks = []
-        for block in self.blocks:
-            t, c = block.forward(t, train, self.rng)
-            c_blocks.append(c)
-        # The final LayerNorm works token by token and the head reads only the class
-        # token, so normalising that token alone gives the same logits.
-        cls, pool_shape = F.cls_pool_forward(t)  # (B, D)
-        cls, c_norm = self.norm.forward(cls)
-        logits, c_head = self.head.forward(cls)  # (B, K)
-        return logits, FFViTCache(c_embed, c_drop, c_blocks, pool_shape, c_norm, c_head)
-
-    def backward(self, dlogits: Array, cache: FFViTCache, input_grad: bool = True) -> Array | None:
-        """Add every parameter's gradient into ``grads``; return dL/dx (B, C, H, W).
-
-        ``input_grad=False`` skips the image gradient (training never needs it).
-        """
-        g = self.grads
-        dcls = self.head.backward(self.xp.asarray(dlogits, dtype=self.dtype), cache.head)
-        dcls = self.norm.backward(dcls, cache.norm)
-        dt = F.cls_pool_backward(dcls, cache.pool_shape)  # (T, B, D)
-        for block, c in zip(reversed(self.blocks), reversed(cache.blocks), strict=True):
-            dt = block.backward(dt, c)
-        dt = F.dropout_backward(dt, cache.pos_drop)
-        dt = F.tokens_backward(dt, g["cls_token"], g["pos_encoding.pos_embed"], g["pos_encoding.cls_pos_embed"])
-        return self.patch_embed.backward(dt, cache.patch_embed, input_grad)
-
-    def forward_features(self, x: Array) -> Array:
-        """The token features after the last block, as (B, T, D) like the paper's code."""
-        x = self.prepare_input(x)
-        p = self.params
-        t, _ = self.patch_embed.forward(x)
-        t = F.tokens_forward(t, p["cls_token"], p["pos_encoding.pos_embed"], p["pos_encoding.cls_pos_embed"])
-        for block in self.blocks:
-            t, _ = block.forward(t, False, self.rng)
-        return F.transpose_forward(t, (1, 0, 2))[0]  # (T, B, D) -> (B, T, D)

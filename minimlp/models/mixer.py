@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from minimlp import functional as F
-from minimlp.layers import Init, LayerNorm, Linear, Mlp, ParamSpec, PatchEmbed, constant, trunc_normal
+from minimlp.layers import Init, LayerNorm, Linear, Mlp, ParamSpec, PatchEmbed, PreNormBlock, constant, trunc_normal
 from minimlp.models.base import Model, check_image_config
 
 Array = Any
@@ -88,7 +88,7 @@ def timm_mixer_init(spec: ParamSpec) -> Init:
     return spec.init  # LayerNorms: weight 1, bias 0, as declared
 
 
-class MixerBlock:
+class MixerBlock(PreNormBlock):
     """Token MLP, then channel MLP, each after a LayerNorm over features and residual."""
 
     def __init__(self, store, name: str, dim: int, num_patches: int, token_hidden: int, channel_hidden: int,
@@ -97,27 +97,8 @@ class MixerBlock:
         self.mlp_tokens = Mlp(store, f"{name}.mlp_tokens", num_patches, token_hidden, axis=0, drop=drop)
         self.norm2 = LayerNorm(store, f"{name}.norm2", dim)
         self.mlp_channels = Mlp(store, f"{name}.mlp_channels", dim, channel_hidden, axis=-1, drop=drop)
+        self.branches = ((self.norm1, self.mlp_tokens), (self.norm2, self.mlp_channels))
         self.drop_path = drop_path
-
-    def forward(self, x: Array, train: bool, rng: Any) -> tuple[Array, tuple]:
-        # x: (N, B, D)
-        h, c_norm1 = self.norm1.forward(x)  # each token over its D features
-        h, c_tok = self.mlp_tokens.forward(h, train, rng)  # mixes tokens, per channel: (N, B, D)
-        h, c_path1 = F.drop_path_forward(h, self.drop_path, rng, train)
-        x = x + h
-        h, c_norm2 = self.norm2.forward(x)
-        h, c_chan = self.mlp_channels.forward(h, train, rng)  # mixes features, per token
-        h, c_path2 = F.drop_path_forward(h, self.drop_path, rng, train)
-        return x + h, (c_norm1, c_tok, c_path1, c_norm2, c_chan, c_path2)
-
-    def backward(self, dx: Array, cache: tuple) -> Array:
-        c_norm1, c_tok, c_path1, c_norm2, c_chan, c_path2 = cache
-        dh = F.drop_path_backward(dx, c_path2)
-        dh = self.mlp_channels.backward(dh, c_chan)
-        dx = dx + self.norm2.backward(dh, c_norm2)
-        dh = F.drop_path_backward(dx, c_path1)
-        dh = self.mlp_tokens.backward(dh, c_tok)
-        return dx + self.norm1.backward(dh, c_norm1)
 
 
 class MixerCache(NamedTuple):

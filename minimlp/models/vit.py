@@ -29,13 +29,12 @@ The comparison lesson walks through attention and its backward.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
-from minimlp import functional as F
-from minimlp.layers import Attention, LayerNorm, Linear, Mlp, PatchEmbed, trunc_normal
-from minimlp.models.base import Model, check_image_config
+from minimlp.layers import Attention, LayerNorm, Linear, Mlp, PatchEmbed, PreNormBlock, trunc_normal
+from minimlp.models.base import ClassTokenModel, check_image_config
 
 Array = Any
 
@@ -83,7 +82,7 @@ class ViTConfig:
         return self.grid * self.grid + 1  # patches and the class token
 
 
-class ViTBlock:
+class ViTBlock(PreNormBlock):
     """Attention over tokens, then the feature mixer (an MLP, or attention over features)."""
 
     def __init__(self, store, name: str, config: ViTConfig, drop_path: float) -> None:
@@ -98,42 +97,15 @@ class ViTBlock:
             self.norm2 = LayerNorm(store, f"{name}.norm2", T, axis=0)  # weight (T,)
             self.feature_mixer = Attention(store, f"{name}.feature_attn", T, c.feature_num_heads, axis=0,
                                            attn_drop=c.attn_drop_rate, proj_drop=c.drop_rate)
+        self.branches = ((self.norm1, self.attn), (self.norm2, self.feature_mixer))
         self.drop_path = drop_path
 
-    def forward(self, x: Array, train: bool, rng: Any) -> tuple[Array, tuple]:
-        # x: (T, B, D)
-        h, c_norm1 = self.norm1.forward(x)
-        h, c_attn = self.attn.forward(h, train, rng)  # each token reads from all tokens
-        h, c_path1 = F.drop_path_forward(h, self.drop_path, rng, train)
-        x = x + h
-        h, c_norm2 = self.norm2.forward(x)
-        h, c_mix = self.feature_mixer.forward(h, train, rng)  # mixes the features of each token
-        h, c_path2 = F.drop_path_forward(h, self.drop_path, rng, train)
-        return x + h, (c_norm1, c_attn, c_path1, c_norm2, c_mix, c_path2)
 
-    def backward(self, dx: Array, cache: tuple) -> Array:
-        c_norm1, c_attn, c_path1, c_norm2, c_mix, c_path2 = cache
-        dh = F.drop_path_backward(dx, c_path2)
-        dh = self.feature_mixer.backward(dh, c_mix)
-        dx = dx + self.norm2.backward(dh, c_norm2)
-        dh = F.drop_path_backward(dx, c_path1)
-        dh = self.attn.backward(dh, c_attn)
-        return dx + self.norm1.backward(dh, c_norm1)
-
-
-class ViTCache(NamedTuple):
-    patch_embed: Any
-    pos_drop: Any
-    blocks: list
-    pool_shape: tuple
-    norm: Any
-    head: Any
-
-
-class VisionTransformer(Model):
+class VisionTransformer(ClassTokenModel):
     """ViT/DeiT (``deit_tiny``, ``deit_small``, ``deit_base``) and the attention-only ablation."""
 
     arch = "vit"
+    position_names = ("pos_embed",)
 
     def __init__(self, config: ViTConfig, device: str = "cpu", seed: int = 0) -> None:
         super().__init__(config, device, seed)
@@ -148,43 +120,3 @@ class VisionTransformer(Model):
         self.norm = LayerNorm(s, "norm", c.embed_dim)
         self.head = Linear(s, "head", c.embed_dim, c.num_classes)
         self._build(seed)
-
-    def _tokens(self, x: Array, train: bool) -> tuple[Array, Any, Any]:
-        p = self.params
-        t, c_embed = self.patch_embed.forward(x)  # (N, B, D)
-        t = F.tokens_forward(t, p["cls_token"], p["pos_embed"])  # (T, B, D)
-        t, c_drop = F.dropout_forward(t, self.config.drop_rate, self.rng, train)
-        return t, c_embed, c_drop
-
-    def forward(self, x: Array, train: bool = False) -> tuple[Array, ViTCache]:
-        """Images (B, C, H, W) -> logits (B, K)."""
-        x = self.prepare_input(x)
-        t, c_embed, c_drop = self._tokens(x, train)
-        c_blocks = []
-        for block in self.blocks:
-            t, c = block.forward(t, train, self.rng)
-            c_blocks.append(c)
-        # The final LayerNorm is per token and the head reads only the class token.
-        cls, pool_shape = F.cls_pool_forward(t)  # (B, D)
-        cls, c_norm = self.norm.forward(cls)
-        logits, c_head = self.head.forward(cls)  # (B, K)
-        return logits, ViTCache(c_embed, c_drop, c_blocks, pool_shape, c_norm, c_head)
-
-    def backward(self, dlogits: Array, cache: ViTCache, input_grad: bool = True) -> Array | None:
-        """Add every parameter's gradient into ``grads``; return dL/dx (B, C, H, W)."""
-        g = self.grads
-        dcls = self.head.backward(self.xp.asarray(dlogits, dtype=self.dtype), cache.head)
-        dcls = self.norm.backward(dcls, cache.norm)
-        dt = F.cls_pool_backward(dcls, cache.pool_shape)  # (T, B, D)
-        for block, c in zip(reversed(self.blocks), reversed(cache.blocks), strict=True):
-            dt = block.backward(dt, c)
-        dt = F.dropout_backward(dt, cache.pos_drop)
-        dt = F.tokens_backward(dt, g["cls_token"], g["pos_embed"])
-        return self.patch_embed.backward(dt, cache.patch_embed, input_grad)
-
-    def forward_features(self, x: Array) -> Array:
-        """The token features after the last block, as (B, T, D)."""
-        t, _, _ = self._tokens(self.prepare_input(x), False)
-        for block in self.blocks:
-            t, _ = block.forward(t, False, self.rng)
-        return F.transpose_forward(t, (1, 0, 2))[0]
