@@ -46,6 +46,22 @@ def _matmul(a: Array, b: Array) -> Array:
     return a @ b
 
 
+def _add_bias(y2: Array, b: Array, axis: int) -> None:
+    """y2 += b, for the (M, O) (axis -1) or (O, M) (axis 0) matrix of a linear layer."""
+    if fused.applies(y2):
+        fused.add_bias(y2, b, axis)
+    else:
+        y2 += b if axis == -1 else b[:, None]
+
+
+def _add_bias_grad(dy2: Array, db: Array, axis: int) -> None:
+    """db += dy2 summed over the positions: its rows (axis -1) or its columns (axis 0)."""
+    if fused.applies(dy2):
+        fused.bias_backward(dy2, db, axis)
+    else:
+        db += dy2.sum(axis=0 if axis == -1 else 1)
+
+
 class LinearCache(NamedTuple):
     x: Array
     axis: int
@@ -61,18 +77,14 @@ def linear_forward(x: Array, w: Array, b: Array | None, axis: int = -1) -> tuple
     if axis == -1:
         x2 = x.reshape(-1, x.shape[-1])  # (M, I)
         y = _matmul(x2, w.T)  # (M, O); w.T is a view, which BLAS reads as a transposed matrix
-        if b is not None and fused.applies(y):
-            fused.add_bias(y, b, axis)
-        elif b is not None:
-            y += b
+        if b is not None:
+            _add_bias(y, b, axis)
         return y.reshape(*x.shape[:-1], w.shape[0]), LinearCache(x, axis)
     if axis == 0:
         x2 = x.reshape(x.shape[0], -1)  # (I, M)
         y = _matmul(w, x2)  # (O, M)
-        if b is not None and fused.applies(y):
-            fused.add_bias(y, b, axis)
-        elif b is not None:
-            y += b[:, None]
+        if b is not None:
+            _add_bias(y, b, axis)
         return y.reshape(w.shape[0], *x.shape[1:]), LinearCache(x, axis)
     raise ValueError(f"linear acts on axis -1 or 0, got {axis}")
 
@@ -86,18 +98,14 @@ def linear_backward(dy: Array, cache: LinearCache, w: Array, dw: Array, db: Arra
         dy2 = dy.reshape(-1, dy.shape[-1])  # (M, O)
         x2 = x.reshape(-1, x.shape[-1])  # (M, I)
         dw += _matmul(dy2.T, x2)  # (O, I)
-        if db is not None and fused.applies(dy2):
-            fused.bias_backward(dy2, db, -1)
-        elif db is not None:
-            db += dy2.sum(axis=0)
+        if db is not None:
+            _add_bias_grad(dy2, db, -1)
         return _matmul(dy2, w).reshape(x.shape) if input_grad else None  # (M, I)
     dy2 = dy.reshape(dy.shape[0], -1)  # (O, M)
     x2 = x.reshape(x.shape[0], -1)  # (I, M)
     dw += _matmul(dy2, x2.T)  # (O, I)
-    if db is not None and fused.applies(dy2):
-        fused.bias_backward(dy2, db, 0)
-    elif db is not None:
-        db += dy2.sum(axis=1)
+    if db is not None:
+        _add_bias_grad(dy2, db, 0)
     return _matmul(w.T, dy2).reshape(x.shape) if input_grad else None  # (I, M)
 
 
