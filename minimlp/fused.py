@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -318,7 +319,8 @@ def bias_backward(dout: np.ndarray, db: np.ndarray, axis: int) -> None:
     _bias_grad(dout, db, axis)
 
 
-def _bias_grad(dout: np.ndarray, db: np.ndarray, axis: int, first=None) -> None:
+def _bias_grad(dout: np.ndarray, db: np.ndarray, axis: int,
+               first: Callable[[np.ndarray, slice, slice], Any] | None = None) -> None:
     """db += the sum of dout's tiles along ``axis`` (after ``first(tile, rows, cols)``, if given)."""
     d2 = _as_2d(dout, axis)
     tiles = _tiles(*d2.shape)
