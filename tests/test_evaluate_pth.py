@@ -28,6 +28,7 @@ from minimlp.data.classes import imagenet_table
 from minimlp.data.synthetic import photo_like
 
 torch = pytest.importorskip("torch", reason="PyTorch is an optional test dependency")
+from no_torch import BLOCK_TORCH  # noqa: E402
 from torch_twin import TwinFFViT  # noqa: E402
 
 pytestmark = pytest.mark.torch
@@ -87,15 +88,9 @@ def released(tmp_path_factory):
     return {"dir": d, "probs": probs, "order": order, "images": images, "labels": labels}
 
 
-_WITHOUT_TORCH = textwrap.dedent("""
-    import runpy, sys
+_WITHOUT_TORCH = BLOCK_TORCH + textwrap.dedent("""
+    import runpy
 
-    class NoTorch:  # a finder that makes every `import torch...` fail
-        def find_spec(self, name, path=None, target=None):
-            if name == "torch" or name.startswith("torch."):
-                raise ModuleNotFoundError(f"{name} is blocked in this test")
-
-    sys.meta_path.insert(0, NoTorch())
     module, sys.argv = sys.argv[1], [sys.argv[1], *sys.argv[2:]]
     try:
         runpy.run_module(module, run_name="__main__")

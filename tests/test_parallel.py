@@ -14,16 +14,21 @@ from minimlp.loss import cross_entropy_backward, cross_entropy_forward
 from minimlp.parallel import DataParallel
 
 
+def whole_batch(model, x, targets, smoothing):
+    """(loss, logits, gradients) of one process's training step on the whole batch."""
+    logits, cache = model.forward(x, train=True)
+    loss, loss_cache = cross_entropy_forward(logits, targets, smoothing)
+    model.zero_grad()
+    model.backward(cross_entropy_backward(loss_cache), cache, input_grad=False)
+    return loss, logits, model.store.flat_grads.copy()
+
+
 def test_split_batch_gradient_equals_whole_batch():
     model = minimlp.create_model("ff_fmnist", embed_dim=16, depth=2, patch_size=7, seed=0)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((13, 1, 28, 28)).astype(np.float32)  # 13 rows: unequal shards
     y = rng.integers(0, 10, 13)
-    logits, cache = model.forward(x, train=True)
-    loss, loss_cache = cross_entropy_forward(logits, y, 0.1)
-    model.zero_grad()
-    model.backward(cross_entropy_backward(loss_cache), cache, input_grad=False)
-    expected = model.store.flat_grads.copy()
+    loss, logits, expected = whole_batch(model, x, y, 0.1)
     with DataParallel(model, 3, max_batch=16, seed=0) as parallel:
         split_loss, split_logits = parallel.train_step(x, y, 0.1, step=0)
         assert split_loss == pytest.approx(float(loss), rel=1e-6)
@@ -44,11 +49,7 @@ def test_soft_targets_reach_every_workers_loss():
     rng = np.random.default_rng(1)
     x = rng.standard_normal((10, 1, 28, 28)).astype(np.float32)
     targets = rng.dirichlet(np.ones(10), size=10).astype(np.float32)  # (B, K), rows sum to 1
-    logits, cache = model.forward(x, train=True)
-    loss, loss_cache = cross_entropy_forward(logits, targets, 0.0)
-    model.zero_grad()
-    model.backward(cross_entropy_backward(loss_cache), cache, input_grad=False)
-    expected = model.store.flat_grads.copy()
+    loss, _, expected = whole_batch(model, x, targets, 0.0)
     with DataParallel(model, 2, max_batch=16, seed=0) as parallel:
         split_loss, _ = parallel.train_step(x, targets, 0.0, step=0)
         assert split_loss == pytest.approx(float(loss), rel=1e-6)

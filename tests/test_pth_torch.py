@@ -28,6 +28,7 @@ from minimlp.io.torchfile import load_pth, load_torch_weights
 from minimlp.io.weights import load_weights
 
 torch = pytest.importorskip("torch", reason="PyTorch is an optional test dependency")
+from no_torch import BLOCK_TORCH  # noqa: E402
 from torch_twin import TwinFFViT  # noqa: E402
 
 pytestmark = pytest.mark.torch
@@ -73,16 +74,10 @@ def saved(tmp_path_factory):
     return {"dir": d, "logits": logits, "logits_ema": logits_ema, "checkpoint": checkpoint}
 
 
-_WITHOUT_TORCH = textwrap.dedent("""
-    import json, sys
+_WITHOUT_TORCH = BLOCK_TORCH + textwrap.dedent("""
+    import json
     from pathlib import Path
 
-    class NoTorch:  # a finder that makes every `import torch...` fail
-        def find_spec(self, name, path=None, target=None):
-            if name == "torch" or name.startswith("torch."):
-                raise ModuleNotFoundError(f"{name} is blocked in this test")
-
-    sys.meta_path.insert(0, NoTorch())
     try:
         import torch  # noqa: F401
         raise SystemExit("torch is importable; the test is meaningless")
