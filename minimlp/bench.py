@@ -1,6 +1,9 @@
 """python -m minimlp.bench: how fast minimlp trains, against the machine and PyTorch.
 
-For one model and batch size, in one process, on synthetic data already on the device:
+For one model and batch size, on synthetic data already on the device, the training step
+that ``python -m minimlp.train`` takes: on the CPU each batch split over one process per
+core, one thread each (:mod:`minimlp.parallel`; ``--procs 1``: one process whose threads
+share every product and elementwise pass), on a GPU one process:
 
 * training-step throughput (forward, backward, optimizer) and forward-only throughput,
   in images/s: the median of individually timed steps after warm-up;
@@ -10,7 +13,8 @@ For one model and batch size, in one process, on synthetic data already on the d
   before and after the timed steps, by BLAS's own threads, minimlp's split products and,
   when compared, PyTorch) and the ratio of the two;
 * peak memory, and where a training step spends its time (matmuls, GELU, LayerNorm,
-  copies, loss, optimizer ...), from :mod:`minimlp.profiling`;
+  copies, loss, optimizer ...), from :mod:`minimlp.profiling`; both measured on the whole
+  batch in this process, since the worker processes keep no such records;
 * with ``--compare torch``: the same architecture in PyTorch eager
   (:mod:`minimlp.bench_torch`) with minimlp's weights, the same threads, precision, exact
   GELU and SGD step.  minimlp and PyTorch take turns, round by round, so a busy machine
@@ -44,6 +48,7 @@ from minimlp import backend, fused, profiling
 from minimlp import functional as F
 from minimlp.loss import cross_entropy_backward, cross_entropy_forward
 from minimlp.models import create_model, list_models
+from minimlp.parallel import DataParallel
 
 CATEGORIES = ("matmul", "gelu", "layernorm", "residual", "copies", "dropout", "loss", "optimizer")
 
@@ -183,7 +188,8 @@ def matmul_peak(matmul: Callable[[Any, Any], Any], a: Any, b: Any, clock: Callab
 class MinimlpRunner:
     name = "minimlp"
 
-    def __init__(self, model: minimlp.Model, batch: int, lr: float, dtype: str, seed: int = 0) -> None:
+    def __init__(self, model: minimlp.Model, batch: int, lr: float, dtype: str, seed: int = 0,
+                 procs: int = 1) -> None:
         self.model, self.lr = model, lr
         xp = model.xp
         c = model.config
@@ -198,9 +204,27 @@ class MinimlpRunner:
             from minimlp.amp import MixedPrecision
 
             self.mixed = MixedPrecision(model)
+        # As the trainer does on the CPU: worker processes of one thread each, every batch
+        # split over them (minimlp.parallel); started last, after everything that can fail.
+        self.parallel = DataParallel(model, procs, batch, seed) if procs > 1 else None
+        self.steps_taken = 0
 
-    def train_step(self, timer: profiling.OpTimer | None = None) -> None:
-        """One training step; with ``timer``, the optimizer's share is charged to it."""
+    def close(self) -> None:
+        if self.parallel is not None:
+            self.parallel.close()
+
+    def train_step(self) -> None:
+        """One training step, as the trainer takes it: forward, backward, SGD."""
+        if self.parallel is None:
+            self.step_in_process()
+            return
+        self.steps_taken += 1  # reseeds the workers' dropout, as the trainer's step count does
+        self.parallel.train_step(self.x, self.y, 0.0, self.steps_taken)
+        sgd_update(self.model.store, self.lr)
+
+    def step_in_process(self, timer: profiling.OpTimer | None = None) -> None:
+        """One training step on the whole batch in this process; with ``timer``, the
+        optimizer's share is charged to it."""
         m = self.model
         if self.mixed is not None:
             m.zero_grad()
@@ -226,6 +250,9 @@ class MinimlpRunner:
         timer.charge("optimizer", time.perf_counter() - start)
 
     def forward_step(self) -> None:
+        if self.parallel is not None:
+            self.parallel.forward(self.x)
+            return
         model = self.mixed.half if self.mixed is not None else self.model
         model.forward(self.x, train=False)
 
@@ -238,7 +265,7 @@ class MinimlpRunner:
         total = 0.0
         with profiling.recording(sync) as timer:
             for _ in range(steps):
-                total += self.clock(lambda: self.train_step(timer))
+                total += self.clock(lambda: self.step_in_process(timer))
         seconds = {k: v / steps for k, v in timer.seconds.items()}
         seconds["other"] = max(0.0, total / steps - sum(seconds.values()))
         return {k: 1e3 * v for k, v in seconds.items()}
@@ -251,12 +278,12 @@ class MinimlpRunner:
             pool = self.model.xp.get_default_memory_pool()
             self.model.xp.cuda.Device().synchronize()
             pool.free_all_blocks()
-            self.train_step()
+            self.step_in_process()
             self.model.xp.cuda.Device().synchronize()
             return {"peak_mb": pool.total_bytes() / 2**20, "parameters_and_grads_mb": resident / 2**20}
         tracemalloc.start()
         try:
-            self.train_step()
+            self.step_in_process()
             _, step_peak = tracemalloc.get_traced_memory()
         finally:
             tracemalloc.stop()
@@ -393,6 +420,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--compare", choices=("torch",), help="also run PyTorch eager, side by side")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for BLAS, minimlp's elementwise kernels and PyTorch (default: all cores)")
+    p.add_argument("--procs", type=int, default=0,
+                   help="CPU only, as for train: split every batch over N worker processes of one thread "
+                        "each; 0 (default) = one per thread of --threads, at most 8; 1 = one process whose "
+                        "threads share each operation")
     p.add_argument("--profile-steps", type=int, default=2, help="extra steps for the time breakdown (0: skip)")
     p.add_argument("--peak-size", type=int, default=None,
                    help="side of the square matmul that measures the peak (default 2048 on the CPU, 8192 on a GPU)")
@@ -432,7 +463,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     on_gpu = model.backend.is_gpu
     if args.dtype == "float16" and not on_gpu:
         raise SystemExit("--dtype float16 needs a GPU: NumPy has no fast float16 matrix product")
-    ours = MinimlpRunner(model, args.batch_size, args.lr, args.dtype)
+    if args.procs < 0:
+        raise SystemExit("--procs must be 0 (one per thread) or more")
+    procs = 1 if on_gpu else (args.procs or min(threads, 8))
+    ours = MinimlpRunner(model, args.batch_size, args.lr, args.dtype, procs=procs)
+    try:
+        return _measure(args, model, ours, threads, blas_threads, procs, kept_memory)
+    finally:
+        ours.close()
+
+
+def _measure(args: argparse.Namespace, model: Any, ours: MinimlpRunner, threads: int, blas_threads: Any,
+             procs: int, kept_memory: bool) -> dict[str, Any]:
+    """The timings, peaks and memory of one benchmark run, as ``run`` sets it up."""
+    on_gpu = model.backend.is_gpu
     runners: list = [ours]
     theirs = None
     if args.compare == "torch":
@@ -451,7 +495,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "model": args.model, "config": model.config_dict(), "batch_size": args.batch_size,
         "device": "gpu" if on_gpu else "cpu", "backend": model.backend.reason, "dtype": args.dtype,
         "tf32": bool(args.tf32 and on_gpu), "machine": _machine(),
-        "threads": {"elementwise": threads, "blas": blas_threads,
+        "threads": {"elementwise": threads, "blas": blas_threads, "procs": procs,
                     "torch": theirs.torch.get_num_threads() if theirs and not on_gpu else None},
         "flops_per_image": flops, "steps": args.steps, "warmup": args.warmup, "keep_freed_memory": kept_memory,
         "rounds": args.rounds if theirs else 1,
@@ -496,9 +540,10 @@ def format_table(r: dict[str, Any]) -> str:
         f"minimlp bench: {r['model']} ({c['img_size']} px, patch {c['patch_size']}, dim {c['embed_dim']}, "
         f"depth {c['depth']}), batch {r['batch_size']}, {r['dtype']}{' + TF32' if r['tf32'] else ''}",
         f"device: {r['backend']}; {r['machine'].get('gpu') or r['machine']['cpu']}",
-        f"threads: BLAS {th['blas']}, elementwise {th['elementwise']}"
-        + (f", PyTorch {th['torch']}" if th.get("torch") else "")
-        + f"; NumPy {r['machine']['numpy']} ({r['machine']['blas']})"
+        (f"minimlp: {th['procs']} processes of one thread each (data parallel, as train); "
+         if th.get("procs", 1) > 1 else f"minimlp threads: BLAS {th['blas']}, elementwise {th['elementwise']}; ")
+        + (f"PyTorch threads: {th['torch']}; " if th.get("torch") else "")
+        + f"NumPy {r['machine']['numpy']} ({r['machine']['blas']})"
         + (f", PyTorch {r['machine']['torch']}" if "torch" in r["machine"] else ""),
         f"FLOPs per image (matrix products): forward {r['flops_per_image']['forward'] / 1e9:.3f} G, "
         f"training step {r['flops_per_image']['train'] / 1e9:.3f} G",
@@ -521,7 +566,8 @@ def format_table(r: dict[str, Any]) -> str:
     row("forward images/s", [r[n]["forward"]["images_per_s"] for n in names], ".2f", ratio.get("forward"))
     row("train GFLOP/s", [r[n]["train"]["gflops"] for n in names], ".1f")
     row("% of matmul peak", [100 * r[n]["train"].get("fraction_of_peak", float("nan")) for n in names], ".1f")
-    row("peak memory (MB)", [(r[n]["memory"] or {}).get("peak_mb") for n in names], ".0f")
+    row("peak memory (MB)" if th.get("procs", 1) == 1 else "peak memory, 1 proc (MB)",
+        [(r[n]["memory"] or {}).get("peak_mb") for n in names], ".0f")
     steps = r["minimlp"]["train"]["step_ms"]["steps"]
     lines.append(f"(median of {steps} timed steps each after {r['warmup']} warm-up steps"
                  + (f", in {r['rounds']} alternating rounds; per-round ratios "
@@ -529,7 +575,8 @@ def format_table(r: dict[str, Any]) -> str:
     if "breakdown_ms" in r["minimlp"]:
         b = r["minimlp"]["breakdown_ms"]
         total = sum(b.values())
-        lines.append(f"\nminimlp training step by category ({total:.1f} ms, profiled separately):")
+        where = ", in one process" if th.get("procs", 1) > 1 else ""
+        lines.append(f"\nminimlp training step by category ({total:.1f} ms, profiled separately{where}):")
         for k in sorted(b, key=b.get, reverse=True):
             lines.append(f"  {k:12s}{b[k]:10.1f} ms  {100 * b[k] / total:5.1f}%")
     return "\n".join(lines)
@@ -547,6 +594,7 @@ def summarise_runs(directory: str) -> dict[str, Any]:
             continue  # not a benchmark result (e.g. an earlier summary)
         row = {"file": path.name, "model": r["model"], "batch_size": r["batch_size"], "device": r["device"],
                "dtype": r["dtype"], "tf32": r["tf32"], "gpu": r["machine"].get("gpu"),
+               "procs": r["threads"].get("procs", 1),
                "minimlp_train_images_per_s": r["minimlp"]["train"]["images_per_s"],
                "minimlp_fraction_of_peak": r["minimlp"]["train"].get("fraction_of_peak"),
                "matmul_peak_gflops": r["matmul_peak_gflops"]["minimlp"]}

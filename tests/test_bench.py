@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import subprocess
 import sys
 
@@ -15,7 +16,8 @@ from minimlp import backend, bench, profiling
 from minimlp.models import model_config
 
 TINY = ["--model", "ff_fmnist", "--depth", "2", "--embed-dim", "16", "-b", "4",
-        "--steps", "2", "--warmup", "1", "--rounds", "2", "--profile-steps", "1", "--peak-size", "256"]
+        "--steps", "2", "--warmup", "1", "--rounds", "2", "--profile-steps", "1", "--peak-size", "256",
+        "--procs", "1"]  # in this process; test_bench_over_worker_processes takes the trainer's default
 
 
 def hand_count(img, patch, chans, dim, depth, classes):
@@ -112,6 +114,16 @@ def test_bench_json_is_one_object_with_sane_numbers(tiny_run, capsys):
     assert "torch" not in result and "ratio" not in result
 
 
+def test_bench_over_worker_processes_runs_the_trainers_step(capsys):
+    """The CPU default, as train's: every batch split over worker processes of one thread."""
+    before = {proc.pid for proc in multiprocessing.active_children()}
+    result = bench.main([*TINY[:-2], "--procs", "2"])
+    check_sane(result, "minimlp")
+    assert result["threads"]["procs"] == 2
+    assert "2 processes of one thread each" in capsys.readouterr().out
+    assert {proc.pid for proc in multiprocessing.active_children()} <= before  # the workers were closed
+
+
 def test_bench_table_prints(tiny_run):
     out = bench.format_table(tiny_run)
     assert "train images/s" in out and "% of matmul peak" in out and "matmul" in out
@@ -149,6 +161,8 @@ def test_float16_on_the_cpu_is_refused():
 def test_bad_numbers_are_refused():
     with pytest.raises(SystemExit):
         bench.main([*TINY, "--steps", "0"])
+    with pytest.raises(SystemExit, match="--procs"):
+        bench.main([*TINY, "--procs", "-1"])
 
 
 def test_importing_the_bench_does_not_import_torch():
