@@ -66,8 +66,8 @@ clean:
 # The README's CPU tables: minimlp and PyTorch eager side by side, in alternating rounds.
 BENCH_PY ?= $(PY)
 bench: setup
-	$(BENCH_PY) -m minimlp.bench --model ff_fmnist -b 128 --compare torch --steps 20 --rounds 5
-	$(BENCH_PY) -m minimlp.bench --model ff_tiny -b 32 --compare torch --steps 10 --rounds 5
+	$(BENCH_PY) -m minimlp.bench --model ff_fmnist -b 128 --compare torch --steps 50 --rounds 5
+	$(BENCH_PY) -m minimlp.bench --model ff_tiny -b 32 --compare torch --steps 30 --rounds 5
 
 # GPU check, for a machine with a GPU and a Python that has CuPy and a CUDA build of
 # PyTorch (GPU_PY, default: python3 as found; no virtual environment is built, since a GPU
