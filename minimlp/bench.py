@@ -536,12 +536,13 @@ def _measure(args: argparse.Namespace, model: Any, ours: MinimlpRunner, threads:
 def format_table(r: dict[str, Any]) -> str:
     c = r["config"]
     th = r["threads"]
+    over_procs = th["procs"] > 1  # the step ran in worker processes; memory and breakdown did not
     lines = [
         f"minimlp bench: {r['model']} ({c['img_size']} px, patch {c['patch_size']}, dim {c['embed_dim']}, "
         f"depth {c['depth']}), batch {r['batch_size']}, {r['dtype']}{' + TF32' if r['tf32'] else ''}",
         f"device: {r['backend']}; {r['machine'].get('gpu') or r['machine']['cpu']}",
         (f"minimlp: {th['procs']} processes of one thread each (data parallel, as train); "
-         if th.get("procs", 1) > 1 else f"minimlp threads: BLAS {th['blas']}, elementwise {th['elementwise']}; ")
+         if over_procs else f"minimlp threads: BLAS {th['blas']}, elementwise {th['elementwise']}; ")
         + (f"PyTorch threads: {th['torch']}; " if th.get("torch") else "")
         + f"NumPy {r['machine']['numpy']} ({r['machine']['blas']})"
         + (f", PyTorch {r['machine']['torch']}" if "torch" in r["machine"] else ""),
@@ -566,7 +567,7 @@ def format_table(r: dict[str, Any]) -> str:
     row("forward images/s", [r[n]["forward"]["images_per_s"] for n in names], ".2f", ratio.get("forward"))
     row("train GFLOP/s", [r[n]["train"]["gflops"] for n in names], ".1f")
     row("% of matmul peak", [100 * r[n]["train"].get("fraction_of_peak", float("nan")) for n in names], ".1f")
-    row("peak memory (MB)" if th.get("procs", 1) == 1 else "peak memory, 1 proc (MB)",
+    row("peak memory, 1 proc (MB)" if over_procs else "peak memory (MB)",
         [(r[n]["memory"] or {}).get("peak_mb") for n in names], ".0f")
     steps = r["minimlp"]["train"]["step_ms"]["steps"]
     lines.append(f"(median of {steps} timed steps each after {r['warmup']} warm-up steps"
@@ -575,7 +576,7 @@ def format_table(r: dict[str, Any]) -> str:
     if "breakdown_ms" in r["minimlp"]:
         b = r["minimlp"]["breakdown_ms"]
         total = sum(b.values())
-        where = ", in one process" if th.get("procs", 1) > 1 else ""
+        where = ", in one process" if over_procs else ""
         lines.append(f"\nminimlp training step by category ({total:.1f} ms, profiled separately{where}):")
         for k in sorted(b, key=b.get, reverse=True):
             lines.append(f"  {k:12s}{b[k]:10.1f} ms  {100 * b[k] / total:5.1f}%")

@@ -117,7 +117,7 @@ def test_bench_json_is_one_object_with_sane_numbers(tiny_run, capsys):
 def test_bench_over_worker_processes_runs_the_trainers_step(capsys):
     """The CPU default, as train's: every batch split over worker processes of one thread."""
     before = {proc.pid for proc in multiprocessing.active_children()}
-    result = bench.main([*TINY[:-2], "--procs", "2"])
+    result = bench.main([*TINY, "--procs", "2"])  # the last --procs wins
     check_sane(result, "minimlp")
     assert result["threads"]["procs"] == 2
     assert "2 processes of one thread each" in capsys.readouterr().out
