@@ -28,7 +28,8 @@ Files in OUT, one set per split (``train_*``, ``val_*``)::
                            fills the start of slot i, (h, w, 3) row-major
     <split>_shapes.npy     (N, 2) int32: (h, w) of each record; (0, 0) = the source could not be decoded
     <split>_labels.npy     (N,) int64 labels 0..K-1
-    <split>_files.txt      the source path of each record, one per line
+    <split>_files.txt      the source path of each record, one per line, as the file system's bytes (a
+                           backslash in a name is written \\\\, a line break \\n)
     <split>_done.npy       (chunks,) uint8: 1 once a chunk of records is written and flushed (resume)
 """
 

@@ -49,7 +49,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from minimlp.data.base import Dataset
+from minimlp.data.base import Dataset, shown
 from minimlp.data.classes import ClassMap
 from minimlp.data.transforms import IMAGENET_MEAN, IMAGENET_STD, BadImageError
 
@@ -124,9 +124,9 @@ def fill_batch(
             bad.append((exc.path, exc.reason))
             continue
         except Exception as exc:
-            raise _ItemFailure(str(item), type(exc).__name__, str(exc), traceback.format_exc()) from exc
+            raise _ItemFailure(shown(str(item)), type(exc).__name__, str(exc), traceback.format_exc()) from exc
         if pixels.shape != (out.shape[2], out.shape[3], out.shape[1]):
-            raise _ItemFailure(str(item), "ValueError", f"reader returned shape {pixels.shape}, expected "
+            raise _ItemFailure(shown(str(item)), "ValueError", f"reader returned shape {pixels.shape}, expected "
                                f"{(out.shape[2], out.shape[3], out.shape[1])}", "")
         out[len(kept)] = pixels.transpose(2, 0, 1)  # (H, W, C) -> (C, H, W)
         kept.append(position)
@@ -297,7 +297,7 @@ class BatchLoader:
             batches = self._batches_workers(items, labels, batch_size, train, seed, skipped)
         yield from batches
         if skipped:
-            names = "\n  ".join(f"{path} ({reason})" for path, reason in list(skipped.items())[:20])
+            names = "\n  ".join(f"{shown(path)} ({reason})" for path, reason in list(skipped.items())[:20])
             more = f"\n  ... and {len(skipped) - 20} more" if len(skipped) > 20 else ""
             warnings.warn(f"skipped {len(skipped)} file(s) that could not be decoded in this pass "
                           f"(they are left out of their batches):\n  {names}{more}", BadImagesWarning, stacklevel=2)
@@ -307,7 +307,7 @@ class BatchLoader:
             skipped[path] = reason
             self.bad_files[path] = reason
         if len(self.bad_files) > self.max_bad:
-            names = "\n  ".join(f"{path} ({reason})" for path, reason in list(self.bad_files.items())[:50])
+            names = "\n  ".join(f"{shown(path)} ({reason})" for path, reason in list(self.bad_files.items())[:50])
             raise TooManyBadImagesError(
                 f"{len(self.bad_files)} files could not be decoded (more than the {self.max_bad} allowed); "
                 f"fix or remove them, or raise the limit:\n  {names}")
