@@ -5,8 +5,10 @@ or an error; never a silent wrong label."""
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
+import sys
 import warnings
 from pathlib import Path
 
@@ -157,3 +159,24 @@ def test_a_bad_file_with_an_undecodable_name_is_reported_printably(tree, tmp_pat
     message = next(str(w.message) for w in caught if issubclass(w.category, BadImagesWarning))
     assert "bad\\xe9.JPEG" in message
     message.encode("utf-8")  # printable on a strict UTF-8 stream
+
+
+def test_train_and_evaluate_on_odd_names_with_a_strict_utf8_stdout(tree, tmp_path, monkeypatch):
+    """A class folder and a broken file whose names are not UTF-8: the run saves its checkpoints and
+    evaluate prints its table on a stdout that refuses what UTF-8 cannot encode (a UTF-8 locale)."""
+    from minimlp import evaluate, train
+
+    for split in ("train", "val"):
+        os.rename(tree / split / WNIDS[2], os.fsdecode(os.fsencode(tree / split) + b"/cass\xe9tte"))
+    (tree / "train" / WNIDS[0] / os.fsdecode(b"bad\xe9.JPEG")).write_bytes(b"not a jpeg")
+    stdout = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="strict", write_through=True)
+    monkeypatch.setattr(sys, "stdout", stdout)
+    argv = ["--data-dir", str(tree), "--model", "ff_tiny", "--img-size", "16", "--patch-size", "8", "--embed-dim",
+            "16", "--depth", "1", "-b", "8", "--epochs", "1", "--procs", "1", "-j", "0", "--output",
+            str(tmp_path / "run")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert train.run(argv, log=print).status == "done"
+        assert evaluate.main(["--checkpoint", str(tmp_path / "run" / "best.npz"), "-j", "0"]) == 0
+    printed = stdout.buffer.getvalue().decode()
+    assert "bad\\xe9.JPEG" in printed and "cass\\xe9tte" in printed

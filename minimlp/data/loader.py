@@ -272,7 +272,7 @@ class BatchLoader:
         self.prefetch = max(1, int(prefetch))
         self.max_bad = int(max_bad)
         self.timeout = float(timeout)
-        self.bad_files: dict[str, str] = {}  # every item that failed to decode so far -> reason
+        self.bad_files: dict[str, str] = {}  # every item that failed to decode so far (as shown) -> reason
         self._holder: dict = {}  # {"pool": _Pool, "batch_size": B}; a dict so the finalizer does not keep self alive
         self._generation = 0
         self._in_flight: dict[int, int] = {}  # generation -> results still owed by the workers
@@ -297,17 +297,17 @@ class BatchLoader:
             batches = self._batches_workers(items, labels, batch_size, train, seed, skipped)
         yield from batches
         if skipped:
-            names = "\n  ".join(f"{shown(path)} ({reason})" for path, reason in list(skipped.items())[:20])
+            names = "\n  ".join(f"{path} ({reason})" for path, reason in list(skipped.items())[:20])
             more = f"\n  ... and {len(skipped) - 20} more" if len(skipped) > 20 else ""
             warnings.warn(f"skipped {len(skipped)} file(s) that could not be decoded in this pass "
                           f"(they are left out of their batches):\n  {names}{more}", BadImagesWarning, stacklevel=2)
 
     def _note_bad(self, bad: list[tuple[str, str]], skipped: dict[str, str]) -> None:
         for path, reason in bad:
-            skipped[path] = reason
-            self.bad_files[path] = reason
+            skipped[shown(path)] = reason  # reports only: names that print anywhere, on one line
+            self.bad_files[shown(path)] = reason
         if len(self.bad_files) > self.max_bad:
-            names = "\n  ".join(f"{shown(path)} ({reason})" for path, reason in list(self.bad_files.items())[:50])
+            names = "\n  ".join(f"{path} ({reason})" for path, reason in list(self.bad_files.items())[:50])
             raise TooManyBadImagesError(
                 f"{len(self.bad_files)} files could not be decoded (more than the {self.max_bad} allowed); "
                 f"fix or remove them, or raise the limit:\n  {names}")
@@ -473,7 +473,7 @@ class LoaderDataset(Dataset):
 
     @property
     def bad_files(self) -> dict[str, str]:
-        """Files that failed to decode so far (path -> reason)."""
+        """Files that failed to decode so far (path, as messages show it -> reason)."""
         return self.loader.bad_files
 
     def class_info(self) -> dict:
