@@ -16,11 +16,14 @@ import numpy as np
 import pytest
 from data_trees import WNIDS, build_tree
 
+from minimlp import evaluate, layers
 from minimlp import prepare as prepare_cli
 from minimlp.data.cache import load_record, open_prepared, read_header
 from minimlp.data.cache_writer import prepare, read_manifest
-from minimlp.data.folders import DataLayoutWarning, list_split
+from minimlp.data.folders import DataLayoutWarning, list_split, open_folder_dataset
 from minimlp.data.synthetic import photo_like
+from minimlp.io.weights import save_weights
+from minimlp.models import create_model
 
 
 @pytest.fixture
@@ -148,7 +151,6 @@ def test_names_that_are_not_utf8_or_hold_a_line_break(tree, tmp_path):
 def test_a_bad_file_with_an_undecodable_name_is_reported_printably(tree, tmp_path):
     """The report of a file that fails to decode once killed a run before its first save when stdout
     was a strict UTF-8 stream (a UTF-8 locale): its name is shown with the odd bytes escaped."""
-    from minimlp.data.folders import open_folder_dataset
     from minimlp.data.loader import BadImagesWarning
 
     (tree / "train" / WNIDS[0] / os.fsdecode(b"bad\xe9.JPEG")).write_bytes(b"not a jpeg")
@@ -164,7 +166,7 @@ def test_a_bad_file_with_an_undecodable_name_is_reported_printably(tree, tmp_pat
 def test_train_and_evaluate_on_odd_names_with_a_strict_utf8_stdout(tree, tmp_path, monkeypatch):
     """A class folder and a broken file whose names are not UTF-8: the run saves its checkpoints and
     evaluate prints its table on a stdout that refuses what UTF-8 cannot encode (a UTF-8 locale)."""
-    from minimlp import evaluate, train
+    from minimlp import train
 
     for split in ("train", "val"):
         os.rename(tree / split / WNIDS[2], os.fsdecode(os.fsencode(tree / split) + b"/cass\xe9tte"))
@@ -180,3 +182,26 @@ def test_train_and_evaluate_on_odd_names_with_a_strict_utf8_stdout(tree, tmp_pat
         assert evaluate.main(["--checkpoint", str(tmp_path / "run" / "best.npz"), "-j", "0"]) == 0
     printed = stdout.buffer.getvalue().decode()
     assert "bad\\xe9.JPEG" in printed and "cass\\xe9tte" in printed
+
+
+# -- evaluate: values and sizes it cannot use --------------------------------------------------
+@pytest.mark.parametrize("value", ["0", "-0.5", "1.5", "nan", "inf"])
+def test_evaluate_refuses_a_crop_pct_outside_0_1(value, tree, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.main(["--checkpoint", "any.npz", f"--crop-pct={value}"])
+    assert exit_info.value.code == 2
+    assert f"argument --crop-pct: {value} is not in (0, 1]" in capsys.readouterr().err.splitlines()[-1]
+    # A checkpoint's stored crop is checked where the data is opened, with the same words.
+    with pytest.raises(ValueError, match=r"crop_pct .* is not in \(0, 1\]"):
+        open_folder_dataset(tree, "val", 16, workers=0, crop_pct=float(value))
+
+
+def test_evaluate_says_in_one_line_that_the_model_does_not_fit_in_memory(tmp_path, monkeypatch, capsys):
+    model = create_model("ff_tiny", num_classes=3, img_size=16, patch_size=8, embed_dim=16, depth=1)
+    save_weights(tmp_path / "w.npz", model.state_dict(), {"model": model.config_dict()})
+    monkeypatch.setattr(layers, "available_memory", lambda: 10_000, raising=False)  # 10 KB free
+    assert evaluate.main(["--checkpoint", str(tmp_path / "w.npz"), "--data-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert f"w.npz: the model does not fit in memory: a model of {model.num_params():,} parameters" in err
+    assert "GiB of memory is available" in err

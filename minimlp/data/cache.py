@@ -277,6 +277,7 @@ def open_prepared(
     slot_bytes = header["max_long"] * header["size"] * 3
     if crop_pct is None:
         crop_pct = 1.0 if header["geometry"] == "square" else DEFAULT_CROP_PCT
+    crop_pct = transforms.check_crop_pct(crop_pct)
     augment = RandAugment.from_config(randaugment, mean=IMAGENET_MEAN) if randaugment else None
     reader = CacheReader(str(paths["images"]), slot_bytes, img_size, train_crop, tuple(scale), tuple(ratio), hflip,
                          crop_pct, augment)

@@ -576,7 +576,7 @@ def open_folder_dataset(
                                           sample_seed, holdout)
     if not paths:
         raise ValueError(f"no images found for the {split} split of {root}")
-    crop_pct = DEFAULT_CROP_PCT if crop_pct is None else crop_pct
+    crop_pct = DEFAULT_CROP_PCT if crop_pct is None else transforms.check_crop_pct(crop_pct)
     augment = RandAugment.from_config(randaugment, mean=IMAGENET_MEAN) if randaugment else None
     reader = FolderReader(img_size, tuple(scale), tuple(ratio), hflip, crop_pct, draft, augment)
     augmentation = "RandomResizedCrop + flip" + (f" + RandAugment {randaugment}" if randaugment else "")
