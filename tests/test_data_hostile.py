@@ -205,3 +205,17 @@ def test_evaluate_says_in_one_line_that_the_model_does_not_fit_in_memory(tmp_pat
     assert len(err.splitlines()) == 1
     assert f"w.npz: the model does not fit in memory: a model of {model.num_params():,} parameters" in err
     assert "GiB of memory is available" in err
+
+
+def test_a_flat_val_label_file_names_images_that_are_not_utf8(tree):
+    val = tree / "val"
+    rows = []
+    for n, path in enumerate(sorted(val.glob("*/*.JPEG"))):
+        name = os.fsencode(f"val_{n}") + b"\xe9.JPEG"
+        os.rename(path, os.fsencode(val) + b"/" + name)
+        rows.append(name + b" " + path.parent.name.encode())
+    for wnid in WNIDS:
+        (val / wnid).rmdir()
+    (tree / "val.txt").write_bytes(b"\n".join(rows) + b"\n")
+    paths, labels, _ = listed(tree, "val")
+    assert len(paths) == 6 and labels.tolist() == [0, 0, 1, 1, 2, 2]

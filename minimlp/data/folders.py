@@ -324,7 +324,8 @@ def read_val_labels(root: str | os.PathLike, val_dir: str | os.PathLike | None =
             f"{val_dir} holds images directly (no class folders) but no label file was found; put one of "
             f"{', '.join(VAL_LABEL_FILES)} in {root}, or sort the images into val/<wnid>/ folders")
     table = imagenet_table()
-    lines = [ln.strip() for ln in label_file.read_text().splitlines() if ln.strip()]
+    # Names that are not UTF-8 decode as the file system's listing does, so they match the images.
+    lines = [ln.strip() for ln in os.fsdecode(label_file.read_bytes()).split("\n") if ln.strip()]
     labels: dict[str, str] = {}
     if label_file.name == "LOC_val_solution.csv":
         for ln in lines[1:]:
