@@ -414,6 +414,7 @@ def detect(root: str | os.PathLike) -> str:
         raise FileNotFoundError(f"data directory {root} does not exist")
     if not root.is_dir():
         raise ValueError(f"--data-dir must be a directory, {root} is a file")
+    _class_folders(root)  # an unreadable root is said to be one
     kind = recognise(root)
     if kind == "downsampled" and not (any(root.glob("train_data_batch_*.npz")) or (root / "val_data.npz").is_file()):
         raise ValueError(f"{root} holds Downsampled ImageNet batches in the pickled format, which minimlp never "
