@@ -97,8 +97,8 @@ def _hidden(name: str) -> bool:
 
 
 def _unreadable(directory: str, exc: OSError) -> ValueError:
-    return ValueError(f"cannot read the folder {shown(directory)} ({exc.strerror or exc}); its images would be "
-                      f"missing from their class: fix its permissions, or move it out of the dataset")
+    return ValueError(f"cannot read the folder {shown(directory)} ({exc.strerror or exc}): its images cannot be "
+                      f"listed; fix its permissions, or move it out of the dataset")
 
 
 class _Fence:
