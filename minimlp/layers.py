@@ -116,7 +116,7 @@ class ParameterStore:
         ordered = [s for s in self.specs if s.decay] + [s for s in self.specs if not s.decay]
         total = sum(math.prod(s.shape) for s in self.specs)
         # Refused before allocating: past the free memory, the system kills the process instead of saying so.
-        needed = total * (8 + 2 * np.dtype(dtype).itemsize)  # the float64 draw, then parameters and gradients
+        needed = total * (8 + np.dtype(dtype).itemsize)  # the float64 draw and the parameters (gradients: zero pages)
         free = available_memory()
         if free is not None and needed > free:
             raise MemoryError(f"a model of {total:,} parameters needs {needed / 2**30:.1f} GiB to build, and "
