@@ -291,3 +291,15 @@ def test_a_7x7_grid_into_the_released_ff_large_layout_says_why(tmp_path):
             "on every forward): build the model with pos_grid=7") in msg
     load_pretrained(minimlp.create_model("ff_large", embed_dim=8, depth=2, num_classes=6, pos_grid=7),
                     tmp_path / "old.npz")
+
+
+@pytest.mark.parametrize("name", ["deit_tiny", "deit_small", "deit_base", "attn_only_tiny", "mixer_s16", "mixer_b16"])
+def test_timm_layouts_are_told_from_their_shapes(name, monkeypatch):
+    """The comparison presets at full size (zero-stride arrays, nothing allocated): the shapes give the
+    family, the config (a ViT's heads from 64 features per head) and the preset's name back."""
+    monkeypatch.setattr(minimlp.models.Model, "_build", lambda self, seed: None)
+    model = minimlp.create_model(name)
+    state = {s.name: np.broadcast_to(np.float32(0), s.shape) for s in model.store.specs}
+    config = infer_config(state, f"{name}.pth")
+    assert preset_name(config) == name
+    assert minimlp.models.model_from_config(config).config == model.config
