@@ -57,3 +57,14 @@ def test_float32_logits_match_to_float32_rounding():
     with torch.no_grad():
         expected = twin(torch.from_numpy(x)).numpy()
     assert rel_error(logits, expected) < 1e-5
+
+
+def test_the_benchmarks_twin_takes_ff_large_with_its_resized_grid():
+    from minimlp.bench_torch import from_minimlp
+
+    model = minimlp.create_model("ff_large", embed_dim=8, depth=1, num_classes=5, seed=0)
+    twin = from_minimlp(model)  # a strict load: the 14×14 grid must fit
+    x = np.random.default_rng(3).standard_normal((2, 3, 224, 224)).astype(np.float32)
+    with torch.no_grad():
+        expected = twin(torch.from_numpy(x)).numpy()
+    assert rel_error(model.forward(x)[0], expected) < 1e-5
