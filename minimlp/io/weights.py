@@ -206,23 +206,28 @@ def _ffvit_config(state: Mapping[str, np.ndarray], where: Any) -> dict[str, Any]
             "pos_grid": None if G == grid else G}
 
 
+# timm's ViT widths whose heads are not 64 features wide (huge, giant, gigantic: 16 heads).
+WIDE_HEADS = {1280: 16, 1408: 16, 1664: 16}
+
+
 def _vit_config(state: Mapping[str, np.ndarray], where: Any) -> dict[str, Any]:
     """timm's ViT/DeiT layout (and the attention-only ablation).
 
-    The shapes do not say how many heads the attention has; every ViT and DeiT in timm
-    and in the paper's comparison gives each head 64 features, so D / 64 it is.
+    The shapes do not say how many heads the attention has.  timm's ViT and DeiT from tiny
+    to large (and the paper's comparison) give each head 64 features, so D / 64, except
+    for the few wider models in ``WIDE_HEADS``.
     """
     shape = _shape_reader(state, where, "ViT/DeiT")
     D = shape("cls_token", 3)[-1]
     _, C, P, _ = shape("patch_embed.proj.weight", 4)
     T = shape("pos_embed", 3)[1]  # (1, T, D)
     grid = _patch_grid(T, True, where, "pos_embed")
-    if D % 64:
+    if D % 64 and D not in WIDE_HEADS:
         raise CheckpointError(f"{where}: cannot tell the number of attention heads: timm's ViT/DeiT models give "
                               f"each head 64 features, and the embedding width {D} is not a multiple of 64")
     config = {"arch": "vit", "img_size": grid * P, "patch_size": P, "in_chans": C,
               "num_classes": shape("head.weight", 2)[0], "embed_dim": D, "depth": _depth(state, where),
-              "num_heads": D // 64}
+              "num_heads": WIDE_HEADS.get(D, D // 64)}
     if "blocks.0.feature_attn.qkv.weight" in state:  # the ablation: attention over features, one head
         config.update(feature_mixer="attention", feature_num_heads=1)
     else:
