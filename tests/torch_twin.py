@@ -4,7 +4,8 @@ Written the way the paper's released code is: (B, T, D) activations, explicit tr
 around the patch feed-forward, a convolution for the patch embedding, a learned position
 grid resized with ``F.interpolate(mode="bilinear", align_corners=False)`` whenever its size
 differs from the patch grid's, autograd for every gradient.  Parameter names equal the
-released checkpoint's, so minimlp's state dict loads into it by name.  PyTorch is an optional test dependency; the package never imports it.
+released checkpoint's, so minimlp's state dict loads into it by name.  PyTorch is an
+optional test dependency; the package never imports it.
 """
 
 from __future__ import annotations
