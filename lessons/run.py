@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 LESSONS_DIR = Path(__file__).resolve().parent
-LESSON_NAME = re.compile(r"^\d\d_[a-z0-9_]+\.md$")
+LESSON_NAME = re.compile(r"^\d\d[a-z]?_[a-z0-9_]+\.md$")  # 13_attention.md; 13a_...: its appendix
 FIGURE_LINK = re.compile(r"\]\(figures/([A-Za-z0-9_.-]+\.png)\)")
 EXIT_SKIP = 77  # the exit status build tools use for "skipped"
 RUN = "python"  # the fence info strings: what is run, and what is only shown
@@ -42,7 +42,7 @@ def lesson_paths() -> list[Path]:
 
 
 def find_lesson(name: str) -> Path:
-    """A lesson by path, file name or number ("3", "03", "03_gelu.md")."""
+    """A lesson by path, file name or number ("3", "03", "03_gelu.md"; "13a" for an appendix)."""
     if Path(name).is_file():
         return Path(name).resolve()
     for path in lesson_paths():
@@ -104,14 +104,21 @@ class LessonError(Exception):
     """A block of a lesson raised; the message names the file and the line."""
 
 
+def lesson_of(appendix: Path) -> Path | None:
+    """The lesson an appendix (``13a_...md``) continues; None for a lesson."""
+    number = re.match(r"(\d\d)[a-z]_", appendix.name)
+    return find_lesson(number.group(1)) if number else None
+
+
 def run_lesson(path: Path, workdir: Path) -> None:
     """Execute the lesson's python blocks in ``workdir``, in order, in one namespace.
 
-    Each block is compiled under the .md file's own name, padded so that its line
-    numbers are the file's: tracebacks point at the line in the lesson.
+    An appendix continues its lesson: the lesson's blocks run first, in the same
+    namespace, so every name the lesson defined is there.  Each block is compiled under
+    the .md file's own name, padded so that its line numbers are the file's: tracebacks
+    point at the line in the lesson.
     """
     path = Path(path).resolve()
-    text = path.read_text(encoding="utf-8")
     namespace = {"__name__": "__lesson__"}
     for extra in (str(LESSONS_DIR.parent), str(LESSONS_DIR)):  # minimlp, and lessons/draw.py
         if extra not in sys.path:
@@ -119,16 +126,19 @@ def run_lesson(path: Path, workdir: Path) -> None:
     previous = Path.cwd()
     os.chdir(workdir)
     try:
-        runnable = [b for b in parse_blocks(text) if b.info == RUN]
-        for index, block in enumerate(runnable, start=1):
-            code = compile("\n" * (block.line - 1) + block.code, str(path), "exec")
-            try:
-                exec(code, namespace)
-            except unittest.SkipTest:
-                raise
-            except BaseException as exc:
-                raise LessonError(f"{shown(path)}:{block.line}: block {index} of {len(runnable)} failed "
-                                  f"({type(exc).__name__}: {exc})") from exc
+        for source in (lesson_of(path), path):
+            if source is None:
+                continue
+            runnable = [b for b in parse_blocks(source.read_text(encoding="utf-8")) if b.info == RUN]
+            for index, block in enumerate(runnable, start=1):
+                code = compile("\n" * (block.line - 1) + block.code, str(source), "exec")
+                try:
+                    exec(code, namespace)
+                except unittest.SkipTest:
+                    raise
+                except BaseException as exc:
+                    raise LessonError(f"{shown(source)}:{block.line}: block {index} of {len(runnable)} failed "
+                                      f"({type(exc).__name__}: {exc})") from exc
     finally:
         os.chdir(previous)
 
