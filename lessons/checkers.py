@@ -55,8 +55,6 @@ class Exercise:
 def load(path: Path) -> ModuleType:
     """Import a learner's file as a module; a file that does not import is a failure."""
     path = Path(path)
-    if not path.is_file():
-        raise ExerciseFailed(f"{path}: no such file")
     spec = importlib.util.spec_from_file_location(f"exercise_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     try:
@@ -463,12 +461,24 @@ def run_exercise(number: str, path: Path | None = None) -> int:
         print(f"lesson {number} has no coded exercise; these do: {', '.join(sorted(EXERCISES))}", file=sys.stderr)
         return 2
     path = Path(path) if path else exercise.stub
+    if not path.is_file():
+        print(f"{path}: no such file (give the file with your answer, or none to check {shown(exercise.stub)})",
+              file=sys.stderr)
+        return 2
     try:
         passed = exercise.check(load(path))
     except ExerciseFailed as failure:
-        print(f"{path}: not yet: {failure}", file=sys.stderr)
+        print(f"{shown(path)}: not yet: {failure}", file=sys.stderr)
         return 1
     for line in passed:
         print(f"  ok  {line}")
-    print(f"{path}: every check passed")
+    print(f"{shown(path)}: every check passed")
     return 0
+
+
+def shown(path: Path) -> str:
+    """The path as the reader would type it from where they are."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)

@@ -144,3 +144,6 @@ def test_run_py_checks_a_file(tmp_path):
     assert wrong.returncode == 1 and "gelu_tanh_backward: dx is wrong" in wrong.stderr
     none = subprocess.run([sys.executable, run_py, "11", "--exercise"], capture_output=True, text=True, timeout=60)
     assert none.returncode == 2 and "no coded exercise" in none.stderr
+    missing = subprocess.run([sys.executable, run_py, "03", "--exercise", str(tmp_path / "nothing.py")],
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "no such file" in missing.stderr
