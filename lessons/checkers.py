@@ -75,8 +75,9 @@ def call(module: ModuleType, name: str, *args: Any, **kwargs: Any) -> Any:
         raise ExerciseFailed(f"{name} is not written yet (it raises NotImplementedError)") from exc
     except Exception as exc:
         where = traceback.extract_tb(exc.__traceback__)[-1]
-        raise ExerciseFailed(f"{name} raised {type(exc).__name__}: {exc} "
-                             f"(at {Path(where.filename).name}:{where.lineno})") from exc
+        raise ExerciseFailed(
+            f"{name} raised {type(exc).__name__}: {exc} (at {Path(where.filename).name}:{where.lineno})"
+        ) from exc
 
 
 def unpack(name: str, result: Any, what: tuple[str, ...]) -> tuple:
@@ -140,8 +141,13 @@ def check_patches(m: ModuleType) -> list[str]:
     P = 4
     done = [same("patchify(x, 4)", call(m, "patchify", x.copy(), P), F.patchify(x, P))]
     patches = rng.standard_normal((6, 2, 48))
-    done.append(same("unpatchify(patches, x.shape, 4)", call(m, "unpatchify", patches, x.shape, P),
-                     F.unpatchify(patches, x.shape, P)))
+    done.append(
+        same(
+            "unpatchify(patches, x.shape, 4)",
+            call(m, "unpatchify", patches, x.shape, P),
+            F.unpatchify(patches, x.shape, P),
+        )
+    )
     back = call(m, "unpatchify", call(m, "patchify", x.copy(), P), x.shape, P)
     done.append(same("unpatchify(patchify(x))", back, x, hint="it should give x back"))
     return done
@@ -180,8 +186,15 @@ def check_gelu(m: ModuleType) -> list[str]:
     h = 1e-6  # elementwise function: one central difference per entry, all at once
     numeric = dy * (gelu_tanh(x + h) - gelu_tanh(x - h)) / (2 * h)
     dx = call(m, "gelu_tanh_backward", dy.copy(), x.copy())
-    return [same("gelu_tanh_backward: dx", dx, numeric, tol=1e-8,
-                 hint="compared with central differences of gelu_tanh, times dy")]
+    return [
+        same(
+            "gelu_tanh_backward: dx",
+            dx,
+            numeric,
+            tol=1e-8,
+            hint="compared with central differences of gelu_tanh, times dy",
+        )
+    ]
 
 
 # --------------------------------------------------------------------------------------
@@ -197,8 +210,11 @@ def check_layernorm(m: ModuleType) -> list[str]:
     dy = rng.standard_normal(x.shape)
     dw, db = np.zeros(T), np.zeros(T)
     dx = F.layernorm_backward(dy, cache, w, dw, db)
-    yours = unpack("layernorm_tokens_backward", call(m, "layernorm_tokens_backward", dy.copy(), x.copy(), w.copy()),
-                   ("dx", "dw", "db"))
+    yours = unpack(
+        "layernorm_tokens_backward",
+        call(m, "layernorm_tokens_backward", dy.copy(), x.copy(), w.copy()),
+        ("dx", "dw", "db"),
+    )
     for what, yy, e in zip(("dx", "dw", "db"), yours, (dx, dw, db), strict=True):
         done.append(same(f"layernorm_tokens_backward: {what}", yy, e))
     return done
@@ -221,16 +237,23 @@ def check_cross_entropy(m: ModuleType) -> list[str]:
         case = f"cross_entropy(smoothing={smoothing}, logits of size ~{scale:g})"
         hint = "exp overflows: subtract each row's largest logit first" if scale > 100 else ""
         done.append(same(f"{case}: loss", yours[0], loss, hint=hint))
-        done.append(same(f"{case}: dlogits", yours[1], cross_entropy_backward(cache),
-                         hint=hint or "the loss is a mean over the batch"))
+        done.append(
+            same(
+                f"{case}: dlogits",
+                yours[1],
+                cross_entropy_backward(cache),
+                hint=hint or "the loss is a mean over the batch",
+            )
+        )
     return done
 
 
 # --------------------------------------------------------------------------------------
 # Lesson 6: the feed-forward layer over patches, forward and backward.
 # --------------------------------------------------------------------------------------
-def patch_ff_reference(x: np.ndarray, W1: np.ndarray, b1: np.ndarray, W2: np.ndarray, b2: np.ndarray,
-                       dy: np.ndarray) -> tuple[np.ndarray, tuple]:
+def patch_ff_reference(
+    x: np.ndarray, W1: np.ndarray, b1: np.ndarray, W2: np.ndarray, b2: np.ndarray, dy: np.ndarray
+) -> tuple[np.ndarray, tuple]:
     u, c1 = F.linear_forward(x, W1, b1, axis=0)
     g, c_act = F.gelu_forward(u)
     y, c2 = F.linear_forward(g, W2, b2, axis=0)
@@ -263,7 +286,7 @@ def check_patch_ff(m: ModuleType) -> list[str]:
 def check_block(m: ModuleType) -> list[str]:
     model = perturbed_ff_model()
     block, prefix = model.blocks[0], "blocks.0."
-    W = {k[len(prefix):]: v.copy() for k, v in model.params.items() if k.startswith(prefix)}
+    W = {k[len(prefix) :]: v.copy() for k, v in model.params.items() if k.startswith(prefix)}
     rng = np.random.default_rng(7)
     T, D = model.config.num_tokens, model.config.embed_dim
     x = rng.standard_normal((4, T, D))  # (B, T, D), the paper's layout
@@ -273,8 +296,9 @@ def check_block(m: ModuleType) -> list[str]:
     dout = rng.standard_normal(x.shape)
     model.zero_grad()
     dx = block.backward(dout.transpose(1, 0, 2).copy(), cache)
-    yours = unpack("paper_block_backward", call(m, "paper_block_backward", dout.copy(), result[1], dict(W)),
-                   ("dx", "dW"))
+    yours = unpack(
+        "paper_block_backward", call(m, "paper_block_backward", dout.copy(), result[1], dict(W)), ("dx", "dW")
+    )
     done.append(same("paper_block_backward: dx", yours[0], dx.transpose(1, 0, 2)))
     if not isinstance(yours[1], dict) or set(yours[1]) != set(W):
         raise ExerciseFailed(f"paper_block_backward's dW should be a dict with the keys of W: {sorted(W)}")
@@ -295,21 +319,34 @@ def check_gradcheck(m: ModuleType) -> list[str]:
     before = x.copy()
     grad = call(m, "numerical_gradient", lambda: float((np.sin(x) * w).sum()), x)
     if not np.array_equal(x, before):
-        raise ExerciseFailed("numerical_gradient changed x: restore every entry exactly after nudging it "
-                             "(put back the saved value; adding h and subtracting it again rounds)")
+        raise ExerciseFailed(
+            "numerical_gradient changed x: restore every entry exactly after nudging it "
+            "(put back the saved value; adding h and subtracting it again rounds)"
+        )
     central = "a forward difference (f(x+h) - f(x)) / h is off by about h; use the central one"
     done = [same("numerical_gradient of sum(sin(x) * w)", grad, np.cos(x) * w, tol=1e-8, hint=central)]
     # With a large h, a forward difference is off by ~h, a central one by ~h²: tell them apart.
     cube = call(m, "numerical_gradient", lambda: float((x**3 * w).sum()), x, 1e-3)
     reference = numerical_gradient(lambda: float((x**3 * w).sum()), x, 1e-3)
     done.append(same("numerical_gradient of sum(x**3 * w) with h = 1e-3", cube, reference, tol=1e-9, hint=central))
-    cases = [(np.array([1.0, 2.0]), np.array([1.0, 2.0 + 2e-9])), (np.array([1.0, 2.0]), np.array([-1.0, 2.0])),
-             (np.zeros(3), np.zeros(3)), (np.array([[1e-8, 3e-8]]), np.array([[2e-8, 3e-8]])),
-             (np.array([100.0, 0.1]), np.array([100.0, 0.2]))]
+    cases = [
+        (np.array([1.0, 2.0]), np.array([1.0, 2.0 + 2e-9])),
+        (np.array([1.0, 2.0]), np.array([-1.0, 2.0])),
+        (np.zeros(3), np.zeros(3)),
+        (np.array([[1e-8, 3e-8]]), np.array([[2e-8, 3e-8]])),
+        (np.array([100.0, 0.1]), np.array([100.0, 0.2])),
+    ]
     for a, b in cases:
         yours = call(m, "rel_error", a.copy(), b.copy())
-        done.append(same(f"rel_error({a.tolist()}, {b.tolist()})", yours, rel_error(a, b), tol=1e-12,
-                         hint="the largest difference over the largest entry of either array; 0 when both are 0"))
+        done.append(
+            same(
+                f"rel_error({a.tolist()}, {b.tolist()})",
+                yours,
+                rel_error(a, b),
+                tol=1e-12,
+                hint="the largest difference over the largest entry of either array; 0 when both are 0",
+            )
+        )
     return done
 
 
@@ -336,10 +373,18 @@ def check_optimizers(m: ModuleType) -> list[str]:
         call(m, "adam_l2_update", theta, g, state, t, lr, num_decay, **hyper)
         if not np.array_equal(g, g_before):
             raise ExerciseFailed("adam_l2_update changed g: add the decay to a copy of the gradient")
-        same(f"after step {t}: theta[:num_decay] (the group with decay)", theta[:num_decay], ref[:num_decay],
-             hint="λθ is added to the gradient before the moments")
-        same(f"after step {t}: theta[num_decay:] (no decay)", theta[num_decay:], ref[num_decay:],
-             hint="the bias corrections use 1 - beta**t")
+        same(
+            f"after step {t}: theta[:num_decay] (the group with decay)",
+            theta[:num_decay],
+            ref[:num_decay],
+            hint="λθ is added to the gradient before the moments",
+        )
+        same(
+            f"after step {t}: theta[num_decay:] (no decay)",
+            theta[num_decay:],
+            ref[num_decay:],
+            hint="the bias corrections use 1 - beta**t",
+        )
     return ["adam_l2_update: five steps match minimlp's AdamW fed g + λθ"]
 
 
@@ -367,10 +412,17 @@ def check_training(m: ModuleType) -> list[str]:
         ours.backward(cross_entropy_backward(loss_cache), cache, input_grad=False)
         opt_ours.step(0.1)
         your_loss = call(m, "accumulated_step", yours, opt_yours, x.copy(), labels.copy(), 0.1, 3, 0.1)
-        same(f"step {step}: the loss accumulated_step returns", your_loss, loss,
-             hint="the mean over the whole batch: weight each part's mean by its share")
-        hint = ("did you weight each part's gradient by its share of the batch?" if step == 1
-                else "step 1 matched: did you zero the gradients before the first part?")
+        same(
+            f"step {step}: the loss accumulated_step returns",
+            your_loss,
+            loss,
+            hint="the mean over the whole batch: weight each part's mean by its share",
+        )
+        hint = (
+            "did you weight each part's gradient by its share of the batch?"
+            if step == 1
+            else "step 1 matched: did you zero the gradients before the first part?"
+        )
         for name in ours.params:
             same(f"step {step}: parameter {name}", yours.params[name], ours.params[name], hint=hint, floor=1.0)
         done.append(f"step {step}: the loss and every parameter match one step on the whole batch")
@@ -380,8 +432,9 @@ def check_training(m: ModuleType) -> list[str]:
 # --------------------------------------------------------------------------------------
 # Lesson 13: a whole attention layer (qkv, heads, attention, merge, proj) for one image.
 # --------------------------------------------------------------------------------------
-def attention_reference(x: np.ndarray, Wqkv: np.ndarray, bqkv: np.ndarray, Wproj: np.ndarray,
-                        bproj: np.ndarray, heads: int, dy: np.ndarray) -> tuple[np.ndarray, tuple]:
+def attention_reference(
+    x: np.ndarray, Wqkv: np.ndarray, bqkv: np.ndarray, Wproj: np.ndarray, bproj: np.ndarray, heads: int, dy: np.ndarray
+) -> tuple[np.ndarray, tuple]:
     x3 = x[:, None, :]  # (T, 1, D): a batch of one image
     qkv, c_qkv = F.linear_forward(x3, Wqkv, bqkv)
     q, k, v = F.split_heads_forward(qkv, heads)
@@ -403,8 +456,14 @@ def check_attention(m: ModuleType) -> list[str]:
     dy = rng.standard_normal((T, D))
     y, grads = attention_reference(x, Wqkv, bqkv, Wproj, bproj, heads, dy)
     args = (x.copy(), Wqkv.copy(), bqkv.copy(), Wproj.copy(), bproj.copy(), heads)
-    done = [same("attention_layer_forward", call(m, "attention_layer_forward", *args), y,
-                 hint="qkv's rows are q, k, v, each split into heads of D / num_heads")]
+    done = [
+        same(
+            "attention_layer_forward",
+            call(m, "attention_layer_forward", *args),
+            y,
+            hint="qkv's rows are q, k, v, each split into heads of D / num_heads",
+        )
+    ]
     names = ("dx", "dWqkv", "dbqkv", "dWproj", "dbproj")
     yours = unpack("attention_layer_backward", call(m, "attention_layer_backward", dy.copy(), *args), names)
     for what, yy, e in zip(names, yours, grads, strict=True):
@@ -433,25 +492,34 @@ def check_model_backward(m: ModuleType) -> list[str]:
     names = ("dt", "dnorm_w", "dnorm_b", "dhead_w", "dhead_b")
     yours = unpack("mean_head_backward", call(m, "mean_head_backward", dlogits.copy(), *args), names)
     for what, yy, e in zip(names, yours, (dt, *grads), strict=True):
-        done.append(same(f"mean_head_backward: {what}", yy, e,
-                         hint="every token receives 1/T of the pooled gradient" if what == "dt" else ""))
+        done.append(
+            same(
+                f"mean_head_backward: {what}",
+                yy,
+                e,
+                hint="every token receives 1/T of the pooled gradient" if what == "dt" else "",
+            )
+        )
     return done
 
 
-EXERCISES: dict[str, Exercise] = {e.stem[:2]: e for e in (
-    Exercise("01_patches", ("patchify", "unpatchify"), check_patches),
-    Exercise("02_linear", ("patch_embed_forward", "patch_embed_backward"), check_linear),
-    Exercise("03_gelu", ("gelu_tanh_backward",), check_gelu),
-    Exercise("04_layernorm", ("layernorm_tokens_forward", "layernorm_tokens_backward"), check_layernorm),
-    Exercise("05_cross_entropy", ("cross_entropy",), check_cross_entropy),
-    Exercise("06_patch_ff", ("patch_ff_forward", "patch_ff_backward"), check_patch_ff),
-    Exercise("07_block", ("paper_block_forward", "paper_block_backward"), check_block),
-    Exercise("08_gradcheck", ("numerical_gradient", "rel_error"), check_gradcheck),
-    Exercise("09_optimizers", ("adam_l2_update",), check_optimizers),
-    Exercise("10_training", ("accumulated_step",), check_training),
-    Exercise("13_attention", ("attention_layer_forward", "attention_layer_backward"), check_attention),
-    Exercise("14_model_backward", ("mean_head_forward", "mean_head_backward"), check_model_backward),
-)}
+EXERCISES: dict[str, Exercise] = {
+    e.stem[:2]: e
+    for e in (
+        Exercise("01_patches", ("patchify", "unpatchify"), check_patches),
+        Exercise("02_linear", ("patch_embed_forward", "patch_embed_backward"), check_linear),
+        Exercise("03_gelu", ("gelu_tanh_backward",), check_gelu),
+        Exercise("04_layernorm", ("layernorm_tokens_forward", "layernorm_tokens_backward"), check_layernorm),
+        Exercise("05_cross_entropy", ("cross_entropy",), check_cross_entropy),
+        Exercise("06_patch_ff", ("patch_ff_forward", "patch_ff_backward"), check_patch_ff),
+        Exercise("07_block", ("paper_block_forward", "paper_block_backward"), check_block),
+        Exercise("08_gradcheck", ("numerical_gradient", "rel_error"), check_gradcheck),
+        Exercise("09_optimizers", ("adam_l2_update",), check_optimizers),
+        Exercise("10_training", ("accumulated_step",), check_training),
+        Exercise("13_attention", ("attention_layer_forward", "attention_layer_backward"), check_attention),
+        Exercise("14_model_backward", ("mean_head_forward", "mean_head_backward"), check_model_backward),
+    )
+}
 
 
 def run_exercise(number: str, path: Path | None = None) -> int:
@@ -462,8 +530,10 @@ def run_exercise(number: str, path: Path | None = None) -> int:
         return 2
     path = Path(path) if path else exercise.stub
     if not path.is_file():
-        print(f"{path}: no such file (give the file with your answer, or none to check {shown(exercise.stub)})",
-              file=sys.stderr)
+        print(
+            f"{path}: no such file (give the file with your answer, or none to check {shown(exercise.stub)})",
+            file=sys.stderr,
+        )
         return 2
     try:
         passed = exercise.check(load(path))

@@ -105,7 +105,8 @@ def test_checker_says_how_an_answer_is_off():
     with pytest.raises(ExerciseFailed, match=r"dK is wrong.*2 times the right answer"):
         check(module)
     module.patch_embed_backward = lambda dt, x, K: (lambda r: (r[0], r[1].reshape(r[1].shape[0], -1), r[2]))(
-        right(dt, x, K))
+        right(dt, x, K)
+    )
     with pytest.raises(ExerciseFailed, match=r"dK has shape \(5, 48\), expected \(5, 3, 4, 4\)"):
         check(module)
     module.patch_embed_backward = lambda dt, x, K: right(dt, x, K)[:2]
@@ -132,18 +133,27 @@ def test_a_forward_difference_is_told_apart():
 
 def test_run_py_checks_a_file(tmp_path):
     run_py = str(LESSONS_DIR / "run.py")
-    ok = subprocess.run([sys.executable, run_py, "03", "--exercise", str(EXERCISES["03"].solution)],
-                        capture_output=True, text=True, timeout=60)
+    ok = subprocess.run(
+        [sys.executable, run_py, "03", "--exercise", str(EXERCISES["03"].solution)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert ok.returncode == 0 and "every check passed" in ok.stdout, ok.stderr
     stub = subprocess.run([sys.executable, run_py, "03", "--exercise"], capture_output=True, text=True, timeout=60)
     assert stub.returncode == 1 and "gelu_tanh_backward is not written yet" in stub.stderr
     mine = tmp_path / "mine.py"
     mine.write_text("def gelu_tanh_backward(dy, x):\n    return dy\n")
-    wrong = subprocess.run([sys.executable, run_py, "03", "--exercise", str(mine)],
-                           capture_output=True, text=True, timeout=60)
+    wrong = subprocess.run(
+        [sys.executable, run_py, "03", "--exercise", str(mine)], capture_output=True, text=True, timeout=60
+    )
     assert wrong.returncode == 1 and "gelu_tanh_backward: dx is wrong" in wrong.stderr
     none = subprocess.run([sys.executable, run_py, "11", "--exercise"], capture_output=True, text=True, timeout=60)
     assert none.returncode == 2 and "no coded exercise" in none.stderr
-    missing = subprocess.run([sys.executable, run_py, "03", "--exercise", str(tmp_path / "nothing.py")],
-                             capture_output=True, text=True, timeout=60)
+    missing = subprocess.run(
+        [sys.executable, run_py, "03", "--exercise", str(tmp_path / "nothing.py")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "no such file" in missing.stderr

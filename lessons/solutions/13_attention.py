@@ -39,20 +39,23 @@ def heads(x, num_heads):
     return np.split(x, num_heads, axis=1)
 
 
+def per_head(qkv, num_heads):
+    """(T, 3D) -> [(Q_i, K_i, V_i) for every head i]."""
+    q, k, v = np.split(qkv, 3, axis=1)  # each (T, D)
+    return list(zip(heads(q, num_heads), heads(k, num_heads), heads(v, num_heads), strict=True))
+
+
 def attention_layer_forward(x, Wqkv, bqkv, Wproj, bproj, num_heads):
-    q, k, v = np.split(x @ Wqkv.T + bqkv, 3, axis=1)  # each (T, D)
-    outs = [attention_by_hand(*qkv)[0] for qkv in zip(heads(q, num_heads), heads(k, num_heads), heads(v, num_heads))]
+    outs = [attention_by_hand(*head)[0] for head in per_head(x @ Wqkv.T + bqkv, num_heads)]
     return np.concatenate(outs, axis=1) @ Wproj.T + bproj
 
 
 def attention_layer_backward(dy, x, Wqkv, bqkv, Wproj, bproj, num_heads):
-    qkv = x @ Wqkv.T + bqkv
-    q, k, v = np.split(qkv, 3, axis=1)
-    results = [attention_by_hand(*h) for h in zip(heads(q, num_heads), heads(k, num_heads), heads(v, num_heads))]
+    results = [attention_by_hand(*head) for head in per_head(x @ Wqkv.T + bqkv, num_heads)]
     O = np.concatenate([out for out, _ in results], axis=1)  # (T, D)
     dWproj, dbproj = dy.T @ O, dy.sum(axis=0)
     dO = heads(dy @ Wproj, num_heads)
-    grads = [attention_backward_by_hand(dO_i, cache) for dO_i, (_, cache) in zip(dO, results)]
+    grads = [attention_backward_by_hand(dO_i, cache) for dO_i, (_, cache) in zip(dO, results, strict=True)]
     dq, dk, dv = (np.concatenate([g[j] for g in grads], axis=1) for j in range(3))
     dqkv = np.concatenate([dq, dk, dv], axis=1)  # (T, 3D), the columns in qkv's order
     return dqkv @ Wqkv, dqkv.T @ x, dqkv.sum(axis=0), dWproj, dbproj
