@@ -3,6 +3,7 @@
     python lessons/run.py 03                      # by number, by file name or by path
     python lessons/run.py 06 --workdir out/        # keep the pictures it draws in out/
     python lessons/run.py 06 --update-figures      # refresh lessons/figures/ from this run
+    python lessons/run.py 02 --exercise [FILE]     # check the lesson's coded exercise (checkers.py)
 
 A block fenced as ```python no-run is shown but not run; the sentence just above it must
 say "Not run" and why (see check_fences).  A lesson may raise unittest.SkipTest("why"),
@@ -150,12 +151,21 @@ def main(argv: list[str] | None = None) -> int:
                         "(default: a new temporary directory, kept)")
     parser.add_argument("--update-figures", action="store_true",
                         help="copy the pictures the lesson shows into lessons/figures/")
+    parser.add_argument("--exercise", nargs="?", const="", metavar="FILE", type=str,
+                        help="check your answer to the lesson's coded exercise instead of running the lesson "
+                             "(default FILE: lessons/exercises/NN_name.py)")
     args = parser.parse_args(argv)
     # Lessons work on small arrays, for which a multi-threaded BLAS spends more time
     # waking threads than multiplying (on a busy machine, ten times more).
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, "1")
     path = find_lesson(args.lesson)
+    if args.exercise is not None:
+        if str(LESSONS_DIR.parent) not in sys.path:
+            sys.path.insert(0, str(LESSONS_DIR.parent))
+        from checkers import run_exercise
+
+        return run_exercise(path.name[:2], Path(args.exercise) if args.exercise else None)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix=f"minimlp-{path.stem}-"))
     workdir.mkdir(parents=True, exist_ok=True)
     try:

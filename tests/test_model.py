@@ -152,6 +152,33 @@ def test_gradient_check_detects_a_wrong_backward(monkeypatch):
     assert errors["blocks.0.mlp1.fc1.weight"] > 0.01
 
 
+def test_ff_block_spells_out_the_generic_pre_norm_block():
+    """FFBlock's own forward/backward compute, bit for bit, what the shared pre-norm block
+    of the ViT and the Mixer computes from the same layers, and name every cache."""
+    from minimlp.layers import PreNormBlock
+    from minimlp.models.ffvit import FFBlock, FFBlockCache
+
+    assert "forward" in vars(FFBlock) and "backward" in vars(FFBlock)
+    model = perturbed_model(drop_rate=0.2, drop_path_rate=0.5)
+    block = model.blocks[1]
+    generic = PreNormBlock()
+    generic.branches = ((block.norm1, block.mlp1), (block.norm2, block.mlp2))
+    generic.drop_path = block.drop_path
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((5, 6, 8))  # (T, B, D)
+    dout = rng.standard_normal(x.shape)
+    results = []
+    for run in (block, generic):
+        model.zero_grad()
+        out, cache = run.forward(x.copy(), True, np.random.default_rng(7))
+        dx = run.backward(dout.copy(), cache)
+        results.append((out, dx, model.store.flat_grads.copy(), cache))
+    (out, dx, grads, cache), (out_g, dx_g, grads_g, _) = results
+    assert isinstance(cache, FFBlockCache) and cache._fields == ("norm1", "mlp1", "path1", "norm2", "mlp2", "path2")
+    assert np.array_equal(out, out_g) and np.array_equal(dx, dx_g) and np.array_equal(grads, grads_g)
+    assert np.abs(grads).max() > 0
+
+
 def test_every_parameter_gets_a_gradient(xp, device):
     model = minimlp.create_model("ff_tiny", device=device, **{**SMALL, "dtype": "float64"})
     x = xp.asarray(np.random.default_rng(0).standard_normal((4, 3, 8, 8)))

@@ -21,13 +21,13 @@ forward.  Lesson 1 shows the resize and its backward.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from minimlp import functional as F
 from minimlp.backend import array_module
-from minimlp.layers import LayerNorm, Linear, Mlp, ParameterStore, PatchEmbed, PreNormBlock, trunc_normal
+from minimlp.layers import LayerNorm, Linear, Mlp, ParameterStore, PatchEmbed, trunc_normal
 from minimlp.models.base import ClassTokenModel, check_image_config
 
 Array = Any
@@ -73,7 +73,18 @@ class FFViTConfig:
         return self.grid * self.grid + 1  # patches and the class token
 
 
-class FFBlock(PreNormBlock):
+class FFBlockCache(NamedTuple):
+    """What :meth:`FFBlock.backward` needs from the forward pass, one field per step."""
+
+    norm1: Any  # LayerNorm over features
+    mlp1: Any  # the feature feed-forward
+    path1: Any  # drop-path mask of the first branch
+    norm2: Any  # LayerNorm over tokens
+    mlp2: Any  # the patch feed-forward
+    path2: Any  # drop-path mask of the second branch
+
+
+class FFBlock:
     """One block: feature feed-forward, then patch feed-forward, each residual.
 
     The paper transposes to (B, D, T) before the patch feed-forward; in (T, B, D) the
@@ -88,8 +99,30 @@ class FFBlock(PreNormBlock):
         self.norm1 = LayerNorm(store, f"{name}.norm1", dim, axis=-1)
         self.mlp2 = Mlp(store, f"{name}.mlp2", num_tokens, patch_mlp_dim, axis=0, drop=drop)
         self.norm2 = LayerNorm(store, f"{name}.norm2", num_tokens, axis=0)  # weight (T,)
-        self.branches = ((self.norm1, self.mlp1), (self.norm2, self.mlp2))
         self.drop_path = drop_path
+
+    def forward(self, x: Array, train: bool, rng: Any) -> tuple[Array, FFBlockCache]:
+        """x (T, B, D) -> (T, B, D)."""
+        h, c_norm1 = self.norm1.forward(x)  # each token over its D features
+        h, c_mlp1 = self.mlp1.forward(h, train, rng)  # D -> 4D -> D, the same for every token
+        h, c_path1 = F.drop_path_forward(h, self.drop_path, rng, train)
+        x = F.add_inplace(h, x)  # residual: x + h, written into the fresh h
+        h, c_norm2 = self.norm2.forward(x)  # each channel over its T tokens
+        h, c_mlp2 = self.mlp2.forward(h, train, rng)  # T -> 4T -> T, the same for every channel
+        h, c_path2 = F.drop_path_forward(h, self.drop_path, rng, train)
+        x = F.add_inplace(h, x)
+        return x, FFBlockCache(c_norm1, c_mlp1, c_path1, c_norm2, c_mlp2, c_path2)
+
+    def backward(self, dx: Array, cache: FFBlockCache) -> Array:
+        """dx (T, B, D) -> the input's gradient; adds the parameter gradients into grads."""
+        # Each residual x + h(x) passes dx on unchanged and adds what comes back through h.
+        dh = F.drop_path_backward(dx, cache.path2)
+        dh = self.mlp2.backward(dh, cache.mlp2)
+        dx = F.add_inplace(self.norm2.backward(dh, cache.norm2), dx)  # into the fresh gradient
+        dh = F.drop_path_backward(dx, cache.path1)
+        dh = self.mlp1.backward(dh, cache.mlp1)
+        dx = F.add_inplace(self.norm1.backward(dh, cache.norm1), dx)
+        return dx
 
 
 class LearnedPositionalEncoding:
