@@ -275,8 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="GPU: mixed precision, as PyTorch's autocast + GradScaler: float16 forward and backward, "
                         "float32 master weights and optimizer, dynamic loss scaling (a step whose gradient "
                         "overflows is skipped; the log and metrics.jsonl count them). Without a GPU it is ignored "
-                        "with a warning (NumPy has no fast float16 matrix product); not under mpirun. As --tf32, a resumed "
-                        "run uses it only when given again")
+                        "with a warning (NumPy has no fast float16 matrix product); not under mpirun. As --tf32, "
+                        "a resumed run uses it only when given again")
     g.add_argument("--output", default=None, metavar="DIR",
                    help="run directory (default: runs/<date>-<time>-<model>, or the resumed run's directory)")
     g.add_argument("--resume", default=None, metavar="DIR_OR_FILE",
