@@ -33,6 +33,7 @@ __all__ = [
     "array_module",
     "is_gpu_array",
     "to_numpy",
+    "host_syncs",
     "erf",
     "erfc",
     "num_threads",
@@ -116,11 +117,25 @@ def is_gpu_array(x: Any) -> bool:
     return array_module(x) is not np
 
 
+_host_syncs = 0
+
+
 def to_numpy(x: Any) -> np.ndarray:
-    """A host NumPy copy (or the array itself, when it already is one)."""
+    """A host NumPy copy (or the array itself, when it already is one).
+
+    Every device -> host read in minimlp goes through here, so that :func:`host_syncs`
+    counts them: each one waits for all the GPU work queued before it.
+    """
+    global _host_syncs
     if is_gpu_array(x):
+        _host_syncs += 1
         return x.get()
     return np.asarray(x)
+
+
+def host_syncs() -> int:
+    """Device -> host reads made by :func:`to_numpy` in this process so far."""
+    return _host_syncs
 
 
 # --------------------------------------------------------------------------------------

@@ -250,12 +250,18 @@ class MaskCache(NamedTuple):
     mask: Array | None  # kept / keep-probability, or None when nothing was dropped
 
 
+def _uniform_dtype(dtype: Any) -> Any:
+    """The dtype to draw uniform numbers in for ``dtype`` data: generators (NumPy's and CuPy's) draw
+    float32 or float64 only, so float16 data takes float32 draws."""
+    return "float32" if dtype == "float16" else dtype
+
+
 @timed("dropout")
 def dropout_forward(x: Array, p: float, rng: Any, train: bool) -> tuple[Array, MaskCache]:
     """Zero each element with probability p and scale the rest by 1/(1-p) (inverted dropout)."""
     if not train or p == 0.0:
         return x, MaskCache(None)
-    keep = rng.random(x.shape, dtype=x.dtype) >= p
+    keep = rng.random(x.shape, dtype=_uniform_dtype(x.dtype)) >= p
     mask = keep.astype(x.dtype) * (1.0 / (1.0 - p))
     return x * mask, MaskCache(mask)
 
@@ -271,7 +277,7 @@ def drop_path_forward(x: Array, p: float, rng: Any, train: bool, batch_axis: int
         return x, MaskCache(None)
     shape = [1] * x.ndim
     shape[batch_axis] = x.shape[batch_axis]
-    keep = rng.random(tuple(shape), dtype=x.dtype) >= p
+    keep = rng.random(tuple(shape), dtype=_uniform_dtype(x.dtype)) >= p
     mask = keep.astype(x.dtype) * (1.0 / (1.0 - p))
     return x * mask, MaskCache(mask)
 

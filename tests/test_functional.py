@@ -246,6 +246,26 @@ def test_cross_entropy(xp, target_kind, smoothing):
 def test_cross_entropy_rejects_bad_targets(xp):
     z = xp.zeros((2, 3))
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
-        cross_entropy_forward(z, xp.asarray([0, 3]))
+        cross_entropy_forward(z, np.asarray([0, 3]))  # host labels are checked, whatever the logits
     with pytest.raises(ValueError, match="target must be labels"):
         cross_entropy_forward(z, xp.zeros((2, 4)))
+
+
+def test_label_checks_read_nothing_back_from_a_gpu(fake_cupy):
+    """Host labels are checked on the host; labels on the device are not read back (a wait for the
+    GPU at every step): one outside [0, K) makes the loss NaN there, never a silently wrong number."""
+    import cupy
+
+    rng = np.random.default_rng(0)
+    z_host = rng.standard_normal((4, 3)).astype(np.float32)
+    z, labels = cupy.asarray(z_host), np.array([0, 2, 1, 0])
+    before = fake_cupy.host_syncs()
+    on_device, _ = cross_entropy_forward(z, cupy.asarray(labels), smoothing=0.1)
+    from_host, _ = cross_entropy_forward(z, labels, smoothing=0.1)
+    bad, _ = cross_entropy_forward(z, cupy.asarray([0, 3, 1, 0]))
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\), got min 0, max 3"):
+        cross_entropy_forward(z, np.array([0, 3, 1, 0]))
+    assert fake_cupy.host_syncs() == before
+    expected = float(cross_entropy_forward(z_host, labels, smoothing=0.1)[0])
+    assert on_device.get() == pytest.approx(expected, rel=1e-6) and from_host.get() == pytest.approx(expected, rel=1e-6)
+    assert np.isnan(bad.get())
