@@ -201,23 +201,27 @@ def _erf_erfc_numpy(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return erf_.astype(dtype, copy=False), erfc_.astype(dtype, copy=False)
 
 
-def erf(x: Any) -> Any:
-    """The error function, elementwise, on NumPy or CuPy arrays."""
-    xp = array_module(x)
-    if xp is not np:
-        import cupyx.scipy.special
+def _on_device(name: str, x: Any) -> Any:
+    """CuPy's erf or erfc of ``x``, in the type of ``x``."""
+    import cupyx.scipy.special
 
-        return cupyx.scipy.special.erf(x)
+    f = getattr(cupyx.scipy.special, name)
+    if x.dtype == np.float16:  # CuPy's float16 loop returns float64: compute in float32 instead
+        return f(x.astype(np.float32)).astype(np.float16)
+    return f(x)
+
+
+def erf(x: Any) -> Any:
+    """The error function, elementwise, on NumPy or CuPy arrays, in the type of ``x``."""
+    if array_module(x) is not np:
+        return _on_device("erf", x)
     return _erf_erfc_numpy(x)[0]
 
 
 def erfc(x: Any) -> Any:
     """The complementary error function 1 - erf(x), accurate far into both tails."""
-    xp = array_module(x)
-    if xp is not np:
-        import cupyx.scipy.special
-
-        return cupyx.scipy.special.erfc(x)
+    if array_module(x) is not np:
+        return _on_device("erfc", x)
     return _erf_erfc_numpy(x)[1]
 
 
