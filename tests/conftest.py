@@ -66,3 +66,9 @@ def fmnist_dir():
             pytest.fail(message + "; MINIMLP_REQUIRE_DATA=1 demands them")
         pytest.skip(message)
     return directory
+
+
+# CuPy's kernel compiler, which needs no GPU: the compile tests (test_cuda_sources.py) skip
+# where CuPy, NVRTC or CUDA's headers are missing, saying how to get them; with
+# MINIMLP_REQUIRE_CUPY=1 (set by CI) they fail instead.
+REQUIRE_CUPY = os.environ.get("MINIMLP_REQUIRE_CUPY") == "1"
