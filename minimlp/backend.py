@@ -67,14 +67,20 @@ def _warn_once(message: str) -> None:
         warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
+# The CuPy wheels bring neither NVRTC (which compiles every kernel), cuBLAS, cuRAND nor
+# CUDA's headers: the [ctk] extra installs NVIDIA's wheels of them (the cuda-toolkit package).
+CUPY_INSTALL = ('pip install "cupy-cuda12x[ctk]" for CUDA 12 (or cupy-cuda12x with nvidia-cuda-nvrtc-cu12, '
+                'nvidia-cuda-runtime-cu12, nvidia-cublas-cu12 and nvidia-curand-cu12), '
+                'pip install "cupy-cuda13x[ctk]" for CUDA 13')
+NCCL_INSTALL = "pip install nvidia-nccl-cu12 (CUDA 12) or nvidia-nccl-cu13 (CUDA 13)"
+
+
 def _cupy_or_reason() -> tuple[ModuleType | None, str]:
     """Import CuPy and check for a usable GPU; on failure say why, in words."""
     try:
         import cupy
     except ImportError:
-        return None, (
-            "CuPy is not installed (pip install cupy-cuda12x, or cupy-cuda13x on CUDA 13)"
-        )
+        return None, f"CuPy is not installed ({CUPY_INSTALL})"
     try:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as exc:  # CUDARuntimeError and friends differ between CuPy versions

@@ -3,9 +3,11 @@ against the plain reference versions."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import math
 import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -96,6 +98,25 @@ def test_gpu_request_falls_back_with_one_warning(monkeypatch):
     assert "CuPy is not installed (test)" in b1.reason
     messages = [str(w.message) for w in caught]
     assert len(messages) == 1 and "falling back to NumPy" in messages[0]
+
+
+def test_install_hints_name_every_wheel_cupy_needs(monkeypatch):
+    """CuPy's wheels lack NVRTC, CUDA's headers, cuBLAS and cuRAND; the hints say how to add them."""
+    monkeypatch.setitem(sys.modules, "cupy", None)  # import cupy fails, as where it is not installed
+    cupy, reason = backend._cupy_or_reason()
+    assert cupy is None
+    for wheel in ('"cupy-cuda12x[ctk]"', '"cupy-cuda13x[ctk]"', "nvidia-cuda-nvrtc-cu12", "nvidia-cuda-runtime-cu12",
+                  "nvidia-cublas-cu12", "nvidia-curand-cu12"):
+        assert wheel in reason
+    assert "nvidia-nccl-cu12" in backend.NCCL_INSTALL and "nvidia-nccl-cu13" in backend.NCCL_INSTALL
+    pyproject = (Path(__file__).parents[1] / "pyproject.toml").read_text(encoding="utf-8")
+    assert 'gpu = ["cupy-cuda12x[ctk]' in pyproject and 'gpu-cuda13 = ["cupy-cuda13x[ctk]' in pyproject
+    try:  # where CuPy is installed: its own metadata says what [ctk] brings
+        requires = importlib.metadata.metadata("cupy-cuda12x").get_all("Requires-Dist")
+    except importlib.metadata.PackageNotFoundError:
+        return
+    ctk = " ".join(r for r in requires if 'extra == "ctk"' in r)
+    assert all(part in ctk for part in ("nvrtc", "cudart", "cublas", "curand"))
 
 
 def test_cupy_is_not_imported_by_the_package():
