@@ -12,17 +12,18 @@ compile, on arrays whose memory is never touched:
   broadcast arguments to once it knows the device, so CuPy itself picks the path
   (CUB or not), renames, and writes the source;
 - elementwise kernels go through ``ElementwiseKernel._decide_params_type`` and
-  ``_get_elementwise_kernel``; the argument layouts they are given are the ones
-  ``__call__`` computes for these calls (``_layouts`` below);
+  ``_get_elementwise_kernel``, with the argument descriptions ``__call__`` would pass: CuPy
+  makes them too, in a reduction over the same arguments that runs the same dimension
+  merging (``Writer._reduced_arginfos``);
 - the memoizing wrappers that would ask the driver for the current device are replaced by
   the functions they wrap, and ``cupy.cuda.compiler._compile_module_with_cache`` by a
   function that hands back the finished source and options instead of compiling.
 
-Each distinct source is then compiled with NVRTC as CuPy compiles it for an A100 (sm_80)
-and an H100/H200 (sm_90), to machine code, in every dtype the kernel is used with.  The calls below are the
-ones ``minimlp/fused_cuda.py`` makes, at the feature widths that switch paths (D = 96 takes
-the plain reduction, 128 and up take CUB) and over both LayerNorm axes.  The tests marked
-gpu check what the kernels compute.
+Each distinct source is then compiled with NVRTC to machine code, as CuPy compiles it for
+an A100 (sm_80) and an H100/H200 (sm_90), in every dtype the kernel is used with.  The
+calls below are the ones ``minimlp/fused_cuda.py`` makes, at the feature widths that switch
+paths (D = 96 takes the plain reduction, 128 and up take CUB) and over both LayerNorm axes.
+The tests marked gpu check what the kernels compute.
 """
 
 from __future__ import annotations
@@ -98,8 +99,8 @@ def _sources_instead_of_compiling(cupy, accelerator, cub_reduction, kernel, redu
 class Writer:
     """Calls kernels the way ``fused_cuda`` does and collects the sources CuPy writes."""
 
-    def __init__(self, cupy, kernel_module, names):
-        self.cupy, self.k = cupy, kernel_module
+    def __init__(self, cupy, reduction_module, names):
+        self.cupy, self.reduction = cupy, reduction_module
         self.variants: dict[str, dict[tuple, Variant]] = {name: {} for name in names}
 
     def array(self, shape, dtype):
@@ -143,28 +144,31 @@ class Writer:
         in_types, out_types, type_map = kernel._decide_params_type(
             tuple(a.dtype if isinstance(a, cupy.ndarray) else None for a in ins), tuple(a.dtype for a in outs))
         outs = outs or [self.array(shape, t) for t in out_types]
-        ins = [cupy.broadcast_to(a, shape) if isinstance(a, cupy.ndarray) else a for a in ins]
-        ndim, contiguous = _layouts([a for a in ins + outs if isinstance(a, cupy.ndarray)], shape)
-        infos, c = [], iter(contiguous)
-        for a, t in zip(ins + outs, in_types + out_types):
-            if isinstance(a, cupy.ndarray):
-                infos.append(self.k._ArgInfo(1, cupy.ndarray, a.dtype, ndim, next(c), True))
-            else:  # a scalar, given the parameter's type
-                infos.append(self.k._ArgInfo(3, cupy._core._scalar.CScalar, np.dtype(t), 0, True, True))
-        infos.append(self.k._ArgInfo(2, cupy._core._carray.Indexer, None, ndim, True, True))
+        ins = [cupy.broadcast_to(a, shape) if isinstance(a, cupy.ndarray) else cupy._core._scalar.CScalar(a)
+               for a in ins]
+        infos = self._reduced_arginfos(ins + outs, in_types + out_types, shape)
         call = f"{'x'.join(map(str, shape))} {arrays[0].dtype}"
-        self._record(kernel, call, lambda: kernel._get_elementwise_kernel(0, tuple(infos), type_map))
+        self._record(kernel, call, lambda: kernel._get_elementwise_kernel(0, infos, type_map))
 
+    def _reduced_arginfos(self, args, types, shape):
+        """The argument descriptions ElementwiseKernel.__call__ makes of ``args`` and its index over
+        ``shape``, after merging the dimensions it can (``_reduce_dims``).  A reduction over all of
+        them runs the same ``_reduce_dims`` first, so they are read off one that never compiles."""
+        params = ", ".join(f"{np.dtype(t).name} p{i}" for i, t in enumerate(types))
+        probe = self.cupy.ReductionKernel(params, "float32 q", "0", "a + b", "q = a", "0", "minimlp_layout_probe")
+        seen = []
 
-def _layouts(arrays, shape):
-    """(ndim, C-contiguity of each array) after ElementwiseKernel's _reduce_dims, for the calls here:
-    all C-contiguous arrays collapse to one dimension; with a broadcast 2-D one, nothing changes."""
-    if len(shape) > 1 and all(a.flags.c_contiguous for a in arrays):
-        return 1, [True] * len(arrays)
-    if len(shape) <= 2:
-        return len(shape), [a.flags.c_contiguous for a in arrays]
-    raise NotImplementedError("a broadcast call of more than two dimensions: extend _layouts as CuPy's "
-                              "_reduced_view_core does")
+        def look(nin, nout, params, arginfos, *_):
+            seen.append(arginfos)
+            raise _Source("", ())
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(self.reduction, "_ReductionKernel_get_cached_function", look)
+            with contextlib.suppress(_Source):
+                probe._call(list(args), [self.array((), np.float32)], shape, None, None, False, True, 0, None,
+                            False, True)
+        arginfos = seen[0]  # the arguments, the output q, the index over the arguments, ...
+        return arginfos[:len(args)] + arginfos[len(args) + 1:len(args) + 2]
 
 
 def write_all_sources(w: Writer, fc) -> None:
@@ -209,7 +213,7 @@ def variants():
     from minimlp import fused_cuda
 
     names = [k.name for k in fused_cuda.all_kernels()]
-    w = Writer(modules[0], modules[3], names)
+    w = Writer(modules[0], modules[4], names)
     with _sources_instead_of_compiling(*modules):
         write_all_sources(w, fused_cuda)
     return w.variants
@@ -227,24 +231,24 @@ def _kernel_names():
 @pytest.mark.parametrize("name", _kernel_names())
 def test_kernel_compiles(variants, name, arch):
     from cupy.cuda import compiler
-
     from cupy_backends.cuda.libs import nvrtc
 
     assert variants[name], f"{name}: no call of this kernel is exercised here; add the calls fused_cuda makes"
     # What CuPy adds for a device of this compute capability (cupy/cuda/compiler.py), and NVRTC's
     # precompiled headers, which CuPy uses with CUPY_NVRTC_USE_PCH=1: CUB's headers are then
-    # parsed once, not once per source (4x faster here).
+    # parsed once, not once per source (a few times faster).
     added = ("-ftz=true", f"-arch=sm_{arch}", "--device-as-default-execution-space")
     if nvrtc.getVersion() >= (12, 8):
         added += ("--pch",)
+    failures, body = [], ""
     for v in variants[name].values():
-        options = v.options + added
         try:
-            compiler._NVRTCProgram(v.source, f"{name}.cu", method="cubin").compile(options)
+            compiler._NVRTCProgram(v.source, f"{name}.cu", method="cubin").compile(v.options + added)
         except compiler.CompileException as exc:
+            failures.append(f"on CuPy's {v.path} path (calls: {'; '.join(v.calls)}):\n{exc}")
             body = v.source[v.source.find("typedef"):]
-            raise AssertionError(f"kernel {name} does not compile for sm_{arch} on CuPy's {v.path} path "
-                                 f"(calls: {'; '.join(v.calls)}):\n{exc}\n--- source ---\n{body}") from None
+    assert not failures, (f"kernel {name} does not compile for sm_{arch} "
+                          + "\n".join(failures) + f"\n--- the last source ---\n{body}")
 
 
 def test_cub_path_is_exercised(variants):
