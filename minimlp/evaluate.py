@@ -117,6 +117,17 @@ def format_per_class(result: EvalResult, classes: list[str]) -> str:
     return "\n".join(lines)
 
 
+def crop_pct(text: str) -> float:
+    """An argparse type: the evaluation crop fraction, in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 < value <= 1.0:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"{text} is not in (0, 1]: the crop is that fraction of the resized image")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m minimlp.evaluate", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -126,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ema", action="store_true", help="a DeiT training checkpoint's EMA weights (model_ema)")
     p.add_argument("--dataset", default=None, help="dataset name or directory (default: the checkpoint's)")
     p.add_argument("--data-dir", default=None, metavar="DIR", help="where the data is (default: the checkpoint's)")
-    p.add_argument("--crop-pct", type=float, default=None,
+    p.add_argument("--crop-pct", type=crop_pct, default=None,
                    help="image data: resize to img_size / PCT, center-crop img_size (default: the checkpoint's, "
                         "else 0.875)")
     p.add_argument("-b", "--batch-size", type=int, default=256, help="images per forward pass")
@@ -171,6 +182,9 @@ def _main(argv: list[str] | None) -> int:
     except (FileNotFoundError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except MemoryError as exc:  # CuPy's out-of-memory error is one too
+        print(f"error: {args.checkpoint}: the model does not fit in memory: {exc}", file=sys.stderr)
+        return 2
     meta = info.meta or {}
     K = model.config.num_classes
     classes, wnids = model_classes(meta, K)
@@ -197,7 +211,12 @@ def _main(argv: list[str] | None) -> int:
             print("error: none of the dataset's classes is among the model's", file=sys.stderr)
             return 2
         start = time.perf_counter()
-        result = evaluate(model, dataset, args.batch_size, indices, label_map=mapping)
+        try:
+            result = evaluate(model, dataset, args.batch_size, indices, label_map=mapping)
+        except MemoryError as exc:
+            print(f"error: a batch of {args.batch_size} images does not fit in memory with this model ({exc}); "
+                  f"use a smaller --batch-size", file=sys.stderr)
+            return 2
     elapsed = time.perf_counter() - start
     top5 = f"  top-5 {result.top5:.2f}%" if result.top5 is not None else ""
     print(f"top-1 {result.top1:.2f}%{top5}  loss {result.loss:.4f}  "

@@ -67,6 +67,26 @@ class ParamSpec:
     decay: bool  # takes weight decay (False for 1-D parameters and the class token)
 
 
+def available_memory() -> int | None:
+    """Bytes of host memory this process can still take (Linux: MemAvailable, within a cgroup's
+    limit), or None where that cannot be told."""
+    free = None
+    try:
+        with open("/proc/meminfo") as f:
+            free = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return None
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            limit = f.read().strip()
+        if limit != "max":
+            with open("/sys/fs/cgroup/memory.current") as f:
+                free = min(free, int(limit) - int(f.read()))
+    except (OSError, ValueError):
+        pass
+    return free
+
+
 class ParameterStore:
     """All parameters of a model in one flat buffer, gradients in another.
 
@@ -95,6 +115,12 @@ class ParameterStore:
         rng = np.random.default_rng(seed)
         ordered = [s for s in self.specs if s.decay] + [s for s in self.specs if not s.decay]
         total = sum(math.prod(s.shape) for s in self.specs)
+        # Refused before allocating: past the free memory, the system kills the process instead of saying so.
+        needed = total * (8 + np.dtype(dtype).itemsize)  # the float64 draw and the parameters (gradients: zero pages)
+        free = available_memory()
+        if free is not None and needed > free:
+            raise MemoryError(f"a model of {total:,} parameters needs {needed / 2**30:.1f} GiB to build, and "
+                              f"{free / 2**30:.1f} GiB of memory is available")
         self.num_decay = sum(math.prod(s.shape) for s in ordered if s.decay)
         host = np.empty(total, dtype=np.float64)
         offsets = {}

@@ -8,6 +8,7 @@ import gzip
 import http.server
 import shutil
 import threading
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +49,32 @@ def test_read_idx_errors_name_the_file(tmp_path):
     (tmp_path / "text").write_bytes(b"hello world, not idx")
     with pytest.raises(ValueError, match="not a uint8 IDX file"):
         fmnist.read_idx(tmp_path / "text")
+
+
+def test_a_gzip_that_inflates_past_its_header_is_refused_before_the_rest_is_read(tmp_path):
+    """A 64 KB file declaring 5 images that inflates to 64 MB: refused having inflated a few KB."""
+    path = tmp_path / "bomb.gz"
+    with gzip.open(path, "wb") as f:
+        f.write(bytes([0, 0, 0x08, 3]) + b"".join(n.to_bytes(4, "big") for n in (5, 28, 28)))
+        for _ in range(64):
+            f.write(bytes(1 << 20))
+    assert path.stat().st_size < 100_000
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=r"bomb\.gz: the data runs past the 3920 bytes its header"):
+            fmnist.read_idx(path, fmnist.IMAGES_MAGIC)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20
+    # A header that declares more than the file could hold is refused before any data is read.
+    huge = write_idx(tmp_path / "huge.gz", np.zeros(10, np.uint8))
+    raw = gzip.decompress(huge.read_bytes())
+    huge.write_bytes(gzip.compress(raw[:4] + (1 << 31).to_bytes(4, "big") + raw[8:]))
+    with pytest.raises(ValueError, match=r"huge\.gz: header says \(2147483648,\) .* more than this"):
+        fmnist.read_idx(huge)
+    with pytest.raises(ValueError, match=r"the header says \(10,\), where Nx28x28 was expected"):
+        fmnist.read_idx(write_idx(tmp_path / "flat.gz", np.zeros(10, np.uint8)), shape=(None, 28, 28))
 
 
 # -- the real files -------------------------------------------------------------------------
@@ -184,6 +211,26 @@ def test_search_order(no_installed_data, monkeypatch, fmnist_dir):
     monkeypatch.setenv("MINIMLP_DATA", str(env_dir))
     assert fmnist.find_data_dir() == env_dir
     assert fmnist.find_data_dir(cli_dir) == cli_dir
+
+
+def test_a_data_dir_given_is_the_only_place_looked_in(fmnist_dir, tmp_path):
+    """A --data-dir that lacks a file, names a file or does not exist is an error naming it, never
+    a quiet switch to the installed copy."""
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    for path in sorted(fmnist_dir.iterdir()):
+        if not path.name.startswith("t10k-labels"):
+            (partial / path.name).symlink_to(path)
+    for name in ("fmnist", None):
+        with pytest.raises(fmnist.DatasetNotFound, match=r"not in .*partial \(--data-dir\): it lacks t10k-labels"):
+            data.open_dataset(name, "train", data_dir=partial)
+        with pytest.raises(ValueError, match=r"--data-dir .*train-images.* is a file; give the folder"):
+            data.open_dataset(name, "train", data_dir=next(partial.glob("train-images*")))
+    with pytest.raises(fmnist.DatasetNotFound, match=r"nowhere \(--data-dir\): it does not exist"):
+        fmnist.FashionMNIST("train", tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="empty holds no dataset minimlp knows"):
+        data.open_dataset(None, "train", data_dir=tmp_path / "empty")
 
 
 # -- download from a local mirror --------------------------------------------------------------

@@ -62,8 +62,8 @@ def open_dataset(name_or_path: str | None, split: str, data_dir: str | os.PathLi
                  download: bool = False, **options: Any) -> Dataset:
     """Open ``split`` ("train" or "val") of a dataset given by name, or by a directory.
 
-    ``name_or_path`` None or "auto": recognise ``data_dir`` from its contents, falling
-    back to Fashion-MNIST (whose files are also searched for in the usual places).
+    ``name_or_path`` None or "auto": recognise ``data_dir`` from its contents; without
+    ``data_dir``, Fashion-MNIST from the usual places.
     ``options`` go to the dataset's opener; the commands pass ``workers`` (decoding
     processes) and ``img_size`` (the model's input size, or None), which every opener must
     accept, and the image options (``subset``, ``num_classes``, ``class_seed``, ``per_class``,
@@ -75,6 +75,11 @@ def open_dataset(name_or_path: str | None, split: str, data_dir: str | os.PathLi
         if data_dir and not download and not Path(data_dir).exists():
             raise FileNotFoundError(f"data directory {data_dir} does not exist")
         name = detect_format(data_dir) if data_dir else None
+        if (name is None and data_dir and not download and Path(data_dir).is_dir()
+                and len(fmnist.missing_files(Path(data_dir))) == len(fmnist.MD5)):
+            raise ValueError(f"{data_dir} holds no dataset minimlp knows: expected Fashion-MNIST's four files "
+                             f"({', '.join(fmnist.MD5)}), train/<class>/ and val/<class>/ folders (ImageNet), class "
+                             f"folders (ImageFolder), or a cache written by python -m minimlp.prepare")
         name = name or "fmnist"
     elif name_or_path in _DATASETS:
         name = name_or_path

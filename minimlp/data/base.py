@@ -12,14 +12,26 @@ interface; :func:`minimlp.data.open_dataset` picks one by name or by what a dire
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
-__all__ = ["Dataset", "ArrayDataset", "normalize"]
+__all__ = ["Dataset", "ArrayDataset", "normalize", "shown"]
 
 Batch = tuple[np.ndarray, np.ndarray]  # uint8 images (B, C, H, W), int64 labels (B,)
+
+
+def shown(path: str | os.PathLike) -> str:
+    """A path as a message shows it: bytes that are not UTF-8 as ``\\xe9``, control characters
+    as ``\\n``, so any file name prints on any terminal, on one line.
+
+    Python hands out such names with the undecodable bytes as lone surrogates, which a UTF-8
+    stream refuses to print; :func:`os.fsencode` gives the bytes back.
+    """
+    text = os.fsencode(path).decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 class Dataset:

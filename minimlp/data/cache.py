@@ -28,7 +28,8 @@ Files in OUT, one set per split (``train_*``, ``val_*``)::
                            fills the start of slot i, (h, w, 3) row-major
     <split>_shapes.npy     (N, 2) int32: (h, w) of each record; (0, 0) = the source could not be decoded
     <split>_labels.npy     (N,) int64 labels 0..K-1
-    <split>_files.txt      the source path of each record, one per line
+    <split>_files.txt      the source path of each record, one per line, as the file system's bytes (a
+                           backslash in a name is written \\\\, a line break \\n)
     <split>_done.npy       (chunks,) uint8: 1 once a chunk of records is written and flushed (resume)
 """
 
@@ -276,6 +277,7 @@ def open_prepared(
     slot_bytes = header["max_long"] * header["size"] * 3
     if crop_pct is None:
         crop_pct = 1.0 if header["geometry"] == "square" else DEFAULT_CROP_PCT
+    crop_pct = transforms.check_crop_pct(crop_pct)
     augment = RandAugment.from_config(randaugment, mean=IMAGENET_MEAN) if randaugment else None
     reader = CacheReader(str(paths["images"]), slot_bytes, img_size, train_crop, tuple(scale), tuple(ratio), hflip,
                          crop_pct, augment)

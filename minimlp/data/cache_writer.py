@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from minimlp.data.base import shown
 from minimlp.data.cache import (
     CACHE_HEADER,
     FORMAT,
@@ -34,9 +35,33 @@ from minimlp.data.loader import default_workers
 from minimlp.data.transforms import BadImageError
 from minimlp.io.files import atomic_write
 
-__all__ = ["prepare"]
+__all__ = ["prepare", "read_manifest", "write_manifest"]
 
 CHUNK = 512  # records per task (and per progress mark)
+
+
+def write_manifest(path: Path, names: list[str]) -> None:
+    """Store source names one per line, as the bytes the file system has (so names that are not
+    UTF-8 round-trip), with ``\\`` for a backslash and ``\\n`` for a line break in a name."""
+    lines = (os.fsencode(name).replace(b"\\", b"\\\\").replace(b"\n", b"\\n") for name in names)
+    with atomic_write(path) as f:
+        f.write(b"".join(line + b"\n" for line in lines))
+
+
+def read_manifest(path: Path) -> list[str]:
+    """The names :func:`write_manifest` stored, exactly."""
+    data = Path(path).read_bytes()
+    if not data:
+        return []
+    lines = data[:-1].split(b"\n") if data.endswith(b"\n") else data.split(b"\n")
+    return [os.fsdecode(_unescape(line)) for line in lines]
+
+
+def _unescape(line: bytes) -> bytes:
+    if b"\\" not in line:
+        return line
+    parts = line.split(b"\\\\")  # escaped backslashes first, so "\\\\n" stays a backslash and an n
+    return b"\\".join(part.replace(b"\\n", b"\n") for part in parts)
 
 
 def _write_header(out: Path, header: dict) -> None:
@@ -81,7 +106,7 @@ def _start_split(out: Path, header: dict, split: str, paths: list[str], labels: 
     np.memmap(files["images"], dtype=np.uint8, mode="w+", shape=(max(1, n * slot_bytes),)).flush()
     np.lib.format.open_memmap(files["shapes"], mode="w+", dtype=np.int32, shape=(n, 2)).flush()
     np.save(files["labels"], labels.astype(np.int64))
-    files["files"].write_text("".join(p + "\n" for p in paths))
+    write_manifest(files["files"], paths)
     np.save(files["done"], np.zeros(num_chunks if num_chunks is not None else -(-n // chunk), dtype=np.uint8))
     header["splits"][split] = {"count": n, "chunk": chunk, "complete": False}
     _write_header(out, header)
@@ -155,7 +180,10 @@ def prepare(
         if info["complete"]:
             log(f"{split}: complete ({info['count']} images)")
             continue
-        paths = files["files"].read_text().splitlines()
+        paths = read_manifest(files["files"])
+        if len(paths) != info["count"]:
+            raise ValueError(f"{files['files']} lists {len(paths)} files where the cache holds {info['count']}; "
+                             f"it was changed or damaged: delete {out} and prepare again")
         done = np.load(files["done"], mmap_mode="r+")
         todo = [int(c) for c in np.flatnonzero(done == 0)]
         step = info["chunk"]
@@ -168,8 +196,9 @@ def prepare(
         info.update(complete=True, bad=len(bad))
         _write_header(out, header)
         if bad:
-            shown = "\n  ".join(bad[:50]) + (f"\n  ... and {len(bad) - 50} more" if len(bad) > 50 else "")
-            log(f"{split}: {len(bad)} file(s) could not be decoded and are left out:\n  {shown}")
+            names = "\n  ".join(shown(p) for p in bad[:50]) + (f"\n  ... and {len(bad) - 50} more" if len(bad) > 50
+                                                                else "")
+            log(f"{split}: {len(bad)} file(s) could not be decoded and are left out:\n  {names}")
         log(f"{split}: done, {len(paths) - len(bad)} images in {files['images']}")
     return header
 

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from minimlp.data.base import shown
+
 __all__ = [
     "ClassMap",
     "cap_samples",
@@ -86,8 +88,8 @@ def _names_by_wnid() -> dict[str, str]:
 
 
 def imagenet_name(wnid: str) -> str:
-    """The short name of an ImageNet wnid; any other folder name is its own name."""
-    return _names_by_wnid().get(wnid, wnid)
+    """The short name of an ImageNet wnid; any other folder name is its own name (as messages show it)."""
+    return _names_by_wnid().get(wnid) or shown(wnid)
 
 
 @dataclass(frozen=True)

@@ -4,14 +4,16 @@ Fashion-MNIST (Xiao, Rasul & Vollgraf, 2017) is 70,000 grayscale 28x28 images of
 in 10 classes: 60,000 for training, 10,000 for testing.  It ships as four gzipped IDX files:
 a big-endian header (magic number, then one int32 per dimension) followed by raw uint8.
 
-The files are looked for, in order, in
+The files are looked for in ``--data-dir`` (the ``data_dir`` argument) when it is given, and
+only there: a missing file or a path that is not a folder is an error, never a quiet switch to
+another copy.  Without it, in order, in
 
-1. ``--data-dir`` (the ``data_dir`` argument),
-2. ``$MINIMLP_DATA``,
-3. the per-user cache ``$XDG_CACHE_HOME/minimlp/fashion-mnist`` (``~/.cache/...``),
-4. ``/usr/share/datasets/fashion-mnist`` (Debian's ``dataset-fashion-mnist`` package).
+1. ``$MINIMLP_DATA``,
+2. the per-user cache ``$XDG_CACHE_HOME/minimlp/fashion-mnist`` (``~/.cache/...``),
+3. ``/usr/share/datasets/fashion-mnist`` (Debian's ``dataset-fashion-mnist`` package).
 
-When none has them, ``download=True`` fetches them from the dataset's public mirror into
+A file whose header declares more data than it can hold, or which inflates past what its
+header declares, is refused before the rest is read.  When no folder has the files, ``download=True`` fetches them from the dataset's public mirror into
 ``data_dir`` (or the cache), checking each file's MD5 before it takes the final name, so
 a cut or corrupted download never looks like data.  Without it the error says exactly how
 to get the files.
@@ -22,8 +24,10 @@ from __future__ import annotations
 import functools
 import gzip
 import hashlib
+import math
 import os
 import urllib.request
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -51,6 +55,7 @@ SIZES = {"train": 60_000, "test": 10_000}
 MEAN, STD = (0.2860,), (0.3530,)
 
 IMAGES_MAGIC, LABELS_MAGIC = 2051, 2049  # 0x00000803 (uint8, 3 dims), 0x00000801 (uint8, 1 dim)
+MAX_DEFLATE_RATIO = 1032  # DEFLATE's longest match (258 bytes) costs at least 2 bits: no stream expands more
 
 
 class DatasetNotFound(FileNotFoundError):
@@ -60,50 +65,69 @@ class DatasetNotFound(FileNotFoundError):
 # --------------------------------------------------------------------------------------
 # IDX files
 # --------------------------------------------------------------------------------------
-def read_idx(path: str | os.PathLike, magic: int | None = None) -> np.ndarray:
+def read_idx(path: str | os.PathLike, magic: int | None = None,
+             shape: tuple[int | None, ...] | None = None) -> np.ndarray:
     """Read an IDX file of uint8 (gzipped or not) into an array shaped by its header.
 
-    Checks the magic number (type code 0x08 = uint8, and ``magic`` when given) and that
-    the data is exactly as long as the header says; any problem raises ``ValueError``
-    naming the file.
+    Checks the magic number (type code 0x08 = uint8, and ``magic`` when given), the
+    dimensions against ``shape`` when given (None: any size), and that the data is exactly
+    as long as the header says; any problem raises ``ValueError`` naming the file.  The size
+    the header declares is checked before the data is read, and no more than that (plus one
+    byte) is ever inflated: a gzip that inflates past it is refused without inflating the rest.
     """
     path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
+    compressed = path.suffix == ".gz"
     try:
-        with opener(path, "rb") as f:
-            raw = f.read()
-    except (OSError, EOFError) as exc:  # gzip raises these for a truncated or non-gzip file
+        file_size = path.stat().st_size
+        with (gzip.open if compressed else open)(path, "rb") as f:
+            head = f.read(4)
+            if len(head) < 4:
+                raise ValueError(f"{path}: {len(head)} bytes is too short for an IDX header")
+            found = int.from_bytes(head, "big")
+            if head[0] != 0 or head[1] != 0 or head[2] != 0x08 or not 1 <= head[3] <= 4:
+                raise ValueError(f"{path}: not a uint8 IDX file (magic number {found:#010x})")
+            if magic is not None and found != magic:
+                raise ValueError(f"{path}: magic number {found} where {magic} was expected "
+                                 f"({'images' if magic == IMAGES_MAGIC else 'labels'} file swapped?)")
+            ndim = head[3]
+            dims = f.read(4 * ndim)
+            if len(dims) < 4 * ndim:
+                raise ValueError(f"{path}: the header promises {ndim} dimensions but the file ends first")
+            found_shape = tuple(int.from_bytes(dims[4 * i: 4 * i + 4], "big") for i in range(ndim))
+            if shape is not None and (len(shape) != ndim or any(s not in (None, d) for s, d in
+                                                                 zip(shape, found_shape, strict=True))):
+                wanted = "x".join("N" if s is None else str(s) for s in shape)
+                raise ValueError(f"{path}: the header says {found_shape}, where {wanted} was expected")
+            expected = math.prod(found_shape)
+            # Nothing is read that the file cannot hold: DEFLATE expands by at most MAX_DEFLATE_RATIO.
+            header = 4 + 4 * ndim
+            room = MAX_DEFLATE_RATIO * file_size if compressed else file_size - header
+            if expected > room:
+                raise ValueError(f"{path}: header says {found_shape} = {expected} bytes of data, more than this "
+                                 f"{file_size}-byte file can hold; the file is truncated or damaged")
+            raw = f.read(expected)
+            beyond = f.read(1)
+    except (OSError, EOFError, zlib.error) as exc:  # gzip raises these for a truncated or non-gzip file
         raise ValueError(f"{path}: cannot read ({exc}); the file is damaged, delete it and fetch it again") from exc
-    if len(raw) < 4:
-        raise ValueError(f"{path}: {len(raw)} bytes is too short for an IDX header")
-    found = int.from_bytes(raw[:4], "big")
-    if raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08 or not 1 <= raw[3] <= 4:
-        raise ValueError(f"{path}: not a uint8 IDX file (magic number {found:#010x})")
-    if magic is not None and found != magic:
-        raise ValueError(f"{path}: magic number {found} where {magic} was expected "
-                         f"({'images' if magic == IMAGES_MAGIC else 'labels'} file swapped?)")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise ValueError(f"{path}: the header promises {ndim} dimensions but the file ends first")
-    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    expected = int(np.prod(shape))
-    if len(raw) - header != expected:
-        raise ValueError(f"{path}: header says {shape} = {expected} bytes of data, the file holds "
-                         f"{len(raw) - header}; the file is truncated or damaged")
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+    if len(raw) < expected:
+        raise ValueError(f"{path}: header says {found_shape} = {expected} bytes of data, the file holds "
+                         f"{len(raw)}; the file is truncated or damaged")
+    if beyond:
+        raise ValueError(f"{path}: the data runs past the {expected} bytes its header {found_shape} declares "
+                         f"(read no further); the file is damaged, delete it and fetch it again")
+    return np.frombuffer(raw, dtype=np.uint8).reshape(found_shape)
 
 
-def _read_cached(path: Path, magic: int) -> np.ndarray:
+def _read_cached(path: Path, magic: int, shape: tuple[int | None, ...]) -> np.ndarray:
     """read_idx, remembered while the file is unchanged (the trainer, evaluation and tests
     open the same split several times; decompressing 26 MB takes a noticeable moment)."""
     stat = path.stat()
-    return _read_idx_once(str(path.resolve()), stat.st_mtime_ns, stat.st_size, magic)
+    return _read_idx_once(str(path.resolve()), stat.st_mtime_ns, stat.st_size, magic, shape)
 
 
 @functools.lru_cache(maxsize=4)
-def _read_idx_once(path: str, mtime_ns: int, size: int, magic: int) -> np.ndarray:
-    return read_idx(path, magic)  # read-only (it wraps the file's bytes), so sharing it is safe
+def _read_idx_once(path: str, mtime_ns: int, size: int, magic: int, shape: tuple[int | None, ...]) -> np.ndarray:
+    return read_idx(path, magic, shape)  # read-only (it wraps the file's bytes), so sharing it is safe
 
 
 # --------------------------------------------------------------------------------------
@@ -115,10 +139,11 @@ def cache_dir() -> Path:
 
 
 def search_dirs(data_dir: str | os.PathLike | None = None) -> list[tuple[Path, str]]:
-    """The directories looked in, in order, each with where it came from."""
-    dirs = []
+    """The directories looked in, in order, each with where it came from: ``data_dir`` alone when
+    it is given (a folder named on purpose is never silently replaced by another copy)."""
     if data_dir:
-        dirs.append((Path(data_dir), "--data-dir"))
+        return [(Path(data_dir), "--data-dir")]
+    dirs = []
     if os.environ.get("MINIMLP_DATA"):
         dirs.append((Path(os.environ["MINIMLP_DATA"]), "$MINIMLP_DATA"))
     dirs.append((cache_dir(), "the per-user cache"))
@@ -126,8 +151,13 @@ def search_dirs(data_dir: str | os.PathLike | None = None) -> list[tuple[Path, s
     return dirs
 
 
+def missing_files(directory: Path) -> list[str]:
+    """The four files' names that ``directory`` lacks (each may be stored gunzipped, without .gz)."""
+    return [name for name in MD5 if not ((directory / name).is_file() or (directory / name[:-3]).is_file())]
+
+
 def has_files(directory: Path) -> bool:
-    return all((directory / name).is_file() or (directory / name[:-3]).is_file() for name in MD5)
+    return not missing_files(directory)
 
 
 def find_data_dir(data_dir: str | os.PathLike | None = None) -> Path | None:
@@ -139,15 +169,20 @@ def find_data_dir(data_dir: str | os.PathLike | None = None) -> Path | None:
 
 
 def not_found_message(data_dir: str | os.PathLike | None = None) -> str:
+    how = ("Get the files in one of these ways:\n"
+           "  sudo apt-get install dataset-fashion-mnist      (Debian/Ubuntu; installs into "
+           f"{SYSTEM_DIR})\n"
+           "  python -m minimlp.train --download               (downloads into "
+           f"{Path(data_dir) if data_dir else cache_dir()}, MD5-checked)\n"
+           f"  or fetch the four files from {MIRROR} into a directory and pass --data-dir DIR")
+    if data_dir:
+        directory = Path(data_dir)
+        what = (f"it lacks {', '.join(missing_files(directory))}" if directory.is_dir() else "it does not exist")
+        return (f"Fashion-MNIST is not in {directory} (--data-dir): {what}. A folder named with --data-dir is the "
+                f"only one used; without --data-dir, minimlp looks in $MINIMLP_DATA, the per-user cache "
+                f"{cache_dir()} and {SYSTEM_DIR}.\n{how}")
     searched = "\n".join(f"  {d}  ({why})" for d, why in search_dirs(data_dir))
-    names = ", ".join(MD5)
-    return (f"Fashion-MNIST was not found. Looked for {names} in:\n{searched}\n"
-            "Get the files in one of these ways:\n"
-            "  sudo apt-get install dataset-fashion-mnist      (Debian/Ubuntu; installs into "
-            f"{SYSTEM_DIR})\n"
-            "  python -m minimlp.train --download               (downloads into "
-            f"{Path(data_dir) if data_dir else cache_dir()}, MD5-checked)\n"
-            f"  or fetch the four files from {MIRROR} into a directory and pass --data-dir DIR")
+    return f"Fashion-MNIST was not found. Looked for {', '.join(MD5)} in:\n{searched}\n{how}"
 
 
 # --------------------------------------------------------------------------------------
@@ -232,14 +267,17 @@ class FashionMNIST(ArrayDataset):
         split = {"val": "test", "t10k": "test"}.get(split, split)
         if split not in FILES:
             raise ValueError(f"unknown Fashion-MNIST split {split!r}; use 'train' or 'test' ('val')")
+        if data_dir and Path(data_dir).exists() and not Path(data_dir).is_dir():
+            raise ValueError(f"--data-dir {data_dir} is a file; give the folder that holds the four Fashion-MNIST "
+                             f"files ({', '.join(MD5)})")
         directory = find_data_dir(data_dir)
         if directory is None:
             if not download:
                 raise DatasetNotFound(not_found_message(data_dir))
             directory = download_fashion_mnist(data_dir)
         images_name, labels_name = FILES[split]
-        images = _read_cached(self._path(directory, images_name), IMAGES_MAGIC)  # (N, 28, 28)
-        labels = _read_cached(self._path(directory, labels_name), LABELS_MAGIC)  # (N,)
+        images = _read_cached(self._path(directory, images_name), IMAGES_MAGIC, (None, 28, 28))  # (N, 28, 28)
+        labels = _read_cached(self._path(directory, labels_name), LABELS_MAGIC, (None,))  # (N,)
         if images.shape[0] != labels.shape[0]:
             raise ValueError(f"{directory}: {images.shape[0]} images but {labels.shape[0]} labels in the {split} split")
         if images.shape[1:] != (28, 28):

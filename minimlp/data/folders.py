@@ -18,6 +18,23 @@ by a subset if one is asked for (:func:`minimlp.data.classes.select_classes`) an
 extension are taken as listed (and any that fails to decode is skipped and reported when
 it is read), any other file is opened by Pillow to see whether it is an image; a file
 that is not is named in a warning and left out.  Lesson 12 walks through it.
+
+Links.  A tree made of symbolic links reads like the real one: class folders may be links to
+folders elsewhere (another disk), and so may files and subfolders inside a class folder.
+What a link may not do is loop, or give one file two places:
+
+* a link to a folder is not followed when it leads to ROOT or a folder that holds it
+  (``.``, ``..``, ``/``: a loop), or anywhere inside ROOT (another class, the other split:
+  what it points to is counted where it is, if anywhere);
+* a folder is walked once per class, so a link to one of its own ancestors elsewhere ends there;
+* a file (its device and inode) counts once.  Reached directly (no link below the class
+  folder) in one class, it counts there, whatever links elsewhere lead to it; reached only
+  through links, it counts in the class the links are in.  A file reached directly in two
+  classes (hard links), or through links in two classes, has no single label: it is left out.
+
+Every link not followed and every file left out is named in a warning.  Links to files are
+judged by identity within one split: a file link from train/ to an image of val/ is followed.
+A folder that cannot be read is an error naming it, never an empty class.
 """
 
 from __future__ import annotations
@@ -32,6 +49,7 @@ from PIL import Image
 
 from minimlp.data import transforms
 from minimlp.data.augment import RandAugment
+from minimlp.data.base import shown
 from minimlp.data.cache import CACHE_HEADER, open_prepared
 from minimlp.data.classes import ClassMap, cap_samples, imagenet_table, select_classes
 from minimlp.data.loader import LoaderDataset, default_workers
@@ -78,20 +96,128 @@ def _hidden(name: str) -> bool:
     return name.startswith(".") or name.startswith("__")
 
 
-def _list_images(directory: Path, non_images: list[str]) -> list[str]:
-    """Image files under ``directory`` (recursively), sorted; other files go to ``non_images``."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(directory, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not _hidden(d))
-        for name in sorted(filenames):
-            if _hidden(name):
+def _unreadable(directory: str, exc: OSError) -> ValueError:
+    return ValueError(f"cannot read the folder {shown(directory)} ({exc.strerror or exc}): its images cannot be "
+                      f"listed; fix its permissions, or move it out of the dataset")
+
+
+class _Fence:
+    """Where a link to a folder may not lead: into the folder being listed (``top``), or to a folder
+    that holds it."""
+
+    def __init__(self, top: str | os.PathLike):
+        self.top = os.path.realpath(top)
+
+    def refuses(self, link: str) -> str | None:
+        """Why the folder link ``link`` is not followed, or None."""
+        target = os.path.realpath(link)
+        if target == self.top or self.top.startswith(target.rstrip(os.sep) + os.sep):
+            return f"leads to {shown(target)}, which holds the dataset (a loop)"
+        if target.startswith(self.top + os.sep):
+            return f"leads back into {shown(self.top)} (what it points to is counted where it is)"
+        return None
+
+
+@dataclass
+class _Found:
+    """The image files of one class folder, in sorted order, with each file's identity."""
+
+    paths: list[str] = field(default_factory=list)
+    dev: list[int] = field(default_factory=list)  # st_dev and st_ino of the file itself (links followed)
+    ino: list[int] = field(default_factory=list)
+    linked: list[bool] = field(default_factory=list)  # reached through a link below the class folder
+
+
+def _walk(folder: str, fence: _Fence, result: ScanResult) -> _Found:
+    """The image files under ``folder``: each folder's files (sorted), then its subfolders (sorted).
+
+    Links below ``folder`` are followed unless ``fence`` refuses them; a folder already walked
+    for this class (a link back to one of its own ancestors) is not walked again.  An unreadable
+    folder raises ValueError naming it.
+    """
+    found = _Found()
+    walked: set[tuple[int, int]] = set()
+    stack = [(folder, False)]  # (folder, reached through a link)
+    while stack:
+        directory, via_link = stack.pop()
+        try:
+            here = os.stat(directory)
+            if (here.st_dev, here.st_ino) in walked:
                 continue
-            path = os.path.join(dirpath, name)
-            if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS or is_image_file(path):
-                found.append(path)
-            else:
-                non_images.append(path)
+            walked.add((here.st_dev, here.st_ino))
+            with os.scandir(directory) as listing:
+                entries = sorted(listing, key=lambda e: e.name)
+        except OSError as exc:
+            raise _unreadable(directory, exc) from None
+        subfolders = []
+        for entry in entries:
+            if _hidden(entry.name):
+                continue
+            link = entry.is_symlink()
+            try:
+                is_dir = entry.is_dir()  # follows links
+                identity = entry.stat() if link else None
+            except OSError:
+                result.links.append((entry.path, "leads nowhere"))
+                continue
+            if is_dir:
+                why = fence.refuses(entry.path) if link else None
+                if why:
+                    result.links.append((entry.path, why))
+                else:
+                    subfolders.append((entry.path, via_link or link))
+                continue
+            if not (os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS or is_image_file(entry.path)):
+                result.non_images.append(entry.path)
+                continue
+            found.paths.append(entry.path)
+            # A plain file's identity comes free with the listing: its folder's device, its own inode.
+            found.dev.append(identity.st_dev if link else here.st_dev)
+            found.ino.append(identity.st_ino if link else entry.inode())
+            found.linked.append(via_link or link)
+        stack.extend(reversed(subfolders))
     return found
+
+
+def _count_once(found: list[_Found], result: ScanResult) -> list[list[str]]:
+    """Per class, the paths that count: every file (by device and inode) once, in one class only.
+
+    A file reached directly (not through a link) in one class counts there, wherever else links
+    lead to it; a file reached through links only counts where the links are, if they are all in
+    one class.  Otherwise the file has no single label and is left out.  Returns the kept paths
+    per class, in their order; repeats and ambiguous files go to ``result``.
+    """
+    counts = [len(f.paths) for f in found]
+    if sum(counts) == 0:
+        return [[] for _ in found]
+    dev = np.concatenate([np.array(f.dev, dtype=np.uint64) for f in found])  # (F,) over all classes
+    ino = np.concatenate([np.array(f.ino, dtype=np.uint64) for f in found])
+    linked = np.concatenate([np.array(f.linked, dtype=bool) for f in found])
+    cls = np.repeat(np.arange(len(found)), counts)  # (F,)
+    position = np.arange(len(dev))
+    order = np.lexsort((position, linked, ino, dev))  # by file; direct before linked; then first found
+    d, i = dev[order], ino[order]
+    first = np.r_[True, (d[1:] != d[:-1]) | (i[1:] != i[:-1])]  # (F,) the first entry of each file
+    group = np.cumsum(first) - 1  # (F,) which file each entry is
+    starts = np.flatnonzero(first)
+    # The entries that decide the label: the direct ones if the file has any, else all of them.
+    deciding = linked[order] == linked[order][starts][group]
+    c = cls[order]
+    low = np.minimum.reduceat(np.where(deciding, c, len(found)), starts)
+    high = np.maximum.reduceat(np.where(deciding, c, -1), starts)
+    ambiguous = (low != high)[group]  # (F,)
+    keep = np.zeros(len(dev), dtype=bool)
+    keep[order[first & ~ambiguous]] = True
+    paths = [p for f in found for p in f.paths]
+    result.ambiguous += [paths[k] for k in sorted(order[ambiguous])]
+    result.repeats += [paths[k] for k in sorted(order[~first & ~ambiguous])]
+    bounds = np.cumsum([0] + counts)
+    return [[paths[k] for k in range(a, b) if keep[k]] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def _list_images(directory: Path, result: ScanResult, tree: Path) -> list[str]:
+    """Image files under ``directory`` (recursively), each counted once; other files go to ``result``."""
+    return _count_once([_walk(str(directory), _Fence(tree), result)], result)[0]
 
 
 @dataclass
@@ -100,27 +226,67 @@ class ScanResult:
     files: list[list[str]]  # per class, sorted paths
     non_images: list[str] = field(default_factory=list)
     empty: list[str] = field(default_factory=list)
+    links: list[tuple[str, str]] = field(default_factory=list)  # (link, why it was not followed)
+    repeats: list[str] = field(default_factory=list)  # a file counted already, reached again here
+    ambiguous: list[str] = field(default_factory=list)  # a file found in two classes: left out of both
+
+    def warn(self) -> None:
+        for path in self.non_images:
+            _warn(f"not an image, left out: {shown(path)}")
+        for path in self.empty:
+            _warn(f"class folder has no images: {shown(path)} (the class is kept so label indices do not shift)")
+        for link, why in self.links:
+            _warn(f"link not followed: {shown(link)} {why}")
+        for what, paths in (("reached twice (through links or hard links), counted once", self.repeats),
+                            ("in more than one class folder, so with no single label; left out", self.ambiguous)):
+            if paths:
+                more = f" and {len(paths) - 5} more" if len(paths) > 5 else ""
+                _warn(f"{len(paths)} file(s) {what}: {', '.join(shown(p) for p in paths[:5])}{more}")
 
 
-def scan_class_folders(directory: str | os.PathLike, warn: bool = True) -> ScanResult:
-    """The class folders under ``directory`` and their image files.
+def _class_folders(directory: Path) -> list[str]:
+    """The sorted class-folder names in ``directory`` (links to folders included)."""
+    try:
+        with os.scandir(directory) as listing:
+            return sorted(e.name for e in listing if not _hidden(e.name) and _is_dir(e))
+    except OSError as exc:
+        raise _unreadable(str(directory), exc) from None
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
+def scan_class_folders(directory: str | os.PathLike, warn: bool = True,
+                       tree: str | os.PathLike | None = None) -> ScanResult:
+    """The class folders under ``directory`` and their image files (see the module docstring for links).
 
     An empty class folder stays a class (so the other classes keep their indices) and is
-    named in a warning; so is every file that is not an image.
+    named in a warning; so is every file that is not an image, every link not followed and
+    every file left out for being counted already or having no single class.  Links to folders
+    may not lead into ``tree`` (the whole dataset; default ``directory``).  An unreadable folder
+    raises ValueError naming it.
     """
     directory = Path(directory)
-    classes = sorted(e.name for e in os.scandir(directory) if e.is_dir() and not _hidden(e.name))
-    result = ScanResult(classes, [])
-    for name in classes:
-        files = _list_images(directory / name, result.non_images)
-        if not files:
-            result.empty.append(str(directory / name))
-        result.files.append(files)
+    result = ScanResult(_class_folders(directory), [])
+    fence = _Fence(directory if tree is None else tree)
+    found = []
+    for name in result.classes:
+        folder = str(directory / name)
+        why = fence.refuses(folder) if os.path.islink(folder) else None
+        if why:
+            result.links.append((folder, why))
+            found.append(_Found())
+        else:
+            found.append(_walk(folder, fence, result))
+    result.files = _count_once(found, result)
+    result.empty = [str(directory / name) for name, files in zip(result.classes, result.files, strict=True)
+                    if not files]
     if warn:
-        for path in result.non_images:
-            _warn(f"not an image, left out: {path}")
-        for path in result.empty:
-            _warn(f"class folder has no images: {path} (the class is kept so label indices do not shift)")
+        result.warn()
     return result
 
 
@@ -158,7 +324,8 @@ def read_val_labels(root: str | os.PathLike, val_dir: str | os.PathLike | None =
             f"{val_dir} holds images directly (no class folders) but no label file was found; put one of "
             f"{', '.join(VAL_LABEL_FILES)} in {root}, or sort the images into val/<wnid>/ folders")
     table = imagenet_table()
-    lines = [ln.strip() for ln in label_file.read_text().splitlines() if ln.strip()]
+    # Names that are not UTF-8 decode as the file system's listing does, so they match the images.
+    lines = [ln.strip() for ln in os.fsdecode(label_file.read_bytes()).split("\n") if ln.strip()]
     labels: dict[str, str] = {}
     if label_file.name == "LOC_val_solution.csv":
         for ln in lines[1:]:
@@ -229,8 +396,11 @@ def recognise(root: str | os.PathLike) -> str | None:
         return "downsampled"
     if (root / "train").is_dir() or _find_val_dir(root) is not None:
         return "imagenet"
-    if any(e.is_dir() and not _hidden(e.name) for e in os.scandir(root)):
-        return "imagefolder"
+    try:
+        if _class_folders(root):
+            return "imagefolder"
+    except ValueError:  # unreadable: detect() and the listing say so
+        pass
     return None
 
 
@@ -244,6 +414,7 @@ def detect(root: str | os.PathLike) -> str:
         raise FileNotFoundError(f"data directory {root} does not exist")
     if not root.is_dir():
         raise ValueError(f"--data-dir must be a directory, {root} is a file")
+    _class_folders(root)  # an unreadable root is said to be one
     kind = recognise(root)
     if kind == "downsampled" and not (any(root.glob("train_data_batch_*.npz")) or (root / "val_data.npz").is_file()):
         raise ValueError(f"{root} holds Downsampled ImageNet batches in the pickled format, which minimlp never "
@@ -267,23 +438,21 @@ def _imagenet_split(root: Path, split: str) -> _Split:
     if split == "train":
         if not train_dir.is_dir():
             raise FileNotFoundError(f"{train_dir} not found: the training images go in train/<wnid>/*.JPEG")
-        scan = scan_class_folders(train_dir)
+        scan = scan_class_folders(train_dir, tree=root)
         return _flatten(scan.classes, scan.files)
     val_dir = _find_val_dir(root)
     if val_dir is None:
         raise FileNotFoundError(
             f"{root / 'val'} not found: put the validation images in val/<wnid>/ folders (or flat in val/ with a "
             f"label file such as LOC_val_solution.csv), or train only (no evaluation)")
-    train_classes = (sorted(e.name for e in os.scandir(train_dir) if e.is_dir() and not _hidden(e.name))
-                     if train_dir.is_dir() else None)
-    class_dirs = [e.name for e in os.scandir(val_dir) if e.is_dir() and not _hidden(e.name)]
-    if class_dirs:
-        scan = scan_class_folders(val_dir)
+    train_classes = _class_folders(train_dir) if train_dir.is_dir() else None
+    if _class_folders(val_dir):
+        scan = scan_class_folders(val_dir, tree=root)
         classes = train_classes if train_classes is not None else _val_only_classes(scan.classes)
         unknown = sorted(set(scan.classes) - set(classes))
         if unknown:
             raise ValueError(f"{len(unknown)} class folder(s) in {val_dir} have no folder in {train_dir}, so their "
-                             f"labels are undefined: {', '.join(str(val_dir / u) for u in unknown[:10])}; remove "
+                             f"labels are undefined: {', '.join(shown(val_dir / u) for u in unknown[:10])}; remove "
                              f"them or add the training images")
         position = {c: i for i, c in enumerate(classes)}
         split_ = _flatten(scan.classes, scan.files)
@@ -295,11 +464,10 @@ def _imagenet_split(root: Path, split: str) -> _Split:
     classes = train_classes if train_classes is not None else [c.wnid for c in imagenet_table()]
     position = {c: i for i, c in enumerate(classes)}
     paths, source = [], []
-    non_images = []
-    files = _list_images(val_dir, non_images)
-    for path in non_images:
-        if Path(path).name not in VAL_LABEL_FILES:
-            _warn(f"not an image, left out: {path}")
+    scan = ScanResult([val_dir.name], [])
+    files = _list_images(val_dir, scan, root)
+    scan.non_images = [p for p in scan.non_images if Path(p).name not in VAL_LABEL_FILES]
+    scan.warn()
     unlabelled = []
     for path in files:
         wnid = labels.get(Path(path).stem)
@@ -307,12 +475,12 @@ def _imagenet_split(root: Path, split: str) -> _Split:
             unlabelled.append(path)
             continue
         if wnid not in position:
-            raise ValueError(f"{label_file} gives {path} the class {wnid}, which has no folder in {train_dir}")
+            raise ValueError(f"{label_file} gives {shown(path)} the class {wnid}, which has no folder in {train_dir}")
         paths.append(path)
         source.append(position[wnid])
     if unlabelled:
         raise ValueError(f"{len(unlabelled)} image(s) in {val_dir} have no label in {label_file}, e.g. "
-                         f"{', '.join(unlabelled[:5])}")
+                         f"{', '.join(shown(p) for p in unlabelled[:5])}")
     return _Split(paths, np.array(source, dtype=np.int64), classes)
 
 
@@ -410,12 +578,12 @@ def open_folder_dataset(
                                           sample_seed, holdout)
     if not paths:
         raise ValueError(f"no images found for the {split} split of {root}")
-    crop_pct = DEFAULT_CROP_PCT if crop_pct is None else crop_pct
+    crop_pct = DEFAULT_CROP_PCT if crop_pct is None else transforms.check_crop_pct(crop_pct)
     augment = RandAugment.from_config(randaugment, mean=IMAGENET_MEAN) if randaugment else None
     reader = FolderReader(img_size, tuple(scale), tuple(ratio), hflip, crop_pct, draft, augment)
     augmentation = "RandomResizedCrop + flip" + (f" + RandAugment {randaugment}" if randaugment else "")
     return FolderDataset(paths, labels, class_map, reader, workers=default_workers() if workers is None else workers,
-                         prefetch=prefetch, max_bad=max_bad, description=f"{Path(root)} {split}",
+                         prefetch=prefetch, max_bad=max_bad, description=f"{shown(root)} {split}",
                          augmentation=augmentation)
 
 

@@ -49,7 +49,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from minimlp.data.base import Dataset
+from minimlp.data.base import Dataset, shown
 from minimlp.data.classes import ClassMap
 from minimlp.data.transforms import IMAGENET_MEAN, IMAGENET_STD, BadImageError
 
@@ -124,9 +124,9 @@ def fill_batch(
             bad.append((exc.path, exc.reason))
             continue
         except Exception as exc:
-            raise _ItemFailure(str(item), type(exc).__name__, str(exc), traceback.format_exc()) from exc
+            raise _ItemFailure(shown(str(item)), type(exc).__name__, str(exc), traceback.format_exc()) from exc
         if pixels.shape != (out.shape[2], out.shape[3], out.shape[1]):
-            raise _ItemFailure(str(item), "ValueError", f"reader returned shape {pixels.shape}, expected "
+            raise _ItemFailure(shown(str(item)), "ValueError", f"reader returned shape {pixels.shape}, expected "
                                f"{(out.shape[2], out.shape[3], out.shape[1])}", "")
         out[len(kept)] = pixels.transpose(2, 0, 1)  # (H, W, C) -> (C, H, W)
         kept.append(position)
@@ -272,7 +272,7 @@ class BatchLoader:
         self.prefetch = max(1, int(prefetch))
         self.max_bad = int(max_bad)
         self.timeout = float(timeout)
-        self.bad_files: dict[str, str] = {}  # every item that failed to decode so far -> reason
+        self.bad_files: dict[str, str] = {}  # every item that failed to decode so far (as shown) -> reason
         self._holder: dict = {}  # {"pool": _Pool, "batch_size": B}; a dict so the finalizer does not keep self alive
         self._generation = 0
         self._in_flight: dict[int, int] = {}  # generation -> results still owed by the workers
@@ -304,8 +304,8 @@ class BatchLoader:
 
     def _note_bad(self, bad: list[tuple[str, str]], skipped: dict[str, str]) -> None:
         for path, reason in bad:
-            skipped[path] = reason
-            self.bad_files[path] = reason
+            skipped[shown(path)] = reason  # reports only: names that print anywhere, on one line
+            self.bad_files[shown(path)] = reason
         if len(self.bad_files) > self.max_bad:
             names = "\n  ".join(f"{path} ({reason})" for path, reason in list(self.bad_files.items())[:50])
             raise TooManyBadImagesError(
@@ -473,7 +473,7 @@ class LoaderDataset(Dataset):
 
     @property
     def bad_files(self) -> dict[str, str]:
-        """Files that failed to decode so far (path -> reason)."""
+        """Files that failed to decode so far (path, as messages show it -> reason)."""
         return self.loader.bad_files
 
     def class_info(self) -> dict:

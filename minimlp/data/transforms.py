@@ -41,6 +41,7 @@ __all__ = [
     "to_rgb",
     "random_resized_crop_box",
     "center_crop_box",
+    "check_crop_pct",
     "train_image",
     "eval_image",
     "train_crop",
@@ -140,6 +141,14 @@ def random_resized_crop_box(
     else:
         w, h = width, height
     return (width - w) // 2, (height - h) // 2, w, h
+
+
+def check_crop_pct(crop_pct: float) -> float:
+    """``crop_pct`` itself if it is in (0, 1], else ValueError (a checkpoint may carry any value)."""
+    if not 0.0 < float(crop_pct) <= 1.0:  # NaN fails too
+        raise ValueError(f"crop_pct {crop_pct} is not in (0, 1]: the evaluation crop is that fraction of the "
+                         f"resized image (0.875 for DeiT's 224 of 256)")
+    return float(crop_pct)
 
 
 def center_crop_box(width: int, height: int, size: int, crop_pct: float = DEFAULT_CROP_PCT) -> tuple[float, ...]:
