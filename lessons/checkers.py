@@ -461,7 +461,7 @@ def check_attention(m: ModuleType) -> list[str]:
             "attention_layer_forward",
             call(m, "attention_layer_forward", *args),
             y,
-            hint="qkv's rows are q, k, v, each split into heads of D / num_heads",
+            hint="qkv's columns (Wqkv's rows) are q, k, v, each split into heads of D / num_heads",
         )
     ]
     names = ("dx", "dWqkv", "dbqkv", "dWproj", "dbproj")

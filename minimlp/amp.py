@@ -15,7 +15,8 @@ small gradients (they underflow) and small updates (they round away), so, as PyT
 
 The loss itself is computed in float32 from the float16 logits.  The same code runs on
 NumPy (slowly: NumPy has no fast float16 matrix product), which is how the tests check
-it against float32 on a machine without a GPU.  Lesson 11 discusses the numbers.
+it against float32 on a machine without a GPU.  Lesson 11's appendix (11a) discusses
+the numbers.
 """
 
 from __future__ import annotations

@@ -21,8 +21,8 @@ share every product and elementwise pass), on a GPU one process:
   slows both alike; the ratio of the medians is reported, with the per-round ratios.
 
 The numbers are only as steady as the machine: on a shared machine repeat the run and
-compare ratios.  ``--json`` prints one JSON object instead of the table.  Lesson 11
-explains the numbers and what made them fast.
+compare ratios.  ``--json`` prints one JSON object instead of the table.  Lesson 11's
+appendix (11a) explains how the numbers are measured; lesson 11, the fused kernels.
 """
 
 from __future__ import annotations

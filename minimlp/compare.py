@@ -1,6 +1,6 @@
 """The paper's comparison, run for yourself: the feed-forward-only model against attention
 (ViT/DeiT) and the MLP-Mixer, at matched parameter counts, on the same data with the same
-budget.  The comparison lesson reads its results.
+budget.  The appendix to lesson 13 (13a) reads its results.
 
     python -m minimlp.compare --output runs/compare --epochs 10 -b 128
     python -m minimlp.compare --output runs/compare --no-train      # redo table and plot

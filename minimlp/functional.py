@@ -13,9 +13,9 @@ H hidden, P patch size, C channels, K classes, M rows of a flattened matrix.
 Activation layout.  The paper's block works on (B, T, D) and transposes to (B, D, T)
 for the patch feed-forward.  minimlp keeps activations as (T, B, D) instead: the feature
 feed-forward then acts on the last axis of a (T·B, D) matrix and the patch feed-forward
-on the first axis of a (T, B·D) matrix, so both are single 2-D matrix products and the
-transposes cost nothing (lesson 7).  ``linear_*`` and ``layernorm_*`` therefore take an
-``axis``: -1 (features) or 0 (tokens).
+on the first axis of a (T, B·D) matrix, so both are single 2-D matrix products on the
+data where it lies, with no transpose and no copy (lesson 7).  ``linear_*`` and
+``layernorm_*`` therefore take an ``axis``: -1 (features) or 0 (tokens).
 
 Speed.  Each op is written plainly, once, for NumPy and CuPy alike.  Where a fused kernel
 computes the same thing faster (:mod:`minimlp.fused`: float32 on the CPU, CuPy on the

@@ -10,7 +10,8 @@
 * :class:`BatchFeed` runs a stream of (images, labels) batches through a ``BatchUploader``,
   one batch ahead: this is how ``python -m minimlp.train --gpu`` feeds its steps.
 
-CuPy is imported only inside these functions.  Lesson 11 covers the GPU path.
+CuPy is imported only inside these functions.  Lesson 11 covers the GPU path and the
+uploads; its appendix (11a), TF32.
 """
 
 from __future__ import annotations

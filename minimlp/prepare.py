@@ -7,7 +7,8 @@
 
 then train with ``--data-dir OUT``.  An interrupted run keeps what it wrote: the same command
 continues it.  Format and stored geometry: :mod:`minimlp.data.cache`; writing:
-:mod:`minimlp.data.cache_writer`.  Lesson 12.
+:mod:`minimlp.data.cache_writer`; why and how fast: the README's "A prepared cache for
+fast low-resolution training".
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The prepared cache: a dataset decoded and resized once, stored as uint8 pixels in a memory-mapped file.
 
 ``python -m minimlp.prepare ROOT OUT --size S`` writes it; ``--data-dir OUT`` reads it with
-random crops and flips at memory speed (no JPEG decoding).  Lesson 12 explains why this
-is what makes low-resolution ImageNet training cheap.
+random crops and flips at memory speed (no JPEG decoding).  The README's "A prepared cache
+for fast low-resolution training" measures what that buys.
 
 Stored geometry (``--size S``):
 

@@ -4,7 +4,7 @@ The format and the stored geometry are described in :mod:`minimlp.data.cache`.  
 written in chunks by worker processes; a chunk is marked done only after its pixels are
 flushed to disk, so an interrupted run (Ctrl-C, a crash, a full disk) loses at most the
 chunks in flight: the same command continues where it stopped.  Files that cannot be
-decoded are left out and listed at the end.  Lesson 12.
+decoded are left out and listed at the end.
 """
 
 from __future__ import annotations

@@ -17,7 +17,8 @@ by a subset if one is asked for (:func:`minimlp.data.classes.select_classes`) an
 0..K-1.  Files are recognised as images by their content: those with a usual image
 extension are taken as listed (and any that fails to decode is skipped and reported when
 it is read), any other file is opened by Pillow to see whether it is an image; a file
-that is not is named in a warning and left out.  Lesson 12 walks through it.
+that is not is named in a warning and left out.  Lesson 12 walks through the layout;
+its appendix (12a), the awkward files.
 
 Links.  A tree made of symbolic links reads like the real one: class folders may be links to
 folders elsewhere (another disk), and so may files and subfolders inside a class folder.

@@ -7,7 +7,7 @@ into the slot and answers with the positions it filled; the main process copies 
 out of the slot, frees the slot for the next task and yields the batch.  Up to
 ``workers * prefetch`` batches are in flight, so decoding runs ahead of training.  With
 ``workers=0`` the same code runs in the calling process, which is what tests and
-debugging want.  Lesson 12 explains the design.
+debugging want.  Lesson 12's appendix (12a) shows it at work.
 
 Reproducibility: batch number b of a pass with seed s draws all its random numbers from
 ``np.random.default_rng([s, b])``, inside whichever process decodes it, so the same seed
