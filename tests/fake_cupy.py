@@ -43,6 +43,7 @@ AttributeError, so new CuPy calls are added here deliberately.
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 import os
@@ -756,12 +757,11 @@ class ReductionKernel:
                 self.name, map_expr, post_map_expr, in_names, out_names, cub, shape)
         env = {n: _as_param(a, _param_dtype(p, types_))
                for n, p, a in zip(in_names, self.in_params, in_args, strict=True)}
-        type_names = {p.ctype for p in self.in_params + self.out_params} | {self.reduce_type}
-        mapped = _Program(map_expr, list(env) + list(sizes), [], self.name, type_names, expression=True).value(
-            {**env, **sizes}, types_)
+        type_names = frozenset({p.ctype for p in self.in_params + self.out_params} | {self.reduce_type})
+        mapped = _program(map_expr, (*env, *sizes), (), self.name, type_names, True).value({**env, **sizes}, types_)
         mapped = np.broadcast_to(np.asarray(mapped), shape).astype(reduce_dtype)
         reduced = self._reducer(mapped, reduce_axis, reduce_dtype).reshape(out_shape)
-        post = _Program(post_map_expr, ["a", *sizes], out_names, self.name, type_names)
+        post = _program(post_map_expr, ("a", *sizes), tuple(out_names), self.name, type_names, False)
         post.run({"a": reduced, **sizes}, dict(zip(out_names, out_args, strict=True)), types_)
         results = [_wrap(a) for a in out_args]
         return results[0] if self.nout == 1 else tuple(results)
@@ -838,7 +838,7 @@ def _cub_rewrite(name: str, map_expr: str, post_map_expr: str, in_names: list, o
             first = first.replace("_in_ind.size()", "1.0").replace("_out_ind.size()", "1.0")
             post_map_expr = post_map_expr.replace("_in_ind.size()", "_array_size")
             post_map_expr = post_map_expr.replace("_out_ind.size()", "1.0")
-        _Program(first, ["a", *sizes], ["out0"], name + "_pass1", set())
+        _program(first, ("a", *sizes), ("out0",), name + "_pass1", frozenset(), False)
     return map_expr, post_map_expr, ["in0"], ["out0"], sizes
 
 
@@ -988,6 +988,13 @@ class _Program:
             else:
                 scope[target] = result
         return result
+
+
+@functools.lru_cache(maxsize=None)
+def _program(text: str, inputs: tuple, outputs: tuple, kernel: str, type_names: frozenset,
+             expression: bool) -> _Program:
+    """A translated program, made once per kernel text and argument names (as CuPy caches kernels)."""
+    return _Program(text, list(inputs), list(outputs), kernel, set(type_names), expression)
 
 
 class _Parser:

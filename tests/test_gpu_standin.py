@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from gpu_findings import GELU_FLOAT16, LAYERNORM_CUB
+
 from minimlp import backend, fused
 from minimlp import functional as F
 from minimlp.loss import cross_entropy_backward, cross_entropy_forward
@@ -240,44 +242,6 @@ def _both_paths(fn):
         fused.set_enabled(previous)
     return [_host(a) for a in fast], [_host(a) for a in plain]
 
-
-def _open_findings() -> set[str]:
-    """Which of two known GPU-path faults the code in this tree still has (probed on the stand-in):
-    "layernorm" (its mean kernel does not compile on CuPy's CUB path, D >= 128) and "gelu16"
-    (the plain GELU returns float64 for float16 device arrays).  Tests that meet them are
-    expected to fail, strictly, until the fault is fixed; then they run as usual."""
-    import fake_cupy as standin
-
-    saved = standin.install()
-    found = set()
-    try:
-        import cupy
-
-        try:
-            fused.layernorm(cupy.ones((2, 192), np.float32), cupy.ones(192, np.float32), cupy.zeros(192, np.float32),
-                            -1, 1e-6)
-        except standin.CompileException:
-            found.add("layernorm")
-        previous = fused.set_enabled(False)
-        try:
-            if F.gelu_forward(cupy.ones(4, np.float16))[0].dtype != np.float16:
-                found.add("gelu16")
-        finally:
-            fused.set_enabled(previous)
-    finally:
-        standin.uninstall(saved)
-    return found
-
-
-OPEN = _open_findings()
-
-
-def _expect_failure(finding: str, raises: type[BaseException]):
-    return pytest.mark.xfail(finding in OPEN, reason=f"open finding: {finding}", raises=raises, strict=True)
-
-
-LAYERNORM_CUB = _expect_failure("layernorm", Exception)
-GELU_FLOAT16 = _expect_failure("gelu16", AssertionError)
 
 TOL = {np.float32: dict(rtol=2e-5, atol=2e-5), np.float16: dict(rtol=2e-2, atol=2e-2)}
 SHAPES = [(9, 3, 96), (9, 3, 192), (130, 2, 16)]  # (T, B, D): D = 96 and 192 around CUB's 128; T >= 128
