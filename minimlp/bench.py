@@ -260,7 +260,12 @@ class MinimlpRunner:
         model.forward(self.x, train=False)
 
     def logits(self) -> np.ndarray:
-        return backend.to_numpy(self.model.forward(self.x)[0])
+        """The logits of the model the timed steps run: in float16, the half copy of the weights."""
+        if self.mixed is None:
+            return backend.to_numpy(self.model.forward(self.x)[0])
+        half = self.mixed.half
+        half.store.flat_params[...] = self.model.store.flat_params
+        return backend.to_numpy(half.forward(self.x)[0]).astype(np.float32)
 
     def breakdown(self, steps: int) -> dict[str, float]:
         """Milliseconds per training step by category; 'other' is the rest (Python, glue)."""
@@ -343,7 +348,8 @@ class TorchRunner:
             self.model(self.x)
 
     def logits(self) -> np.ndarray:
-        with self.torch.inference_mode():
+        torch = self.torch
+        with torch.inference_mode(), torch.autocast(self.device, dtype=torch.float16, enabled=self.amp):
             return self.model(self.x).float().cpu().numpy()
 
     def peak_memory(self) -> dict[str, float] | None:

@@ -1172,14 +1172,17 @@ def install() -> dict[str, Any]:
     saved = {name: mod for name, mod in sys.modules.items() if _is_cupy_module(name)}
     for name in sorted(saved, reverse=True):
         _forget(name)
-    STATE = _State()
-    Stream._current = []
+    saved_state = (STATE, Stream._current)  # a stand-in installed before this one keeps its own
+    STATE, Stream._current = _State(), []
     sys.modules.update(_build_modules())
-    return saved
+    return {"": saved_state, **saved}
 
 
 def uninstall(saved: dict[str, Any]) -> None:
     """Remove the stand-in (and minimlp modules imported against it); restore what was there."""
+    global STATE
+    saved = dict(saved)
+    STATE, Stream._current = saved.pop("")
     for name in sorted((n for n in sys.modules if _is_cupy_module(n)), reverse=True):
         _forget(name)
     sys.modules.update(saved)
