@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gpu_findings import GELU_FLOAT16, LAYERNORM_CUB
+from gpu_findings import GELU_FLOAT16, LAYERNORM_CUB, expect_failure
 
 from minimlp import backend, fused
 from minimlp import functional as F
@@ -345,3 +345,37 @@ def test_ff_tiny_step_on_the_gpu_path_matches_the_cpu(fake_cupy, overrides):
     top = max(np.abs(g).max() for g in cpu[2].values())
     for name, g in cpu[2].items():
         np.testing.assert_allclose(gpu[2][name], g, rtol=1e-3, atol=1e-5 * top, err_msg=name)
+
+
+# --------------------------------------------------------------------------------------
+# The trainer on the GPU path: no implicit host reads, at most one read per step outside
+# the log steps.
+# --------------------------------------------------------------------------------------
+FULL = ["--reprob", "0.25", "--mixup", "0.8", "--cutmix", "1.0", "--drop-path", "0.1", "--clip-grad", "1.0"]
+
+
+@expect_failure("loss_syncs", "amp_syncs")
+@pytest.mark.parametrize("recipe", [[], FULL], ids=["plain", "augmented"])
+def test_trainer_reads_back_at_most_once_per_step(fake_cupy, fmnist_dir, tmp_path, monkeypatch, recipe):
+    from minimlp import train
+    from minimlp.models.ffvit import FFViT
+
+    if "--amp" in train.build_parser().format_help():
+        recipe = [*recipe, "--amp"]
+    at_step: list[int] = []  # the stand-in's count as each training forward pass starts
+    forward = FFViT.forward
+
+    def counting_forward(self, x, train=False):
+        if train:
+            at_step.append(fake_cupy.host_syncs())
+        return forward(self, x, train)
+
+    monkeypatch.setattr(FFViT, "forward", counting_forward)
+    interval = 8
+    code = train.main(["--gpu", "--epochs", "1", "--train-num-samples", "512", "--eval-num-samples", "64", "-b", "32",
+                       "--patch-size", "7", "--embed-dim", "32", "--depth", "1", "--log-interval", str(interval),
+                       "--output", str(tmp_path / "run"), *recipe])
+    assert code == 0
+    per_step = [b - a for a, b in zip(at_step, at_step[1:])]
+    assert len(per_step) == 512 // 32 - 1
+    assert sum(n > 1 for n in per_step) <= len(per_step) // interval, per_step  # more only where it logs
