@@ -60,12 +60,13 @@ def run_step(name: str, cmd: list[str], timeout: float, work: Path, env: dict[st
     log = work / f"{name.replace(' ', '-')}.log"
     start = time.perf_counter()
     record = {"step": name, "command": shlex.join(cmd), "log": log.name}
-    if timeout < 5:
+    if timeout < 2:
         return {**record, "status": "skipped", "seconds": 0.0, "note": "out of time"}
     try:
         with open(log, "w") as out:
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env,
-                                    start_new_session=True)
+            # Unbuffered, so that the log of a step killed in a hang shows how far it got.
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
+                                    env={**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"})
             try:
                 rc = proc.wait(timeout=timeout)
                 status = "ok" if rc == 0 else "failed"

@@ -7,6 +7,7 @@ has no GPU here, so the comparison runs on the CPU.  The shapes and steps are ti
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -61,7 +62,8 @@ def test_gpu_check_dry_run_on_the_standin(tmp_path):
         runs = {r["dtype"] + ("+tf32" if r["tf32"] else ""): r for r in summary["runs"]}
         assert set(runs) == {"float32", "float32+tf32", "float16"}
         assert all(r["host_syncs_per_step"] <= 1 for r in runs.values())
-        assert all(r["logits_max_abs_diff"] < 5e-2 for r in runs.values())
+        if importlib.util.find_spec("torch") is not None:  # compared with PyTorch on the CPU
+            assert all(r["logits_max_abs_diff"] < 5e-2 for r in runs.values())
     else:
         assert proc.returncode == 1
 
@@ -69,8 +71,8 @@ def test_gpu_check_dry_run_on_the_standin(tmp_path):
 def test_a_hanging_step_is_killed_at_its_limit_and_the_run_goes_on(tmp_path):
     start = time.monotonic()
     record = gpu_check.run_step("hang", [sys.executable, "-c", "import time; print('waiting'); time.sleep(60)"],
-                                timeout=5, work=tmp_path)
-    assert record["status"] == "timeout" and time.monotonic() - start < 15
+                                timeout=2, work=tmp_path)
+    assert record["status"] == "timeout" and time.monotonic() - start < 10
     assert (tmp_path / "hang.log").read_text().startswith("waiting")
     crashed = gpu_check.run_step("crash", [sys.executable, "-c", "raise SystemExit('boom')"], timeout=30,
                                  work=tmp_path)
