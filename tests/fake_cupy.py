@@ -10,7 +10,8 @@ silently slow:
   ``float(d)``, ``int(d)``, ``bool(d)``, ``operator.index(d)`` and iteration, which CuPy
   allows but pays for with a hidden device-to-host copy (a host sync) each time.  Only
   the explicit reads work: ``d.get()``, ``cupy.asnumpy(d)``, ``d.item()``, ``d.tolist()``;
-  each one adds to :func:`host_syncs`.
+  each one adds to :func:`host_syncs`.  ``set_strict(False)`` lets the implicit ones
+  through, counted, as CuPy would (to measure code that still has them).
 * **No host arrays in device operations.**  A NumPy array in an arithmetic operation, a
   ufunc or a kernel call raises TypeError ("Unsupported type"), as in CuPy; Python and
   NumPy scalars are fine.  Creating arrays from host data (``cupy.asarray``), assigning
@@ -33,11 +34,16 @@ silently slow:
   ``1.0``; then the input's name becomes ``in0`` in the map expression and the output's
   ``out0`` in the post-map expression, wherever those letters occur.
 
+* **Events** time only once the end event has been waited for (CUDA's "not ready"
+  otherwise); the memory pool's ``used_bytes`` counts live arrays and ``total_bytes`` the
+  most held since ``free_all_blocks``.
+
 What it does not model: asynchrony (every operation finishes at once, so a missing
-synchronisation goes unnoticed), the real memory pool (sizes are counted from live
-arrays), cuBLAS and CUDA numerics (TF32, float16 tensor cores, the order of sums), NCCL,
-multiple devices, and kernel compilation itself (the tests in test_cuda_sources.py
-compile every kernel with NVRTC).  Anything minimlp does not use is absent and raises
+synchronisation or a race between streams goes unnoticed), the real memory pool, cuBLAS
+and CUDA numerics (TF32, float16 tensor cores, the order of sums, the accuracy of
+``expf``/``erfcf``), NCCL, multiple devices, speed, and kernel compilation itself (the
+tests in test_cuda_sources.py compile every kernel with NVRTC).  Random numbers have
+CuPy's shapes and dtypes but not its values.  Anything minimlp does not use is absent and raises
 AttributeError, so new CuPy calls are added here deliberately.
 """
 
@@ -364,7 +370,9 @@ def _module_function(name: str) -> Any:
     convert = _upload if name in _CREATION else _operand
 
     def fn(*args: Any, **kwargs: Any) -> Any:
-        if name in ("asarray", "array", "ascontiguousarray") and args and isinstance(args[0], ndarray):
+        if name in ("asarray", "array", "ascontiguousarray") and args:
+            if not isinstance(args[0], ndarray):  # an upload: the device gets its own copy
+                return _wrap(np.array(np_func(*args, **kwargs), copy=True))
             if name == "array" and kwargs.get("copy", True) is not False:
                 return _wrap(np.array(args[0]._a, **{k: v for k, v in kwargs.items() if k != "copy"}))
         return _call(np_func, args, kwargs, convert)

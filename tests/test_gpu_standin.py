@@ -73,7 +73,9 @@ def test_host_arrays_are_refused_in_device_operations_but_scalars_and_uploads_wo
     assert (x * np.float32(2) + 1.5).dtype == np.float32  # scalars are weak, as in CuPy 14 (NEP 50)
     x[0] = host  # assignment and indexing with host data are uploads
     assert x[np.array([1, 0])].shape == (2, 3)
-    assert cupy.asarray(host).dtype == np.float32
+    uploaded = cupy.asarray(host)
+    host[0] = 7  # an upload is a copy: the device array does not follow the host's changes
+    assert uploaded.dtype == np.float32 and uploaded[0].item() == 1.0
 
 
 def test_reductions_and_scalar_indexing_return_0d_device_arrays(fake_cupy):
