@@ -427,21 +427,36 @@ def _random_module() -> types.ModuleType:
 # --------------------------------------------------------------------------------------
 # cupy.cuda: one device, streams and events that finish at once, a counting memory pool.
 # --------------------------------------------------------------------------------------
+def _check_device(index: int) -> None:
+    """What the CUDA runtime answers for a device that is not there (no GPU at all, or a bad index)."""
+    if STATE.device_count == 0:
+        raise CUDARuntimeError("cudaErrorNoDevice: no CUDA-capable device is detected")
+    if not 0 <= index < STATE.device_count:
+        raise CUDARuntimeError("cudaErrorInvalidDevice: invalid device ordinal")
+
+
+def _device_count() -> int:
+    _check_device(0)
+    return STATE.device_count
+
+
 class Device:
+    """A device handle; as in CuPy, making one checks nothing, using it does."""
+
     def __init__(self, device: int | None = None) -> None:
         self.id = STATE.current_device if device is None else int(device)
-        if not 0 <= self.id < STATE.device_count:
-            raise CUDARuntimeError("cudaErrorInvalidDevice: invalid device ordinal")
 
     @property
     def compute_capability(self) -> str:
+        _check_device(self.id)
         return STATE.compute_capability
 
     def use(self) -> None:
+        _check_device(self.id)
         STATE.current_device = self.id
 
     def synchronize(self) -> None:
-        pass
+        _check_device(self.id)
 
     def __enter__(self) -> Device:
         self._previous = STATE.current_device
@@ -547,13 +562,13 @@ def _runtime_module() -> types.ModuleType:
     m = types.ModuleType("cupy.cuda.runtime")
     m.CUDARuntimeError = CUDARuntimeError
     m.is_hip = False
-    m.getDeviceCount = lambda: STATE.device_count
+    m.getDeviceCount = _device_count
     m.getDevice = lambda: STATE.current_device
     m.runtimeGetVersion = lambda: 12090
     m.driverGetVersion = lambda: 12090
 
     def get_device_properties(device: int) -> dict[str, Any]:
-        Device(device)
+        _check_device(device)
         major, minor = STATE.compute_capability[:-1], STATE.compute_capability[-1]
         return {"name": DEVICE_NAME.encode(), "totalGlobalMem": 1 << 30, "major": int(major),
                 "minor": int(minor), "multiProcessorCount": 1, "clockRate": 1_000_000}
@@ -571,7 +586,7 @@ def _cuda_module() -> types.ModuleType:
     m.compiler.CompileException = CompileException
     m.nvrtc = _strict(types.ModuleType("cupy.cuda.nvrtc"))
     m.nvrtc.getVersion = lambda: (12, 9)
-    m.is_available = lambda: STATE.device_count > 0
+    m.is_available = lambda: STATE.device_count > 0  # never raises, as in CuPy
     return _strict(m)
 
 

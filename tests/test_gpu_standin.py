@@ -388,3 +388,33 @@ def test_trainer_reads_back_at_most_once_per_step(fake_cupy, fmnist_dir, tmp_pat
     per_step = [b - a for a, b in zip(at_step, at_step[1:])]
     assert len(per_step) == 512 // 32 - 1
     assert sum(n > 1 for n in per_step) <= len(per_step) // interval, per_step  # more only where it logs
+
+
+def test_without_a_usable_gpu_the_standin_fails_as_the_cuda_runtime_does(fake_cupy):
+    """CuPy installed, no GPU: the backend falls back to NumPy and says why."""
+    import cupy
+
+    fake_cupy.STATE.device_count = 0
+    with pytest.raises(fake_cupy.CUDARuntimeError, match="cudaErrorNoDevice"):
+        cupy.cuda.runtime.getDeviceCount()
+    with pytest.raises(fake_cupy.CUDARuntimeError):
+        cupy.cuda.Device().compute_capability  # noqa: B018
+    with pytest.warns(RuntimeWarning, match="CUDA is unusable"):
+        chosen = backend.get_backend("gpu")
+    assert not chosen.is_gpu
+
+
+def test_batch_uploader_round_trips_on_the_standin(fake_cupy):
+    """Pinned host buffers, a side stream and events: what the uploader asks of CuPy is there."""
+    from minimlp.gpu import BatchUploader
+
+    batches = [np.full((2, 1, 4, 4), i, np.uint8) for i in range(4)]
+    uploader = BatchUploader((2, 1, 4, 4))
+    uploader.put(batches[0])
+    seen = []
+    for batch in batches[1:]:
+        x = uploader.get()
+        uploader.put(batch)
+        seen.append(int(x.max().item()))
+    seen.append(int(uploader.get().max().item()))
+    assert seen == [0, 1, 2, 3]
