@@ -369,8 +369,9 @@ def format_report(env: dict, steps: list[dict], smoke: list[dict], work: Path) -
             measured = [r for r in rows if "rel_error" in r]
             if measured:
                 worst = max(measured, key=lambda r: r["rel_error"])
+                product = next((r["rel_error"] for r in measured if r["op"] == "matmul"), float("nan"))
                 lines.append(f"  {precision:8s} worst {worst['rel_error']:.1e} ({worst['op']}; tolerance "
-                             f"{TOLERANCE[precision]:.0e})")
+                             f"{TOLERANCE[precision]:.0e}); matmul {product:.1e}")  # TF32 shows here, ~1e-3
             for r in rows:
                 if not r["ok"]:
                     found = r.get("error") or format(r["rel_error"], ".1e")
