@@ -13,10 +13,10 @@ fixed the mark lifts itself and the test runs as usual.
 
 from __future__ import annotations
 
+import fake_cupy
 import numpy as np
 import pytest
 
-import fake_cupy
 from minimlp import fused
 from minimlp import functional as F
 
