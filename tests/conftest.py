@@ -68,6 +68,12 @@ def fmnist_dir():
     return directory
 
 
+# CuPy's kernel compiler, which needs no GPU: the compile tests (test_cuda_sources.py) skip
+# where CuPy, NVRTC or CUDA's headers are missing, saying how to get them; with
+# MINIMLP_REQUIRE_CUPY=1 (set by CI) they fail instead.
+REQUIRE_CUPY = os.environ.get("MINIMLP_REQUIRE_CUPY") == "1"
+
+
 @pytest.fixture
 def fake_cupy(monkeypatch):
     """CuPy replaced by the strict NumPy-backed stand-in of tests/fake_cupy.py, with one "GPU".
