@@ -303,9 +303,9 @@ def run(args: argparse.Namespace) -> tuple[str, bool]:
                               left(LIMITS["environment"]), work))
         env = _read_json(work / "env.json") or {}
         smoke: list[dict] = []
-        cupy = env.get("cupy")
-        if not (isinstance(cupy, dict) and cupy.get("devices", 0) > 0):  # nothing more can run
-            steps.append({"step": "everything else", "status": "skipped", "note": f"no usable GPU: CuPy {cupy}"[:200]})
+        found = env.get("cupy")  # CuPy's versions and devices, or why it is unavailable
+        if not (isinstance(found, dict) and found.get("devices", 0) > 0):  # nothing more can run
+            steps.append({"step": "everything else", "status": "skipped", "note": f"no usable GPU: CuPy {found}"[:200]})
             args.precision_list, args.run_list, args.pytest_args = [], [], None
         for precision in args.precision_list:
             path = work / f"smoke-{precision}.json"
