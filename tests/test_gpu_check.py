@@ -89,3 +89,21 @@ def test_bad_runs_are_one_clear_error(capsys):
         gpu_check.main(["--runs", "ff_tiny:lots"])
     assert exit_.value.code == 2
     assert "--runs 'ff_tiny:lots': expected model:batch:steps" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_budget_holds_when_a_step_would_overrun_it(tmp_path):
+    """A benchmark that would take minutes (an 8192² float32 product on NumPy) is cut at the
+    budget; the run still packs everything and prints its table."""
+    out = tmp_path / "out"
+    start = time.monotonic()
+    cmd = [sys.executable, "-m", "minimlp.gpu_check", "--out", str(out), "--budget", "25", "--precisions", "float32",
+           "--runs", "ff_tiny:2:2", "--smoke-batch", "2", "--smoke-img-size", "32",
+           "--bench-args", "--img-size 32 --patch-size 8 --depth 1 --peak-size 8192"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=_standin_env(tmp_path, strict=True), capture_output=True, text=True,
+                          timeout=120)
+    assert time.monotonic() - start < 25 + 15
+    with tarfile.open(out / "gpu-check.tar.gz") as tar:
+        steps = {s["step"]: s["status"] for s in json.load(tar.extractfile("gpu-check/steps.json"))}
+    assert steps["bench ff_tiny float32"] == "timeout" and steps["pytest -m gpu"] == "skipped"
+    assert proc.returncode == 1 and "killed after" in proc.stdout
