@@ -2,7 +2,7 @@
 # make train      set up, then train the Fashion-MNIST preset (the main job)
 #                 (extra flags: make train ARGS="--epochs 5 --output runs/short")
 # make bench      the CPU benchmark against PyTorch eager (needs torch in the environment)
-# make gpu-check  on a GPU machine: the CuPy tests and the GPU benchmarks, logs in $(GPU_CHECK_DIR)
+# make gpu-check  on a GPU machine: versions, kernel smoke tests, GPU benchmarks, GPU tests (8 min)
 # make mpi-setup  optional: Open MPI (Debian's, as root) and mpi4py, for mpirun training and its tests
 PYTHON ?= python3
 VENV ?= .venv
@@ -69,35 +69,16 @@ bench: setup
 	$(BENCH_PY) -m minimlp.bench --model ff_fmnist -b 128 --compare torch --steps 50 --rounds 5
 	$(BENCH_PY) -m minimlp.bench --model ff_tiny -b 32 --compare torch --steps 30 --rounds 5
 
-# GPU check, for a machine with a GPU and a Python that has CuPy and a CUDA build of
-# PyTorch (GPU_PY, default: python3 as found; no virtual environment is built, since a GPU
-# machine may have no network).  Runs the tests marked gpu, then ff_tiny and ff_base
-# against PyTorch eager in float32, TF32 and float16 (float32 master weights and loss
-# scaling on both sides), each benchmark in its own process so that TF32 is set before
-# the first product.  Everything lands in GPU_CHECK_DIR: pytest-gpu.log, one JSON and
-# one log per benchmark, summary.json and summary.txt.  A few minutes on an H100.
+# GPU check, for a machine with a GPU, CuPy and (for the comparison) a CUDA build of
+# PyTorch in GPU_PY (default: python3 as found; nothing is installed, since a GPU machine
+# may have no network).  python -m minimlp.gpu_check records the versions, runs kernel
+# smoke tests against float64, ff_tiny (batch 128) and ff_base (batch 64) against PyTorch
+# eager in float32, TF32 and float16, then the tests marked gpu; each step in its own
+# process with its own time limit, all within 8 minutes.  It leaves two files in
+# GPU_CHECK_DIR: gpu-check.tar.gz (every log and JSON) and summary.txt, the table it
+# prints last.  GPU_CHECK_ARGS passes options (python -m minimlp.gpu_check --help).
 GPU_PY ?= $(PYTHON)
 GPU_CHECK_DIR ?= gpu-check
-GPU_BENCH_ARGS ?= --gpu --compare torch --warmup 3 --rounds 2 --profile-steps 1 --json
+GPU_CHECK_ARGS ?=
 gpu-check:
-	@$(GPU_PY) -c "import cupy; assert cupy.cuda.runtime.getDeviceCount() > 0" 2>/dev/null || \
-		{ echo "gpu-check needs CuPy and a GPU visible to $(GPU_PY) (set GPU_PY=...)"; exit 1; }
-	mkdir -p $(GPU_CHECK_DIR)
-	-$(GPU_PY) -c "import sys, numpy, cupy; print(sys.version); print('numpy', numpy.__version__); \
-		print('cupy', cupy.__version__, cupy.cuda.runtime.getDeviceProperties(0)['name'].decode()); \
-		import torch; print('torch', torch.__version__, torch.cuda.is_available())" \
-		> $(GPU_CHECK_DIR)/environment.txt 2>&1
-	-$(GPU_PY) -m pytest -m gpu -q -rs > $(GPU_CHECK_DIR)/pytest-gpu.log 2>&1; \
-		echo "pytest -m gpu exit status $$?" >> $(GPU_CHECK_DIR)/pytest-gpu.log
-	-for spec in "ff_tiny 128 20" "ff_base 64 10"; do \
-		set -- $$spec; \
-		for precision in float32 tf32 float16; do \
-			case $$precision in tf32) extra="--tf32";; float16) extra="--dtype float16";; *) extra="";; esac; \
-			$(GPU_PY) -m minimlp.bench --model $$1 -b $$2 --steps $$3 $(GPU_BENCH_ARGS) $$extra \
-				--out $(GPU_CHECK_DIR)/bench-$$1-$$precision.json \
-				> /dev/null 2> $(GPU_CHECK_DIR)/bench-$$1-$$precision.log; \
-		done; \
-	done
-	$(GPU_PY) -m minimlp.bench --summary $(GPU_CHECK_DIR) --out $(GPU_CHECK_DIR)/summary.json \
-		| tee $(GPU_CHECK_DIR)/summary.txt
-	@tail -1 $(GPU_CHECK_DIR)/pytest-gpu.log
+	$(GPU_PY) -m minimlp.gpu_check --out $(GPU_CHECK_DIR) $(GPU_CHECK_ARGS)

@@ -15,6 +15,9 @@ share every product and elementwise pass), on a GPU one process:
 * peak memory, and where a training step spends its time (matmuls, GELU, LayerNorm,
   copies, loss, optimizer ...), from :mod:`minimlp.profiling`; both measured on the whole
   batch in this process, since the worker processes keep no such records;
+* on a GPU, host syncs per training step: the device -> host reads the step makes
+  (:func:`minimlp.backend.host_syncs`), each of which stalls the host until the GPU has
+  caught up, so that the next step's kernels are not queued ahead;
 * with ``--compare torch``: the same architecture in PyTorch eager
   (:mod:`minimlp.bench_torch`) with minimlp's weights, the same threads, precision, exact
   GELU and SGD step.  minimlp and PyTorch take turns, round by round, so a busy machine
@@ -257,7 +260,12 @@ class MinimlpRunner:
         model.forward(self.x, train=False)
 
     def logits(self) -> np.ndarray:
-        return backend.to_numpy(self.model.forward(self.x)[0])
+        """The logits of the model the timed steps run: in float16, the half copy of the weights."""
+        if self.mixed is None:
+            return backend.to_numpy(self.model.forward(self.x)[0])
+        half = self.mixed.half
+        half.store.flat_params[...] = self.model.store.flat_params
+        return backend.to_numpy(half.forward(self.x)[0]).astype(np.float32)
 
     def breakdown(self, steps: int) -> dict[str, float]:
         """Milliseconds per training step by category; 'other' is the rest (Python, glue)."""
@@ -318,7 +326,7 @@ class TorchRunner:
         self.y = torch.from_numpy(minimlp_runner.y_host).to(device)
         self.opt = torch.optim.SGD(self.model.parameters(), lr=lr)
         self.amp = dtype == "float16"
-        self.scaler = torch.amp.GradScaler("cuda") if self.amp else None
+        self.scaler = torch.amp.GradScaler(device) if self.amp else None
         self.clock = _torch_clock(torch, device)
 
     def train_step(self) -> None:
@@ -340,7 +348,8 @@ class TorchRunner:
             self.model(self.x)
 
     def logits(self) -> np.ndarray:
-        with self.torch.inference_mode():
+        torch = self.torch
+        with torch.inference_mode(), torch.autocast(self.device, dtype=torch.float16, enabled=self.amp):
             return self.model(self.x).float().cpu().numpy()
 
     def peak_memory(self) -> dict[str, float] | None:
@@ -418,6 +427,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="float16: float16 compute with float32 master weights and loss scaling (GPU only)")
     p.add_argument("--tf32", action="store_true", help="let float32 matrix products use TF32 tensor cores (GPU)")
     p.add_argument("--compare", choices=("torch",), help="also run PyTorch eager, side by side")
+    p.add_argument("--compare-device", choices=("cpu", "cuda"),
+                   help="where PyTorch runs (default: where minimlp runs; cpu only for a dry run without a GPU)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for BLAS, minimlp's elementwise kernels and PyTorch (default: all cores)")
     p.add_argument("--procs", type=int, default=0,
@@ -480,8 +491,8 @@ def _measure(args: argparse.Namespace, model: Any, ours: MinimlpRunner, threads:
     runners: list = [ours]
     theirs = None
     if args.compare == "torch":
-        theirs = TorchRunner(ours, "cuda" if on_gpu else "cpu", args.dtype, args.lr, threads)
-        if on_gpu:
+        theirs = TorchRunner(ours, args.compare_device or ("cuda" if on_gpu else "cpu"), args.dtype, args.lr, threads)
+        if theirs.device == "cuda":
             theirs.torch.backends.cuda.matmul.allow_tf32 = args.tf32
             theirs.torch.backends.cudnn.allow_tf32 = args.tf32
         runners.append(theirs)
@@ -496,7 +507,7 @@ def _measure(args: argparse.Namespace, model: Any, ours: MinimlpRunner, threads:
         "device": "gpu" if on_gpu else "cpu", "backend": model.backend.reason, "dtype": args.dtype,
         "tf32": bool(args.tf32 and on_gpu), "machine": _machine(),
         "threads": {"elementwise": threads, "blas": blas_threads, "procs": procs,
-                    "torch": theirs.torch.get_num_threads() if theirs and not on_gpu else None},
+                    "torch": theirs.torch.get_num_threads() if theirs and theirs.device == "cpu" else None},
         "flops_per_image": flops, "steps": args.steps, "warmup": args.warmup, "keep_freed_memory": kept_memory,
         "rounds": args.rounds if theirs else 1,
     }
@@ -508,7 +519,9 @@ def _measure(args: argparse.Namespace, model: Any, ours: MinimlpRunner, threads:
         diff = np.abs(ours.logits() - theirs.logits())
         result["logits_max_abs_diff"] = float(diff.max())
 
+    syncs = backend.host_syncs()
     train = timed_rounds(runners, "train_step", args.warmup, args.steps, args.rounds)
+    syncs_per_step = (backend.host_syncs() - syncs) / (args.warmup + sum(map(len, train["minimlp"])))
     forward = timed_rounds(runners, "forward_step", 1, args.steps, args.rounds)
     peaks_after = {r.name: r.matmul_peak(peak_n, peak_dtype) for r in runners}
     result["matmul_peak_gflops"] = {name: max(peaks[name], peaks_after[name]) for name in peaks}
@@ -519,6 +532,8 @@ def _measure(args: argparse.Namespace, model: Any, ours: MinimlpRunner, threads:
                  "forward": summarise(forward[r.name], args.batch_size, None, None)}
         entry["memory"] = r.peak_memory()
         result[r.name] = entry
+    if on_gpu:  # on the CPU nothing waits for a device
+        result["minimlp"]["host_syncs_per_step"] = syncs_per_step
     if args.profile_steps > 0:
         result["minimlp"]["breakdown_ms"] = ours.breakdown(args.profile_steps)
     result["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -569,6 +584,8 @@ def format_table(r: dict[str, Any]) -> str:
     row("% of matmul peak", [100 * r[n]["train"].get("fraction_of_peak", float("nan")) for n in names], ".1f")
     row("peak memory, 1 proc (MB)" if over_procs else "peak memory (MB)",
         [(r[n]["memory"] or {}).get("peak_mb") for n in names], ".0f")
+    if "host_syncs_per_step" in r["minimlp"]:
+        row("host syncs per step", [r["minimlp"]["host_syncs_per_step"]] + [None] * (len(names) - 1), ".2f")
     steps = r["minimlp"]["train"]["step_ms"]["steps"]
     lines.append(f"(median of {steps} timed steps each after {r['warmup']} warm-up steps"
                  + (f", in {r['rounds']} alternating rounds; per-round ratios "
@@ -584,7 +601,8 @@ def format_table(r: dict[str, Any]) -> str:
 
 
 def summarise_runs(directory: str) -> dict[str, Any]:
-    """One row per benchmark JSON file in ``directory``: throughputs, % of peak, ratio."""
+    """One row per benchmark JSON file in ``directory``: throughputs, % of peak, ratio,
+    memory, host syncs and the logits' agreement with PyTorch."""
     rows = []
     for path in sorted(Path(directory).glob("*.json")):
         try:
@@ -593,30 +611,47 @@ def summarise_runs(directory: str) -> dict[str, Any]:
             continue
         if not isinstance(r, dict) or "minimlp" not in r:
             continue  # not a benchmark result (e.g. an earlier summary)
+        ours = r["minimlp"]
         row = {"file": path.name, "model": r["model"], "batch_size": r["batch_size"], "device": r["device"],
                "dtype": r["dtype"], "tf32": r["tf32"], "gpu": r["machine"].get("gpu"),
                "procs": r["threads"].get("procs", 1),
-               "minimlp_train_images_per_s": r["minimlp"]["train"]["images_per_s"],
-               "minimlp_fraction_of_peak": r["minimlp"]["train"].get("fraction_of_peak"),
+               "minimlp_train_images_per_s": ours["train"]["images_per_s"],
+               "minimlp_gflops": ours["train"].get("gflops"),
+               "minimlp_fraction_of_peak": ours["train"].get("fraction_of_peak"),
+               "minimlp_peak_mb": (ours.get("memory") or {}).get("peak_mb"),
+               "host_syncs_per_step": ours.get("host_syncs_per_step"),
                "matmul_peak_gflops": r["matmul_peak_gflops"]["minimlp"]}
         if "torch" in r:
             row.update(torch_train_images_per_s=r["torch"]["train"]["images_per_s"],
                        torch_fraction_of_peak=r["torch"]["train"].get("fraction_of_peak"),
-                       ratio_train=r["ratio"]["train"], ratio_forward=r["ratio"]["forward"])
+                       torch_peak_mb=(r["torch"].get("memory") or {}).get("peak_mb"),
+                       ratio_train=r["ratio"]["train"], ratio_forward=r["ratio"]["forward"],
+                       ratio_train_per_round=r["ratio"]["train_per_round"],
+                       logits_max_abs_diff=r.get("logits_max_abs_diff"))
         rows.append(row)
     return {"runs": rows}
 
 
 def format_summary(summary: dict[str, Any]) -> str:
-    lines = [f"{'model':10s}{'batch':>6s} {'precision':12s}{'minimlp img/s':>14s}{'PyTorch img/s':>14s}"
-             f"{'ratio':>8s}{'minimlp % peak':>16s}"]
+    """The rows as a table: minimlp and PyTorch images/s, their ratio (and per round), % of the
+    matmul peak in the run's precision, peak MB, minimlp's host syncs per step, max |Δ logits|."""
+    def cell(value: Any, fmt: str, width: int) -> str:
+        return f"{'-' if value is None else format(value, fmt):>{width}s}"
+
+    lines = [f"{'model':9s}{'batch':>6s} {'precision':10s}{'img/s':>9s}{'PyTorch':>9s}{'ratio':>7s}  "
+             f"{'per round':18s}{'% peak':>7s}{'PyT %':>7s}{'MB':>7s}{'PyT MB':>7s}{'syncs':>6s}{'|dlogit|':>9s}"]
     for row in summary["runs"]:
         precision = "tf32" if row["tf32"] else row["dtype"]
-        torch_ips = row.get("torch_train_images_per_s")
-        lines.append(f"{row['model']:10s}{row['batch_size']:6d} {precision:12s}"
-                     f"{row['minimlp_train_images_per_s']:14.1f}"
-                     + (f"{torch_ips:14.1f}{row['ratio_train']:7.2f}x" if torch_ips else f"{'-':>14s}{'-':>8s}")
-                     + f"{100 * (row['minimlp_fraction_of_peak'] or float('nan')):15.1f}%")
+        percent = [None if row.get(k) is None else 100 * row[k]
+                   for k in ("minimlp_fraction_of_peak", "torch_fraction_of_peak")]
+        rounds = " ".join(f"{x:.2f}" for x in row.get("ratio_train_per_round", []))
+        lines.append(f"{row['model']:9s}{row['batch_size']:6d} {precision:10s}"
+                     + cell(row["minimlp_train_images_per_s"], ".1f", 9)
+                     + cell(row.get("torch_train_images_per_s"), ".1f", 9)
+                     + cell(row.get("ratio_train"), ".2f", 7) + f"  {rounds[:18]:18s}"
+                     + cell(percent[0], ".1f", 7) + cell(percent[1], ".1f", 7)
+                     + cell(row.get("minimlp_peak_mb"), ".0f", 7) + cell(row.get("torch_peak_mb"), ".0f", 7)
+                     + cell(row.get("host_syncs_per_step"), ".2f", 6) + cell(row.get("logits_max_abs_diff"), ".1e", 9))
     return "\n".join(lines)
 
 

@@ -10,7 +10,8 @@ silently slow:
   ``float(d)``, ``int(d)``, ``bool(d)``, ``operator.index(d)`` and iteration, which CuPy
   allows but pays for with a hidden device-to-host copy (a host sync) each time.  Only
   the explicit reads work: ``d.get()``, ``cupy.asnumpy(d)``, ``d.item()``, ``d.tolist()``;
-  each one adds to :func:`host_syncs`.
+  each one adds to :func:`host_syncs`.  ``set_strict(False)`` lets the implicit ones
+  through, counted, as CuPy would (to measure code that still has them).
 * **No host arrays in device operations.**  A NumPy array in an arithmetic operation, a
   ufunc or a kernel call raises TypeError ("Unsupported type"), as in CuPy; Python and
   NumPy scalars are fine.  Creating arrays from host data (``cupy.asarray``), assigning
@@ -19,9 +20,9 @@ silently slow:
 * **Reductions and scalar indexing return 0-d device arrays**, never host scalars.
 * **dtypes as in CuPy**: ``cupyx.scipy.special.erf``/``erfc`` turn float16 into float64
   (their loops are ``e->d, f->f, d->d``).
-* **User kernels.**  ``ElementwiseKernel`` and ``ReductionKernel`` bodies are read as the
-  small C subset minimlp writes (declarations, assignments, casts, ``f`` literals,
-  ``expf``/``erfcf``/``rsqrtf``/``exp``/``log``...) and run with NumPy, with CuPy's typing
+* **User kernels** (fake_cupy_kernels.py).  ``ElementwiseKernel`` and ``ReductionKernel``
+  bodies are read as the small C subset minimlp writes (declarations, assignments, casts,
+  ``f`` literals, ``expf``/``erfcf``/``rsqrtf``/``exp``/``log``...) and run with NumPy, with CuPy's typing
   (``T`` bound by the array arguments, fixed-type parameters matched exactly, float16
   data promoted by the casts) and its output-shape checks.  An identifier the C code
   does not define fails as NVRTC would, with :class:`CompileException`.
@@ -33,20 +34,22 @@ silently slow:
   ``1.0``; then the input's name becomes ``in0`` in the map expression and the output's
   ``out0`` in the post-map expression, wherever those letters occur.
 
+* **Events** time only once the end event has been waited for (CUDA's "not ready"
+  otherwise); the memory pool's ``used_bytes`` counts live arrays and ``total_bytes`` the
+  most held since ``free_all_blocks``.
+
 What it does not model: asynchrony (every operation finishes at once, so a missing
-synchronisation goes unnoticed), the real memory pool (sizes are counted from live
-arrays), cuBLAS and CUDA numerics (TF32, float16 tensor cores, the order of sums), NCCL,
-multiple devices, and kernel compilation itself (the tests in test_cuda_sources.py
-compile every kernel with NVRTC).  Anything minimlp does not use is absent and raises
+synchronisation or a race between streams goes unnoticed), the real memory pool, cuBLAS
+and CUDA numerics (TF32, float16 tensor cores, the order of sums, the accuracy of
+``expf``/``erfcf``), NCCL, multiple devices, speed, and kernel compilation itself (the
+tests in test_cuda_sources.py compile every kernel with NVRTC).  Random numbers have
+CuPy's shapes and dtypes but not its values.  Anything minimlp does not use is absent and raises
 AttributeError, so new CuPy calls are added here deliberately.
 """
 
 from __future__ import annotations
 
-import math
 import operator
-import os
-import re
 import sys
 import time
 import types
@@ -363,7 +366,9 @@ def _module_function(name: str) -> Any:
     convert = _upload if name in _CREATION else _operand
 
     def fn(*args: Any, **kwargs: Any) -> Any:
-        if name in ("asarray", "array", "ascontiguousarray") and args and isinstance(args[0], ndarray):
+        if name in ("asarray", "array", "ascontiguousarray") and args:
+            if not isinstance(args[0], ndarray):  # an upload: the device gets its own copy
+                return _wrap(np.array(np_func(*args, **kwargs), copy=True))
             if name == "array" and kwargs.get("copy", True) is not False:
                 return _wrap(np.array(args[0]._a, **{k: v for k, v in kwargs.items() if k != "copy"}))
         return _call(np_func, args, kwargs, convert)
@@ -418,21 +423,36 @@ def _random_module() -> types.ModuleType:
 # --------------------------------------------------------------------------------------
 # cupy.cuda: one device, streams and events that finish at once, a counting memory pool.
 # --------------------------------------------------------------------------------------
+def _check_device(index: int) -> None:
+    """What the CUDA runtime answers for a device that is not there (no GPU at all, or a bad index)."""
+    if STATE.device_count == 0:
+        raise CUDARuntimeError("cudaErrorNoDevice: no CUDA-capable device is detected")
+    if not 0 <= index < STATE.device_count:
+        raise CUDARuntimeError("cudaErrorInvalidDevice: invalid device ordinal")
+
+
+def _device_count() -> int:
+    _check_device(0)
+    return STATE.device_count
+
+
 class Device:
+    """A device handle; as in CuPy, making one checks nothing, using it does."""
+
     def __init__(self, device: int | None = None) -> None:
         self.id = STATE.current_device if device is None else int(device)
-        if not 0 <= self.id < STATE.device_count:
-            raise CUDARuntimeError("cudaErrorInvalidDevice: invalid device ordinal")
 
     @property
     def compute_capability(self) -> str:
+        _check_device(self.id)
         return STATE.compute_capability
 
     def use(self) -> None:
+        _check_device(self.id)
         STATE.current_device = self.id
 
     def synchronize(self) -> None:
-        pass
+        _check_device(self.id)
 
     def __enter__(self) -> Device:
         self._previous = STATE.current_device
@@ -538,13 +558,13 @@ def _runtime_module() -> types.ModuleType:
     m = types.ModuleType("cupy.cuda.runtime")
     m.CUDARuntimeError = CUDARuntimeError
     m.is_hip = False
-    m.getDeviceCount = lambda: STATE.device_count
+    m.getDeviceCount = _device_count
     m.getDevice = lambda: STATE.current_device
     m.runtimeGetVersion = lambda: 12090
     m.driverGetVersion = lambda: 12090
 
     def get_device_properties(device: int) -> dict[str, Any]:
-        Device(device)
+        _check_device(device)
         major, minor = STATE.compute_capability[:-1], STATE.compute_capability[-1]
         return {"name": DEVICE_NAME.encode(), "totalGlobalMem": 1 << 30, "major": int(major),
                 "minor": int(minor), "multiProcessorCount": 1, "clockRate": 1_000_000}
@@ -562,523 +582,8 @@ def _cuda_module() -> types.ModuleType:
     m.compiler.CompileException = CompileException
     m.nvrtc = _strict(types.ModuleType("cupy.cuda.nvrtc"))
     m.nvrtc.getVersion = lambda: (12, 9)
-    m.is_available = lambda: STATE.device_count > 0
+    m.is_available = lambda: STATE.device_count > 0  # never raises, as in CuPy
     return _strict(m)
-
-
-# --------------------------------------------------------------------------------------
-# User kernels: CuPy's parameter lists and typing, and the kernel bodies read as C.
-# --------------------------------------------------------------------------------------
-_C_TYPES = {"float": np.float32, "double": np.float64, "float16": np.float16, "half": np.float16,
-            "int": np.int32, "long long": np.int64, "bool": np.bool_, "unsigned int": np.uint32,
-            "signed char": np.int8, "unsigned char": np.uint8, "short": np.int16, "long": np.int64}
-_DTYPE_NAMES = {"float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16",
-                "uint32", "uint64", "bool", "complex64", "complex128"}
-
-
-class ParameterInfo:
-    """One parameter of a kernel: ``[raw] <type> <name>``, type a dtype name or a type variable."""
-
-    def __init__(self, text: str, is_const: bool) -> None:
-        words = text.split()
-        self.raw = words[0] == "raw"
-        if self.raw:
-            words = words[1:]
-        if len(words) != 2 or not words[1].isidentifier():
-            raise ValueError(f"Invalid parameter: {text!r}")
-        type_name, self.name = words
-        self.is_const = is_const
-        if type_name in _DTYPE_NAMES:
-            self.dtype = np.dtype(type_name)
-            self.ctype = {np.float32: "float", np.float64: "double", np.float16: "float16",
-                          np.bool_: "bool"}.get(self.dtype.type, type_name)
-        elif type_name.isidentifier():
-            self.dtype, self.ctype = None, type_name
-        else:
-            raise ValueError(f"Invalid parameter type: {type_name!r}")
-
-
-def _params(text: str, is_const: bool) -> tuple[ParameterInfo, ...]:
-    return tuple(ParameterInfo(p, is_const) for p in text.split(",") if p.strip())
-
-
-def _decide_types(in_params: tuple, out_params: tuple, in_args: list, out_args: list) -> dict[str, np.dtype]:
-    """CuPy's _decide_params_type_core: bind type variables, check fixed types exactly."""
-    types_: dict[str, np.dtype] = {}
-    for group, args in ((out_params, out_args), (in_params, in_args)):
-        if not args:  # outputs not given: they will be allocated
-            continue
-        for p, a in zip(group, args, strict=True):
-            if not isinstance(a, np.ndarray):
-                if group is out_params:
-                    raise TypeError("Output arguments must be cupy.ndarray")
-                continue  # a scalar binds nothing; it is cast to the parameter's type
-            if p.dtype is not None:
-                if a.dtype != p.dtype:
-                    raise TypeError(f"Type is mismatched. {p.name} {a.dtype.type} {p.dtype.type}")
-            elif p.ctype in types_:
-                if types_[p.ctype] != a.dtype:
-                    raise TypeError(f"Type is mismatched. {p.name} {a.dtype.type} {types_[p.ctype].type} {p.ctype}")
-            else:
-                types_[p.ctype] = a.dtype
-    for p in in_params + out_params:
-        if p.dtype is None and p.ctype not in types_:
-            raise TypeError(f"Cannot determine the type of {p.name} ({p.ctype}): no array argument binds it")
-    return types_
-
-
-def _param_dtype(p: ParameterInfo, types_: dict[str, np.dtype]) -> np.dtype:
-    return p.dtype if p.dtype is not None else types_[p.ctype]
-
-
-def _kernel_args(args: tuple, nin: int, nargs: int, name: str) -> tuple[list, list]:
-    if len(args) not in (nin, nargs):
-        raise TypeError(f"Wrong number of arguments for {name!r}. It must be either {nin} or {nargs} "
-                        f"(with outputs), but given {len(args)}.")
-    converted = []
-    for a in args:
-        if isinstance(a, ndarray):
-            converted.append(a._a)
-        elif isinstance(a, (bool, int, float, complex, np.generic)):
-            converted.append(a)
-        else:
-            raise _unsupported(a)
-    return converted[:nin], converted[nin:]
-
-
-class _Indexer:
-    def __init__(self, size: int) -> None:
-        self._size = size
-
-    def size(self) -> int:
-        return self._size
-
-
-class ElementwiseKernel:
-    def __init__(self, in_params: str, out_params: str, operation: str, name: str = "kernel",
-                 reduce_dims: bool = True, preamble: str = "", no_return: bool = False,
-                 return_tuple: bool = False, **kwargs: Any) -> None:
-        if preamble or kwargs.get("loop_prep") or kwargs.get("after_loop"):
-            raise NotImplementedError("the CuPy stand-in does not model kernel preambles or loop code")
-        self.in_params, self.out_params = _params(in_params, True), _params(out_params, False)
-        self.params = self.in_params + self.out_params
-        self.nin, self.nout, self.nargs = len(self.in_params), len(self.out_params), len(self.params)
-        self.operation, self.name = operation, name
-        self.no_return, self.return_tuple = no_return, return_tuple
-        self._program = _Program(operation, [p.name for p in self.in_params], [p.name for p in self.out_params],
-                                 self.name, {p.ctype for p in self.params})
-
-    def __call__(self, *args: Any, size: int | None = None, stream: Any = None, block_size: int = 128) -> Any:
-        if size is not None or any(p.raw for p in self.params):
-            raise NotImplementedError("the CuPy stand-in does not model raw parameters or size=")
-        in_args, out_args = _kernel_args(args, self.nin, self.nargs, self.name)
-        arrays = [a for a in in_args + out_args if isinstance(a, np.ndarray)]
-        if not arrays:
-            raise ValueError("Loop size is undecided.")
-        shape = np.broadcast_shapes(*(a.shape for a in arrays))
-        types_ = _decide_types(self.in_params, self.out_params, in_args, out_args)
-        if out_args:
-            for a in out_args:
-                if a.shape != shape:
-                    raise ValueError("Out shape is mismatched")
-        else:
-            out_args = [np.empty(shape, _param_dtype(p, types_)) for p in self.out_params]
-        env = {p.name: _as_param(a, _param_dtype(p, types_)) for p, a in zip(self.in_params, in_args, strict=True)}
-        outputs = dict(zip((p.name for p in self.out_params), out_args, strict=True))
-        self._program.run(env, outputs, types_)
-        results = [_wrap(a) for a in out_args]
-        if self.no_return:
-            return None
-        return results[0] if self.nout == 1 and not self.return_tuple else tuple(results)
-
-
-def _as_param(a: Any, dtype: np.dtype) -> Any:
-    """An argument as the kernel sees it: arrays as they are, scalars cast to the parameter's type."""
-    return a if isinstance(a, np.ndarray) else dtype.type(a)
-
-
-class ReductionKernel:
-    def __init__(self, in_params: str, out_params: str, map_expr: str, reduce_expr: str, post_map_expr: str,
-                 identity: Any, name: str = "reduce_kernel", reduce_type: str | None = None,
-                 reduce_dims: bool = True, preamble: str = "", options: tuple = ()) -> None:
-        if preamble:
-            raise NotImplementedError("the CuPy stand-in does not model kernel preambles")
-        self.in_params, self.out_params = _params(in_params, True), _params(out_params, False)
-        self.nin, self.nout = len(self.in_params), len(self.out_params)
-        self.nargs = self.nin + self.nout
-        self.map_expr, self.reduce_expr, self.post_map_expr = map_expr, reduce_expr, post_map_expr
-        self.identity = "" if identity is None else str(identity)
-        self.name = name
-        self.reduce_type = self.out_params[0].ctype if reduce_type is None else reduce_type
-        self._reducer = _reducer(reduce_expr)
-
-    def __call__(self, *args: Any, out: Any = None, axis: Any = None, keepdims: bool = False,
-                 stream: Any = None) -> Any:
-        in_args, out_args = _kernel_args(args, self.nin, self.nargs, self.name)
-        if out is not None:
-            if self.nout != 1:
-                raise NotImplementedError("")
-            if out_args:
-                raise ValueError("cannot specify 'out' as both a positional and keyword argument")
-            if not isinstance(out, ndarray):
-                raise TypeError("Output arguments type must be cupy.ndarray")
-            out_args = [out._a]
-        arrays = [a for a in in_args if isinstance(a, np.ndarray)]
-        if not arrays:
-            raise ValueError("Loop size is undecided.")
-        shape = np.broadcast_shapes(*(a.shape for a in arrays))
-        in_args = [np.broadcast_to(a, shape) if isinstance(a, np.ndarray) and a.shape != shape else a
-                   for a in in_args]
-        types_ = _decide_types(self.in_params, self.out_params, in_args, out_args)
-        ndim = len(shape)
-        axes = tuple(range(ndim)) if axis is None else tuple(
-            a % ndim if -ndim <= a < ndim else _axis_error(a, ndim) for a in np.atleast_1d(axis).tolist())
-        reduce_axis = tuple(sorted(set(axes)))
-        out_axis = tuple(i for i in range(ndim) if i not in reduce_axis)
-        out_shape = tuple(1 if i in reduce_axis else n for i, n in enumerate(shape)) if keepdims else tuple(
-            shape[i] for i in out_axis)
-        out_dtypes = [_param_dtype(p, types_) for p in self.out_params]
-        if out_args:
-            for a in out_args:
-                if a.shape != out_shape:
-                    raise ValueError("Out shape is mismatched")
-        else:
-            out_args = [np.empty(out_shape, t) for t in out_dtypes]
-        if self.identity == "" and 0 in shape:
-            raise ValueError(f"zero-size array to reduction operation {self.name} which has no identity")
-        reduce_dtype = _reduce_dtype(self.reduce_type, types_)
-        cub = _cub_plan(in_args, out_args, shape, reduce_axis, out_axis)
-        in_names, out_names = [p.name for p in self.in_params], [p.name for p in self.out_params]
-        map_expr, post_map_expr = self.map_expr, self.post_map_expr
-        sizes = {"_in_ind": _Indexer(math.prod(shape)), "_out_ind": _Indexer(math.prod(out_shape))}
-        if cub is not None:
-            map_expr, post_map_expr, in_names, out_names, sizes = _cub_rewrite(
-                self.name, map_expr, post_map_expr, in_names, out_names, cub, shape)
-        env = {n: _as_param(a, _param_dtype(p, types_))
-               for n, p, a in zip(in_names, self.in_params, in_args, strict=True)}
-        type_names = {p.ctype for p in self.in_params + self.out_params} | {self.reduce_type}
-        mapped = _Program(map_expr, list(env) + list(sizes), [], self.name, type_names, expression=True).value(
-            {**env, **sizes}, types_)
-        mapped = np.broadcast_to(np.asarray(mapped), shape).astype(reduce_dtype)
-        reduced = self._reducer(mapped, reduce_axis, reduce_dtype).reshape(out_shape)
-        post = _Program(post_map_expr, ["a", *sizes], out_names, self.name, type_names)
-        post.run({"a": reduced, **sizes}, dict(zip(out_names, out_args, strict=True)), types_)
-        results = [_wrap(a) for a in out_args]
-        return results[0] if self.nout == 1 else tuple(results)
-
-
-def _axis_error(axis: int, ndim: int) -> int:
-    raise np.exceptions.AxisError(axis, ndim)
-
-
-def _reduce_dtype(reduce_type: str, types_: dict[str, np.dtype]) -> np.dtype:
-    if reduce_type in types_:
-        return types_[reduce_type]
-    if reduce_type in _C_TYPES:
-        return np.dtype(_C_TYPES[reduce_type])
-    if reduce_type in _DTYPE_NAMES:
-        return np.dtype(reduce_type)
-    raise CompileException(f'identifier "{reduce_type}" is undefined (reduce_type)')
-
-
-def _reducer(reduce_expr: str) -> Any:
-    text = re.sub(r"\s+", "", reduce_expr)
-    if text in ("a+b", "b+a"):
-        return lambda x, axis, dtype: x.sum(axis=axis, dtype=dtype)
-    if text in ("max(a,b)", "max(b,a)", "fmaxf(a,b)", "fmax(a,b)"):
-        return lambda x, axis, dtype: x.max(axis=axis)
-    if text in ("min(a,b)", "min(b,a)", "fminf(a,b)", "fmin(a,b)"):
-        return lambda x, axis, dtype: x.min(axis=axis)
-    raise NotImplementedError(f"the CuPy stand-in does not model the reduction {reduce_expr!r}")
-
-
-# The CUB path of CuPy 14's ReductionKernel (cupy/_core/_cub_reduction.pyx):
-# _can_use_cub_block_reduction decides, _try_to_call_cub_reduction rewrites the text.
-CUB_REDUCE_SIZE_THRESHOLD = 128
-
-
-def _cub_plan(in_args: list, out_args: list, shape: tuple, reduce_axis: tuple,
-              out_axis: tuple) -> dict[str, Any] | None:
-    accelerators = os.environ.get("CUPY_ACCELERATORS", "cub").split(",")
-    if "cub" not in accelerators or len(in_args) != 1 or len(out_args) != 1:
-        return None
-    arr = in_args[0]
-    if not isinstance(arr, np.ndarray):
-        return None
-    ndim = arr.ndim
-    contiguous_axes = reduce_axis == tuple(range(reduce_axis[0], reduce_axis[-1] + 1)) if reduce_axis else False
-    if arr.flags.f_contiguous:  # CuPy checks F order first, even for arrays that are both
-        if not (contiguous_axes and reduce_axis[0] == 0) or reduce_axis + out_axis != tuple(range(ndim)):
-            return None
-    elif arr.flags.c_contiguous:
-        if not (contiguous_axes and reduce_axis[-1] == ndim - 1) or out_axis + reduce_axis != tuple(range(ndim)):
-            return None
-    else:
-        return None
-    segment = math.prod(shape[i] for i in reduce_axis)
-    if segment == 0 or segment < CUB_REDUCE_SIZE_THRESHOLD:
-        return None
-    return {"segment_size": segment, "full": not out_axis}
-
-
-def _cub_rewrite(name: str, map_expr: str, post_map_expr: str, in_names: list, out_names: list,
-                 cub: dict[str, Any], shape: tuple) -> tuple[str, str, list, list, dict]:
-    """CuPy's plain string replacements, in CuPy's order; the CUB kernel has no _in_ind/_out_ind."""
-    if not cub["full"] and "mean" in name:
-        post_map_expr = post_map_expr.replace("_in_ind.size()", "_segment_size")
-        post_map_expr = post_map_expr.replace("_out_ind.size()", "1.0")
-    old_in0, old_out0 = in_names[0], out_names[0]
-    if old_in0 != "in0" or old_out0 != "out0":
-        map_expr = map_expr.replace(old_in0, "in0")
-        post_map_expr = post_map_expr.replace(old_out0, "out0")
-    sizes: dict[str, Any] = {"_segment_size": cub["segment_size"], "_array_size": cub["segment_size"]}
-    if cub["full"]:  # two passes; the first keeps partial sums (checked to compile, not run)
-        first = post_map_expr
-        if "mean" in name:
-            first = first.replace("_in_ind.size()", "1.0").replace("_out_ind.size()", "1.0")
-            post_map_expr = post_map_expr.replace("_in_ind.size()", "_array_size")
-            post_map_expr = post_map_expr.replace("_out_ind.size()", "1.0")
-        _Program(first, ["a", *sizes], ["out0"], name + "_pass1", set())
-    return map_expr, post_map_expr, ["in0"], ["out0"], sizes
-
-
-# --------------------------------------------------------------------------------------
-# The C subset of kernel bodies, translated to Python over NumPy arrays.
-#   statement: [const] [type] name = expression
-#   expression: + - * / with C precedence, unary -, (type) casts, calls, literals (1.0f is a
-#   float, 1.0 a double, 1 an int), x.size() on the index objects.
-# Arithmetic follows C's types: float with float stays float32, a double literal makes
-# double, float16 with float gives float (CuPy's float16 converts to float).
-# --------------------------------------------------------------------------------------
-_TOKEN = re.compile(r"\s*(?:(?P<num>(?:\d+\.\d*|\.\d+|\d+)(?:[eE][+-]?\d+)?[fF]?)|(?P<id>[A-Za-z_]\w*)"
-                    r"|(?P<op>[-+*/%(),.=]))")
-_TYPE_WORDS = {"const", "unsigned", "signed", "long", "short"}
-
-
-def _c_dtype(name: str, types_: dict[str, np.dtype]) -> np.dtype:
-    if name in types_:
-        return types_[name]
-    return np.dtype(_C_TYPES[name])
-
-
-def _cast(value: Any, dtype: np.dtype) -> Any:
-    if isinstance(value, np.ndarray):
-        return value.astype(dtype)
-    return dtype.type(value)
-
-
-def _c_div(a: Any, b: Any) -> Any:
-    if isinstance(a, int) and isinstance(b, int):
-        return int(a / b)  # C integer division truncates
-    return np.true_divide(a, b)
-
-
-def _float_fn(fn: Any, dtype: Any) -> Any:
-    """A CUDA math function of fixed type: argument converted, result in that type."""
-    return lambda *xs: np.asarray(fn(*(np.asarray(x, dtype) for x in xs))).astype(dtype)[()]
-
-
-def _erfc64(x: Any) -> Any:
-    return _erf_erfc_numpy(np.asarray(x, np.float64))[1]
-
-
-def _erf64(x: Any) -> Any:
-    return _erf_erfc_numpy(np.asarray(x, np.float64))[0]
-
-
-def _overloaded(fn: Any) -> Any:
-    """A C++ overloaded math function (exp, log, ...): the result has the argument's float type."""
-    def call(*xs: Any) -> Any:
-        arrays = [np.asarray(x) for x in xs]
-        dtype = np.result_type(*arrays)
-        dtype = dtype if dtype.kind == "f" else np.dtype(np.float64)
-        return np.asarray(fn(*(a.astype(np.float64) for a in arrays))).astype(dtype)[()]
-
-    return call
-
-
-_C_FUNCTIONS = {
-    "expf": _float_fn(np.exp, np.float32), "logf": _float_fn(np.log, np.float32),
-    "sqrtf": _float_fn(np.sqrt, np.float32), "rsqrtf": _float_fn(lambda x: 1 / np.sqrt(x), np.float32),
-    "tanhf": _float_fn(np.tanh, np.float32), "fabsf": _float_fn(np.abs, np.float32),
-    "erff": _float_fn(_erf64, np.float32), "erfcf": _float_fn(_erfc64, np.float32),
-    "fmaxf": _float_fn(np.fmax, np.float32), "fminf": _float_fn(np.fmin, np.float32),
-    "exp": _overloaded(np.exp), "log": _overloaded(np.log), "sqrt": _overloaded(np.sqrt),
-    "rsqrt": _overloaded(lambda x: 1 / np.sqrt(x)), "tanh": _overloaded(np.tanh), "erf": _overloaded(_erf64),
-    "erfc": _overloaded(_erfc64), "abs": _overloaded(np.abs), "fabs": _overloaded(np.abs),
-    "max": np.maximum, "min": np.minimum,
-}
-
-
-class _Program:
-    """A kernel body (statements) or a map expression, checked for undefined names up front."""
-
-    def __init__(self, text: str, inputs: list[str], outputs: list[str], kernel: str, type_names: set[str],
-                 expression: bool = False) -> None:
-        self.kernel, self.inputs, self.outputs = kernel, set(inputs), set(outputs)
-        self.type_names = set(type_names) | set(_C_TYPES)
-        self.defined = set(inputs) | set(outputs)
-        if any(ch in text for ch in "{}?<>!&|[]#"):
-            raise NotImplementedError(f"the CuPy stand-in does not model this C code in {kernel}: {text!r}")
-        self.statements: list[tuple[str | None, str | None, str]] = []  # (target, declared type, python)
-        if expression:
-            self.statements.append((None, None, self._translate(text)))
-            return
-        for stmt in text.split(";"):
-            if stmt.strip():
-                self.statements.append(self._statement(stmt.strip()))
-
-    def _error(self, message: str) -> CompileException:
-        return CompileException(f"{self.kernel}: error: {message}")
-
-    def _statement(self, stmt: str) -> tuple[str, str | None, str]:
-        left, eq, right = stmt.partition("=")
-        if not eq or right.startswith("="):
-            raise NotImplementedError(f"the CuPy stand-in models only assignments, not {stmt!r} in {self.kernel}")
-        words = left.split()
-        target = words[-1] if words else ""
-        if not target.isidentifier():
-            raise self._error(f"expected an identifier before '=' in {stmt!r}")
-        type_words = [w for w in words[:-1] if w != "const"]
-        declared = " ".join(type_words) or None
-        if declared is not None and declared not in self.type_names:
-            raise self._error(f'identifier "{declared}" is undefined')
-        if declared is None:
-            if target in self.inputs:
-                raise self._error(f'expression must be a modifiable lvalue ("{target}" is an input)')
-            if target not in self.defined:
-                raise self._error(f'identifier "{target}" is undefined')
-        self.defined.add(target)
-        return target, declared, self._translate(right)
-
-    def _translate(self, text: str) -> str:
-        tokens: list[tuple[str, str]] = []
-        pos = 0
-        text = text.strip()
-        while pos < len(text):
-            m = _TOKEN.match(text, pos)
-            if m is None:
-                raise NotImplementedError(f"the CuPy stand-in cannot read {text[pos:]!r} in {self.kernel}")
-            kind = m.lastgroup
-            tokens.append((kind, m.group(kind)))
-            pos = m.end()
-        parser = _Parser(tokens, self)
-        code = parser.expression()
-        if parser.i != len(tokens):
-            raise self._error(f"unexpected {tokens[parser.i][1]!r} in {text!r}")
-        return code
-
-    def value(self, env: dict[str, Any], types_: dict[str, np.dtype]) -> Any:
-        return self.run(env, {}, types_)
-
-    def run(self, env: dict[str, Any], outputs: dict[str, np.ndarray], types_: dict[str, np.dtype]) -> Any:
-        scope = {**env, **outputs, **_C_FUNCTIONS, "_cast": _cast, "_div": _c_div, "_t": types_,
-                 "_dt": _c_dtype, "_f32": np.float32, "_f64": np.float64}
-        result = None
-        for target, declared, code in self.statements:
-            result = eval(code, {"__builtins__": {}}, scope)  # noqa: S307  (translated from the kernel text)
-            if target is None:
-                continue
-            if declared is not None:
-                scope[target] = _cast(result, _c_dtype(declared, types_))
-            elif target in outputs:
-                dest = outputs[target]
-                np.copyto(dest, np.broadcast_to(np.asarray(result), dest.shape), casting="unsafe")
-                scope[target] = dest  # later statements read what was stored, as a C reference does
-            else:
-                scope[target] = result
-        return result
-
-
-class _Parser:
-    """Recursive descent over the tokens, emitting a fully parenthesised Python expression."""
-
-    def __init__(self, tokens: list[tuple[str, str]], program: _Program) -> None:
-        self.tokens, self.i, self.program = tokens, 0, program
-
-    def peek(self, offset: int = 0) -> tuple[str, str] | None:
-        j = self.i + offset
-        return self.tokens[j] if j < len(self.tokens) else None
-
-    def take(self, value: str | None = None) -> tuple[str, str]:
-        tok = self.peek()
-        if tok is None or (value is not None and tok[1] != value):
-            raise self.program._error(f"expected {value!r}")
-        self.i += 1
-        return tok
-
-    def expression(self) -> str:
-        code = self.term()
-        while self.peek() and self.peek()[1] in "+-":
-            op = self.take()[1]
-            code = f"({code} {op} {self.term()})"
-        return code
-
-    def term(self) -> str:
-        code = self.unary()
-        while self.peek() and self.peek()[1] in ("*", "/", "%"):
-            op = self.take()[1]
-            right = self.unary()
-            code = f"_div({code}, {right})" if op == "/" else f"({code} {op} {right})"
-        return code
-
-    def _cast_type(self) -> str | None:
-        """The type name if the tokens at the cursor are a cast '(' type ')'."""
-        words, j = [], 1
-        while (tok := self.peek(j)) is not None and tok[0] == "id" and (tok[1] in _TYPE_WORDS or not words):
-            words.append(tok[1])
-            j += 1
-        if words and self.peek(j) == ("op", ")") and self.peek() == ("op", "("):
-            name = " ".join(w for w in words if w != "const")
-            if name in self.program.type_names:
-                self.i += j + 1
-                return name
-        return None
-
-    def unary(self) -> str:
-        tok = self.peek()
-        if tok is not None and tok[1] in ("-", "+"):
-            self.take()
-            return f"({tok[1]}{self.unary()})"
-        if tok == ("op", "("):
-            cast = self._cast_type()
-            if cast is not None:
-                return f"_cast({self.unary()}, _dt({cast!r}, _t))"
-        return self.postfix()
-
-    def postfix(self) -> str:
-        tok = self.take()
-        kind, text = tok
-        if kind == "num":
-            if text[-1] in "fF":
-                return f"_f32({text[:-1]!r})"
-            return f"_f64({text!r})" if any(c in text for c in ".eE") else text
-        if text == "(":
-            code = self.expression()
-            self.take(")")
-            return f"({code})"
-        if kind != "id":
-            raise self.program._error(f"unexpected {text!r}")
-        if self.peek() == ("op", "("):  # a function call
-            if text not in _C_FUNCTIONS:
-                raise self.program._error(f'identifier "{text}" is undefined')
-            self.take("(")
-            args = []
-            while self.peek() != ("op", ")"):
-                args.append(self.expression())
-                if self.peek() == ("op", ","):
-                    self.take(",")
-            self.take(")")
-            return f"{text}({', '.join(args)})"
-        if text not in self.program.defined:
-            raise self.program._error(f'identifier "{text}" is undefined')
-        if self.peek() == ("op", "."):  # _in_ind.size()
-            self.take(".")
-            method = self.take()[1]
-            self.take("(")
-            self.take(")")
-            return f"{text}.{method}()"
-        return text
 
 
 # --------------------------------------------------------------------------------------
@@ -1104,13 +609,16 @@ def _special_ufunc(index: int) -> Any:
 
 
 def _build_modules() -> dict[str, types.ModuleType]:
+    import fake_cupy_kernels  # it uses this module's array type: imported once this module is complete
+
     cupy = types.ModuleType("cupy")
     cupy.__version__ = VERSION
     cupy.__file__ = __file__
     cupy.__path__ = []  # a package, so "import cupy.cuda" works
     cupy.ndarray = ndarray
     cupy.asnumpy, cupy.get_array_module = asnumpy, get_array_module
-    cupy.ElementwiseKernel, cupy.ReductionKernel = ElementwiseKernel, ReductionKernel
+    cupy.ElementwiseKernel = fake_cupy_kernels.ElementwiseKernel
+    cupy.ReductionKernel = fake_cupy_kernels.ReductionKernel
     cupy.get_default_memory_pool = lambda: _memory_pool
     cupy.get_default_pinned_memory_pool = lambda: _memory_pool
     for name in _FUNCTIONS:
@@ -1147,7 +655,7 @@ def _build_modules() -> dict[str, types.ModuleType]:
             "cupyx": cupyx, "cupyx.scipy": scipy, "cupyx.scipy.special": special}
 
 
-def _is_cupy_module(name: str) -> bool:
+def _is_cupy_module(name: str) -> bool:  # CuPy's modules, and minimlp's that import CuPy at the top
     return name.split(".")[0] in ("cupy", "cupyx", "cupy_backends") or name == "minimlp.fused_cuda"
 
 
@@ -1165,14 +673,17 @@ def install() -> dict[str, Any]:
     saved = {name: mod for name, mod in sys.modules.items() if _is_cupy_module(name)}
     for name in sorted(saved, reverse=True):
         _forget(name)
-    STATE = _State()
-    Stream._current = []
+    saved_state = (STATE, Stream._current)  # a stand-in installed before this one keeps its own
+    STATE, Stream._current = _State(), []
     sys.modules.update(_build_modules())
-    return saved
+    return {"": saved_state, **saved}
 
 
 def uninstall(saved: dict[str, Any]) -> None:
     """Remove the stand-in (and minimlp modules imported against it); restore what was there."""
+    global STATE
+    saved = dict(saved)
+    STATE, Stream._current = saved.pop("")
     for name in sorted((n for n in sys.modules if _is_cupy_module(n)), reverse=True):
         _forget(name)
     sys.modules.update(saved)
