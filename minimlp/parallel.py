@@ -165,8 +165,12 @@ class DataParallel:
         self.conns, self.procs = [], []
         with stop_signals_blocked():  # the resource tracker that shared memory may start is spared too
             self.shared = _Shared(specs)
-        with stop_signals_blocked():  # again: starting that tracker unblocks SIGINT
-            self._start(model, specs, seed)
+        try:
+            with stop_signals_blocked():  # again: starting that tracker unblocks SIGINT
+                self._start(model, specs, seed)
+        except BaseException:  # a Ctrl-C held back until now, or a failed start: no process or memory left behind
+            self.close()
+            raise
 
     def _start(self, model: Any, specs: dict, seed: int) -> None:
         # Workers start with Python's "spawn" (a fresh interpreter: no inherited thread pools

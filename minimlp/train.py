@@ -1079,6 +1079,11 @@ def repair_best(checkpoint: Checkpoint, state: RunState, run_dir: Path, log: Cal
 
 def main(argv: list[str] | None = None) -> int:
     """The command line: run, print errors as one clear message, return the exit status."""
+    # Before and after the training loop (which stops cleanly, see StopRequest) SIGUSR1 quits
+    # as Ctrl-C does, with a message, instead of killing the process silently.
+    usr1 = getattr(signal, "SIGUSR1", None)
+    handle_usr1 = usr1 is not None and threading.current_thread() is threading.main_thread()
+    previous = signal.signal(usr1, _interrupt) if handle_usr1 else None
     # Under mpirun an error is reported by fail(): one that every rank met at the same point
     # from shared numbers (collective) ends all of them normally; one rank's own error aborts the job.
     try:
@@ -1097,7 +1102,14 @@ def main(argv: list[str] | None = None) -> int:
         return distributed.current_world().fail(f"error: {exc}", EXIT_USAGE)
     except KeyboardInterrupt:
         return distributed.current_world().fail("aborted (the last checkpoint written is intact)", EXIT_INTERRUPTED)
+    finally:
+        if handle_usr1:
+            signal.signal(usr1, previous)
     return EXIT_INTERRUPTED if result.status == "interrupted" else EXIT_OK
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

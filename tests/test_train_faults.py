@@ -243,6 +243,28 @@ def test_sigusr1_to_the_process_group_stops_with_a_checkpoint(tmp_path, fmnist_d
     assert load_checkpoint(run_dir / "last.npz").meta["step"] >= 1
 
 
+def test_sigusr1_before_training_begins_quits_with_one_line(tmp_path, fmnist_dir):
+    """While the run is still being set up (data, model, worker processes) there is nothing new
+    to save: SIGUSR1 quits as Ctrl-C does, instead of killing the process without a word."""
+    argv = [sys.executable, "-m", "minimlp.train", *tiny(tmp_path / "run", fmnist_dir, "--epochs", "1"),
+            "--procs", "2"]
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        line = ""
+        while not line.startswith("data:"):  # the model is built; the workers start next
+            line = proc.stdout.readline()
+            assert line or proc.poll() is None, "the run ended before its data was read"
+        os.killpg(proc.pid, signal.SIGUSR1)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == train.EXIT_INTERRUPTED, (proc.returncode, err)
+    assert err.strip().splitlines()[-1] == "aborted (the last checkpoint written is intact)", err
+    assert "Traceback" not in err and "leaked" not in err, err
+
+
 def test_workers_started_under_a_signal_storm_survive(tmp_path):
     """Stop signals that arrive while the workers are still starting wait, and are ignored."""
     from minimlp.models.registry import create_model
