@@ -963,13 +963,14 @@ def _train(setup: Setup, on_step: Callable[[RunState], bool | None] | None,
                 shown = "\n  ".join(f"{path} ({reason})" for path, reason in list(bad.items())[:20])
                 log(f"skipped {len(bad)} file(s) that could not be decoded ({len(bad_seen)} in this run so far; "
                     f"each is left out of its batch):\n  {shown}" + ("\n  ..." if len(bad) > 20 else ""))
-            record = json_record({"epoch": epoch + 1, "step": state.step,
+            record = {"epoch": epoch + 1, "step": state.step,
                       "train_loss": state.loss_sum / max(1, state.seen),
                       "train_top1": 100.0 * state.correct / max(1, state.seen),
                       "eval_loss": result.loss, "eval_top1": result.top1, "eval_top5": result.top5,
                       "lr": lr_now, "img_per_s": bar.images_per_second, "epoch_time_s": train_time,
                       "eval_time_s": eval_time, "skipped_files": len(bad_seen),
-                      "elapsed_s": elapsed_before + time.perf_counter() - session_start})
+                      "elapsed_s": elapsed_before + time.perf_counter() - session_start}
+            record = json_record(record)  # a NaN evaluation loss becomes null
             # An evaluation whose loss is not finite (overflowing logits) is never the best.
             improved = math.isfinite(result.loss) and (state.best_top1 is None or result.top1 > state.best_top1)
             state.epoch, state.batch_in_epoch = epoch + 1, 0
@@ -1050,7 +1051,7 @@ def nonfinite_message(state: RunState, epoch: int, steps_per_epoch: int, run_dir
     saved = (f"{last} still holds the last good state (epoch {state.epoch}); continue from it with "
              f"--resume {run_dir} and a lower --lr" if last.is_file() else "no checkpoint had been written yet")
     return (f"the weights became non-finite at step {state.step} (epoch {epoch + 1}, batch "
-            f"{state.batch_in_epoch}/{steps_per_epoch}), though the loss before that step was finite. The learning "
+            f"{state.batch_in_epoch}/{steps_per_epoch}; its loss was finite, its update was not). The learning "
             f"rate is most likely too high for this model and batch size: try a lower --lr, a longer "
             f"--warmup-epochs, or --clip-grad 1.0. Nothing was saved after the failure: {saved}.")
 

@@ -60,7 +60,7 @@ def test_weights_made_non_finite_by_an_epochs_last_step_are_never_saved(tmp_path
                        "--warmup-epochs", "0"])
     err = capsys.readouterr().err
     assert code == train.EXIT_FAILED
-    assert "the weights became non-finite at step 2 (epoch 2, batch 1/1)" in err, err
+    assert "the weights became non-finite at step 2 (epoch 2, batch 1/1; its loss was finite" in err, err
     assert f"{run_dir / 'last.npz'} still holds the last good state (epoch 1)" in err
     assert "Traceback" not in err
     after = snapshot(run_dir)
