@@ -16,8 +16,9 @@ almost twice as fast.  This is PyTorch's DistributedDataParallel in miniature:
 Only the main process's model is ever updated; workers copy its parameters at every
 step (a few MB, far cheaper than the step itself).  Dropout masks come from a generator
 each worker reseeds from (seed, step, k), so a run is reproducible and resumes exactly
-even though no worker state is saved.  Workers ignore Ctrl-C: the trainer decides when
-to stop.  :mod:`minimlp.sharding` holds the split and the weights (and why the gradient
+even though no worker state is saved.  Workers ignore Ctrl-C and SIGUSR1, which a
+terminal or a batch system sends to the whole process group: the trainer decides when to
+stop, and saves.  :mod:`minimlp.sharding` holds the split and the weights (and why the gradient
 of a mean is the weighted mean of the shards' gradients), which the
 MPI ranks of :mod:`minimlp.distributed` share (each rank may split its own shard
 over worker processes in turn).
@@ -25,10 +26,12 @@ over worker processes in turn).
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import signal
 import traceback
+from collections.abc import Iterator
 from multiprocessing import shared_memory
 from typing import Any
 
@@ -37,7 +40,37 @@ import numpy as np
 from minimlp.loss import cross_entropy_backward, cross_entropy_forward
 from minimlp.sharding import shard_bounds, shard_weight
 
-__all__ = ["DataParallel"]
+__all__ = ["DataParallel", "WorkerError"]
+
+# The signals that ask the trainer to stop (Ctrl-C; SIGUSR1 from mpirun or a batch system).
+STOP_SIGNALS = {s for s in (getattr(signal, "SIGINT", None), getattr(signal, "SIGUSR1", None)) if s is not None}
+
+
+class WorkerError(RuntimeError):
+    """A worker process failed or died; the run cannot go on."""
+
+
+@contextlib.contextmanager
+def stop_signals_blocked() -> Iterator[None]:
+    """Hold the stop signals back while processes start: a child inherits the blocked mask, so
+    one arriving before it has set its handlers waits, and is then ignored, instead of killing it.
+    The parent gets any that arrived once the block ends."""
+    if not hasattr(signal, "pthread_sigmask"):  # Windows: no process groups to signal
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def ignore_stop_signals() -> None:
+    """In a worker: ignore the stop signals, then let them through (any held back are dropped)."""
+    for s in STOP_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 class _Shared:
@@ -69,7 +102,7 @@ class _Shared:
 
 def _worker(rank: int, config: dict[str, Any], specs: dict, names: dict[str, str], seed: int, conn: Any) -> None:
     """A worker's loop: wait for a command, compute on its shard, answer."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's business
+    ignore_stop_signals()  # stopping is the main process's business
     from minimlp.models.registry import model_from_config
 
     shared = _Shared(specs, names)
@@ -78,7 +111,10 @@ def _worker(rank: int, config: dict[str, Any], specs: dict, names: dict[str, str
     flat = model.store.flat_params
     try:
         while True:
-            command = conn.recv()
+            try:
+                command = conn.recv()
+            except EOFError:  # the main process is gone
+                break
             if command is None:
                 break
             try:
@@ -126,14 +162,23 @@ class DataParallel:
                  "images": ((max_batch, C, H, W), dtype), "labels": ((max_batch,), "int64"),
                  "targets": ((max_batch, K), dtype), "logits": ((max_batch, K), dtype)}
         self.max_batch = max_batch
-        self.shared = _Shared(specs)
+        self.conns, self.procs = [], []
+        with stop_signals_blocked():  # the resource tracker that shared memory may start is spared too
+            self.shared = _Shared(specs)
+        try:
+            with stop_signals_blocked():  # again: starting that tracker unblocks SIGINT
+                self._start(model, specs, seed)
+        except BaseException:  # a Ctrl-C held back until now, or a failed start: no process or memory left behind
+            self.close()
+            raise
+
+    def _start(self, model: Any, specs: dict, seed: int) -> None:
         # Workers start with Python's "spawn" (a fresh interpreter: no inherited thread pools
         # or BLAS state) and one thread each, which is the point of using processes.
         context = mp.get_context("spawn")
         saved_env = {k: os.environ.get(k) for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
                                                    "MINIMLP_NUM_THREADS")}
         os.environ.update({k: "1" for k in saved_env})
-        self.conns, self.procs = [], []
         try:
             for rank in range(self.num_procs):
                 parent, child = context.Pipe()
@@ -172,16 +217,21 @@ class DataParallel:
             raise ValueError(f"batch of {B} is larger than the {self.max_batch} this DataParallel was built for")
         np.copyto(self.shared.arrays["params"], self.model.store.flat_params)
         self.shared.arrays["images"][:B] = x
-        for conn, command in zip(self.conns, commands, strict=False):
-            conn.send(command)
+        for rank, (conn, command) in enumerate(zip(self.conns, commands, strict=False)):
+            try:
+                conn.send(command)
+            except (BrokenPipeError, ConnectionError):
+                raise WorkerError(f"worker process {rank} died (killed, or out of memory?); the run cannot go "
+                                  "on") from None
         results = []
         for rank, conn in enumerate(self.conns[:len(commands)]):
             try:
                 status, value = conn.recv()
-            except EOFError:
-                raise RuntimeError(f"worker process {rank} died (out of memory?); the run cannot go on") from None
+            except (EOFError, ConnectionError):
+                raise WorkerError(f"worker process {rank} died (killed, or out of memory?); the run cannot go "
+                                  "on") from None
             if status == "error":
-                raise RuntimeError(f"worker process {rank} failed:\n{value}")
+                raise WorkerError(f"worker process {rank} failed:\n{value}")
             results.append(value)
         return results
 

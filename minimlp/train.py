@@ -10,8 +10,10 @@ directory under ``runs/``.  The same command trains on ImageNet-style folders on
 
 One step: uint8 batch -> device -> normalise -> forward -> cross-entropy (label smoothing)
 -> backward -> clip the gradient norm -> optimizer step at the scheduled learning rate.
-After every epoch the model is evaluated and the run directory gets a line in
-``metrics.jsonl``, ``last.npz`` (and ``best.npz`` when top-1 improved) and ``curves.png``.
+After every epoch the model is evaluated and the run directory gets ``last.npz`` (which
+also holds the metrics so far), ``best.npz`` when top-1 improved (a copy of it), a line more
+in ``metrics.jsonl`` and ``curves.png``, in that order: a resume rebuilds whatever a kill
+left behind from ``last.npz``.
 
 Everything random is a function of ``--seed``: the initial weights, each epoch's order
 (``epoch`` mixed into the seed), its augmentation, and the dropout masks (whose generator
@@ -23,12 +25,14 @@ order of images, with fresh augmentation draws for the rest of that epoch.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
 import os
 import queue
 import re
+import shutil
 import signal
 import sys
 import threading
@@ -48,13 +52,13 @@ from minimlp.data.augment import RandAugment
 from minimlp.data.loader import BadImagesWarning, LoaderDataset, LoaderError, TooManyBadImagesError, default_workers
 from minimlp.evaluate import EvalResult, evaluate
 from minimlp.gpu import BatchFeed
-from minimlp.io.checkpoint import Checkpoint, load_checkpoint, make_meta, save_checkpoint
+from minimlp.io.checkpoint import Checkpoint, decode_meta, load_checkpoint, make_meta, save_checkpoint
 from minimlp.io.files import CheckpointError, atomic_write
 from minimlp.io.weights import WeightsFile, load_pretrained, open_weights, preset_name
 from minimlp.loss import cross_entropy_backward, cross_entropy_forward
 from minimlp.models.registry import create_model, list_models, model_config, model_from_config, preset_arch
 from minimlp.optim import OPTIMIZERS, LRSchedule, clip_grad_norm, create_optimizer, scale_lr
-from minimlp.parallel import DataParallel
+from minimlp.parallel import DataParallel, WorkerError
 from minimlp.plot import plot_curves
 from minimlp.progress import Progress, format_duration, print_warning
 from minimlp.train_data import (
@@ -97,6 +101,18 @@ class TrainingError(RuntimeError):
 
 class Diverged(TrainingError):
     pass
+
+
+class RunDirError(TrainingError):
+    """The run directory cannot be written (disk full, read-only, a file in its place).
+
+    ``usage`` marks a bad ``--output``; otherwise the run failed part-way, with every file
+    written before intact (each write replaces its file atomically).
+    """
+
+    def __init__(self, message: str, usage: bool = False) -> None:
+        super().__init__(message)
+        self.usage = usage
 
 
 # --------------------------------------------------------------------------------------
@@ -315,6 +331,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, set[s
         args.device = "gpu"
     if args.eval_only and not (args.resume or args.pretrained):
         parser.error("--eval-only needs a checkpoint to evaluate: --resume DIR_OR_FILE or --pretrained FILE")
+    if args.resume and args.pretrained:
+        parser.error("--resume continues a run with its own weights; --pretrained starts a new one: give one of them")
     if args.class_seed is not None and args.num_classes is None:
         parser.error("--class-seed draws --num-classes K classes at random; give --num-classes too")
     apply_recipe(args, explicit, ff_model=preset_arch(args.model) == "ffvit" if args.model in list_models() else True)
@@ -377,16 +395,71 @@ def new_run_dir(model_name: str) -> Path:
 
 
 def read_metrics(path: Path, before_epoch: int | None = None) -> list[dict[str, Any]]:
+    """The per-epoch records of ``metrics.jsonl`` (up to ``before_epoch``).
+
+    A last line without its newline is one a kill cut off (files older than atomic
+    rewrites were appended to); it is dropped, since the epoch is trained again.
+    Any other bad line is an error naming the file and the line.
+    """
     if not path.is_file():
         return []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    text = path.read_text(encoding="utf-8", errors="replace")
+    lines = text.split("\n")
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if number == len(lines):  # no newline after it: cut off mid-write
+                break
+            raise TrainingError(f"{path}, line {number}: not a JSON record ({exc.msg}); delete the line or the "
+                                "file to resume") from None
+        if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
+            raise TrainingError(f"{path}, line {number}: not an epoch's record (no integer 'epoch'); delete the "
+                                "line or the file to resume")
+        records.append(record)
     return [r for r in records if before_epoch is None or r["epoch"] <= before_epoch]
+
+
+def json_record(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` with NaN and infinities as None: strict JSON has no NaN."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
+
+
+@contextlib.contextmanager
+def writing(path: Path, run_dir: Path) -> Iterator[None]:
+    """Turn a failed write into a :class:`RunDirError` naming the file; the files written before are intact."""
+    try:
+        yield
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        hint = (f"; continue with --resume {run_dir} once it can be written" if (run_dir / "last.npz").is_file()
+                else "")
+        raise RunDirError(f"cannot write {path}: {reason}. Nothing saved before is lost (each file is replaced "
+                          f"only once its new version is complete){hint}") from None
 
 
 def write_json(path: Path, data: Any) -> None:
     text = json.dumps(data, indent=2, sort_keys=True) + "\n"
     with atomic_write(path) as f:
         f.write(text.encode())
+
+
+def write_metrics(path: Path, metrics: list[dict[str, Any]]) -> None:
+    """Rewrite ``metrics.jsonl`` whole, then rename: a reader never sees half a line."""
+    with atomic_write(path) as f:
+        f.write("".join(json.dumps(m, allow_nan=False) + "\n" for m in metrics).encode())
+
+
+def copy_file(source: Path, target: Path) -> None:
+    with open(source, "rb") as src, atomic_write(target) as dst:
+        shutil.copyfileobj(src, dst)
+
+
+def weights_finite(model: Any) -> bool:
+    return bool(model.xp.isfinite(model.store.flat_params).all().item())  # one explicit read from the device
 
 
 def prefetch(batches: Iterator[Any], depth: int) -> Iterator[Any]:
@@ -507,10 +580,72 @@ def resume_checkpoint(args: argparse.Namespace, explicit: set[str]) -> Checkpoin
     if not args.resume:
         return None
     checkpoint = load_checkpoint(resolve_resume(args.resume))
+    check_run_records(checkpoint)
+    actions = {a.dest: a for a in build_parser()._actions}
     for key, value in checkpoint.meta.get("args", {}).items():  # the run's own settings ...
         if key not in explicit and key not in NOT_RESUMED and hasattr(args, key):
+            problem = argument_problem(actions.get(key), value)
+            if problem:
+                raise CheckpointError(f"{checkpoint.path}: the run's argument {key} = {value!r} is invalid "
+                                      f"({problem}); give --{key.replace('_', '-')} on the command line")
             setattr(args, key, value)  # ... unless given again on this command line
     return checkpoint
+
+
+def check_run_records(checkpoint: Checkpoint) -> None:
+    """Refuse a checkpoint whose records a resume relies on are missing or malformed, naming the record."""
+    path, meta = checkpoint.path, checkpoint.meta
+
+    def refuse(problem: str) -> None:
+        raise CheckpointError(f"{path}: {problem}; it cannot be resumed (damaged, or not written by this trainer)")
+
+    if not isinstance(meta.get("model"), dict):
+        refuse("no 'model' record (the architecture)" if "model" not in meta else "its 'model' record is not a dict")
+    for key in ("args", "run", "optimizer", "rng"):
+        if not isinstance(meta.get(key, {}), dict):
+            refuse(f"its {key!r} record is a {type(meta[key]).__name__}, not a dict")
+    if not isinstance(meta.get("metrics", []), list) or not all(
+            isinstance(m, dict) and isinstance(m.get("epoch"), int) for m in meta.get("metrics", [])):
+        refuse("its 'metrics' record is not a list of epoch records")
+    fields = {f.name: f.type for f in dataclasses.fields(RunState)}
+    run = meta.get("run", {})
+    unknown = sorted(set(run) - set(fields))
+    if unknown:
+        refuse(f"its 'run' record has unknown keys {unknown}")
+    for name, value in run.items():  # every field is a count or an amount, never negative
+        kind = int if fields[name].startswith("int") else (int, float)
+        if value is None and "None" in fields[name]:
+            continue
+        if (isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value)
+                or value < 0):
+            refuse(f"its 'run' record has {name} = {value!r}, not a non-negative {fields[name]}")
+    if not all(np.isfinite(a).all() for a in checkpoint.params.values()):
+        raise CheckpointError(f"{path}: its weights are not finite (saved by a run that diverged); resume from an "
+                              "earlier checkpoint, such as best.npz")
+
+
+def argument_problem(action: argparse.Action | None, value: Any) -> str | None:
+    """Why a stored argument value would not come out of the command line, or None if it would."""
+    if action is None:
+        return None
+    if isinstance(action, argparse._StoreTrueAction):
+        return None if isinstance(value, bool) else "not true or false"
+    if value is None:
+        return None if action.default is None else "missing"
+    if action.type is None:
+        problem = None if isinstance(value, str) else "not a string"
+    elif isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        problem = f"not {getattr(action.type, '__name__', 'a value')}"
+    else:
+        try:
+            parsed = action.type(str(value))
+            same_kind = type(parsed) is type(value) or (type(parsed) is float and type(value) is int)
+            problem = None if same_kind else f"a {type(value).__name__}, not a {type(parsed).__name__}"
+        except (argparse.ArgumentTypeError, ValueError, TypeError) as exc:
+            problem = str(exc)
+    if problem is None and action.choices is not None and value not in action.choices:
+        problem = f"not one of {', '.join(map(str, action.choices))}"
+    return problem
 
 
 def input_size(args: argparse.Namespace, explicit: set[str], checkpoint: Checkpoint | None,
@@ -582,7 +717,10 @@ def restore_state(checkpoint: Checkpoint, model: Any, optimizer: Any, args: argp
         log(f"note: the checkpoint's optimizer is {opt_meta.get('name')!r}; starting {optimizer.name} afresh")
     saved_rng = checkpoint.meta.get("rng", {}).get("model")
     if saved_rng is not None and rng_state(model.rng) is not None:
-        model.rng.bit_generator.state = saved_rng
+        try:
+            model.rng.bit_generator.state = saved_rng
+        except (TypeError, ValueError, KeyError) as exc:
+            raise CheckpointError(f"{checkpoint.path}: its 'rng' record is not a generator state ({exc})") from None
     else:  # no exportable state (CuPy): a fresh stream, still a function of seed and step
         model.seed(seed_for(args.seed, state.step, 3))
     log(f"resumed from {checkpoint.path}: epoch {state.epoch}, step {state.step}"
@@ -602,6 +740,9 @@ def run(argv: list[str] | None = None, *, on_step: Callable[[RunState], bool | N
     turns them into messages and exit codes.
     """
     args, explicit = parse_args(argv)
+    if args.output and Path(args.output).exists() and not Path(args.output).is_dir():
+        raise RunDirError(f"--output {args.output} is a file; the run directory must be a directory (new or "
+                          "existing)", usage=True)
     world = distributed.world()  # under mpirun: this rank's place in the job (else one process)
     if not world.is_main:
         log = _quiet  # only rank 0 logs
@@ -674,7 +815,8 @@ def run(argv: list[str] | None = None, *, on_step: Callable[[RunState], bool | N
                                                           else new_run_dir(args.model))
         run_dir = Path(world.from_main(str(run_dir)))  # rank 0's choice; only rank 0 writes there
         if world.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
+            with writing(run_dir, run_dir):
+                run_dir.mkdir(parents=True, exist_ok=True)
 
         eval_batch = max(args.batch_size, 256)
         if procs > 1:
@@ -740,16 +882,30 @@ def _train(setup: Setup, on_step: Callable[[RunState], bool | None] | None,
     checkpoint, run_dir, classes = setup.checkpoint, setup.run_dir, setup.classes
     world = distributed.world()
     metrics_path = run_dir / "metrics.jsonl"
-    metrics = read_metrics(metrics_path, before_epoch=state.epoch)
+    # The checkpoint is the run's record: metrics.jsonl and best.npz are brought in line with
+    # it, whatever instant a kill left them at (checkpoints older than the "metrics" record
+    # fall back on the file).
+    if checkpoint is not None and "metrics" in checkpoint.meta:
+        metrics = [m for m in checkpoint.meta["metrics"] if m["epoch"] <= state.epoch]
+    else:
+        metrics = read_metrics(metrics_path, before_epoch=state.epoch)
     if world.is_main:
-        write_json(run_dir / "args.json", {**vars(args), "effective_lr": lr, "effective_weight_decay": weight_decay})
-        if checkpoint is not None:  # drop lines of epochs the checkpoint had not finished
-            with atomic_write(metrics_path) as f:
-                f.write("".join(json.dumps(m) + "\n" for m in metrics).encode())
+        path = run_dir / "args.json"
+        with writing(path, run_dir):
+            write_json(path, {**vars(args), "effective_lr": lr, "effective_weight_decay": weight_decay})
+        if checkpoint is not None:  # drop lines of epochs the checkpoint had not finished, add those it had
+            with writing(metrics_path, run_dir):
+                write_metrics(metrics_path, metrics)
+            repair_best(checkpoint, state, run_dir, log)
     log(f"run directory: {run_dir}")
 
     data_info = data_transform(args, train_set, eval_set)
     class_map = train_set.class_info() if hasattr(train_set, "class_info") else None
+
+    def check_finite(epoch: int) -> None:
+        """No checkpoint of non-finite weights: the step that made them is the failure."""
+        if not weights_finite(model):
+            raise Diverged(nonfinite_message(state, epoch, steps_per_epoch, run_dir))
 
     def save(path: Path) -> None:
         if not world.is_main:
@@ -760,11 +916,13 @@ def _train(setup: Setup, on_step: Callable[[RunState], bool | None] | None,
                          args=vars(args),
                          optimizer={"name": optimizer.name, "hyperparameters": optimizer.hyperparameters(),
                                     "step": optimizer.steps},
-                         data=data_info, class_map=class_map, run=dataclasses.asdict(state),
+                         data=data_info, class_map=class_map, run=dataclasses.asdict(state), metrics=metrics,
                          **({"amp": setup.mixed.scaler.state_dict()} if setup.mixed is not None else {}))
-        save_checkpoint(path, model.params, meta, optimizer.state_dict())
+        with writing(path, run_dir):
+            save_checkpoint(path, model.params, meta, optimizer.state_dict())
 
     def interrupted() -> RunResult:
+        check_finite(state.epoch)
         save(run_dir / "last.npz")
         log(f"stopped at epoch {state.epoch + 1}, step {state.step}; saved {run_dir / 'last.npz'}. "
             f"Continue with: python -m minimlp.train --resume {run_dir}")
@@ -787,8 +945,9 @@ def _train(setup: Setup, on_step: Callable[[RunState], bool | None] | None,
                            stream=world.progress_stream())
             lr_now = schedule(state.step / steps_per_epoch)
             totals = StepTotals(model.xp)
-            batches = prefetch(batches, setup.workers)
-            for images, labels in setup.feed(batches) if setup.feed is not None else batches:
+            stream = prefetch(batches, setup.workers)
+            fed = setup.feed(stream) if setup.feed is not None else stream
+            for images, labels in fed:
                 if len(labels) == 0 and not world.active:  # every file failed to decode (reported after the epoch)
                     state.batch_in_epoch += 1
                     continue
@@ -818,9 +977,12 @@ def _train(setup: Setup, on_step: Callable[[RunState], bool | None] | None,
                 if world.any(stop.requested):  # every rank stops after the same step
                     stop.requested = True
                     break
+            fed.close()  # now, not when collected: a second Ctrl-C while they stop then quits cleanly
+            stream.close()
             bar.images += read_totals(totals, state, epoch, steps_per_epoch, lr_now, run_dir)  # an early stop
             bar.close()
             train_time = bar.elapsed
+            check_finite(epoch)
             state.elapsed_s = elapsed_before + time.perf_counter() - session_start
             if world.any(stop.requested):
                 return interrupted()
@@ -845,20 +1007,26 @@ def _train(setup: Setup, on_step: Callable[[RunState], bool | None] | None,
                       "elapsed_s": elapsed_before + time.perf_counter() - session_start}
             if setup.mixed is not None:
                 record.update(amp_skipped_steps=state.skipped, loss_scale=setup.mixed.scaler.scale)
-            improved = state.best_top1 is None or result.top1 > state.best_top1
+            record = json_record(record)  # a NaN evaluation loss becomes null
+            # An evaluation whose loss is not finite (overflowing logits) is never the best.
+            improved = math.isfinite(result.loss) and (state.best_top1 is None or result.top1 > state.best_top1)
             state.epoch, state.batch_in_epoch = epoch + 1, 0
             state.loss_sum, state.correct, state.seen, state.skipped = 0.0, 0, 0, 0
             if improved:
                 state.best_top1, state.best_epoch = result.top1, epoch + 1
             state.elapsed_s = record["elapsed_s"]
-            save(run_dir / "last.npz")
-            if improved:
-                save(run_dir / "best.npz")
             metrics.append(record)
+            # The order keeps the directory resumable at every instant: last.npz (which holds the
+            # metrics and names the best epoch) first, then what can be rebuilt from it.
+            save(run_dir / "last.npz")
             if world.is_main:
-                with open(metrics_path, "a") as f:
-                    f.write(json.dumps(record) + "\n")
-                plot_curves(metrics, run_dir / "curves.png")
+                if improved:
+                    with writing(run_dir / "best.npz", run_dir):
+                        copy_file(run_dir / "last.npz", run_dir / "best.npz")
+                with writing(metrics_path, run_dir):
+                    write_metrics(metrics_path, metrics)
+                with writing(run_dir / "curves.png", run_dir):
+                    plot_curves(metrics, run_dir / "curves.png")
             top5 = f"  top-5 {result.top5:.2f}%" if result.top5 is not None else ""
             log(f"epoch {epoch + 1}/{args.epochs}: train loss {record['train_loss']:.4f}  "
                 f"eval loss {result.loss:.4f}  top-1 {result.top1:.2f}%{top5}  ({record['img_per_s']:.0f} img/s, "
@@ -869,8 +1037,9 @@ def _train(setup: Setup, on_step: Callable[[RunState], bool | None] | None,
                 + ("  * best" if improved else ""))
             if on_epoch_end is not None and on_epoch_end(record):
                 return interrupted()
-    log(f"done: best top-1 {state.best_top1:.2f}% at epoch {state.best_epoch}; "
-        f"{format_duration(state.elapsed_s)} in all; checkpoints and curves in {run_dir}")
+    best = (f"best top-1 {state.best_top1:.2f}% at epoch {state.best_epoch}" if state.best_epoch is not None
+            else "no epoch evaluated to a finite loss, so there is no best.npz")
+    log(f"done: {best}; {format_duration(state.elapsed_s)} in all; checkpoints and curves in {run_dir}")
     return RunResult(run_dir, "done", metrics, model, state)
 
 
@@ -988,8 +1157,45 @@ def divergence_message(value: float, state: RunState, epoch: int, steps_per_epoc
             f"or --clip-grad 1.0. Nothing was saved after the failure: {saved}.")
 
 
+def nonfinite_message(state: RunState, epoch: int, steps_per_epoch: int, run_dir: Path) -> str:
+    last = run_dir / "last.npz"
+    saved = (f"{last} still holds the last good state (epoch {state.epoch}); continue from it with "
+             f"--resume {run_dir} and a lower --lr" if last.is_file() else "no checkpoint had been written yet")
+    return (f"the weights became non-finite at step {state.step} (epoch {epoch + 1}, batch "
+            f"{state.batch_in_epoch}/{steps_per_epoch}; its loss was finite, its update was not). The learning "
+            f"rate is most likely too high for this model and batch size: try a lower --lr, a longer "
+            f"--warmup-epochs, or --clip-grad 1.0. Nothing was saved after the failure: {saved}.")
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """The step a checkpoint was saved at, reading only its meta record; None if it cannot be read."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return decode_meta(archive["meta"], path).get("step")
+    except Exception:  # missing, cut off, foreign: in each case not the checkpoint looked for
+        return None
+
+
+def repair_best(checkpoint: Checkpoint, state: RunState, run_dir: Path, log: Callable[[str], None]) -> None:
+    """best.npz is written right after last.npz; a kill between the two left it older than the
+    best epoch that last.npz names.  That epoch is last.npz's own, so best.npz is a copy of it."""
+    if state.best_epoch != state.epoch or state.batch_in_epoch or checkpoint.path is None:
+        return
+    best = run_dir / "best.npz"
+    if checkpoint_step(best) == state.step:
+        return
+    with writing(best, run_dir):
+        copy_file(checkpoint.path, best)
+    log(f"note: {best} did not hold the best epoch ({state.best_epoch}); restored it from {checkpoint.path}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """The command line: run, print errors as one clear message, return the exit status."""
+    # Before and after the training loop (which stops cleanly, see StopRequest) SIGUSR1 quits
+    # as Ctrl-C does, with a message, instead of killing the process silently.
+    usr1 = getattr(signal, "SIGUSR1", None)
+    handle_usr1 = usr1 is not None and threading.current_thread() is threading.main_thread()
+    previous = signal.signal(usr1, _interrupt) if handle_usr1 else None
     # Under mpirun an error is reported by fail(): one that every rank met at the same point
     # from shared numbers (collective) ends all of them normally; one rank's own error aborts the job.
     try:
@@ -998,15 +1204,24 @@ def main(argv: list[str] | None = None) -> int:
             result = run(argv)
     except distributed.DistributedError as exc:
         return distributed.current_world().fail(f"error: {exc}", EXIT_USAGE if exc.usage else EXIT_FAILED, True)
+    except RunDirError as exc:  # only rank 0 writes the run directory
+        return distributed.current_world().fail(f"error: {exc}", EXIT_USAGE if exc.usage else EXIT_FAILED)
     except (Diverged, TrainingError) as exc:  # a diverged loss is the whole batch's: every rank sees it
         return distributed.current_world().fail(f"error: {exc}", EXIT_FAILED, collective=isinstance(exc, Diverged))
-    except (TooManyBadImagesError, LoaderError) as exc:  # the data went wrong during the run
+    except (TooManyBadImagesError, LoaderError, WorkerError) as exc:  # the data or a worker failed during the run
         return distributed.current_world().fail(f"error: {exc}", EXIT_FAILED)
     except (FileNotFoundError, CheckpointError, ValueError) as exc:
         return distributed.current_world().fail(f"error: {exc}", EXIT_USAGE)
     except KeyboardInterrupt:
         return distributed.current_world().fail("aborted (the last checkpoint written is intact)", EXIT_INTERRUPTED)
+    finally:
+        if handle_usr1:
+            signal.signal(usr1, previous)
     return EXIT_INTERRUPTED if result.status == "interrupted" else EXIT_OK
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -118,7 +118,7 @@ def test_crash_during_save_keeps_the_previous_checkpoint(tmp_path, fmnist_dir, m
         raise OSError("No space left on device")  # ... and then the failure
 
     monkeypatch.setattr(np, "savez", dies_mid_write)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(train.RunDirError, match=f"cannot write {run_dir / 'last.npz'}: No space left"):
         train.run(["--resume", str(run_dir), "--procs", "1", "--epochs", "2"])
     assert (run_dir / "last.npz").read_bytes() == before
     assert sorted(p.name for p in run_dir.iterdir() if p.name.startswith(".")) == [], "no temporary file is left"

@@ -9,7 +9,8 @@ A checkpoint is an uncompressed NumPy ``.npz`` (a zip of ``.npy`` arrays) holdin
   "version": 1, "model": <Model.config_dict()>, "epoch", "step", "classes": [...],
   "rng": {...}, "args": {...}, "optimizer": {"name", "hyperparameters", "step"}}`` and
   whatever else the writer adds (the trainer adds ``data``, the transform its images went
-  through, ``class_map``, which wnid each label stands for, and ``run``).
+  through, ``class_map``, which wnid each label stands for, ``run``, and ``metrics``, the
+  per-epoch records so far).
 
 Nothing in it is a Python object, so it loads with ``allow_pickle=False``: opening a
 checkpoint from anywhere can never run code.  Writing goes through
