@@ -249,7 +249,9 @@ def test_build_cannot_poison_the_rebuild_function(tmp_path):
     ((4,), (1,), 1, "reads past the end"),  # offset pushes it off the end
     ((1,), (1,), 4, "reads past the end"),  # offset alone
     ((2,), (2**62,), 0, "reads past the end"),  # would wrap a 64-bit index
-    ((2**40, 2**40), (1, 1), 0, "far more than"),  # a memory bomb from one small storage
+    ((2**20, 2**20), (0, 0), 0, "far more than"),  # a memory bomb from one small storage
+    ((2**40, 2**40), (1, 1), 0, "too large for any array"),
+    ((1,) * 33, (1,) * 33, 0, "at most 32"),
     ((-1,), (1,), 0, "negative"),
     ((2,), (-1,), 1, "negative"),
     ((1,), (1,), -1, "negative"),
