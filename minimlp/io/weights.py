@@ -11,16 +11,19 @@ unexpected or mis-shaped key is named); asked for a number of classes that the
 checkpoint's head does not have, it starts a new head instead, for fine-tuning.
 ``model_from_checkpoint(path)`` also builds the model: from the config a minimlp file
 stores, or, for a ``.pth``, from the tensor shapes (embedding width, depth, patch size,
-token count).
+token count).  Either way the config is checked against the file's tensors before the
+model is allocated (:func:`checked_config`): a one-kilobyte file cannot make minimlp
+allocate gigabytes for a model it does not hold.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 import re
 import struct
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,9 +32,16 @@ from typing import Any
 import numpy as np
 
 from minimlp.io import checkpoint, safetensors, torchfile
-from minimlp.io.files import CheckpointError, read_head
+from minimlp.io.files import CheckpointError, brief, open_zip, read_head
 from minimlp.models.base import Model
-from minimlp.models.registry import list_models, model_config, model_from_config, preset_arch, resolve_name
+from minimlp.models.registry import (
+    architecture,
+    list_models,
+    model_config,
+    model_from_config,
+    preset_arch,
+    resolve_name,
+)
 
 FORMATS = ("pth", "npz", "safetensors")
 SAFETENSORS_META_KEY = "minimlp"  # safetensors metadata entry holding minimlp's meta as JSON
@@ -48,18 +58,14 @@ def detect_format(path: str | os.PathLike) -> str:
     """"pth", "npz" or "safetensors", from the file's content; CheckpointError otherwise."""
     head = read_head(path, 512)
     if head[:4] == torchfile.ZIP_MAGIC:
-        try:
-            with zipfile.ZipFile(path) as zf:
-                names = zf.namelist()
-        except zipfile.BadZipFile as e:
-            raise CheckpointError(f"{path}: a truncated or corrupt zip archive ({e}); "
-                                  "the download or save was probably interrupted") from None
+        with open(path, "rb") as f, open_zip(path, f) as zf:
+            names = zf.namelist()
         if any(n.count("/") == 1 and n.endswith("/data.pkl") for n in names):
             return "pth"
         if names and all(n.endswith(".npy") for n in names):
             return "npz"
         raise CheckpointError(f"{path}: a zip archive, but neither a PyTorch checkpoint (no <folder>/data.pkl) "
-                              f"nor an .npz of arrays; it holds {', '.join(names[:5]) or 'nothing'}")
+                              f"nor an .npz of arrays; it holds {brief(names[:5], 200)}")
     if torchfile.is_legacy_torch_file(head):
         return "pth"  # torchfile explains that the legacy format must be re-saved
     if len(head) >= 9 and head[8:9] == b"{":
@@ -132,28 +138,32 @@ def infer_config(state: Mapping[str, np.ndarray], where: Any = "checkpoint") -> 
     (D, C, P, P); grid = pos_embed (1, D, H/P, W/P); depth = the number of blocks; tokens
     T = grid² + 1 must equal the patch LayerNorm's size; classes = head (K, D).
     """
-    def shape(key: str) -> tuple[int, ...]:
+    def shape(key: str, ndim: int) -> tuple[int, ...]:
         if key not in state:
             raise CheckpointError(f"{where}: cannot tell the architecture: no {key!r} "
                                   "(is this a feed-forward ViT checkpoint?)")
-        return tuple(np.shape(state[key]))
+        found = tuple(np.shape(state[key]))
+        if len(found) != ndim or 0 in found:
+            raise CheckpointError(f"{where}: {key} has shape {found}; a feed-forward ViT's has {ndim} "
+                                  "dimensions, none of them 0")
+        return found
 
-    D = shape("cls_token")[-1]
-    _, C, P, _ = shape("patch_embed.proj.weight")  # (D, C, P, P)
-    grid = shape("pos_encoding.pos_embed")[-1]  # (1, D, grid, grid)
+    D = shape("cls_token", 3)[-1]
+    _, C, P, _ = shape("patch_embed.proj.weight", 4)  # (D, C, P, P)
+    grid = shape("pos_encoding.pos_embed", 4)[-1]  # (1, D, grid, grid)
     blocks = {int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))}
     depth = len(blocks)
     if depth == 0 or blocks != set(range(depth)):
         raise CheckpointError(f"{where}: blocks are numbered {sorted(blocks)[:8]}...; expected 0..depth-1")
-    T = shape("blocks.0.norm2.weight")[0]
+    T = shape("blocks.0.norm2.weight", 1)[0]
     if T != grid * grid + 1:
         raise CheckpointError(f"{where}: the patch feed-forward mixes {T} tokens but a {grid}x{grid} grid "
                               f"has {grid * grid + 1}; not a feed-forward ViT checkpoint minimlp can build")
-    hidden = shape("blocks.0.mlp1.fc1.weight")[0]  # (mlp_ratio * D, D)
-    patch_hidden = shape("blocks.0.mlp2.fc1.weight")[0]  # (patch_mlp_dim, T)
+    hidden = shape("blocks.0.mlp1.fc1.weight", 2)[0]  # (mlp_ratio * D, D)
+    patch_hidden = shape("blocks.0.mlp2.fc1.weight", 2)[0]  # (patch_mlp_dim, T)
     mlp_ratio = hidden / D
     return {"arch": "ffvit", "img_size": grid * P, "patch_size": P, "in_chans": C,
-            "num_classes": shape("head.weight")[0], "embed_dim": D, "depth": depth, "mlp_ratio": mlp_ratio,
+            "num_classes": shape("head.weight", 2)[0], "embed_dim": D, "depth": depth, "mlp_ratio": mlp_ratio,
             "patch_mlp_dim": None if patch_hidden == int(T * mlp_ratio) else patch_hidden}
 
 
@@ -173,6 +183,79 @@ def preset_name(config: Mapping[str, Any]) -> str | None:
 
 
 # --------------------------------------------------------------------------------------
+# Is it a model these tensors fit?  Checked before the model is allocated.
+# --------------------------------------------------------------------------------------
+def checked_config(config: Any, state: Mapping[str, np.ndarray], where: Any) -> dict[str, Any]:
+    """``config`` if it describes a model whose parameters are exactly the tensors in ``state``.
+
+    Nothing the size of the model is allocated, so a tiny file with a huge config costs
+    nothing.  Every field that the architecture's config class defines is checked for
+    its declared type and range: a number is finite and between 0 and the number of
+    values in the file (no dimension of a model exceeds its parameter count), ``depth``
+    at most the number of tensors (every block has some).  Then the config class's own
+    checks run, and the parameters the model would declare (names and shapes, found by
+    declaring them without allocating) must be the file's tensors.  CheckpointError otherwise.
+    """
+    if not isinstance(config, dict):
+        what = "stores no model config" if config is None else f"stores a {type(config).__name__} as its model config"
+        raise CheckpointError(f"{where}: {what}, so minimlp cannot tell which model it holds")
+    try:
+        model_cls, config_cls = architecture(config.get("arch", "ffvit"))
+    except ValueError as e:
+        raise CheckpointError(f"{where}: {brief(str(e), 200)}") from None
+    values = sum(math.prod(np.shape(a)) for a in state.values())
+    fields = {}
+    for f in dataclasses.fields(config_cls):
+        if f.name in config:
+            problem = _field_problem(config[f.name], f.type, values)
+            if f.name == "depth" and not problem and config[f.name] > len(state):
+                problem = f"more blocks than the file has tensors ({len(state)})"
+            if problem:
+                raise CheckpointError(f"{where}: model config {f.name} = {brief(config[f.name])}: {problem}")
+            fields[f.name] = config[f.name]
+    try:
+        planned = _declared_shapes(model_cls, config_cls(**fields))
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{where}: the model config does not describe a model: {brief(str(e), 200)}") from None
+    found = {k: tuple(np.shape(v)) for k, v in state.items()}
+    missing = [k for k in planned if k not in found]
+    unexpected = [brief(k) for k in found if k not in planned]
+    mismatched = [f"{k}: checkpoint {found[k]} vs model {shape}" for k, shape in planned.items()
+                  if k in found and found[k] != shape]
+    problems = [f"{what} ({len(keys)}): {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}"
+                for what, keys in (("missing keys", missing), ("unexpected keys", unexpected),
+                                   ("shape mismatches", mismatched)) if keys]
+    if problems:
+        raise CheckpointError(f"{where}: the tensors do not fit the model its config describes "
+                              f"({model_cls.arch}, {brief(fields, 200)}): {'; '.join(problems)}")
+    return dict(config)
+
+
+def _field_problem(value: Any, annotation: Any, limit: int) -> str | None:
+    """What is wrong with one config value for a field declared as ``annotation``, or None."""
+    kinds = {k.strip() for k in (annotation if isinstance(annotation, str) else annotation.__name__).split("|")}
+    if value is None:
+        return None if "None" in kinds else "must be set"
+    if type(value) is str:
+        return None if "str" in kinds and len(value) <= 64 else f"must be {' or '.join(sorted(kinds))}"
+    if type(value) is int and kinds & {"int", "float"} or type(value) is float and "float" in kinds:
+        if not (math.isfinite(value) and 0 <= value <= limit):
+            return f"must lie in [0, {limit}]: no dimension of a model exceeds the values in its file"
+        return None
+    return f"must be {' or '.join(sorted(kinds))}, not {type(value).__name__}"
+
+
+def _declared_shapes(model_cls: type[Model], config: Any) -> dict[str, tuple[int, ...]]:
+    """The names and shapes of the parameters ``model_cls(config)`` declares, none allocated."""
+
+    class Declared(model_cls):  # the model with its allocation step left out
+        def _build(self, seed: int) -> None:
+            pass
+
+    return {spec.name: spec.shape for spec in Declared(config).store.specs}
+
+
+# --------------------------------------------------------------------------------------
 # Into a model
 # --------------------------------------------------------------------------------------
 @dataclass
@@ -186,10 +269,11 @@ class WeightsFile:
     ema: bool = False
 
     def config(self) -> dict[str, Any]:
-        """The model config: the one a minimlp file stores, else inferred from the tensor shapes."""
-        if self.meta and isinstance(self.meta.get("model"), dict):
-            return dict(self.meta["model"])
-        return infer_config(self.state, self.path)
+        """The model config: the one a minimlp file stores, else inferred from the tensor shapes;
+        checked against the tensors (:func:`checked_config`)."""
+        if self.meta and "model" in self.meta:
+            return checked_config(self.meta["model"], self.state, self.path)
+        return checked_config(infer_config(self.state, self.path), self.state, self.path)
 
 
 def open_weights(path: str | os.PathLike, use_ema: bool = False) -> WeightsFile:
