@@ -23,6 +23,7 @@ import os
 import secrets
 import struct
 import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -187,7 +188,7 @@ def brief(value: Any, limit: int = 80) -> str:
 # What zipfile raises on a damaged archive: its own errors, and those of the struct,
 # seek and decode calls it makes on numbers and names it has not checked.
 ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, OSError, EOFError, ValueError,
-              struct.error, OverflowError, MemoryError)
+              struct.error, OverflowError, MemoryError, zlib.error)
 
 
 def open_zip(path: str | os.PathLike, file: BinaryIO) -> zipfile.ZipFile:
