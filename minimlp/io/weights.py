@@ -219,7 +219,7 @@ def checked_config(config: Any, state: Mapping[str, np.ndarray], where: Any) -> 
         raise CheckpointError(f"{where}: the model config does not describe a model: {brief(str(e), 200)}") from None
     found = {k: tuple(np.shape(v)) for k, v in state.items()}
     missing = [k for k in planned if k not in found]
-    unexpected = [brief(k) for k in found if k not in planned]
+    unexpected = [str(k)[:80] for k in found if k not in planned]
     mismatched = [f"{k}: checkpoint {found[k]} vs model {shape}" for k, shape in planned.items()
                   if k in found and found[k] != shape]
     problems = [f"{what} ({len(keys)}): {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}"
