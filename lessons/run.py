@@ -3,6 +3,7 @@
     python lessons/run.py 03                      # by number, by file name or by path
     python lessons/run.py 06 --workdir out/        # keep the pictures it draws in out/
     python lessons/run.py 06 --update-figures      # refresh lessons/figures/ from this run
+    python lessons/run.py 02 --exercise [FILE]     # check the lesson's coded exercise (checkers.py)
 
 A block fenced as ```python no-run is shown but not run; the sentence just above it must
 say "Not run" and why (see check_fences).  A lesson may raise unittest.SkipTest("why"),
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 LESSONS_DIR = Path(__file__).resolve().parent
-LESSON_NAME = re.compile(r"^\d\d_[a-z0-9_]+\.md$")
+LESSON_NAME = re.compile(r"^\d\d[a-z]?_[a-z0-9_]+\.md$")  # 13_attention.md; 13a_...: its appendix
 FIGURE_LINK = re.compile(r"\]\(figures/([A-Za-z0-9_.-]+\.png)\)")
 EXIT_SKIP = 77  # the exit status build tools use for "skipped"
 RUN = "python"  # the fence info strings: what is run, and what is only shown
@@ -42,7 +43,7 @@ def lesson_paths() -> list[Path]:
 
 
 def find_lesson(name: str) -> Path:
-    """A lesson by path, file name or number ("3", "03", "03_gelu.md")."""
+    """A lesson by path, file name or number ("3", "03", "03_gelu.md"; "13a" for an appendix)."""
     if Path(name).is_file():
         return Path(name).resolve()
     for path in lesson_paths():
@@ -104,14 +105,21 @@ class LessonError(Exception):
     """A block of a lesson raised; the message names the file and the line."""
 
 
+def lesson_of(appendix: Path) -> Path | None:
+    """The lesson an appendix (``13a_...md``) continues; None for a lesson."""
+    number = re.match(r"(\d\d)[a-z]_", appendix.name)
+    return find_lesson(number.group(1)) if number else None
+
+
 def run_lesson(path: Path, workdir: Path) -> None:
     """Execute the lesson's python blocks in ``workdir``, in order, in one namespace.
 
-    Each block is compiled under the .md file's own name, padded so that its line
-    numbers are the file's: tracebacks point at the line in the lesson.
+    An appendix continues its lesson: the lesson's blocks run first, in the same
+    namespace, so every name the lesson defined is there.  Each block is compiled under
+    the .md file's own name, padded so that its line numbers are the file's: tracebacks
+    point at the line in the lesson.
     """
     path = Path(path).resolve()
-    text = path.read_text(encoding="utf-8")
     namespace = {"__name__": "__lesson__"}
     for extra in (str(LESSONS_DIR.parent), str(LESSONS_DIR)):  # minimlp, and lessons/draw.py
         if extra not in sys.path:
@@ -119,16 +127,19 @@ def run_lesson(path: Path, workdir: Path) -> None:
     previous = Path.cwd()
     os.chdir(workdir)
     try:
-        runnable = [b for b in parse_blocks(text) if b.info == RUN]
-        for index, block in enumerate(runnable, start=1):
-            code = compile("\n" * (block.line - 1) + block.code, str(path), "exec")
-            try:
-                exec(code, namespace)
-            except unittest.SkipTest:
-                raise
-            except BaseException as exc:
-                raise LessonError(f"{shown(path)}:{block.line}: block {index} of {len(runnable)} failed "
-                                  f"({type(exc).__name__}: {exc})") from exc
+        for source in (lesson_of(path), path):
+            if source is None:
+                continue
+            runnable = [b for b in parse_blocks(source.read_text(encoding="utf-8")) if b.info == RUN]
+            for index, block in enumerate(runnable, start=1):
+                code = compile("\n" * (block.line - 1) + block.code, str(source), "exec")
+                try:
+                    exec(code, namespace)
+                except unittest.SkipTest:
+                    raise
+                except BaseException as exc:
+                    raise LessonError(f"{shown(source)}:{block.line}: block {index} of {len(runnable)} failed "
+                                      f"({type(exc).__name__}: {exc})") from exc
     finally:
         os.chdir(previous)
 
@@ -140,12 +151,21 @@ def main(argv: list[str] | None = None) -> int:
                         "(default: a new temporary directory, kept)")
     parser.add_argument("--update-figures", action="store_true",
                         help="copy the pictures the lesson shows into lessons/figures/")
+    parser.add_argument("--exercise", nargs="?", const="", metavar="FILE", type=str,
+                        help="check your answer to the lesson's coded exercise instead of running the lesson "
+                             "(default FILE: lessons/exercises/NN_name.py)")
     args = parser.parse_args(argv)
     # Lessons work on small arrays, for which a multi-threaded BLAS spends more time
     # waking threads than multiplying (on a busy machine, ten times more).
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, "1")
     path = find_lesson(args.lesson)
+    if args.exercise is not None:
+        if str(LESSONS_DIR.parent) not in sys.path:
+            sys.path.insert(0, str(LESSONS_DIR.parent))
+        from checkers import run_exercise
+
+        return run_exercise(path.name[:2], Path(args.exercise) if args.exercise else None)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix=f"minimlp-{path.stem}-"))
     workdir.mkdir(parents=True, exist_ok=True)
     try:

@@ -20,16 +20,38 @@ def run(path: Path, workdir: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=60)
 
 
+def is_appendix(path: Path) -> bool:
+    return re.match(r"\d\d[a-z]_", path.name) is not None
+
+
 @pytest.mark.parametrize("path", lesson_paths(), ids=lambda p: p.name)
 def test_lesson_shape(path):
-    """Fences are known; no-run blocks are rare and explained; the lesson ends in an exercise."""
+    """Fences are known; no-run blocks are rare and explained; a lesson ends in an exercise,
+    an optional appendix says whose appendix it is."""
     text = path.read_text(encoding="utf-8")
     assert check_fences(text) == []
     blocks = parse_blocks(text)
-    assert sum(b.info == "python" for b in blocks) >= 3
     assert sum(b.info.endswith("no-run") for b in blocks) <= 1, "at most one block per lesson may go unrun"
+    if is_appendix(path):
+        assert text.startswith(f"# Appendix to lesson {int(path.name[:2])} — "), "an appendix names its lesson"
+        assert sum(b.info == "python" for b in blocks) >= 1
+        return
+    assert sum(b.info == "python" for b in blocks) >= 3
     assert text.startswith("# "), "a lesson starts with its title"
     assert re.search(r"^## Exercise", text, re.M), "a lesson ends with an exercise"
+
+
+# The core path: every lesson but the engineering ones (11, 12) is read in one sitting.
+CORE_WORDS = 2500
+
+
+@pytest.mark.parametrize("path", [p for p in lesson_paths() if not is_appendix(p) and p.name[:2] not in ("11", "12")],
+                         ids=lambda p: p.name)
+def test_core_lessons_are_short(path):
+    """Everything before the exercise, code included, in words as `wc -w` counts them."""
+    text = path.read_text(encoding="utf-8")
+    reading = text[: re.search(r"^## Exercise", text, re.M).start()]
+    assert len(reading.split()) <= CORE_WORDS, f"{path.name}: {len(reading.split())} words before its exercise"
 
 
 def test_readme_links_every_lesson():

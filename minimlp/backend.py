@@ -33,6 +33,7 @@ __all__ = [
     "array_module",
     "is_gpu_array",
     "to_numpy",
+    "host_syncs",
     "erf",
     "erfc",
     "num_threads",
@@ -67,14 +68,20 @@ def _warn_once(message: str) -> None:
         warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
+# The CuPy wheels bring neither NVRTC (which compiles every kernel), cuBLAS, cuRAND nor
+# CUDA's headers: the [ctk] extra installs NVIDIA's wheels of them (the cuda-toolkit package).
+CUPY_INSTALL = ('pip install "cupy-cuda12x[ctk]" for CUDA 12 (or cupy-cuda12x with nvidia-cuda-nvrtc-cu12, '
+                'nvidia-cuda-runtime-cu12, nvidia-cublas-cu12 and nvidia-curand-cu12), '
+                'pip install "cupy-cuda13x[ctk]" for CUDA 13')
+NCCL_INSTALL = "pip install nvidia-nccl-cu12 (CUDA 12) or nvidia-nccl-cu13 (CUDA 13)"
+
+
 def _cupy_or_reason() -> tuple[ModuleType | None, str]:
     """Import CuPy and check for a usable GPU; on failure say why, in words."""
     try:
         import cupy
     except ImportError:
-        return None, (
-            "CuPy is not installed (pip install cupy-cuda12x, or cupy-cuda13x on CUDA 13)"
-        )
+        return None, f"CuPy is not installed ({CUPY_INSTALL})"
     try:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as exc:  # CUDARuntimeError and friends differ between CuPy versions
@@ -116,11 +123,25 @@ def is_gpu_array(x: Any) -> bool:
     return array_module(x) is not np
 
 
+_host_syncs = 0
+
+
 def to_numpy(x: Any) -> np.ndarray:
-    """A host NumPy copy (or the array itself, when it already is one)."""
+    """A host NumPy copy (or the array itself, when it already is one).
+
+    Every device -> host read in minimlp goes through here, so that :func:`host_syncs`
+    counts them: each one waits for all the GPU work queued before it.
+    """
+    global _host_syncs
     if is_gpu_array(x):
+        _host_syncs += 1
         return x.get()
     return np.asarray(x)
+
+
+def host_syncs() -> int:
+    """Device -> host reads made by :func:`to_numpy` in this process so far."""
+    return _host_syncs
 
 
 # --------------------------------------------------------------------------------------
@@ -201,23 +222,27 @@ def _erf_erfc_numpy(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return erf_.astype(dtype, copy=False), erfc_.astype(dtype, copy=False)
 
 
-def erf(x: Any) -> Any:
-    """The error function, elementwise, on NumPy or CuPy arrays."""
-    xp = array_module(x)
-    if xp is not np:
-        import cupyx.scipy.special
+def _on_device(name: str, x: Any) -> Any:
+    """CuPy's erf or erfc of ``x``, in the type of ``x``."""
+    import cupyx.scipy.special
 
-        return cupyx.scipy.special.erf(x)
+    f = getattr(cupyx.scipy.special, name)
+    if x.dtype == np.float16:  # CuPy's float16 loop returns float64: compute in float32 instead
+        return f(x.astype(np.float32)).astype(np.float16)
+    return f(x)
+
+
+def erf(x: Any) -> Any:
+    """The error function, elementwise, on NumPy or CuPy arrays, in the type of ``x``."""
+    if array_module(x) is not np:
+        return _on_device("erf", x)
     return _erf_erfc_numpy(x)[0]
 
 
 def erfc(x: Any) -> Any:
     """The complementary error function 1 - erf(x), accurate far into both tails."""
-    xp = array_module(x)
-    if xp is not np:
-        import cupyx.scipy.special
-
-        return cupyx.scipy.special.erfc(x)
+    if array_module(x) is not np:
+        return _on_device("erfc", x)
     return _erf_erfc_numpy(x)[1]
 
 

@@ -66,16 +66,20 @@ class TorchFFViT(nn.Module):
         patch_hidden = c.patch_mlp_dim or int(tokens * c.mlp_ratio)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, c.embed_dim))
         self.patch_embed = PatchEmbed(c.patch_size, c.in_chans, c.embed_dim)
-        self.pos_encoding = PosEncoding(grid, c.embed_dim)
+        self.pos_encoding = PosEncoding(c.pos_grid or grid, c.embed_dim)
         self.blocks = nn.ModuleList(Block(c.embed_dim, tokens, c.mlp_ratio, patch_hidden) for _ in range(c.depth))
         self.norm = nn.LayerNorm(c.embed_dim, eps=1e-6)
         self.head = nn.Linear(c.embed_dim, c.num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B = x.shape[0]
-        x = self.patch_embed.proj(x).flatten(2).transpose(1, 2)  # (B, N, D)
+        x = self.patch_embed.proj(x)  # (B, D, H/P, W/P)
+        pos = self.pos_encoding.pos_embed
+        if pos.shape[-2:] != x.shape[-2:]:  # the released model resizes its grid (ff_large: 14x14 to 7x7)
+            pos = nn.functional.interpolate(pos, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        x = x.flatten(2).transpose(1, 2)  # (B, N, D)
         x = torch.cat([self.cls_token.expand(B, -1, -1), x], dim=1)  # (B, T, D)
-        pos = self.pos_encoding.pos_embed.flatten(2).transpose(1, 2)
+        pos = pos.flatten(2).transpose(1, 2)
         x = x + torch.cat([self.pos_encoding.cls_pos_embed, pos], dim=1)
         for block in self.blocks:
             x = block(x)

@@ -7,8 +7,10 @@
 The input format is recognised from the file's content, the output format from its
 extension (or ``--format``).  A ``.pth`` is read without PyTorch and without unpickling
 (see ``minimlp.io.torchfile``) but never written: it is a pickle, which ``torch.load``
-runs as code.  The output holds weights only, with the model's config when it is known,
-so that ``minimlp.io.weights.model_from_checkpoint`` can rebuild the model.
+runs as code.  The output holds weights only, with the model's config: the one a minimlp
+file stores, or the one the tensor names and shapes imply (the released FF-ViT files, timm's
+ViT/DeiT and MLP-Mixer), so that ``evaluate``, ``predict`` and
+``minimlp.io.weights.model_from_checkpoint`` rebuild the model from the output alone.
 """
 
 from __future__ import annotations

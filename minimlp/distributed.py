@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from minimlp.backend import array_module
+from minimlp.backend import NCCL_INSTALL, array_module
 from minimlp.sharding import rank_indices, shard_bounds
 
 __all__ = ["World", "MPIWorld", "Watchdog", "DistributedError", "world", "current_world", "launched_by_mpi",
@@ -429,9 +429,7 @@ class MPIWorld(World):
         from cupy.cuda import nccl
 
         if not getattr(nccl, "available", False):
-            raise DistributedError("CuPy was built without NCCL, so GPUs cannot sum gradients: install a CuPy "
-                                   "wheel with NCCL (pip install cupy-cuda12x; python -m cupyx.tools.install_library "
-                                   "--library nccl --cuda 12.x)")
+            raise DistributedError(f"CuPy cannot load NCCL, so GPUs cannot sum gradients: {NCCL_INSTALL}")
         message = None
         if self.rank == 0:
             uid = nccl.get_unique_id()

@@ -86,7 +86,7 @@ def evaluate(model: Any, dataset: Dataset, batch_size: int = 256, indices: np.nd
         loss, _ = cross_entropy_forward(logits, y)
         top = to_numpy(xp.argsort(-logits, axis=1)[:, :5])  # (B, 5) best classes first
         hit1 = top[:, 0] == labels
-        loss_sum += float(loss) * len(labels)
+        loss_sum += float(to_numpy(loss)) * len(labels)  # an explicit read: on a GPU, a wait per batch
         correct1 += int(hit1.sum())
         correct5 += int((top == labels[:, None]).any(axis=1).sum())
         seen += len(labels)

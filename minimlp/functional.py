@@ -29,6 +29,8 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple
 
+import numpy as np
+
 from minimlp import fused
 from minimlp.backend import array_module, erfc
 from minimlp.profiling import timed
@@ -248,12 +250,18 @@ class MaskCache(NamedTuple):
     mask: Array | None  # kept / keep-probability, or None when nothing was dropped
 
 
+def _uniform_dtype(dtype: Any) -> Any:
+    """The dtype to draw uniform numbers in for ``dtype`` data: generators (NumPy's and CuPy's) draw
+    float32 or float64 only, so float16 data takes float32 draws."""
+    return "float32" if dtype == "float16" else dtype
+
+
 @timed("dropout")
 def dropout_forward(x: Array, p: float, rng: Any, train: bool) -> tuple[Array, MaskCache]:
     """Zero each element with probability p and scale the rest by 1/(1-p) (inverted dropout)."""
     if not train or p == 0.0:
         return x, MaskCache(None)
-    keep = rng.random(x.shape, dtype=x.dtype) >= p
+    keep = rng.random(x.shape, dtype=_uniform_dtype(x.dtype)) >= p
     mask = keep.astype(x.dtype) * (1.0 / (1.0 - p))
     return x * mask, MaskCache(mask)
 
@@ -269,7 +277,7 @@ def drop_path_forward(x: Array, p: float, rng: Any, train: bool, batch_axis: int
         return x, MaskCache(None)
     shape = [1] * x.ndim
     shape[batch_axis] = x.shape[batch_axis]
-    keep = rng.random(tuple(shape), dtype=x.dtype) >= p
+    keep = rng.random(tuple(shape), dtype=_uniform_dtype(x.dtype)) >= p
     mask = keep.astype(x.dtype) * (1.0 / (1.0 - p))
     return x * mask, MaskCache(mask)
 
@@ -389,6 +397,60 @@ def tokens_backward(dx: Array, dcls_token: Array, dpos_embed: Array, dcls_pos_em
         dcls_pos_embed[0, 0] += dcls
         dpos_embed += dpatch_pos.T.reshape(dpos_embed.shape[0], D, *dpos_embed.shape[2:])
     return dx[1:]
+
+
+# --------------------------------------------------------------------------------------
+# Bilinear resize of a grid, as torch.nn.functional.interpolate(mode="bilinear",
+# align_corners=False).  The released model keeps a 14×14 position grid for every size and
+# resizes it to the patch grid (7×7 for ff_large).  Lesson 1.
+# --------------------------------------------------------------------------------------
+def bilinear_weights(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) float64: the linear map that resizes one axis from n_in to n_out values.
+
+    align_corners=False takes each value as the centre of a cell: output o sits at input
+    coordinate s = (o + ½)·n_in/n_out − ½, moved up to 0 when below it (PyTorch's rule),
+    and takes 1 − f of input i = ⌊s⌋ and f = s − i of input i + 1 (of i again at the last
+    input).  Every row sums to 1; at n_in == n_out the map is the identity.
+    """
+    w = np.zeros((n_out, n_in))
+    for o in range(n_out):
+        s = max((o + 0.5) * n_in / n_out - 0.5, 0.0)
+        i = min(int(s), n_in - 1)
+        f = s - i
+        w[o, i] += 1.0 - f
+        w[o, min(i + 1, n_in - 1)] += f
+    return w
+
+
+class ResizeCache(NamedTuple):
+    wh: Array  # (Hout, Hin): the map along the rows
+    ww: Array  # (Wout, Win): the map along the columns
+
+
+@timed("copies")
+def resize_bilinear_forward(x: Array, size: tuple[int, int]) -> tuple[Array, ResizeCache]:
+    """x (..., Hin, Win) -> (..., Hout, Wout), resized bilinearly over its last two axes.
+
+    Bilinear interpolation is separable: each output is a weighted sum of the 2×2 inputs
+    around it, with weights that are products of one row weight and one column weight.  So
+    y = Wh x Wwᵀ with the two small matrices of :func:`bilinear_weights`.
+    """
+    xp = array_module(x)
+    Hout, Wout = size
+    wh = xp.asarray(bilinear_weights(x.shape[-2], Hout), dtype=x.dtype)  # (Hout, Hin)
+    ww = xp.asarray(bilinear_weights(x.shape[-1], Wout), dtype=x.dtype)  # (Wout, Win)
+    y = wh @ (x @ ww.T)  # (..., Hin, Wout), then (..., Hout, Wout)
+    return y, ResizeCache(wh, ww)
+
+
+@timed("copies")
+def resize_bilinear_backward(dy: Array, cache: ResizeCache) -> Array:
+    """dy (..., Hout, Wout) -> dx (..., Hin, Win): y = Wh x Wwᵀ is linear, so dx = Whᵀ dy Ww.
+
+    Each input value receives the gradients of the outputs it was mixed into, scaled by the
+    same weights (PyTorch's backward adds them up the same way).
+    """
+    return cache.wh.T @ dy @ cache.ww  # (..., Hin, Wout), then (..., Hin, Win)
 
 
 # --------------------------------------------------------------------------------------

@@ -11,6 +11,18 @@ Inputs may be float32 or float16; all arithmetic is done in float32 (the statist
 LayerNorm and the sums of the bias gradients too), and results are written back in the
 input's type.  Lesson 11 shows how each kernel maps onto the plain version.
 
+Parameter names follow one rule: each is a word found nowhere else in its kernel's code
+(``x_in``, ``mean_out``), and none of CuPy's own names (``in0``, ``out0``, ``a``, ``b``,
+``i``, ``_*``).  A reduction with one input over the last, contiguous axis of 128 or more
+elements goes through CuPy's CUB block reduction, which rewrites the expressions by plain
+text replacement: ``_in_ind.size()`` becomes the segment size (only in kernels whose name
+contains "mean", so such a reduction that divides by the group size needs that word), then
+the input's name becomes ``in0`` and the output's ``out0`` wherever the letters occur, so
+an output named ``m`` would turn ``_segment_size`` into ``_segout0ent_size``.  (Naming the
+parameters ``in0``/``out0`` skips the renaming and with it the type names the CUB kernel
+needs.)  ``tests/test_cuda_sources.py`` checks the rule and compiles every kernel, on every
+path CuPy can give it, with CuPy's own code generators.
+
 This module imports CuPy at the top: only :mod:`minimlp.fused` imports it, and only
 once it holds CuPy arrays.
 """
@@ -30,30 +42,31 @@ Array = Any
 _GELU_BODY = """
     const float cdf = 0.5f * erfcf(-z * 0.70710678118654752f);
     const float pdf = expf(-0.5f * z * z) * 0.39894228040143268f;
-    h = (T)(z * cdf);
-    g = (T)(cdf + z * pdf);
+    h_out = (T)(z * cdf);
+    g_out = (T)(cdf + z * pdf);
 """
 
 
 @functools.cache
 def _gelu_kernel() -> cupy.ElementwiseKernel:
-    return cupy.ElementwiseKernel("T x", "T h, T g", "const float z = (float)x;" + _GELU_BODY, "minimlp_gelu")
+    return cupy.ElementwiseKernel("T x_in", "T h_out, T g_out", "const float z = (float)x_in;" + _GELU_BODY,
+                                  "minimlp_gelu")
 
 
 @functools.cache
 def _bias_gelu_kernel() -> cupy.ElementwiseKernel:
-    return cupy.ElementwiseKernel("T y, T b", "T h, T g", "const float z = (float)y + (float)b;" + _GELU_BODY,
-                                  "minimlp_bias_gelu")
+    return cupy.ElementwiseKernel("T y_in, T b_in", "T h_out, T g_out",
+                                  "const float z = (float)y_in + (float)b_in;" + _GELU_BODY, "minimlp_bias_gelu")
 
 
 @functools.cache
 def _bias_gelu_value_kernel() -> cupy.ElementwiseKernel:
     return cupy.ElementwiseKernel(
-        "T y, T b", "T zout, T h",
+        "T y_in, T b_in", "T z_out, T h_out",
         """
-        const float z = (float)y + (float)b;
-        zout = (T)z;
-        h = (T)(0.5f * z * erfcf(-z * 0.70710678118654752f));
+        const float z = (float)y_in + (float)b_in;
+        z_out = (T)z;
+        h_out = (T)(0.5f * z * erfcf(-z * 0.70710678118654752f));
         """, "minimlp_bias_gelu_value")
 
 
@@ -87,8 +100,8 @@ def bias_gelu_inference(y: Array, b: Array, axis: int) -> tuple[Array, Array]:
 
 @functools.cache
 def _mul_sum_kernel() -> cupy.ReductionKernel:
-    return cupy.ReductionKernel("T u, T v", "float32 s", "(float)u * (float)v", "a + b", "s = a", "0",
-                                "minimlp_mul_sum")
+    return cupy.ReductionKernel("T u_in, T v_in", "float32 sum_out", "(float)u_in * (float)v_in", "a + b",
+                                "sum_out = a", "0", "minimlp_mul_sum")
 
 
 def bias_gelu_backward(dout: Array, dgelu: Array, db: Array, axis: int) -> Array:
@@ -108,21 +121,27 @@ def bias_gelu_backward(dout: Array, dgelu: Array, db: Array, axis: int) -> Array
 def _ln_kernels(eps: float) -> dict[str, Any]:
     n = "((float)(_in_ind.size() / _out_ind.size()))"  # elements per normalisation group
     return {
-        "mean": cupy.ReductionKernel("T x", "float32 m", "(float)x", "a + b", f"m = a / {n}", "0",
-                                     "minimlp_ln_mean"),
-        "rstd": cupy.ReductionKernel("T x, float32 m", "float32 r", "((float)x - m) * ((float)x - m)", "a + b",
-                                     f"r = rsqrtf(a / {n} + {eps!r}f)", "0", "minimlp_ln_rstd"),
+        "mean": cupy.ReductionKernel("T x_in", "float32 mean_out", "(float)x_in", "a + b", f"mean_out = a / {n}",
+                                     "0", "minimlp_ln_mean"),
+        "rstd": cupy.ReductionKernel(
+            "T x_in, float32 mean_in", "float32 rstd_out", "((float)x_in - mean_in) * ((float)x_in - mean_in)",
+            "a + b", f"rstd_out = rsqrtf(a / {n} + {eps!r}f)", "0", "minimlp_ln_rstd"),
         "normalise": cupy.ElementwiseKernel(
-            "T x, float32 m, float32 r, T w, T b", "T y, T xhat",
-            "const float xh = ((float)x - m) * r; xhat = (T)xh; y = (T)(xh * (float)w + (float)b);",
-            "minimlp_ln_normalise"),
-        "mean_of_product": cupy.ReductionKernel("T u, T w", "float32 m", "(float)u * (float)w", "a + b",
-                                                f"m = a / {n}", "0", "minimlp_ln_mean_prod"),
-        "mean_of_product3": cupy.ReductionKernel("T u, T w, T v", "float32 m", "(float)u * (float)w * (float)v",
-                                                 "a + b", f"m = a / {n}", "0", "minimlp_ln_mean_prod3"),
+            "T x_in, float32 mean_in, float32 rstd_in, T w_in, T b_in", "T y_out, T xhat_out",
+            """
+            const float xh = ((float)x_in - mean_in) * rstd_in;
+            xhat_out = (T)xh;
+            y_out = (T)(xh * (float)w_in + (float)b_in);
+            """, "minimlp_ln_normalise"),
+        "mean_of_product": cupy.ReductionKernel("T u_in, T w_in", "float32 mean_out", "(float)u_in * (float)w_in",
+                                                "a + b", f"mean_out = a / {n}", "0", "minimlp_ln_mean_prod"),
+        "mean_of_product3": cupy.ReductionKernel(
+            "T u_in, T w_in, T v_in", "float32 mean_out", "(float)u_in * (float)w_in * (float)v_in", "a + b",
+            f"mean_out = a / {n}", "0", "minimlp_ln_mean_prod3"),
         "dx": cupy.ElementwiseKernel(
-            "T dy, T w, T xhat, float32 m1, float32 m2, float32 r", "T dx",
-            "dx = (T)(((float)dy * (float)w - m1 - (float)xhat * m2) * r);", "minimlp_ln_dx"),
+            "T dy_in, T w_in, T xhat_in, float32 m1_in, float32 m2_in, float32 rstd_in", "T dx_out",
+            "dx_out = (T)(((float)dy_in * (float)w_in - m1_in - (float)xhat_in * m2_in) * rstd_in);",
+            "minimlp_ln_dx"),
     }
 
 
@@ -160,12 +179,15 @@ def _ce_kernels() -> dict[str, Any]:
     # row sums s = sum exp(z - zmax) are returned as they are, and log(s) + zmax (the
     # log-sum-exp) is formed inside the kernels that use it.
     return {
-        "sumexp": cupy.ReductionKernel("T z, T zmax", "T s", "exp(z - zmax)", "a + b", "s = a", "0",
-                                       "minimlp_ce_sumexp"),
-        "loss": cupy.ReductionKernel("T q, T z, T zmax, T s", "T loss", "q * (log(s) + zmax - z)", "a + b",
-                                     "loss = a", "0", "minimlp_ce_loss"),
-        "probs": cupy.ElementwiseKernel("T z, T zmax, T s", "T p", "p = exp(z - zmax) / s", "minimlp_ce_probs"),
-        "grad": cupy.ElementwiseKernel("T p, T q, T scale", "T d", "d = (p - q) * scale", "minimlp_ce_grad"),
+        "sumexp": cupy.ReductionKernel("T z_in, T zmax_in", "T sum_out", "exp(z_in - zmax_in)", "a + b",
+                                       "sum_out = a", "0", "minimlp_ce_sumexp"),
+        "loss": cupy.ReductionKernel("T q_in, T z_in, T zmax_in, T sum_in", "T loss_out",
+                                     "q_in * (log(sum_in) + zmax_in - z_in)", "a + b", "loss_out = a", "0",
+                                     "minimlp_ce_loss"),
+        "probs": cupy.ElementwiseKernel("T z_in, T zmax_in, T sum_in", "T p_out",
+                                        "p_out = exp(z_in - zmax_in) / sum_in", "minimlp_ce_probs"),
+        "grad": cupy.ElementwiseKernel("T p_in, T q_in, T scale_in", "T d_out", "d_out = (p_in - q_in) * scale_in",
+                                       "minimlp_ce_grad"),
     }
 
 
@@ -181,3 +203,9 @@ def cross_entropy(logits: Array, q: Array) -> tuple[Array, Array]:
 def cross_entropy_grad(probs: Array, q: Array, scale: float) -> Array:
     """(probs - q) * scale in one kernel."""
     return _ce_kernels()["grad"](probs, q, probs.dtype.type(scale))
+
+
+def all_kernels() -> list[Any]:
+    """Every kernel above (for the tests that compile them and check their parameter names)."""
+    return [_gelu_kernel(), _bias_gelu_kernel(), _bias_gelu_value_kernel(), _mul_sum_kernel(),
+            *_ln_kernels(1e-6).values(), *_ce_kernels().values()]

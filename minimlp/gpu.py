@@ -7,6 +7,8 @@
   its own CUDA stream, so the copy of the next batch overlaps the compute of this one;
   uint8 is a quarter of the bytes of float32, and the conversion to float happens on the
   GPU.
+* :class:`BatchFeed` runs a stream of (images, labels) batches through a ``BatchUploader``,
+  one batch ahead: this is how ``python -m minimlp.train --gpu`` feeds its steps.
 
 CuPy is imported only inside these functions.  Lesson 11 covers the GPU path.
 """
@@ -15,11 +17,12 @@ from __future__ import annotations
 
 import os
 from collections import deque
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
 
-__all__ = ["set_tf32", "BatchUploader"]
+__all__ = ["set_tf32", "BatchUploader", "BatchFeed"]
 
 # cuBLAS compute types as CuPy numbers them (cupy/_core/_routines_linalg.pyx).
 _COMPUTE_TYPE_DEFAULT = 1
@@ -107,3 +110,53 @@ class BatchUploader:
         current.wait_event(self.copied[i])
         self.in_use = i
         return self.device[i]
+
+
+class BatchFeed:
+    """Host (images, labels) batches -> (device images, labels), each copy overlapping the step before.
+
+        feed = BatchFeed()
+        for x, labels in feed(batches):    # x: uint8 on the GPU, for the work queued before the next batch
+            train_step(x, labels)
+
+    While the caller works on batch i, batch i + 1 is already on its way.  The uploader is made
+    for the first batch's shape and dtype and kept from one call (epoch) to the next; a batch of
+    another shape (a short last batch) is copied plainly.  Labels stay on the host.
+    """
+
+    def __init__(self, buffers: int = 2) -> None:
+        self.buffers = buffers
+        self.uploader: BatchUploader | None = None
+
+    def __call__(self, batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> Iterator[tuple[Any, np.ndarray]]:
+        import cupy
+
+        started: deque[tuple[Any, np.ndarray]] = deque()  # (device array, or None: the uploader's next; labels)
+
+        def start(images: np.ndarray, labels: np.ndarray) -> None:
+            if self.uploader is None and len(images):
+                self.uploader = BatchUploader(images.shape, images.dtype, self.buffers)
+            up = self.uploader
+            if up is not None and images.shape == up.shape and images.dtype == up.dtype:
+                up.put(images)
+                started.append((None, labels))
+            else:
+                started.append((cupy.asarray(images), labels))
+
+        def ready() -> tuple[Any, np.ndarray]:
+            x, labels = started.popleft()
+            return (self.uploader.get() if x is None else x), labels
+
+        try:
+            for images, labels in batches:
+                if not started:
+                    start(images, labels)
+                    continue
+                batch = ready()
+                start(images, labels)  # its copy overlaps the work the caller queues on ``batch``
+                yield batch
+            while started:
+                yield ready()
+        finally:  # a loop left early: nothing stays queued for the next call
+            while self.uploader is not None and self.uploader.pending:
+                self.uploader.get()

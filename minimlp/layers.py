@@ -214,6 +214,15 @@ class PatchEmbed:
         return F.patch_embed_backward(dout, cache, p[self.w], g[self.w], g[self.b], input_grad)
 
 
+class AttentionLayerCache(NamedTuple):
+    """What :meth:`Attention.backward` needs from the forward pass."""
+
+    qkv: F.LinearCache  # the qkv projection's input
+    attn: F.AttentionCache  # q, k, v and the attention probabilities
+    proj: F.LinearCache  # the output projection's input (the merged heads)
+    drop: F.MaskCache  # dropout after the projection
+
+
 class Attention:
     """Multi-head self-attention, timm's ``Attention``: qkv Linear -> heads ->
     softmax(q kᵀ / sqrt(d)) v -> merged heads -> proj Linear -> dropout.
@@ -234,23 +243,30 @@ class Attention:
         self.scale = (dim // num_heads) ** -0.5
         self.attn_drop, self.proj_drop = attn_drop, proj_drop
 
-    def forward(self, x: Array, train: bool = False, rng: Any = None) -> tuple[Array, tuple]:
+    def forward(self, x: Array, train: bool = False, rng: Any = None) -> tuple[Array, AttentionLayerCache]:
         qkv, c_qkv = self.qkv.forward(x)  # (T, B, 3D), or (3T, B, D) for axis=0
         q, k, v = F.split_heads_forward(qkv, self.num_heads, self.axis)  # each (B, h, S, d)
         ctx, c_attn = F.attention_forward(q, k, v, self.scale, self.attn_drop, rng, train)  # (B, h, S, d)
         y = F.merge_heads_forward(ctx, self.axis)  # back to x's shape
         y, c_proj = self.proj.forward(y)
         y, c_drop = F.dropout_forward(y, self.proj_drop, rng, train)
-        return y, (c_qkv, c_attn, c_proj, c_drop)
+        return y, AttentionLayerCache(c_qkv, c_attn, c_proj, c_drop)
 
-    def backward(self, dy: Array, cache: tuple) -> Array:
-        c_qkv, c_attn, c_proj, c_drop = cache
-        dy = F.dropout_backward(dy, c_drop)
-        dctx = self.proj.backward(dy, c_proj)
+    def backward(self, dy: Array, cache: AttentionLayerCache) -> Array:
+        dy = F.dropout_backward(dy, cache.drop)
+        dctx = self.proj.backward(dy, cache.proj)
         dctx = F.merge_heads_backward(dctx, self.num_heads, self.axis)  # (B, h, S, d)
-        dq, dk, dv = F.attention_backward(dctx, c_attn)
+        dq, dk, dv = F.attention_backward(dctx, cache.attn)
         dqkv = F.split_heads_backward(dq, dk, dv, self.axis)
-        return self.qkv.backward(dqkv, c_qkv)
+        return self.qkv.backward(dqkv, cache.qkv)
+
+
+class BranchCache(NamedTuple):
+    """One residual branch of a :class:`PreNormBlock`: its LayerNorm, mixer and drop path."""
+
+    norm: Any
+    mixer: Any
+    path: Any
 
 
 class PreNormBlock:
@@ -267,20 +283,20 @@ class PreNormBlock:
     branches: tuple[tuple[Any, Any], ...]
     drop_path: float
 
-    def forward(self, x: Array, train: bool, rng: Any) -> tuple[Array, list]:
+    def forward(self, x: Array, train: bool, rng: Any) -> tuple[Array, list[BranchCache]]:
         caches = []
         for norm, mixer in self.branches:
             h, c_norm = norm.forward(x)
             h, c_mix = mixer.forward(h, train, rng)
             h, c_path = F.drop_path_forward(h, self.drop_path, rng, train)
             x = F.add_inplace(h, x)  # x + h, into h: the branch output is a fresh array
-            caches.append((c_norm, c_mix, c_path))
+            caches.append(BranchCache(c_norm, c_mix, c_path))
         return x, caches
 
-    def backward(self, dx: Array, caches: list) -> Array:
+    def backward(self, dx: Array, caches: list[BranchCache]) -> Array:
         # x_out = x + branch(x): the gradient flows both ways round each residual.
-        for (norm, mixer), (c_norm, c_mix, c_path) in zip(reversed(self.branches), reversed(caches), strict=True):
-            dh = F.drop_path_backward(dx, c_path)
-            dh = mixer.backward(dh, c_mix)
-            dx = F.add_inplace(norm.backward(dh, c_norm), dx)  # into the fresh LayerNorm gradient
+        for (norm, mixer), cache in zip(reversed(self.branches), reversed(caches), strict=True):
+            dh = F.drop_path_backward(dx, cache.path)
+            dh = mixer.backward(dh, cache.mixer)
+            dx = F.add_inplace(norm.backward(dh, cache.norm), dx)  # into the fresh LayerNorm gradient
         return dx

@@ -28,20 +28,30 @@ class CrossEntropyCache(NamedTuple):
     target: Array  # q, (B, K)
 
 
-def target_distribution(target: Array, num_classes: int, smoothing: float = 0.0, dtype: Any = None) -> Array:
-    """The (B, K) target distribution from integer labels (B,) or soft targets (B, K)."""
-    xp = array_module(target)
+def target_distribution(target: Array, num_classes: int, smoothing: float = 0.0, dtype: Any = None,
+                        xp: Any = None) -> Array:
+    """The (B, K) target distribution from integer labels (B,) or soft targets (B, K), on ``xp``
+    (default: where ``target`` is).
+
+    Host labels are range-checked on the host, which costs nothing.  Labels already on a GPU are
+    not read back for the check (that would make the host wait for the GPU at every step): a
+    label outside [0, K) gives a row of NaN instead, so the loss is NaN and never silently wrong.
+    """
+    on_host = array_module(target) is np
+    xp = xp or array_module(target)
     dtype = dtype or "float32"
     if target.ndim == 1:
         if target.dtype.kind not in "iu":
             raise ValueError(f"integer class labels expected, got dtype {target.dtype}")
-        if target.size and (int(target.min()) < 0 or int(target.max()) >= num_classes):
+        if on_host and target.size and (target.min() < 0 or target.max() >= num_classes):
             raise ValueError(f"labels must lie in [0, {num_classes}), got min {int(target.min())}, "
                              f"max {int(target.max())}")
-        q = xp.zeros((target.shape[0], num_classes), dtype=dtype)
-        q[xp.arange(target.shape[0]), target] = 1.0
+        labels = xp.asarray(target)[:, None]  # (B, 1)
+        q = (labels == xp.arange(num_classes)).astype(dtype)  # one-hot rows (B, K)
+        if not on_host:
+            q = xp.where((labels >= 0) & (labels < num_classes), q, xp.nan).astype(dtype, copy=False)
     elif target.ndim == 2 and target.shape[1] == num_classes:
-        q = target.astype(dtype, copy=True)
+        q = xp.asarray(target).astype(dtype, copy=True)
     else:
         raise ValueError(f"target must be labels (B,) or a distribution (B, {num_classes}), "
                          f"got shape {tuple(target.shape)}")
@@ -53,10 +63,14 @@ def target_distribution(target: Array, num_classes: int, smoothing: float = 0.0,
 
 @timed("loss")
 def cross_entropy_forward(logits: Array, target: Array, smoothing: float = 0.0) -> tuple[Array, CrossEntropyCache]:
-    """Mean cross-entropy of ``logits`` (B, K) against labels (B,) or soft targets (B, K)."""
+    """Mean cross-entropy of ``logits`` (B, K) against labels (B,) or soft targets (B, K).
+
+    The loss is a 0-d array where the logits are; the targets may be on the host (see
+    :func:`target_distribution`).
+    """
     xp = array_module(logits)
     B, K = logits.shape
-    q = target_distribution(target, K, smoothing, logits.dtype)
+    q = target_distribution(target, K, smoothing, logits.dtype, xp)
     if xp is not np and fused.applies(logits) and logits.dtype == np.float32:
         loss, probs = fused.cross_entropy(logits, q)  # four kernels instead of ten
         return loss, CrossEntropyCache(probs, q)

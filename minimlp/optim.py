@@ -183,16 +183,19 @@ def create_optimizer(name: str, model: Any, **hyperparameters: Any) -> Optimizer
     return OPTIMIZERS[name].for_model(model, **hyperparameters)
 
 
-def clip_grad_norm(grads: Array, max_norm: float) -> float:
-    """Scale the flat gradient so that its global L2 norm is at most ``max_norm``.
+def clip_grad_norm(grads: Array, max_norm: float) -> Array:
+    """Scale the flat gradient so that its global L2 norm is at most ``max_norm`` (0: only measure).
 
-    Returns the norm before clipping (as ``torch.nn.utils.clip_grad_norm_``, whose 1e-6
-    guard against a zero norm this copies).
+    Returns the norm before clipping, as a scalar where the gradient is: on a GPU, reading it
+    (``float(norm)``) would make the host wait for the GPU, so the factor min(1, max_norm / norm)
+    is computed and applied there too (1e-6 guards a zero norm, as in
+    ``torch.nn.utils.clip_grad_norm_``).  Scaling by exactly 1 leaves an unclipped gradient as it was.
     """
     xp = array_module(grads)
-    norm = float(xp.sqrt(xp.dot(grads, grads)))
-    if max_norm > 0 and norm > max_norm:
-        grads *= max_norm / (norm + 1e-6)
+    norm = xp.sqrt(xp.dot(grads, grads))
+    if max_norm > 0:
+        factor = xp.minimum(1.0, max_norm / (norm.astype(xp.float64) + 1e-6))  # float64, as a Python float
+        grads *= factor.astype(grads.dtype)
     return norm
 
 

@@ -41,11 +41,13 @@ from typing import Any
 import numpy as np
 
 from minimlp import ddp, distributed
+from minimlp.amp import MixedPrecision
 from minimlp.backend import get_backend, num_threads, to_numpy
 from minimlp.data import list_datasets, normalize
 from minimlp.data.augment import RandAugment
 from minimlp.data.loader import BadImagesWarning, LoaderDataset, LoaderError, TooManyBadImagesError, default_workers
 from minimlp.evaluate import EvalResult, evaluate
+from minimlp.gpu import BatchFeed
 from minimlp.io.checkpoint import Checkpoint, load_checkpoint, make_meta, save_checkpoint
 from minimlp.io.files import CheckpointError, atomic_write
 from minimlp.io.weights import WeightsFile, checked_config, load_pretrained, open_weights, preset_name
@@ -85,7 +87,8 @@ DEFAULT_SMOOTHING = 0.1
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 # Arguments that describe where and how fast a run executes, not what it computes:
 # a resumed run takes them from its own command line, never from the checkpoint.
-NOT_RESUMED = {"resume", "output", "eval_only", "gpu", "device", "tf32", "workers", "procs", "log_interval", "download"}
+NOT_RESUMED = {"resume", "output", "eval_only", "gpu", "device", "tf32", "amp", "workers", "procs", "log_interval",
+               "download"}
 
 
 class TrainingError(RuntimeError):
@@ -268,6 +271,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--tf32", action="store_true",
                    help="GPU: let float32 matrix products use TF32 tensor cores (Ampere and newer; about 1e-3 "
                         "relative error per product, as PyTorch's allow_tf32)")
+    g.add_argument("--amp", action="store_true",
+                   help="GPU: mixed precision, as PyTorch's autocast + GradScaler: float16 forward and backward, "
+                        "float32 master weights and optimizer, dynamic loss scaling (a step whose gradient "
+                        "overflows is skipped; the log and metrics.jsonl count them). Without a GPU it is ignored "
+                        "with a warning (NumPy has no fast float16 matrix product); not under mpirun. As --tf32, "
+                        "a resumed run uses it only when given again")
     g.add_argument("--output", default=None, metavar="DIR",
                    help="run directory (default: runs/<date>-<time>-<model>, or the resumed run's directory)")
     g.add_argument("--resume", default=None, metavar="DIR_OR_FILE",
@@ -330,6 +339,7 @@ class RunState:
     loss_sum: float = 0.0  # the current epoch's running sums, so a resumed epoch reports right
     correct: int = 0
     seen: int = 0
+    skipped: int = 0  # --amp: steps of this epoch skipped because the float16 gradient overflowed
     best_top1: float | None = None
     best_epoch: int | None = None
     elapsed_s: float = 0.0  # wall time spent in this run, over all its sessions
@@ -600,11 +610,18 @@ def run(argv: list[str] | None = None, *, on_step: Callable[[RunState], bool | N
     checkpoint = resume_checkpoint(args, explicit)
     pretrained = open_weights(args.pretrained) if args.pretrained and checkpoint is None else None
 
-    if args.tf32 and args.device != "cpu":
+    backend = get_backend(args.device)  # first: a GPU that is asked for but unusable means NumPy, with one warning
+    if args.tf32 and backend.is_gpu:
         from minimlp import gpu
 
         gpu.set_tf32(True)  # before the first float32 product
-    backend = get_backend(args.device)
+    if args.amp and not backend.is_gpu:
+        warnings.warn("--amp needs a GPU (NumPy has no fast float16 matrix product); training in float32",
+                      RuntimeWarning, stacklevel=2)
+    amp = args.amp and backend.is_gpu
+    if amp and world.active:
+        raise distributed.DistributedError("--amp trains in one process only: the gradient sum over the ranks has "
+                                           "no loss scaling yet; run without --amp under mpirun", usage=True)
     threads = (f"; {num_threads()} threads for elementwise kernels, BLAS threads: "
                f"{os.environ.get('OPENBLAS_NUM_THREADS', 'the library default')}")
     log(f"backend: {backend.reason}" + ("" if backend.is_gpu else threads))
@@ -641,6 +658,13 @@ def run(argv: list[str] | None = None, *, on_step: Callable[[RunState], bool | N
         state = RunState()
         if checkpoint is not None:
             state = restore_state(checkpoint, model, optimizer, args, steps_per_epoch, log)
+        mixed = None
+        if amp:  # after restore_state, which may give the model a new dropout generator to share
+            mixed = MixedPrecision(model)
+            if checkpoint is not None and checkpoint.meta.get("amp"):
+                mixed.scaler.load_state_dict(checkpoint.meta["amp"])  # the loss scale carries on
+            log(f"mixed precision: float16 forward and backward, float32 master weights and optimizer, "
+                f"loss scale {mixed.scaler.scale:g}")
         if world.active:  # every rank must run the same job: compare, and name what differs
             world.check_same(argument=vars(args), model=model.config_dict(),
                              data={"training images": len(train_idx), "evaluation images": len(eval_idx),
@@ -669,7 +693,7 @@ def run(argv: list[str] | None = None, *, on_step: Callable[[RunState], bool | N
             return RunResult(run_dir, "evaluated", [], model, state, result)
         setup = Setup(args, model, parallel, optimizer, schedule, state, train_set, eval_set, train_idx, eval_idx,
                       eval_batch, steps_per_epoch, lr, weight_decay, checkpoint, run_dir, train_set.classes,
-                      augment, workers)
+                      augment, workers, mixed=mixed, feed=BatchFeed() if backend.is_gpu else None)
         with warnings.catch_warnings():  # the epoch summary names undecodable files (once, not every pass)
             warnings.simplefilter("ignore", BadImagesWarning)
             return _train(setup, on_step, on_epoch_end, log)
@@ -703,6 +727,8 @@ class Setup:
     classes: list[str]
     augment: DeviceAugment
     workers: int  # decoding processes, and how many batches a background thread prepares ahead
+    mixed: MixedPrecision | None = None  # --amp on a GPU
+    feed: BatchFeed | None = None  # on a GPU: batches uploaded one step ahead
 
 
 def _train(setup: Setup, on_step: Callable[[RunState], bool | None] | None,
@@ -735,7 +761,8 @@ def _train(setup: Setup, on_step: Callable[[RunState], bool | None] | None,
                          args=vars(args),
                          optimizer={"name": optimizer.name, "hyperparameters": optimizer.hyperparameters(),
                                     "step": optimizer.steps},
-                         data=data_info, class_map=class_map, run=dataclasses.asdict(state))
+                         data=data_info, class_map=class_map, run=dataclasses.asdict(state),
+                         **({"amp": setup.mixed.scaler.state_dict()} if setup.mixed is not None else {}))
         save_checkpoint(path, model.params, meta, optimizer.state_dict())
 
     def interrupted() -> RunResult:
@@ -747,6 +774,9 @@ def _train(setup: Setup, on_step: Callable[[RunState], bool | None] | None,
     session_start = time.perf_counter()
     elapsed_before = state.elapsed_s
     bad_seen: set[str] = set()
+    # How often the step loop reads its sums back (see StepTotals): every step on NumPy, where
+    # reading is free and a diverged loss stops the run at once; every log interval on a GPU.
+    sync_every = 1 if not model.backend.is_gpu else args.log_interval
     with StopRequest(announce=world.is_main) as stop:
         for epoch in range(state.epoch, args.epochs):
             # -- one epoch of training ---------------------------------------------------
@@ -757,35 +787,39 @@ def _train(setup: Setup, on_step: Callable[[RunState], bool | None] | None,
             bar = Progress(steps_per_epoch, f"epoch {epoch + 1}/{args.epochs}", args.log_interval, done=first,
                            stream=world.progress_stream())
             lr_now = schedule(state.step / steps_per_epoch)
-            for images, labels in prefetch(batches, setup.workers):
+            totals = StepTotals(model.xp)
+            batches = prefetch(batches, setup.workers)
+            for images, labels in setup.feed(batches) if setup.feed is not None else batches:
                 if len(labels) == 0 and not world.active:  # every file failed to decode (reported after the epoch)
                     state.batch_in_epoch += 1
                     continue
                 lr_now = schedule(state.step / steps_per_epoch)
                 # The device augmentations' boxes and mixing weights: a function of (seed, epoch, batch).
                 rng = np.random.default_rng(seed_for(args.seed, epoch, state.batch_in_epoch, 2))
-                loss, logits = train_step(setup, images, labels, rng)
-                correct = int((to_numpy(logits.argmax(axis=1)) == labels).sum())
-                loss, correct, count = world.batch_totals(float(loss), correct, len(labels))  # over all ranks
-                if not math.isfinite(loss):
-                    raise Diverged(divergence_message(loss, state, epoch, steps_per_epoch, lr_now, run_dir))
-                if args.clip_grad:
-                    norm = clip_grad_norm(model.store.flat_grads, args.clip_grad)
-                    if not math.isfinite(norm):
-                        raise Diverged(divergence_message(norm, state, epoch, steps_per_epoch, lr_now, run_dir,
-                                                          what="gradient norm"))
-                optimizer.step(lr_now)
+                loss, logits, ok = train_step(setup, images, labels, rng)
+                norm = None
+                if ok:
+                    if args.clip_grad:
+                        norm = clip_grad_norm(model.store.flat_grads, args.clip_grad)
+                    optimizer.step(lr_now)
+                totals.add(loss, logits, labels, norm)
                 state.step += 1
                 state.batch_in_epoch += 1
-                state.loss_sum += loss * count
-                state.correct += correct
-                state.seen += count
-                bar.update(count, loss=state.loss_sum / state.seen, lr=lr_now)
+                if not ok:  # --amp: the float16 gradient overflowed; the loss scale was halved
+                    state.skipped += 1
+                    if setup.mixed.scaler.scale < MIN_LOSS_SCALE:
+                        raise Diverged(divergence_message(setup.mixed.scaler.scale, state, epoch, steps_per_epoch,
+                                                          lr_now, run_dir, what="loss scale"))
+                images_done = 0
+                if totals.steps == sync_every or state.batch_in_epoch == steps_per_epoch:
+                    images_done = read_totals(totals, state, epoch, steps_per_epoch, lr_now, run_dir)
+                bar.update(images_done, lr=lr_now, **({"loss": state.loss_sum / state.seen} if images_done else {}))
                 if on_step is not None and on_step(state):
                     stop.requested = True
                 if world.any(stop.requested):  # every rank stops after the same step
                     stop.requested = True
                     break
+            bar.images += read_totals(totals, state, epoch, steps_per_epoch, lr_now, run_dir)  # an early stop
             bar.close()
             train_time = bar.elapsed
             state.elapsed_s = elapsed_before + time.perf_counter() - session_start
@@ -810,9 +844,11 @@ def _train(setup: Setup, on_step: Callable[[RunState], bool | None] | None,
                       "lr": lr_now, "img_per_s": bar.images_per_second, "epoch_time_s": train_time,
                       "eval_time_s": eval_time, "skipped_files": len(bad_seen),
                       "elapsed_s": elapsed_before + time.perf_counter() - session_start}
+            if setup.mixed is not None:
+                record.update(amp_skipped_steps=state.skipped, loss_scale=setup.mixed.scaler.scale)
             improved = state.best_top1 is None or result.top1 > state.best_top1
             state.epoch, state.batch_in_epoch = epoch + 1, 0
-            state.loss_sum, state.correct, state.seen = 0.0, 0, 0
+            state.loss_sum, state.correct, state.seen, state.skipped = 0.0, 0, 0, 0
             if improved:
                 state.best_top1, state.best_epoch = result.top1, epoch + 1
             state.elapsed_s = record["elapsed_s"]
@@ -829,6 +865,8 @@ def _train(setup: Setup, on_step: Callable[[RunState], bool | None] | None,
                 f"eval loss {result.loss:.4f}  top-1 {result.top1:.2f}%{top5}  ({record['img_per_s']:.0f} img/s, "
                 f"epoch {format_duration(train_time)}, eval {format_duration(eval_time)}, "
                 f"total {format_duration(record['elapsed_s'])})"
+                + (f"  [float16: {record['amp_skipped_steps']} step(s) skipped for overflow, loss scale "
+                   f"{record['loss_scale']:g}]" if setup.mixed is not None else "")
                 + ("  * best" if improved else ""))
             if on_epoch_end is not None and on_epoch_end(record):
                 return interrupted()
@@ -837,22 +875,91 @@ def _train(setup: Setup, on_step: Callable[[RunState], bool | None] | None,
     return RunResult(run_dir, "done", metrics, model, state)
 
 
-def train_step(setup: Setup, images: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> tuple[Any, Any]:
-    """Forward and backward of one batch, the gradient left in ``model.grads``: (loss, logits (B, K)).
+def train_step(setup: Setup, images: Any, labels: np.ndarray, rng: np.random.Generator) -> tuple[Any, Any, bool]:
+    """Forward and backward of one batch, the gradient left in ``model.grads``: (loss, logits (B, K), ok).
 
-    uint8 images -> the device -> normalise -> random erasing -> mixup/cutmix (timm's order)
-    -> forward -> cross-entropy (against soft targets with mixup/cutmix) -> backward.
+    uint8 images (host, or already on the device) -> normalise -> random erasing -> mixup/cutmix
+    (timm's order) -> forward -> cross-entropy (against soft targets with mixup/cutmix) -> backward.
+    The loss and logits stay where they were computed.  ``ok`` is False only with --amp, for a
+    step whose float16 gradient overflowed: the optimizer must skip it.
     """
     model, xp, args = setup.model, setup.model.xp, setup.args
     x = normalize(images, setup.train_set.mean, setup.train_set.std, xp, model.dtype)  # (B, C, H, W) on the device
     x, targets, smoothing = setup.augment(x, labels, rng, model.rng, args.smoothing)
     if setup.parallel is not None:  # the workers leave the batch-mean gradient in model.grads
-        return setup.parallel.train_step(x, targets, smoothing, setup.state.step)
+        loss, logits = setup.parallel.train_step(x, targets, smoothing, setup.state.step)
+        return loss, logits, True
+    if setup.mixed is not None:  # float16 forward and backward; float32 gradients into model.grads
+        model.zero_grad()
+        return setup.mixed.train_step(x, targets, smoothing)
     logits, cache = model.forward(x, train=True)  # (B, K)
-    loss, loss_cache = cross_entropy_forward(logits, xp.asarray(targets), smoothing)
+    loss, loss_cache = cross_entropy_forward(logits, targets, smoothing)  # host labels are checked on the host
     model.zero_grad()
     model.backward(cross_entropy_backward(loss_cache), cache, input_grad=False)
-    return loss, logits
+    return loss, logits, True
+
+
+# A loss scale this small means that even the unscaled float16 gradient overflows: the run diverged.
+MIN_LOSS_SCALE = 2.0**-24
+
+
+class StepTotals:
+    """The loss, correct predictions and gradient norms of the steps since the last read, summed
+    where the model computes.
+
+    Reading a number that a GPU computed makes the host wait until the GPU has finished all the
+    work queued so far; doing it every step leaves the GPU idle while the host prepares the next
+    step.  So the sums stay on the device and :meth:`read` fetches them in one copy, once per log
+    interval (on NumPy, where reading is free, every step).
+    """
+
+    def __init__(self, xp: Any) -> None:
+        self.xp = xp
+        self.zero = xp.zeros((), dtype=xp.float64)
+        self.clear()
+
+    def clear(self) -> None:
+        self.loss_sum = self.correct = self.norm_sum = self.zero
+        self.steps = self.count = 0
+
+    def add(self, loss: Any, logits: Any, labels: np.ndarray, norm: Any = None) -> None:
+        """One step: its mean ``loss``, ``logits`` (B, K), host ``labels`` (B,), gradient ``norm`` (or None)."""
+        xp = self.xp
+        count = len(labels)
+        self.loss_sum = self.loss_sum + xp.asarray(loss, dtype=xp.float64) * count
+        self.correct = self.correct + (logits.argmax(axis=1) == xp.asarray(labels)).sum()
+        if norm is not None:
+            self.norm_sum = self.norm_sum + xp.asarray(norm, dtype=xp.float64)
+        self.steps += 1
+        self.count += count
+
+    def read(self) -> tuple[float, int, float]:
+        """(loss sum, correct, norm sum) on the host, the step loop's one wait for the GPU."""
+        loss_sum, correct, norm_sum = to_numpy(self.xp.stack([self.loss_sum, self.correct, self.norm_sum]))
+        return float(loss_sum), int(correct), float(norm_sum)
+
+
+def read_totals(totals: StepTotals, state: RunState, epoch: int, steps_per_epoch: int, lr: float,
+                run_dir: Path) -> int:
+    """Add the steps since the last read into ``state`` (summed over the ranks under mpirun) and
+    return how many images they trained on; a loss or gradient norm that is not finite ends the run."""
+    if totals.steps == 0:
+        return 0
+    steps = totals.steps
+    loss_sum, correct, norm_sum = totals.read()
+    loss_sum, correct, count = distributed.world().sum(np.array([loss_sum, correct, totals.count]),
+                                                       "summing the loss and accuracy")
+    totals.clear()
+    if not math.isfinite(loss_sum):
+        raise Diverged(divergence_message(loss_sum / max(count, 1), state, epoch, steps_per_epoch, lr, run_dir,
+                                          steps=steps))
+    if not math.isfinite(norm_sum):
+        raise Diverged(divergence_message(norm_sum / steps, state, epoch, steps_per_epoch, lr, run_dir,
+                                          what="gradient norm", steps=steps))
+    state.loss_sum += float(loss_sum)
+    state.correct += int(correct)
+    state.seen += int(count)
+    return int(count)
 
 
 def data_transform(args: argparse.Namespace, train_set: Any, eval_set: Any) -> dict[str, Any]:
@@ -869,12 +976,15 @@ def data_transform(args: argparse.Namespace, train_set: Any, eval_set: Any) -> d
 
 
 def divergence_message(value: float, state: RunState, epoch: int, steps_per_epoch: int, lr: float, run_dir: Path,
-                       what: str = "loss") -> str:
+                       what: str = "loss", steps: int = 1) -> str:
+    """Why the run stopped, after the step ``state.step``; ``steps`` > 1: somewhere in the last ``steps``
+    steps (a GPU run reads its losses once per log interval)."""
     last = run_dir / "last.npz"
     saved = (f"{last} still holds the last good state (epoch {state.epoch}); continue from it with "
              f"--resume {run_dir} and a lower --lr" if last.is_file() else "no checkpoint had been written yet")
-    return (f"the {what} became {value} at step {state.step + 1} (epoch {epoch + 1}, batch "
-            f"{state.batch_in_epoch + 1}/{steps_per_epoch}, learning rate {lr:.3g}). The learning rate is most "
+    where = f"at step {state.step}" if steps == 1 else f"in one of steps {state.step - steps + 1}-{state.step}"
+    return (f"the {what} became {value} {where} (epoch {epoch + 1}, batch "
+            f"{state.batch_in_epoch}/{steps_per_epoch}, learning rate {lr:.3g}). The learning rate is most "
             f"likely too high for this model and batch size: try --lr {lr / 4:.2g}, a longer --warmup-epochs, "
             f"or --clip-grad 1.0. Nothing was saved after the failure: {saved}.")
 

@@ -66,3 +66,31 @@ def fmnist_dir():
             pytest.fail(message + "; MINIMLP_REQUIRE_DATA=1 demands them")
         pytest.skip(message)
     return directory
+
+
+# CuPy's kernel compiler, which needs no GPU: the compile tests (test_cuda_sources.py) skip
+# where CuPy, NVRTC or CUDA's headers are missing, saying how to get them; with
+# MINIMLP_REQUIRE_CUPY=1 (set by CI) they fail instead.
+REQUIRE_CUPY = os.environ.get("MINIMLP_REQUIRE_CUPY") == "1"
+
+
+@pytest.fixture
+def fake_cupy(monkeypatch):
+    """CuPy replaced by the strict NumPy-backed stand-in of tests/fake_cupy.py, with one "GPU".
+
+    minimlp then takes every GPU code path (``get_backend("gpu")`` picks it); the fixture
+    yields the stand-in module (its ``host_syncs()`` counts explicit device -> host reads)
+    and restores whatever CuPy modules were imported before.
+    """
+    import fake_cupy as standin
+
+    from minimlp import backend
+
+    monkeypatch.delenv("CUPY_TF32", raising=False)
+    monkeypatch.delenv("CUPY_ACCELERATORS", raising=False)
+    monkeypatch.setattr(backend, "_warned", set())
+    saved = standin.install()
+    try:
+        yield standin
+    finally:
+        standin.uninstall(saved)

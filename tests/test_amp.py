@@ -151,3 +151,56 @@ def test_tf32_can_be_switched_on_and_off():
     major = CUPY.cuda.Device().compute_capability[0]
     if int(major) >= 8:
         assert err_tf32 > err32  # TF32 rounds the inputs to 10 mantissa bits
+
+
+# --------------------------------------------------------------------------------------
+# The same on the CuPy stand-in (tests/fake_cupy.py): no implicit reads from the device.
+# --------------------------------------------------------------------------------------
+def test_mixed_precision_reads_one_flag_per_step_from_the_device(fake_cupy):
+    """Whether the step overflowed decides on the host whether the optimizer steps: one read, no more."""
+    import cupy
+
+    model = minimlp.create_model("ff_tiny", device="gpu", seed=0, drop_path_rate=0.1, drop_rate=0.1, **CONFIG)
+    mixed = MixedPrecision(model)
+    x, y = batch(cupy)
+    before = fake_cupy.host_syncs()
+    loss, logits, ok = mixed.train_step(x, y, smoothing=0.1)
+    assert fake_cupy.host_syncs() - before == 1 and ok is True
+    assert logits.dtype == np.float16 and loss.dtype == np.float32 and model.store.flat_grads.dtype == np.float32
+
+
+def test_dropout_and_drop_path_on_float16_device_arrays(fake_cupy):
+    """Generators draw float32 or float64 only (NumPy's and CuPy's): float16 masks come from float32 draws."""
+    import cupy
+
+    from minimlp import functional as F
+
+    x = cupy.ones((4, 3, 8), dtype=cupy.float16)
+    rng = cupy.random.default_rng(0)
+    for out, _ in (F.dropout_forward(x, 0.5, rng, True), F.drop_path_forward(x, 0.5, rng, True, batch_axis=0)):
+        values = set(np.unique(out.get()).tolist())
+        assert out.dtype == np.float16 and values <= {0.0, 2.0} and len(values) == 2
+
+
+def test_batch_feed_uploads_one_batch_ahead_in_order(fake_cupy):
+    from minimlp.gpu import BatchFeed
+
+    rng = np.random.default_rng(0)
+    shapes = [4, 4, 4, 2, 0]  # full batches, a short last one, a rank's empty share (mpirun)
+    batches = [(rng.integers(0, 256, (n, 1, 5, 5), dtype=np.uint8), rng.integers(0, 10, n)) for n in shapes]
+    taken = []
+
+    def source():
+        for item in batches:
+            taken.append(item)
+            yield item
+
+    feed = BatchFeed()
+    for i, (x, labels) in enumerate(feed(source())):
+        assert len(taken) == min(i + 2, len(batches)), "the next batch is on its way while this one is used"
+        assert np.array_equal(x.get(), batches[i][0]) and labels is batches[i][1]
+    assert feed.uploader.shape == (4, 1, 5, 5) and feed.uploader.dtype == np.uint8
+    for _ in feed(iter(batches)):  # an epoch stopped early (Ctrl-C) ...
+        break
+    assert not feed.uploader.pending  # ... leaves nothing queued for the next one
+    assert all(np.array_equal(x.get(), b[0]) for (x, _), b in zip(feed(iter(batches)), batches, strict=True))

@@ -141,6 +141,22 @@ def test_attention_check_can_fail(monkeypatch):
         check_layer(np, store, layer, np.random.default_rng(0).standard_normal((5, 2, 4)), (5, 2, 4))
 
 
+def test_attention_and_block_caches_are_named():
+    """Backward reads its cache by field name, not by position in a bare tuple."""
+    import minimlp
+    from minimlp.layers import AttentionLayerCache, BranchCache
+
+    store, layer = build("cpu", lambda s: Attention(s, "attn", 4, 2))
+    _, cache = layer.forward(np.random.default_rng(0).standard_normal((5, 2, 4)))
+    assert isinstance(cache, AttentionLayerCache) and cache._fields == ("qkv", "attn", "proj", "drop")
+    assert isinstance(cache.attn, F.AttentionCache)
+    vit = minimlp.create_model("vit_fmnist", img_size=8, patch_size=4, embed_dim=8, depth=1, num_heads=2)
+    tokens = np.random.default_rng(1).standard_normal((5, 2, 8)).astype(np.float32)  # (T, B, D)
+    _, caches = vit.blocks[0].forward(tokens, False, None)
+    assert [type(c) for c in caches] == [BranchCache, BranchCache]
+    assert isinstance(caches[0].mixer, AttentionLayerCache)
+
+
 # --------------------------------------------------------------------------------------
 # Properties
 # --------------------------------------------------------------------------------------

@@ -3,8 +3,11 @@ against the plain reference versions."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import math
+import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,6 +31,52 @@ def test_erf_keeps_float32():
     assert erf(np.zeros(3, np.float32)).dtype == np.float32
 
 
+class _DeviceArray(np.ndarray):
+    """Stands in for a CuPy array: NumPy's arithmetic, but array_module answers CuPy."""
+
+
+def _cupy_with_its_erf(monkeypatch) -> None:
+    """A CuPy stand-in whose erf and erfc type their results as CuPy 14's do: float16
+    in, float64 out (the loops are e->d, f->f, d->d)."""
+    import types
+
+    cupy = types.ModuleType("cupy")
+    cupy.__getattr__ = lambda name: getattr(np, name)  # exp, multiply, ...: NumPy's
+    cupy.get_array_module = lambda *arrays: cupy if any(isinstance(a, _DeviceArray) for a in arrays) else np
+
+    def ufunc(which):
+        def f(x):
+            loop = np.float64 if x.dtype == np.float16 else x.dtype
+            return backend._erf_erfc_numpy(np.asarray(x, loop))[which].view(_DeviceArray)
+        return f
+
+    special = types.ModuleType("cupyx.scipy.special")
+    special.erf, special.erfc = ufunc(0), ufunc(1)
+    scipy = types.ModuleType("cupyx.scipy")
+    scipy.special = special
+    cupyx = types.ModuleType("cupyx")
+    cupyx.scipy = scipy
+    for name, module in (("cupy", cupy), ("cupyx", cupyx), ("cupyx.scipy", scipy), ("cupyx.scipy.special", special)):
+        monkeypatch.setitem(sys.modules, name, module)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_erf_and_plain_gelu_keep_the_dtype_on_cupy(monkeypatch, plain_kernels, dtype):
+    _cupy_with_its_erf(monkeypatch)
+    x_host = np.linspace(-5, 5, 41).astype(dtype)
+    x = x_host.copy().view(_DeviceArray)
+    for f in (erf, erfc):
+        y = f(x)
+        assert isinstance(y, _DeviceArray) and y.dtype == dtype, f"{f.__name__}: {dtype.__name__} in, {y.dtype} out"
+        if dtype != np.float16:  # float32 and float64 go through CuPy's own loop, untouched
+            assert np.array_equal(np.asarray(y), f(x_host))
+        else:
+            assert np.abs(np.asarray(y, np.float64) - f(x_host.astype(np.float64))).max() < 1e-3
+    h, cache = F.gelu_forward(x)
+    dx = F.gelu_backward(x, cache)
+    assert (h.dtype, cache.dgelu.dtype, dx.dtype) == (dtype,) * 3
+
+
 def test_cpu_backend():
     b = get_backend("cpu")
     assert b.xp is np and b.name == "numpy" and not b.is_gpu
@@ -49,6 +98,25 @@ def test_gpu_request_falls_back_with_one_warning(monkeypatch):
     assert "CuPy is not installed (test)" in b1.reason
     messages = [str(w.message) for w in caught]
     assert len(messages) == 1 and "falling back to NumPy" in messages[0]
+
+
+def test_install_hints_name_every_wheel_cupy_needs(monkeypatch):
+    """CuPy's wheels lack NVRTC, CUDA's headers, cuBLAS and cuRAND; the hints say how to add them."""
+    monkeypatch.setitem(sys.modules, "cupy", None)  # import cupy fails, as where it is not installed
+    cupy, reason = backend._cupy_or_reason()
+    assert cupy is None
+    for wheel in ('"cupy-cuda12x[ctk]"', '"cupy-cuda13x[ctk]"', "nvidia-cuda-nvrtc-cu12", "nvidia-cuda-runtime-cu12",
+                  "nvidia-cublas-cu12", "nvidia-curand-cu12"):
+        assert wheel in reason
+    assert "nvidia-nccl-cu12" in backend.NCCL_INSTALL and "nvidia-nccl-cu13" in backend.NCCL_INSTALL
+    pyproject = (Path(__file__).parents[1] / "pyproject.toml").read_text(encoding="utf-8")
+    assert 'gpu = ["cupy-cuda12x[ctk]' in pyproject and 'gpu-cuda13 = ["cupy-cuda13x[ctk]' in pyproject
+    try:  # where CuPy is installed: its own metadata says what [ctk] brings
+        requires = importlib.metadata.metadata("cupy-cuda12x").get_all("Requires-Dist")
+    except importlib.metadata.PackageNotFoundError:
+        return
+    ctk = " ".join(r for r in requires if 'extra == "ctk"' in r)
+    assert all(part in ctk for part in ("nvrtc", "cudart", "cublas", "curand"))
 
 
 def test_cupy_is_not_imported_by_the_package():

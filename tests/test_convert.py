@@ -90,3 +90,65 @@ def test_help_runs_as_a_module():
     assert run.returncode == 0
     for fragment in ("IN", "OUT", "--ema", ".safetensors", "Writing .pth is not supported"):
         assert fragment in run.stdout
+
+
+# --------------------------------------------------------------------------------------
+# timm's ViT/DeiT and MLP-Mixer checkpoints: convert writes the config the shapes imply,
+# so evaluate and predict rebuild the model from the converted file alone.
+# --------------------------------------------------------------------------------------
+TIMM = {  # timm's names; minimlp's comparison models use them (test_compare_models checks the names)
+    "vit": ("deit_tiny", dict(img_size=16, patch_size=8, in_chans=3, num_classes=3, embed_dim=128, depth=2,
+                              num_heads=2)),  # 64 features per head, as every timm ViT/DeiT
+    "attention-only": ("attn_only_tiny", dict(img_size=16, patch_size=8, in_chans=3, num_classes=3, embed_dim=64,
+                                              depth=1, num_heads=1)),
+    "mixer": ("mixer_s16", dict(img_size=16, patch_size=4, in_chans=3, num_classes=3, embed_dim=8, depth=2)),
+}
+
+
+@pytest.mark.parametrize("family", list(TIMM))
+def test_timm_checkpoints_convert_with_their_config_and_evaluate_and_predict_alone(tmp_path, capsys, family):
+    from data_trees import WNIDS, build_tree
+
+    from minimlp.data.transforms import DEFAULT_CROP_PCT, IMAGENET_MEAN, IMAGENET_STD
+    from minimlp.evaluate import main as evaluate_main
+    from minimlp.predict import load_image, predict
+    from minimlp.predict import main as predict_main
+
+    name, config = TIMM[family]
+    reference = minimlp.create_model(name, seed=0, **config)
+    rng = np.random.default_rng(1)
+    for p in reference.params.values():  # the Mixer's head starts at zero: make every tensor non-trivial
+        p += rng.standard_normal(p.shape).astype(p.dtype) * 0.1
+    obj, storages = state_dict(reference.state_dict())
+    write_pth(tmp_path / "timm.pth", {"model": obj}, storages, prefix="checkpoint")  # as timm's train.py saves
+
+    assert main([str(tmp_path / "timm.pth"), str(tmp_path / "w.safetensors")]) == 0
+    assert "without a model config" not in capsys.readouterr().err
+    _, meta, _ = read_weights(tmp_path / "w.safetensors")
+    assert model_from_checkpoint(tmp_path / "w.safetensors")[0].config == reference.config
+    assert {k: v for k, v in meta["model"].items() if k != "arch"}.items() <= vars(reference.config).items()
+
+    build_tree(tmp_path / "tree", train_per_class=0, val_per_class=2, awkward=False)
+    assert evaluate_main(["--checkpoint", str(tmp_path / "w.safetensors"), "--data-dir", str(tmp_path / "tree"),
+                          "-j", "0"]) == 0
+    out = capsys.readouterr().out
+    assert f"(safetensors, {reference.num_params():,} parameters, 3 classes)" in out and "top-1" in out
+
+    images = sorted((tmp_path / "tree" / "val" / WNIDS[0]).iterdir())
+    assert predict_main(["--checkpoint", str(tmp_path / "w.safetensors"), "--top", "3", *map(str, images)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    pixels = np.stack([load_image(p, 3, 16, DEFAULT_CROP_PCT) for p in images])
+    probs = predict(reference, pixels, IMAGENET_MEAN, IMAGENET_STD)  # (2, 3)
+    for i, path in enumerate(images):
+        start = lines.index(str(path))
+        shown = [float(line.split("%")[0]) for line in lines[start + 1:start + 4]]
+        np.testing.assert_allclose(shown, 100 * np.sort(probs[i])[::-1], atol=0.006)
+
+
+def test_a_vit_whose_heads_the_shapes_do_not_tell_converts_without_a_config(tmp_path, capsys):
+    vit = minimlp.create_model("vit_fmnist", depth=1)  # 112 features: not 64 per head
+    obj, storages = state_dict(vit.state_dict())
+    write_pth(tmp_path / "vit.pth", obj, storages)
+    assert main([str(tmp_path / "vit.pth"), str(tmp_path / "vit.npz")]) == 0
+    err = capsys.readouterr().err
+    assert "cannot tell the number of attention heads" in err and "without a model config" in err

@@ -108,6 +108,54 @@ def test_random_erasing_probability_and_noise(xp):
     assert abs(noise.mean()) < 0.1 and 0.9 < noise.std() < 1.1  # N(0, 1) per pixel and channel
 
 
+def test_random_erasing_draws_a_batch_of_boxes_as_the_one_image_version():
+    """boxes() draws the whole batch at once; per image its (top, left, h, w) follow box()'s
+    distribution, the boxes that fit in none of the tries included (a 12 x 20 image misses often)."""
+    erase = RandomErasing(prob=0.6)
+    n, H, W = 10000, 12, 20
+    rng = np.random.default_rng(0)
+    one = np.array([erase.box(H, W, rng) or (0, 0, 0, 0) for _ in range(n)])  # (n, 4), h = 0: not erased
+    batch_ = erase.boxes(n, H, W, np.random.default_rng(1))
+    assert batch_.shape == (n, 4) and batch_.dtype == np.int64
+    for boxes in (one, batch_):
+        erased = boxes[:, 2] > 0
+        top, left, h, w = boxes[erased].T
+        assert (top >= 0).all() and (top + h <= H).all() and (left >= 0).all() and (left + w <= W).all()
+        assert (h < H).all() and (w < W).all()
+    assert abs((one[:, 2] > 0).mean() - (batch_[:, 2] > 0).mean()) < 0.02  # about 0.6 x P(some try fits)
+    for column in range(4):  # Kolmogorov-Smirnov distance of each coordinate's distribution
+        values = np.union1d(one[:, column], batch_[:, column])
+        cdf_one = np.searchsorted(np.sort(one[:, column]), values, side="right") / n
+        cdf_batch = np.searchsorted(np.sort(batch_[:, column]), values, side="right") / n
+        assert np.abs(cdf_one - cdf_batch).max() < 0.03, column
+
+
+def test_random_erasing_writes_exactly_the_drawn_boxes(xp):
+    erase = RandomErasing(prob=0.7)
+    original = to_np(batch(xp, B=32, C=3, H=16, W=20, seed=4))
+    boxes = erase.boxes(32, 16, 20, np.random.default_rng(9))
+    images = to_np(erase(xp.asarray(original.copy()), np.random.default_rng(9)))
+    changed = (images != original).all(axis=1)  # (B, H, W): noise replaces every channel of a pixel
+    y, x = np.arange(16)[:, None], np.arange(20)
+    for b, (top, left, h, w) in enumerate(boxes):
+        inside = (y >= top) & (y < top + h) & (x >= left) & (x < left + w)
+        assert np.array_equal(changed[b], inside), b
+        assert np.array_equal(images[b][:, ~inside], original[b][:, ~inside])
+
+
+def test_random_erasing_on_the_device_reads_nothing_back(fake_cupy):
+    import cupy
+
+    erase = RandomErasing(prob=0.7)
+    original = batch(np, B=32, C=3, H=16, W=20, seed=4)
+    boxes = erase.boxes(32, 16, 20, np.random.default_rng(9))
+    before = fake_cupy.host_syncs()
+    images = erase(cupy.asarray(original.copy()), np.random.default_rng(9), noise_rng=cupy.random.default_rng(0))
+    assert fake_cupy.host_syncs() == before
+    changed = (images.get() != original).all(axis=1)
+    assert changed.sum() == (boxes[:, 2] * boxes[:, 3]).sum()
+
+
 def test_randaugment_config_parsing():
     ra = RandAugment.from_config("rand-m9-mstd0.5-inc1")
     assert (ra.num_ops, ra.magnitude, ra.magnitude_std, ra.prob) == (2, 9.0, 0.5, 0.5)

@@ -166,6 +166,60 @@ def test_tokens(xp):
           {"t": t, "cls": cls, "pos": pos, "cls_pos": cls_pos}, (N + 1, B, D), rng)
 
 
+@pytest.mark.parametrize("size_in,size_out", [((4, 5), (2, 3)), ((2, 3), (5, 4)), ((3, 3), (3, 3)), ((1, 4), (3, 1))])
+def test_resize_bilinear(xp, size_in, size_out):
+    rng = np.random.default_rng(15)
+    x = rand(xp, rng, 2, 3, *size_in)
+    _, cache = F.resize_bilinear_forward(x, size_out)
+    check(xp, lambda: F.resize_bilinear_forward(x, size_out)[0],
+          lambda d: {"x": F.resize_bilinear_backward(d, cache)}, {"x": x}, (2, 3, *size_out), rng)
+
+
+def test_resize_bilinear_weights():
+    # 14 -> 7, the released ff_large's grid: each output is the mean of two neighbours.
+    w = F.bilinear_weights(14, 7)
+    np.testing.assert_array_equal(w, np.kron(np.eye(7), [[0.5, 0.5]]))
+    # Upsampling 2 -> 4: outputs at input coordinates -0.25 (moved up to 0), 0.25, 0.75, 1.25 (past the last).
+    np.testing.assert_allclose(F.bilinear_weights(2, 4), [[1, 0], [0.75, 0.25], [0.25, 0.75], [0, 1]], atol=1e-15)
+    for n_in, n_out in [(14, 7), (3, 5), (5, 3), (1, 4), (4, 1), (14, 10)]:
+        w = F.bilinear_weights(n_in, n_out)
+        assert w.shape == (n_out, n_in) and (w >= 0).all()
+        np.testing.assert_allclose(w.sum(axis=1), 1, atol=1e-15)
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 14])
+def test_resize_bilinear_at_the_same_size_is_exactly_the_identity(xp, n):
+    rng = np.random.default_rng(16)
+    np.testing.assert_array_equal(F.bilinear_weights(n, n), np.eye(n))
+    for dtype in ("float32", "float64"):
+        x = rand(xp, rng, 1, 4, n, n).astype(dtype) * 1e3
+        y, cache = F.resize_bilinear_forward(x, (n, n))
+        assert y.dtype == x.dtype
+        assert bool((y == x).all())
+        assert bool((F.resize_bilinear_backward(x, cache) == x).all())
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("size_in,size_out", [((14, 14), (7, 7)), ((14, 14), (14, 14)), ((7, 7), (14, 14)),
+                                              ((5, 7), (3, 4)), ((3, 2), (8, 5)), ((14, 14), (10, 10))])
+def test_resize_bilinear_matches_pytorch_interpolate(size_in, size_out):
+    """Forward and backward against torch.nn.functional.interpolate(mode="bilinear", align_corners=False)."""
+    torch = pytest.importorskip("torch", reason="PyTorch is an optional test dependency")
+    rng = np.random.default_rng(17)
+    x, dy = rng.standard_normal((2, 3, *size_in)), rng.standard_normal((2, 3, *size_out))
+    xt = torch.from_numpy(x).requires_grad_(True)
+    yt = torch.nn.functional.interpolate(xt, size=size_out, mode="bilinear", align_corners=False)
+    yt.backward(torch.from_numpy(dy))
+    y, cache = F.resize_bilinear_forward(x, size_out)
+    assert rel_error(y, yt.detach().numpy()) < 1e-12
+    assert rel_error(F.resize_bilinear_backward(dy, cache), xt.grad.numpy()) < 1e-12
+    # float32: PyTorch's own float32 arithmetic, to float32 rounding
+    y32, _ = F.resize_bilinear_forward(x.astype(np.float32), size_out)
+    expected = torch.nn.functional.interpolate(torch.from_numpy(x.astype(np.float32)), size=size_out,
+                                               mode="bilinear", align_corners=False).numpy()
+    assert y32.dtype == np.float32 and rel_error(y32, expected) < 1e-6
+
+
 def test_cls_pool(xp):
     rng = np.random.default_rng(9)
     x = rand(xp, rng, 5, 3, 4)
@@ -192,6 +246,26 @@ def test_cross_entropy(xp, target_kind, smoothing):
 def test_cross_entropy_rejects_bad_targets(xp):
     z = xp.zeros((2, 3))
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
-        cross_entropy_forward(z, xp.asarray([0, 3]))
+        cross_entropy_forward(z, np.asarray([0, 3]))  # host labels are checked, whatever the logits
     with pytest.raises(ValueError, match="target must be labels"):
         cross_entropy_forward(z, xp.zeros((2, 4)))
+
+
+def test_label_checks_read_nothing_back_from_a_gpu(fake_cupy):
+    """Host labels are checked on the host; labels on the device are not read back (a wait for the
+    GPU at every step): one outside [0, K) makes the loss NaN there, never a silently wrong number."""
+    import cupy
+
+    rng = np.random.default_rng(0)
+    z_host = rng.standard_normal((4, 3)).astype(np.float32)
+    z, labels = cupy.asarray(z_host), np.array([0, 2, 1, 0])
+    before = fake_cupy.host_syncs()
+    on_device, _ = cross_entropy_forward(z, cupy.asarray(labels), smoothing=0.1)
+    from_host, _ = cross_entropy_forward(z, labels, smoothing=0.1)
+    bad, _ = cross_entropy_forward(z, cupy.asarray([0, 3, 1, 0]))
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\), got min 0, max 3"):
+        cross_entropy_forward(z, np.array([0, 3, 1, 0]))
+    assert fake_cupy.host_syncs() == before
+    expected = float(cross_entropy_forward(z_host, labels, smoothing=0.1)[0])
+    assert on_device.get() == pytest.approx(expected, rel=1e-6) and from_host.get() == pytest.approx(expected, rel=1e-6)
+    assert np.isnan(bad.get())

@@ -26,10 +26,67 @@ def perturbed_model(device="cpu", seed=0, **overrides):
     return model
 
 
-@pytest.mark.parametrize("name,count", [("ff_tiny", 7_676_332), ("ff_base", 61_943_020), ("ff_large", 206_213_048),
+@pytest.mark.parametrize("name,count", [("ff_tiny", 7_676_332), ("ff_base", 61_943_020),
                                         ("linear_tiny", 7_676_332), ("linear_base", 61_943_020)])
 def test_parameter_counts(name, count):
     assert minimlp.create_model(name).num_params() == count
+
+
+def declared(name, **overrides):
+    """A model's parameter shapes, declared but never allocated (ff_large would take 0.8 GB)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(minimlp.models.Model, "_build", lambda self, seed: None)
+        return {spec.name: spec.shape for spec in minimlp.create_model(name, **overrides).store.specs}
+
+
+def test_ff_large_keeps_the_released_14x14_position_grid():
+    """The released model file resizes a 14×14 grid to ff_large's 7×7 patches: 206,363,576 parameters."""
+    shapes = declared("ff_large")
+    assert sum(math.prod(s) for s in shapes.values()) == 206_363_576
+    assert shapes["pos_encoding.pos_embed"] == (1, 1024, 14, 14)
+    assert shapes["blocks.23.norm2.weight"] == (50,) and shapes["blocks.0.mlp2.fc1.weight"] == (200, 50)
+    # A grid at the patch grid's size: the count in the paper's table, the layout of older files.
+    seven = declared("ff_large", pos_grid=7)
+    assert sum(math.prod(s) for s in seven.values()) == 206_213_048
+    assert seven["pos_encoding.pos_embed"] == (1, 1024, 7, 7)
+    assert declared("ff_tiny")["pos_encoding.pos_embed"] == (1, 192, 14, 14)
+    assert declared("ff_tiny", img_size=8, patch_size=4)["pos_encoding.pos_embed"] == (1, 192, 2, 2)
+
+
+def test_pos_grid_option_is_checked():
+    for bad in (0, -3, 2.5, "14", True):
+        with pytest.raises(ValueError, match="pos_grid must be a positive integer"):
+            minimlp.create_model("ff_tiny", **SMALL, pos_grid=bad)
+
+
+@pytest.mark.parametrize("pos_grid", [3, 1, 5])  # the 2×2 patch grid from a larger grid, and from smaller ones
+def test_whole_model_gradient_check_through_the_resized_grid(xp, device, pos_grid):
+    model = perturbed_model(device, pos_grid=pos_grid)
+    assert model.params["pos_encoding.pos_embed"].shape == (1, 8, pos_grid, pos_grid)
+    rng = np.random.default_rng(3)
+    # every parameter once; for the other sizes, those next to the resize
+    names = None if pos_grid == 3 else ["pos_encoding.pos_embed", "pos_encoding.cls_pos_embed", "cls_token",
+                                        "patch_embed.proj.bias"]
+    errors = check_model_gradients(model, rng.standard_normal((3, 3, 8, 8)), rng.standard_normal((3, 5)), names=names)
+    assert len(errors) == len(names or model.params) + 1  # and the input
+    worst = max(errors, key=errors.get)
+    assert errors[worst] < 1e-6, f"{worst}: {errors[worst]:.2e}"
+
+
+def test_a_grid_of_the_patch_grid_size_is_not_resized(monkeypatch):
+    """At equal sizes the resize is the identity (tested in test_functional), so it is skipped."""
+    from minimlp import functional as F
+
+    calls = []
+    original = F.resize_bilinear_forward
+    monkeypatch.setattr(F, "resize_bilinear_forward", lambda *a: calls.append(a) or original(*a))
+    x = np.random.default_rng(0).standard_normal((2, 3, 8, 8))
+    same = perturbed_model()
+    explicit = perturbed_model(pos_grid=2)  # the patch grid, given explicitly: the same model
+    np.testing.assert_array_equal(same.forward(x)[0], explicit.forward(x)[0])
+    assert calls == []
+    perturbed_model(pos_grid=4).forward(x)
+    assert len(calls) == 1
 
 
 def test_released_names_and_shapes():
@@ -93,6 +150,33 @@ def test_gradient_check_detects_a_wrong_backward(monkeypatch):
     errors = check_model_gradients(model, rng.standard_normal((2, 3, 8, 8)), rng.standard_normal((2, 5)),
                                    names=["blocks.0.mlp1.fc1.weight"])
     assert errors["blocks.0.mlp1.fc1.weight"] > 0.01
+
+
+def test_ff_block_spells_out_the_generic_pre_norm_block():
+    """FFBlock's own forward/backward compute, bit for bit, what the shared pre-norm block
+    of the ViT and the Mixer computes from the same layers, and name every cache."""
+    from minimlp.layers import PreNormBlock
+    from minimlp.models.ffvit import FFBlock, FFBlockCache
+
+    assert "forward" in vars(FFBlock) and "backward" in vars(FFBlock)
+    model = perturbed_model(drop_rate=0.2, drop_path_rate=0.5)
+    block = model.blocks[1]
+    generic = PreNormBlock()
+    generic.branches = ((block.norm1, block.mlp1), (block.norm2, block.mlp2))
+    generic.drop_path = block.drop_path
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((5, 6, 8))  # (T, B, D)
+    dout = rng.standard_normal(x.shape)
+    results = []
+    for run in (block, generic):
+        model.zero_grad()
+        out, cache = run.forward(x.copy(), True, np.random.default_rng(7))
+        dx = run.backward(dout.copy(), cache)
+        results.append((out, dx, model.store.flat_grads.copy(), cache))
+    (out, dx, grads, cache), (out_g, dx_g, grads_g, _) = results
+    assert isinstance(cache, FFBlockCache) and cache._fields == ("norm1", "mlp1", "path1", "norm2", "mlp2", "path2")
+    assert np.array_equal(out, out_g) and np.array_equal(dx, dx_g) and np.array_equal(grads, grads_g)
+    assert np.abs(grads).max() > 0
 
 
 def test_every_parameter_gets_a_gradient(xp, device):

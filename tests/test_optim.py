@@ -136,6 +136,19 @@ def test_clip_grad_norm():
     assert clip_grad_norm(g, 0.0) == pytest.approx(1.0, rel=1e-6)  # 0 = off: only measures
 
 
+def test_clip_grad_norm_leaves_the_norm_on_the_device(fake_cupy):
+    """Measuring and clipping read nothing back from a GPU; the trainer checks the norm later."""
+    import cupy
+
+    long, short = cupy.asarray(np.array([3.0, 4.0], np.float32)), cupy.asarray(np.array([0.3, 0.4], np.float32))
+    before = fake_cupy.host_syncs()
+    norms = clip_grad_norm(long, 1.0), clip_grad_norm(short, 1.0)
+    assert fake_cupy.host_syncs() == before
+    assert [float(n.get()) for n in norms] == pytest.approx([5.0, 0.5])
+    np.testing.assert_allclose(long.get(), [0.6, 0.8], rtol=1e-6)
+    assert short.get().tolist() == np.array([0.3, 0.4], np.float32).tolist()  # unclipped: untouched
+
+
 def test_warmup_then_cosine():
     s = LRSchedule("cosine", lr=1.0, epochs=10, warmup_epochs=2, warmup_lr=0.0, min_lr=0.1)
     assert s(0) == 0.0 and s(1) == pytest.approx(0.5) and s(2) == pytest.approx(1.0)

@@ -17,6 +17,9 @@ pytestmark = pytest.mark.torch
 CONFIGS = {
     "small": dict(img_size=16, patch_size=4, in_chans=3, num_classes=7, embed_dim=12, depth=2),
     "fmnist-like": dict(img_size=28, patch_size=7, in_chans=1, num_classes=10, embed_dim=16, depth=3, patch_mlp_dim=9),
+    # ff_large's geometry as the released file has it: 224 px, patch 32, a 14×14 grid resized to 7×7
+    "large-grid": dict(img_size=224, patch_size=32, in_chans=3, num_classes=6, embed_dim=8, depth=2, pos_grid=14),
+    "upsampled-grid": dict(img_size=16, patch_size=4, in_chans=2, num_classes=3, embed_dim=6, depth=1, pos_grid=3),
 }
 
 
@@ -54,3 +57,14 @@ def test_float32_logits_match_to_float32_rounding():
     with torch.no_grad():
         expected = twin(torch.from_numpy(x)).numpy()
     assert rel_error(logits, expected) < 1e-5
+
+
+def test_the_benchmarks_twin_takes_ff_large_with_its_resized_grid():
+    from minimlp.bench_torch import from_minimlp
+
+    model = minimlp.create_model("ff_large", embed_dim=8, depth=1, num_classes=5, seed=0)
+    twin = from_minimlp(model)  # a strict load: the 14×14 grid must fit
+    x = np.random.default_rng(3).standard_normal((2, 3, 224, 224)).astype(np.float32)
+    with torch.no_grad():
+        expected = twin(torch.from_numpy(x)).numpy()
+    assert rel_error(model.forward(x)[0], expected) < 1e-5

@@ -151,6 +151,26 @@ def test_convert_round_trips_the_released_layout_bit_exactly(saved, tmp_path, ca
         assert ema[name].tobytes() == t.numpy().tobytes(), name
 
 
+@pytest.mark.parametrize("patch", [16, 32])  # ff_tiny and ff_base; ff_large
+def test_released_geometry_of_each_size_loads_and_matches_pytorch(tmp_path, patch):
+    """The twin as the released file builds each size at 224 px (a 14×14 grid; for patch 32 it is
+    resized to 7×7 with F.interpolate on every forward), narrowed to 16 features and 2 blocks."""
+    from minimlp.io.weights import model_from_checkpoint
+
+    torch.manual_seed(5)
+    twin = TwinFFViT(patch_size=patch, embed_dim=16, depth=2, num_classes=10, pos_grid=14)
+    _perturb(twin, 6)
+    assert twin.pos_encoding.pos_embed.shape == (1, 16, 14, 14)
+    torch.save({"model": twin.state_dict(), "epoch": 299}, tmp_path / "checkpoint.pth")
+    model, _ = model_from_checkpoint(tmp_path / "checkpoint.pth")
+    c = model.config
+    assert (c.img_size, c.patch_size, c.pos_grid_size, c.num_tokens) == (224, patch, 14, 1 + (224 // patch) ** 2)
+    x = np.random.default_rng(7).standard_normal((2, 3, 224, 224)).astype(np.float32)
+    with torch.no_grad():
+        expected = twin(torch.from_numpy(x)).numpy()
+    assert rel_error(model.forward(x)[0], expected) < 1e-5
+
+
 def test_views_offsets_and_transposes_as_torch_writes_them(tmp_path):
     t = torch.randn(5, 6, generator=torch.Generator().manual_seed(0))
     views = {"t": t, "transposed": t.T, "row": t[2], "column": t[:, 3], "block": t[1:, 2:], "strided": t[::2, ::3],

@@ -183,7 +183,11 @@ def test_infer_config_from_shapes_and_preset_names(model):
         infer_config(state, "x.pth")
     state = model.state_dict()
     state["blocks.0.norm2.weight"] = np.ones(9)
-    with pytest.raises(CheckpointError, match="mixes 9 tokens but a 4x4 grid has 17"):
+    with pytest.raises(CheckpointError, match="mixes 9 tokens, which are not a square grid of patches and a class"):
+        infer_config(state)
+    state = model.state_dict()
+    state["pos_encoding.pos_embed"] = np.ones((1, 8, 4, 5))
+    with pytest.raises(CheckpointError, match="position grid pos_encoding.pos_embed is 4x5; minimlp builds square"):
         infer_config(state)
 
 
@@ -252,3 +256,110 @@ def test_no_config_or_a_bad_one_for_a_training_checkpoint(tmp_path, model):
         checked_config(None, state, "w.npz")
     with pytest.raises(CheckpointError, match="w.npz: stores a list as its model config"):
         checked_config([1, 2], state, "w.npz")
+
+
+# --------------------------------------------------------------------------------------
+# The released model file's layout, written out from that file (not from minimlp's model):
+# a 14×14 position grid for every model, a patch feed-forward over 1 + (224 / P)² tokens.
+# --------------------------------------------------------------------------------------
+def released_shapes(patch: int, dim: int, depth: int, classes: int = 1000) -> dict[str, tuple[int, ...]]:
+    T = 1 + (224 // patch) ** 2
+    shapes = {"cls_token": (1, 1, dim), "patch_embed.proj.weight": (dim, 3, patch, patch),
+              "patch_embed.proj.bias": (dim,), "pos_encoding.pos_embed": (1, dim, 14, 14),
+              "pos_encoding.cls_pos_embed": (1, 1, dim)}
+    for i in range(depth):
+        b = f"blocks.{i}"
+        shapes.update({f"{b}.mlp1.fc1.weight": (4 * dim, dim), f"{b}.mlp1.fc1.bias": (4 * dim,),
+                       f"{b}.mlp1.fc2.weight": (dim, 4 * dim), f"{b}.mlp1.fc2.bias": (dim,),
+                       f"{b}.norm1.weight": (dim,), f"{b}.norm1.bias": (dim,),
+                       f"{b}.mlp2.fc1.weight": (4 * T, T), f"{b}.mlp2.fc1.bias": (4 * T,),
+                       f"{b}.mlp2.fc2.weight": (T, 4 * T), f"{b}.mlp2.fc2.bias": (T,),
+                       f"{b}.norm2.weight": (T,), f"{b}.norm2.bias": (T,)})
+    shapes.update({"norm.weight": (dim,), "norm.bias": (dim,), "head.weight": (classes, dim), "head.bias": (classes,)})
+    return shapes
+
+
+RELEASED = {"ff_tiny": (16, 192, 12, 7_676_332), "ff_base": (16, 768, 12, 61_943_020),
+            "ff_large": (32, 1024, 24, 206_363_576)}
+
+
+@pytest.mark.parametrize("name", list(RELEASED))
+def test_the_released_layout_of_every_size_is_the_preset(name, monkeypatch):
+    """Full-size state dicts of zero-stride arrays (nothing allocated): the shapes name the preset,
+    and the preset declares exactly these tensors, in this order."""
+    patch, dim, depth, count = RELEASED[name]
+    shapes = released_shapes(patch, dim, depth)
+    assert sum(int(np.prod(s)) for s in shapes.values()) == count
+    state = {k: np.broadcast_to(np.float32(0), s) for k, s in shapes.items()}
+    config = infer_config(state, "released.pth")
+    assert preset_name(config) == name
+    assert config["img_size"] == 224 and config["patch_size"] == patch
+    monkeypatch.setattr(minimlp.models.Model, "_build", lambda self, seed: None)
+    declared = {spec.name: spec.shape for spec in minimlp.models.model_from_config(config).store.specs}
+    assert list(declared.items()) == list(shapes.items())
+    assert {spec.name: spec.shape for spec in minimlp.create_model(name).store.specs} == declared
+
+
+def _released_large(tmp_path, seed=0):
+    """A .pth in ff_large's released geometry (224 px, patch 32, 14×14 grid, 50 tokens), made narrow and shallow."""
+    rng = np.random.default_rng(seed)
+    shapes = released_shapes(32, 8, 2, classes=6)
+    weights = {k: rng.standard_normal(s).astype(np.float32) * 0.2 for k, s in shapes.items()}
+    obj, storages = state_dict(weights)
+    write_pth(tmp_path / "linear-large.pth", {"model": obj}, storages, prefix="checkpoint")
+    return tmp_path / "linear-large.pth", weights
+
+
+def test_a_released_ff_large_file_loads_and_resizes_its_grid(tmp_path):
+    path, weights = _released_large(tmp_path)
+    model, info = model_from_checkpoint(path, dtype="float64")
+    c = model.config
+    assert (c.img_size, c.patch_size, c.grid, c.pos_grid, c.num_classes) == (224, 32, 7, 14, 6)
+    x = np.random.default_rng(1).standard_normal((2, 3, 224, 224))
+    logits, _ = model.forward(x)
+    # The same computation written out: the 14×14 grid averaged 2×2 (bilinear, align_corners=False,
+    # at half the size), flattened row-major after the class token's position.
+    grid = weights["pos_encoding.pos_embed"].astype(np.float64).reshape(1, 8, 7, 2, 7, 2).mean(axis=(3, 5))
+    state7 = {**weights, "pos_encoding.pos_embed": grid}
+    plain = minimlp.create_model("ff_large", embed_dim=8, depth=2, num_classes=6, pos_grid=7, dtype="float64")
+    plain.load_state_dict(state7)
+    np.testing.assert_allclose(logits, plain.forward(x)[0], rtol=1e-12, atol=1e-12)
+
+
+def test_ff_large_files_with_a_7x7_grid_still_load(tmp_path):
+    """A file whose stored ff_large config has no pos_grid (its grid is the 7×7 patch grid) rebuilds as it was."""
+    old = minimlp.create_model("ff_large", embed_dim=8, depth=2, num_classes=6, pos_grid=7, seed=3)
+    config = old.config_dict()
+    del config["pos_grid"]
+    save_weights(tmp_path / "old.npz", old.state_dict(), {"model": config})
+    rebuilt, _ = model_from_checkpoint(tmp_path / "old.npz")
+    assert rebuilt.params["pos_encoding.pos_embed"].shape == (1, 8, 7, 7) and rebuilt.config.pos_grid is None
+    x = np.random.default_rng(2).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    np.testing.assert_array_equal(rebuilt.forward(x)[0], old.forward(x)[0])
+    assert preset_name(config) is None  # not the released layout
+
+
+def test_a_7x7_grid_into_the_released_ff_large_layout_says_why(tmp_path):
+    old = minimlp.create_model("ff_large", embed_dim=8, depth=2, num_classes=6, pos_grid=7)
+    save_weights(tmp_path / "old.npz", old.state_dict())
+    model = minimlp.create_model("ff_large", embed_dim=8, depth=2, num_classes=6)
+    with pytest.raises(CheckpointError) as err:
+        load_pretrained(model, tmp_path / "old.npz")
+    msg = str(err.value)
+    assert "pos_encoding.pos_embed: checkpoint (1, 8, 7, 7) vs model (1, 8, 14, 14)" in msg
+    assert ("the checkpoint keeps a 7x7 position grid and the model a 14x14 one (resized to its 7x7 patches "
+            "on every forward): build the model with pos_grid=7") in msg
+    load_pretrained(minimlp.create_model("ff_large", embed_dim=8, depth=2, num_classes=6, pos_grid=7),
+                    tmp_path / "old.npz")
+
+
+@pytest.mark.parametrize("name", ["deit_tiny", "deit_small", "deit_base", "attn_only_tiny", "mixer_s16", "mixer_b16"])
+def test_timm_layouts_are_told_from_their_shapes(name, monkeypatch):
+    """The comparison presets at full size (zero-stride arrays, nothing allocated): the shapes give the
+    family, the config (a ViT's heads from 64 features per head) and the preset's name back."""
+    monkeypatch.setattr(minimlp.models.Model, "_build", lambda self, seed: None)
+    model = minimlp.create_model(name)
+    state = {s.name: np.broadcast_to(np.float32(0), s.shape) for s in model.store.specs}
+    config = infer_config(state, f"{name}.pth")
+    assert preset_name(config) == name
+    assert minimlp.models.model_from_config(config).config == model.config

@@ -1,9 +1,11 @@
 """An independent PyTorch twin of the feed-forward-only ViT, for parity tests only.
 
 Written the way the paper's released code is: (B, T, D) activations, explicit transposes
-around the patch feed-forward, a convolution for the patch embedding, autograd for every
-gradient.  Parameter names equal the released checkpoint's, so minimlp's state dict loads
-into it by name.  PyTorch is an optional test dependency; the package never imports it.
+around the patch feed-forward, a convolution for the patch embedding, a learned position
+grid resized with ``F.interpolate(mode="bilinear", align_corners=False)`` whenever its size
+differs from the patch grid's, autograd for every gradient.  Parameter names equal the
+released checkpoint's, so minimlp's state dict loads into it by name.  PyTorch is an
+optional test dependency; the package never imports it.
 """
 
 from __future__ import annotations
@@ -53,22 +55,26 @@ class PosEncoding(nn.Module):
 
 class TwinFFViT(nn.Module):
     def __init__(self, img_size=224, patch_size=16, in_chans=3, num_classes=1000, embed_dim=192, depth=12,
-                 patch_mlp_dim=None) -> None:
+                 patch_mlp_dim=None, pos_grid=None) -> None:
         super().__init__()
         grid = img_size // patch_size
         tokens = grid * grid + 1
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
-        self.pos_encoding = PosEncoding(grid, embed_dim)
+        self.pos_encoding = PosEncoding(pos_grid or grid, embed_dim)
         self.blocks = nn.ModuleList(Block(embed_dim, tokens, patch_mlp_dim or 4 * tokens) for _ in range(depth))
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.head = nn.Linear(embed_dim, num_classes)
 
     def forward(self, x):
         B = x.shape[0]
-        x = self.patch_embed.proj(x).flatten(2).transpose(1, 2)  # (B, N, D)
+        x = self.patch_embed.proj(x)  # (B, D, H/P, W/P)
+        pos = self.pos_encoding.pos_embed
+        if pos.shape[-2:] != x.shape[-2:]:
+            pos = torch.nn.functional.interpolate(pos, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        x = x.flatten(2).transpose(1, 2)  # (B, N, D)
         x = torch.cat([self.cls_token.expand(B, -1, -1), x], dim=1)
-        pos = self.pos_encoding.pos_embed.flatten(2).transpose(1, 2)
+        pos = pos.flatten(2).transpose(1, 2)
         x = x + torch.cat([self.pos_encoding.cls_pos_embed, pos], dim=1)
         for block in self.blocks:
             x = block(x)

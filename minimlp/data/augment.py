@@ -254,7 +254,8 @@ class RandomErasing:
     tries: int = 10
 
     def box(self, height: int, width: int, rng: np.random.Generator) -> tuple[int, int, int, int] | None:
-        """(top, left, h, w) of the box to erase, or None (not this image, or no box fitted in ``tries``)."""
+        """(top, left, h, w) of the box to erase in one image, or None (not this image, or no box
+        fitted in ``tries``).  The plain version of :meth:`boxes`, which draws a whole batch at once."""
         if rng.random() >= self.prob:
             return None
         log_aspect = (math.log(self.aspect[0]), math.log(self.aspect[1]))
@@ -269,26 +270,51 @@ class RandomErasing:
                 return top, left, h, w
         return None
 
+    def boxes(self, batch: int, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+        """(batch, 4) int64 rows (top, left, h, w), all 0 where nothing is erased.
+
+        The same distribution as :meth:`box` per image: all ``tries`` candidates are drawn at
+        once and the first that fits is taken, which is what the loop's first fit is.
+        """
+        log_aspect = np.log(self.aspect)
+        erase = rng.random(batch) < self.prob  # (B,)
+        target_area = rng.uniform(self.area[0], self.area[1], (batch, self.tries)) * height * width
+        aspect = np.exp(rng.uniform(log_aspect[0], log_aspect[1], (batch, self.tries)))
+        h = np.rint(np.sqrt(target_area * aspect)).astype(np.int64)  # (B, tries); rint rounds as round()
+        w = np.rint(np.sqrt(target_area / aspect)).astype(np.int64)
+        fits = (w < width) & (h < height)
+        first = fits.argmax(axis=1)  # the first candidate that fits (0 when none does)
+        rows = np.arange(batch)
+        erase &= fits[rows, first]
+        h, w = np.where(erase, h[rows, first], 0), np.where(erase, w[rows, first], 0)
+        top = np.where(erase, rng.integers(0, height - h + 1), 0)  # (B,), each in [0, H - h]
+        left = np.where(erase, rng.integers(0, width - w + 1), 0)
+        return np.stack([top, left, h, w], axis=1)
+
     def __call__(self, images: Array, rng: np.random.Generator, noise_rng: Any = None) -> Array:
         """Erase in place in normalised images (B, C, H, W); returns them.
 
-        ``noise_rng``: a generator of the images' array module with ``standard_normal(size, dtype)``
-        (default: ``rng`` for NumPy arrays, CuPy's global generator for CuPy arrays).
+        ``rng`` (host NumPy) draws the boxes; ``noise_rng``, a generator of the images' array
+        module with ``standard_normal(size, dtype)``, draws the noise (default: ``rng`` for
+        NumPy arrays, CuPy's global generator for CuPy arrays).  The whole batch is erased by a
+        handful of array operations, without a loop over images: noise is drawn for every pixel
+        of the erased images and kept inside their boxes.
         """
         xp = array_module(images)
         B, C, H, W = images.shape
-        for b in range(B):
-            box = self.box(H, W, rng)
-            if box is None:
-                continue
-            top, left, h, w = box
-            if noise_rng is not None:
-                noise = noise_rng.standard_normal((C, h, w), dtype=images.dtype)
-            elif xp is np:
-                noise = rng.standard_normal((C, h, w), dtype=images.dtype)
-            else:
-                noise = xp.random.standard_normal((C, h, w), dtype=images.dtype)
-            images[b, :, top:top + h, left:left + w] = noise
+        boxes = self.boxes(B, H, W, rng)
+        erased = np.flatnonzero(boxes[:, 2] > 0)  # (E,)
+        if erased.size == 0:
+            return images
+        box = xp.asarray(boxes[erased].T)[:, :, None, None]  # (4, E, 1, 1): one copy to the device
+        top, left, h, w = box[0], box[1], box[2], box[3]  # each (E, 1, 1)
+        y, x = xp.arange(H)[:, None], xp.arange(W)  # (H, 1), (W,)
+        inside = (y >= top) & (y < top + h) & (x >= left) & (x < left + w)  # (E, H, W)
+        if noise_rng is None:
+            noise_rng = rng if xp is np else xp.random
+        noise = noise_rng.standard_normal((erased.size, C, H, W), dtype=images.dtype)
+        index = xp.asarray(erased)
+        images[index] = xp.where(inside[:, None], noise, images[index])
         return images
 
 

@@ -3,17 +3,18 @@
 The format is recognised from the file's first bytes, never from its name:
 
     zip with <folder>/data.pkl            a PyTorch .pth (read by ``torchfile``, no torch, no pickle)
-    zip of .npy arrays                    a minimlp checkpoint .npz (``np.load(allow_pickle=False)``)
+    zip of .npy arrays                    a minimlp checkpoint .npz (read without pickle, entry by entry)
     8-byte length + "{"                   a .safetensors file
 
 ``load_pretrained(model, path)`` copies the weights into a model strictly (every missing,
 unexpected or mis-shaped key is named); asked for a number of classes that the
 checkpoint's head does not have, it starts a new head instead, for fine-tuning.
 ``model_from_checkpoint(path)`` also builds the model: from the config a minimlp file
-stores, or, for a ``.pth``, from the tensor shapes (embedding width, depth, patch size,
-token count).  Either way the config is checked against the file's tensors before the
-model is allocated (:func:`checked_config`): a one-kilobyte file cannot make minimlp
-allocate gigabytes for a model it does not hold.
+stores, or, for a ``.pth``, from the tensor names and shapes (the family, embedding width,
+depth, patch size, token count, position grid).
+Either way the config is checked against the file's tensors before the model is allocated
+(:func:`checked_config`): a one-kilobyte file cannot make minimlp allocate gigabytes for a
+model it does not hold.
 """
 
 from __future__ import annotations
@@ -132,52 +133,150 @@ def save_weights(path: str | os.PathLike, state: Mapping[str, np.ndarray], meta:
 # Which model is this?
 # --------------------------------------------------------------------------------------
 def infer_config(state: Mapping[str, np.ndarray], where: Any = "checkpoint") -> dict[str, Any]:
-    """The FF-ViT config that the tensor shapes imply (``{"arch": "ffvit", ...}``).
+    """The model config that the tensor names and shapes imply (``{"arch": ..., ...}``).
 
-    embed dim = cls_token (1, 1, D); patch size and channels = the patch-embedding conv
-    (D, C, P, P); grid = pos_embed (1, D, H/P, W/P); depth = the number of blocks; tokens
-    T = grid² + 1 must equal the patch LayerNorm's size; classes = head (K, D).
+    The family comes from the names: the released FF-ViT's ``pos_encoding.pos_embed``,
+    timm's MLP-Mixer ``stem.proj.weight``, timm's ViT/DeiT ``pos_embed`` (with the
+    attention-only ablation's ``feature_attn``).  Then: embed dim D, channels C and patch
+    size P from the patch embedding (D, C, P, P); the patch grid from the token count
+    (N = grid² patches, with a class token T = N + 1); depth from the numbered blocks;
+    hidden sizes as ratios of D; classes from the head (K, D).
     """
+    if "pos_encoding.pos_embed" in state:
+        return _ffvit_config(state, where)
+    if "stem.proj.weight" in state:
+        return _mixer_config(state, where)
+    if "pos_embed" in state:
+        return _vit_config(state, where)
+    raise CheckpointError(f"{where}: cannot tell the architecture: none of 'pos_encoding.pos_embed' "
+                          "(feed-forward ViT), 'pos_embed' (ViT/DeiT) or 'stem.proj.weight' (MLP-Mixer)")
+
+
+def _shape_reader(state: Mapping[str, np.ndarray], where: Any, family: str):
     def shape(key: str, ndim: int) -> tuple[int, ...]:
         if key not in state:
             raise CheckpointError(f"{where}: cannot tell the architecture: no {key!r} "
-                                  "(is this a feed-forward ViT checkpoint?)")
-        found = tuple(np.shape(state[key]))
-        if len(found) != ndim or 0 in found:
-            raise CheckpointError(f"{where}: {key} has shape {found}; a feed-forward ViT's has {ndim} "
-                                  "dimensions, none of them 0")
-        return found
+                                  f"(is this a {family} checkpoint?)")
+        dims = tuple(int(n) for n in np.shape(state[key]))
+        if len(dims) != ndim or min(dims, default=0) < 1:
+            raise CheckpointError(f"{where}: {key} has shape {dims}; a {family} checkpoint has "
+                                  f"{ndim} positive dimensions there")
+        return dims
 
+    return shape
+
+
+def _depth(state: Mapping[str, np.ndarray], where: Any) -> int:
+    blocks = {int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))}
+    if not blocks or blocks != set(range(len(blocks))):
+        raise CheckpointError(f"{where}: blocks are numbered {sorted(blocks)[:8]}...; expected 0..depth-1")
+    return len(blocks)
+
+
+def _patch_grid(tokens: int, class_token: bool, where: Any, what: str) -> int:
+    """The side of the square patch grid that ``tokens`` tokens come from."""
+    n = tokens - class_token
+    grid = math.isqrt(max(n, 0))
+    if n < 1 or grid * grid != n:
+        raise CheckpointError(f"{where}: {what} mixes {tokens} tokens, which are not a square grid of patches"
+                              f"{' and a class token' if class_token else ''}; not a checkpoint minimlp can build")
+    return grid
+
+
+def _ratio(hidden: int, dim: int, where: Any, key: str) -> float:
+    """hidden / dim, as a ratio the model turns back into ``int(dim * ratio) == hidden``."""
+    ratio = hidden / dim
+    if int(dim * ratio) != hidden:
+        raise CheckpointError(f"{where}: {key} has {hidden} hidden units for {dim} inputs, which no ratio "
+                              "rebuilds exactly")
+    return ratio
+
+
+def _ffvit_config(state: Mapping[str, np.ndarray], where: Any) -> dict[str, Any]:
+    """The released layout: a position grid (1, D, G, G) that the model resizes to the patch grid."""
+    shape = _shape_reader(state, where, "feed-forward ViT")
     D = shape("cls_token", 3)[-1]
     _, C, P, _ = shape("patch_embed.proj.weight", 4)  # (D, C, P, P)
-    grid = shape("pos_encoding.pos_embed", 4)[-1]  # (1, D, grid, grid)
-    blocks = {int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))}
-    depth = len(blocks)
-    if depth == 0 or blocks != set(range(depth)):
-        raise CheckpointError(f"{where}: blocks are numbered {sorted(blocks)[:8]}...; expected 0..depth-1")
-    T = shape("blocks.0.norm2.weight", 1)[0]
-    if T != grid * grid + 1:
-        raise CheckpointError(f"{where}: the patch feed-forward mixes {T} tokens but a {grid}x{grid} grid "
-                              f"has {grid * grid + 1}; not a feed-forward ViT checkpoint minimlp can build")
-    hidden = shape("blocks.0.mlp1.fc1.weight", 2)[0]  # (mlp_ratio * D, D)
+    _, _, G, G2 = shape("pos_encoding.pos_embed", 4)  # (1, D, G, G)
+    if G != G2:
+        raise CheckpointError(f"{where}: the position grid pos_encoding.pos_embed is {G}x{G2}; minimlp builds "
+                              "square grids only")
+    T = shape("blocks.0.norm2.weight", 1)[0]  # the patch feed-forward's tokens
+    grid = _patch_grid(T, True, where, "the patch feed-forward (blocks.0.norm2.weight)")
+    mlp_ratio = _ratio(shape("blocks.0.mlp1.fc1.weight", 2)[0], D, where, "blocks.0.mlp1.fc1.weight")
     patch_hidden = shape("blocks.0.mlp2.fc1.weight", 2)[0]  # (patch_mlp_dim, T)
-    mlp_ratio = hidden / D
     return {"arch": "ffvit", "img_size": grid * P, "patch_size": P, "in_chans": C,
-            "num_classes": shape("head.weight", 2)[0], "embed_dim": D, "depth": depth, "mlp_ratio": mlp_ratio,
-            "patch_mlp_dim": None if patch_hidden == int(T * mlp_ratio) else patch_hidden}
+            "num_classes": shape("head.weight", 2)[0], "embed_dim": D, "depth": _depth(state, where),
+            "mlp_ratio": mlp_ratio, "patch_mlp_dim": None if patch_hidden == int(T * mlp_ratio) else patch_hidden,
+            "pos_grid": None if G == grid else G}
 
 
-ARCH_FIELDS = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "mlp_ratio", "patch_mlp_dim")
+# timm's ViT widths whose heads are not 64 features wide (huge, giant, gigantic: 16 heads).
+WIDE_HEADS = {1280: 16, 1408: 16, 1664: 16}
+
+
+def _vit_config(state: Mapping[str, np.ndarray], where: Any) -> dict[str, Any]:
+    """timm's ViT/DeiT layout (and the attention-only ablation).
+
+    The shapes do not say how many heads the attention has.  timm's ViT and DeiT from tiny
+    to large (and the paper's comparison) give each head 64 features, so D / 64, except
+    for the few wider models in ``WIDE_HEADS``.
+    """
+    shape = _shape_reader(state, where, "ViT/DeiT")
+    D = shape("cls_token", 3)[-1]
+    _, C, P, _ = shape("patch_embed.proj.weight", 4)
+    T = shape("pos_embed", 3)[1]  # (1, T, D)
+    grid = _patch_grid(T, True, where, "pos_embed")
+    if D % 64 and D not in WIDE_HEADS:
+        raise CheckpointError(f"{where}: cannot tell the number of attention heads: timm's ViT/DeiT models give "
+                              f"each head 64 features, and the embedding width {D} is not a multiple of 64")
+    config = {"arch": "vit", "img_size": grid * P, "patch_size": P, "in_chans": C,
+              "num_classes": shape("head.weight", 2)[0], "embed_dim": D, "depth": _depth(state, where),
+              "num_heads": WIDE_HEADS.get(D, D // 64)}
+    if "blocks.0.feature_attn.qkv.weight" in state:  # the ablation: attention over features, one head
+        config.update(feature_mixer="attention", feature_num_heads=1)
+    else:
+        config["mlp_ratio"] = _ratio(shape("blocks.0.mlp.fc1.weight", 2)[0], D, where, "blocks.0.mlp.fc1.weight")
+    return config
+
+
+def _mixer_config(state: Mapping[str, np.ndarray], where: Any) -> dict[str, Any]:
+    """timm's MLP-Mixer layout: no class token; the token MLP's input is the N patches."""
+    shape = _shape_reader(state, where, "MLP-Mixer")
+    D, C, P, _ = shape("stem.proj.weight", 4)
+    token_hidden, N = shape("blocks.0.mlp_tokens.fc1.weight", 2)  # (token hidden, N)
+    grid = _patch_grid(N, False, where, "the token MLP (blocks.0.mlp_tokens.fc1.weight)")
+    return {"arch": "mixer", "img_size": grid * P, "patch_size": P, "in_chans": C,
+            "num_classes": shape("head.weight", 2)[0], "embed_dim": D, "depth": _depth(state, where),
+            "mlp_ratio": _ratio(shape("blocks.0.mlp_channels.fc1.weight", 2)[0], D, where,
+                                "blocks.0.mlp_channels.fc1.weight"),
+            "token_mlp_ratio": _ratio(token_hidden, D, where, "blocks.0.mlp_tokens.fc1.weight")}
+
+
+# Config fields that do not change the architecture (nor the names and shapes of the tensors).
+NOT_ARCHITECTURE = ("num_classes", "drop_rate", "attn_drop_rate", "drop_path_rate", "dtype")
+
+
+def _architecture(config: Any) -> dict[str, Any]:
+    fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name not in NOT_ARCHITECTURE}
+    if "pos_grid" in fields:  # None means the patch grid: compare the grid itself
+        fields["pos_grid"] = config.pos_grid_size
+    return fields
 
 
 def preset_name(config: Mapping[str, Any]) -> str | None:
-    """The preset (``ff_tiny``, ...) whose architecture ``config`` has, classes aside; else None."""
+    """The preset (``ff_tiny``, ``deit_small``, ...) whose architecture ``config`` has, classes aside; else None."""
     arch = config.get("arch", "ffvit")
     for name in list_models():
         if resolve_name(name) != name or preset_arch(name) != arch:
             continue  # an alias, or another family
-        preset = vars(model_config(name))
-        if all(config.get(f, preset[f]) == preset[f] for f in ARCH_FIELDS):
+        preset = model_config(name)
+        allowed = {f.name for f in dataclasses.fields(preset)}
+        try:  # as model_from_config builds it: a field the config lacks takes the class default
+            mine = type(preset)(**{k: v for k, v in config.items() if k in allowed})
+        except (TypeError, ValueError):
+            continue
+        if _architecture(mine) == _architecture(preset):
             return name
     return None
 
@@ -342,8 +441,24 @@ def load_pretrained(model: Model, source: str | os.PathLike | Mapping[str, np.nd
         if not head_fits and num_classes is None and "head.weight" in state:
             hint = (f"\n  the checkpoint's head has {np.shape(state['head.weight'])[0]} classes and the model {K}: "
                     f"to fine-tune, pass num_classes={K} (--num-classes {K}) to start a new head")
+        hint += _position_grid_hint(model, state)
         raise CheckpointError(f"{weights.path}: {e}{hint}") from None
     return PretrainedInfo(weights.path, weights.format, len(state), reset, weights.ema, weights.meta)
+
+
+def _position_grid_hint(model: Model, state: Mapping[str, np.ndarray]) -> str:
+    """Why an FF-ViT's position grid does not fit, when that is (one of) the problems."""
+    key = "pos_encoding.pos_embed"
+    if key not in state or key not in model.params or np.ndim(state[key]) != 4:
+        return ""
+    theirs, ours = np.shape(state[key])[-1], model.params[key].shape[-1]
+    if theirs == ours or np.shape(state[key])[:2] != model.params[key].shape[:2]:
+        return ""
+    patches = model.config.grid
+    return (f"\n  the checkpoint keeps a {theirs}x{theirs} position grid and the model a {ours}x{ours} one "
+            f"(resized to its {patches}x{patches} patches{' on every forward' if ours != patches else ''}): "
+            f"build the model with pos_grid={theirs} to load this file, or "
+            "let the file's own config build it (model_from_checkpoint; train --pretrained without --model)")
 
 
 def model_from_checkpoint(path: str | os.PathLike, num_classes: int | None = None, device: str = "cpu",

@@ -129,6 +129,7 @@ class ClassTokenCache(NamedTuple):
     pool_shape: tuple
     norm: Any
     head: Any
+    positions: Any = None  # what the position encoding's backward needs (the FF model's resize)
 
 
 class ClassTokenModel(Model):
@@ -138,22 +139,33 @@ class ClassTokenModel(Model):
     A subclass declares ``patch_embed``, ``blocks``, ``norm`` and ``head`` and names its
     position parameters in ``position_names``, as :func:`minimlp.functional.tokens_forward`
     takes them: one (1, T, D) table (timm's ViT), or a patch grid and the class token's own
-    position (the released FF checkpoints).
+    position (the released FF checkpoints).  A subclass whose positions are computed from
+    its parameters (the FF model's resized grid) overrides ``_positions`` and
+    ``_positions_backward`` instead.
     """
 
     position_names: tuple[str, ...] = ()
 
-    def _tokens(self, x: Array, train: bool) -> tuple[Array, Any, Any]:
+    def _positions(self) -> tuple[tuple[Array, ...], Any]:
+        """The positions as :func:`minimlp.functional.tokens_forward` takes them, and a cache."""
+        return tuple(self.params[name] for name in self.position_names), None
+
+    def _positions_backward(self, dt: Array, cache: Any) -> Array:
+        """Add the class token's and the positions' gradients; return the patch tokens' (N, B, D)."""
+        g = self.grads
+        return F.tokens_backward(dt, g["cls_token"], *(g[name] for name in self.position_names))
+
+    def _tokens(self, x: Array, train: bool) -> tuple[Array, Any, Any, Any]:
         """Images (B, C, H, W) -> tokens (T, B, D) with the class token first, after dropout."""
-        p = self.params
         t, c_embed = self.patch_embed.forward(x)  # (N, B, D)
-        t = F.tokens_forward(t, p["cls_token"], *(p[name] for name in self.position_names))  # (T, B, D)
+        positions, c_pos = self._positions()
+        t = F.tokens_forward(t, self.params["cls_token"], *positions)  # (T, B, D)
         t, c_drop = F.dropout_forward(t, self.config.drop_rate, self.rng, train)
-        return t, c_embed, c_drop
+        return t, c_embed, c_drop, c_pos
 
     def forward(self, x: Array, train: bool = False) -> tuple[Array, ClassTokenCache]:
         """Images (B, C, H, W) -> logits (B, K)."""
-        t, c_embed, c_drop = self._tokens(self.prepare_input(x), train)
+        t, c_embed, c_drop, c_pos = self._tokens(self.prepare_input(x), train)
         c_blocks = []
         for block in self.blocks:
             t, c = block.forward(t, train, self.rng)
@@ -163,26 +175,25 @@ class ClassTokenModel(Model):
         cls, pool_shape = F.cls_pool_forward(t)  # (B, D)
         cls, c_norm = self.norm.forward(cls)
         logits, c_head = self.head.forward(cls)  # (B, K)
-        return logits, ClassTokenCache(c_embed, c_drop, c_blocks, pool_shape, c_norm, c_head)
+        return logits, ClassTokenCache(c_embed, c_drop, c_blocks, pool_shape, c_norm, c_head, c_pos)
 
     def backward(self, dlogits: Array, cache: ClassTokenCache, input_grad: bool = True) -> Array | None:
         """Add every parameter's gradient into ``grads``; return dL/dx (B, C, H, W).
 
         ``input_grad=False`` skips the image gradient (training never needs it).
         """
-        g = self.grads
         dcls = self.head.backward(self.xp.asarray(dlogits, dtype=self.dtype), cache.head)
         dcls = self.norm.backward(dcls, cache.norm)
         dt = F.cls_pool_backward(dcls, cache.pool_shape)  # (T, B, D)
         for block, c in zip(reversed(self.blocks), reversed(cache.blocks), strict=True):
             dt = block.backward(dt, c)
         dt = F.dropout_backward(dt, cache.pos_drop)
-        dt = F.tokens_backward(dt, g["cls_token"], *(g[name] for name in self.position_names))
+        dt = self._positions_backward(dt, cache.positions)  # (N, B, D)
         return self.patch_embed.backward(dt, cache.patch_embed, input_grad)
 
     def forward_features(self, x: Array) -> Array:
         """The token features after the last block, as (B, T, D) like the paper's code."""
-        t, _, _ = self._tokens(self.prepare_input(x), False)
+        t = self._tokens(self.prepare_input(x), False)[0]
         for block in self.blocks:
             t, _ = block.forward(t, False, self.rng)
         return F.transpose_forward(t, (1, 0, 2))[0]  # (T, B, D) -> (B, T, D)

@@ -29,10 +29,16 @@ def register(name: str, model_cls: type[Model], config_cls: type, aliases: tuple
         _ALIASES[alias] = name
 
 
-# The paper's models at 224 px, 1000 classes (7,676,332 / 61,943,020 / 206,213,048 params).
+# The paper's models at 224 px, 1000 classes (7,676,332 / 61,943,020 / 206,363,576 params).
+# The released model file keeps a 14×14 position grid for all three.  That is the patch
+# grid of the two patch-16 models, so they leave pos_grid to follow the patch grid (a
+# smaller ff_tiny, as the tests and lessons build, then gets a grid of its own size);
+# ff_large resizes 14×14 to its 7×7 patches on every forward.  (The paper's table counts
+# ff_large with a 7×7 grid: 206,213,048.)
 register("ff_tiny", FFViT, FFViTConfig, aliases=("linear_tiny",), patch_size=16, embed_dim=192, depth=12)
 register("ff_base", FFViT, FFViTConfig, aliases=("linear_base",), patch_size=16, embed_dim=768, depth=12)
-register("ff_large", FFViT, FFViTConfig, aliases=("linear_large",), patch_size=32, embed_dim=1024, depth=24)
+register("ff_large", FFViT, FFViTConfig, aliases=("linear_large",), patch_size=32, embed_dim=1024, depth=24,
+         pos_grid=14)
 # Fashion-MNIST: 28×28 grayscale, 7×7 patches of 4×4 pixels, 50 tokens (with the class token).
 register("ff_fmnist", FFViT, FFViTConfig, img_size=28, patch_size=4, in_chans=1, num_classes=10,
          embed_dim=128, depth=6)
