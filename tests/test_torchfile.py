@@ -427,3 +427,19 @@ def test_zip_directory_claiming_more_bytes_than_the_file_is_refused(tmp_path):
             r[20:28] = (60 << 20).to_bytes(4, "little") * 2  # compressed and uncompressed sizes: 60 MB
     (tmp_path / "claim.pth").write_bytes(write_zip(z))
     _refused(tmp_path / "claim.pth", "claims 62914560 bytes, more than the")
+
+
+def test_brief_reads_a_bounded_part_of_any_value():
+    import types
+
+    from minimlp.io.files import brief
+
+    laughs: list = []
+    for _ in range(60):
+        laughs = [laughs, laughs]  # a repr of 2**60 brackets
+    values = [laughs, (1,) * 10**6, {"a": 2**100_000, "b": "x" * 10**6}, types.SimpleNamespace(x=laughs),
+              np.zeros((10**4, 10**4), np.uint8)]
+    for value in values:
+        assert len(brief(value)) <= 84
+    assert brief((1, "a", None)) == "(1, 'a', None)" and brief({"k": [1.5]}) == "{'k': [1.5]}"
+    assert brief(2**100_000) == "<a 100001-bit integer>" and brief(np.zeros((2, 3))) == "<array (2, 3) float64>"

@@ -22,6 +22,7 @@ import math
 import os
 import secrets
 import struct
+import types
 import zipfile
 import zlib
 from collections.abc import Iterator
@@ -150,7 +151,10 @@ def brief(value: Any, limit: int = 80) -> str:
     def walk(v: Any, depth: int) -> None:
         if budget[0] <= 0:
             return
-        if type(v) in (list, tuple, dict) or isinstance(v, dict):
+        if isinstance(v, types.SimpleNamespace):  # argparse.Namespace as the .pth reader gives it
+            emit("namespace")
+            walk(vars(v), depth + 1)
+        elif type(v) in (list, tuple, dict) or isinstance(v, dict):
             if depth > 8:
                 emit("...")
                 return
