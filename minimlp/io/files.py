@@ -18,6 +18,7 @@ times over), so no message is ever built from a whole ``repr``.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import os
 import secrets
@@ -158,7 +159,7 @@ def brief(value: Any, limit: int = 80) -> str:
             if depth > 8:
                 emit("...")
                 return
-            items = list(v.items())[:limit] if isinstance(v, dict) else v[:limit]
+            items = itertools.islice(v.items(), limit) if isinstance(v, dict) else v[:limit]
             opener, closer = ("{", "}") if isinstance(v, dict) else ("[", "]") if type(v) is list else ("(", ")")
             emit(opener)
             for i, item in enumerate(items):
