@@ -319,3 +319,11 @@ def test_duplicate_overlapping_and_exotic_zip_entries_are_refused(tmp_path):
     (tmp_path / "size.npz").write_bytes(write_zip(z))
     with pytest.raises(CheckpointError, match=r"size\.npz"):
         load_weights(tmp_path / "size.npz")
+
+
+@pytest.mark.parametrize("text", [b"[" * 100_000 + b"]" * 100_000, b'{"format": ' + b"9" * 5000 + b"}"],
+                         ids=["nested", "long-integer"])
+def test_meta_json_that_json_cannot_parse_safely_is_refused(tmp_path, text):
+    np.savez(tmp_path / "meta.npz", meta=np.frombuffer(text, np.uint8), **{"params/w": np.ones(2)})
+    with pytest.raises(CheckpointError, match=r"meta\.npz: the 'meta' record is not valid JSON"):
+        load_weights(tmp_path / "meta.npz")

@@ -100,6 +100,8 @@ F32_2 = {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
     ({"a": {"dtype": "F32", "shape": [0, 2**62, 2**62], "data_offsets": [0, 0]}}, b"", None, "too large"),
     ({"a": {"dtype": "F32", "shape": [2**31, 2**31, 0], "data_offsets": [0, 0]}}, b"", None, "too large"),
     ({"a": {"dtype": "F32", "shape": [1] * 100, "data_offsets": [0, 4]}}, b"\x00" * 4, None, "100 dimensions"),
+    (b'{"a": {"dtype": "F32", "shape": [' + b"9" * 5000 + b'], "data_offsets": [0, 4]}}', b"\x00" * 4, None,
+     "not valid JSON"),  # Python refuses to parse an integer of more than 4300 digits
     ({"a": {"dtype": "F32", "shape": [2**62] * 100_000, "data_offsets": [0, 4]}}, b"\x00" * 4, None,
      "100000 dimensions"),
 ])

@@ -92,15 +92,15 @@ def meta_from_json(text: str, where: Any) -> dict[str, Any]:
     """Parse checkpoint meta JSON (an .npz ``meta`` record, or safetensors metadata), checking format and version."""
     try:
         meta = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{where}: the 'meta' record is not valid JSON: {e}") from None
+    except (ValueError, RecursionError) as e:  # ValueError: also an integer of more than 4300 digits
+        raise CheckpointError(f"{where}: the 'meta' record is not valid JSON: {brief(str(e), 200)}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise CheckpointError(f"{where}: not a minimlp checkpoint: its meta does not describe a {FORMAT} file "
-                              f"(format {found!r})")
+                              f"(format {brief(found)})")
     version = meta.get("version")
     if not isinstance(version, int) or version > VERSION:
-        raise CheckpointError(f"{where}: checkpoint version {version!r} is newer than this minimlp reads "
+        raise CheckpointError(f"{where}: checkpoint version {brief(version)} is newer than this minimlp reads "
                               f"({VERSION}): a newer minimlp wrote it; upgrade minimlp")
     return meta
 

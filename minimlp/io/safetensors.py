@@ -105,7 +105,7 @@ def read_safetensors_header(path: str | os.PathLike) -> tuple[dict[str, dict], d
         raw = f.read(n)
     try:
         header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
-    except (UnicodeDecodeError, json.JSONDecodeError, _DuplicateKey) as e:
+    except ValueError as e:  # not UTF-8, not JSON, a duplicate key, an integer of more than 4300 digits
         raise CheckpointError(f"{path}: the safetensors header is not valid JSON: {brief(str(e), 200)}") from None
     except RecursionError:  # the decoder recurses once per level of nesting
         raise CheckpointError(f"{path}: the safetensors header is JSON nested too deeply "
