@@ -63,3 +63,12 @@ def test_every_command_reports_a_bad_file_in_one_line_and_exits_2(tmp_path, caps
     assert MAINS[command](_argv(command, path, tmp_path)) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.startswith(f"error: {path}: "), err
+
+
+@pytest.mark.parametrize("command", list(MAINS))
+def test_a_path_that_cannot_be_opened_is_one_line_too(tmp_path, capsys, command):
+    (tmp_path / "file").write_bytes(b"")
+    path = tmp_path / "file" / "weights.npz"  # a file where a folder should be: NotADirectoryError
+    assert MAINS[command](_argv(command, path, tmp_path)) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and str(path) in err, err

@@ -37,7 +37,16 @@ from typing import IO, Any
 import numpy as np
 
 from minimlp.backend import to_numpy
-from minimlp.io.files import ZIP_ERRORS, CheckpointError, CheckpointNotFound, atomic_write, brief, check_shape, open_zip
+from minimlp.io.files import (
+    ZIP_ERRORS,
+    CheckpointError,
+    CheckpointNotFound,
+    atomic_write,
+    brief,
+    check_shape,
+    open_zip,
+    read_head,
+)
 
 __all__ = ["FORMAT", "VERSION", "Checkpoint", "make_meta", "weights_meta", "save_checkpoint", "load_checkpoint",
            "read_npz", "encode_meta", "decode_meta", "meta_from_json"]
@@ -141,6 +150,7 @@ def read_npz(path: str | os.PathLike, require_meta: bool = False
     path = Path(path)
     if not path.is_file():
         raise CheckpointNotFound(f"{path}: no such checkpoint file")
+    read_head(path, 4)  # a file that cannot be opened (no permission) is reported here, in one line
     with open(path, "rb") as f:
         if f.read(4) != b"PK\x03\x04":  # every .npz is a zip file
             what = "a single .npy array" if f.seek(0) == 0 and f.read(6) == b"\x93NUMPY" else "not a zip (.npz) file"

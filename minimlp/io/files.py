@@ -113,6 +113,8 @@ def read_head(path: str | os.PathLike, n: int) -> bytes:
         raise CheckpointNotFound(f"{path}: no such file") from None
     except IsADirectoryError:
         raise CheckpointError(f"{path}: is a directory, not a weights file") from None
+    except OSError as e:  # no permission, a file where a folder should be, an I/O error
+        raise CheckpointError(f"{path}: cannot be read ({e.strerror or e})") from None
 
 
 def check_shape(shape: Any, itemsize: int) -> int:
