@@ -11,9 +11,11 @@ under a minute (about 150 files each).
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import pickletools
+import shutil
 import struct
 import tempfile
 import time
@@ -39,6 +41,7 @@ FUZZ = settings(max_examples=int(os.environ.get("MINIMLP_FUZZ_EXAMPLES", 150)), 
                 suppress_health_check=[HealthCheck.too_slow])
 
 _DIR = Path(tempfile.mkdtemp(prefix="minimlp-fuzz-"))
+atexit.register(shutil.rmtree, _DIR, ignore_errors=True)
 
 
 def _state() -> dict[str, np.ndarray]:
