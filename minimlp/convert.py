@@ -19,7 +19,7 @@ import argparse
 import sys
 
 from minimlp.io.files import CheckpointError
-from minimlp.io.weights import WRITABLE, infer_config, preset_name, read_weights, save_weights
+from minimlp.io.weights import WRITABLE, checked_config, infer_config, preset_name, read_weights, save_weights
 
 WEIGHTS_META = ("model", "classes", "class_map", "data", "epoch", "step")  # what a weights-only file keeps
 
@@ -47,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         state, meta, fmt = read_weights(args.input, use_ema=args.ema)
         out_meta = {k: meta[k] for k in WEIGHTS_META if meta and k in meta}
+        if "model" in out_meta:  # a stored config must fit the tensors, as it will when the output is read
+            checked_config(out_meta["model"], state, args.input)
         if "model" not in out_meta:
             try:
                 out_meta["model"] = infer_config(state, args.input)
@@ -55,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         out_fmt = save_weights(args.output, state, out_meta, fmt=args.format)
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 2
     values = sum(int(a.size) for a in state.values())
     arch = preset_name(out_meta["model"]) if "model" in out_meta else None
     described = f"{arch}, " if arch else ""

@@ -97,6 +97,7 @@ class ParameterStore:
 
     def __init__(self) -> None:
         self.specs: list[ParamSpec] = []
+        self.names: set[str] = set()  # of specs, so declaring n parameters takes O(n), not O(n^2)
         self.params: dict[str, Array] = {}
         self.grads: dict[str, Array] = {}
         self.flat_params: Array = None
@@ -104,8 +105,9 @@ class ParameterStore:
         self.num_decay = 0  # elements in the weight-decay group: flat[:num_decay]
 
     def add(self, name: str, shape: tuple[int, ...], init: Init, decay: bool | None = None) -> str:
-        if any(s.name == name for s in self.specs):
+        if name in self.names:
             raise ValueError(f"parameter {name!r} declared twice")
+        self.names.add(name)
         decay = len(shape) > 1 if decay is None else decay  # DeiT: no decay on 1-D params
         self.specs.append(ParamSpec(name, tuple(shape), init, decay))
         return name

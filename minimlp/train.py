@@ -54,7 +54,7 @@ from minimlp.evaluate import EvalResult, evaluate
 from minimlp.gpu import BatchFeed
 from minimlp.io.checkpoint import Checkpoint, decode_meta, load_checkpoint, make_meta, save_checkpoint
 from minimlp.io.files import CheckpointError, atomic_write
-from minimlp.io.weights import WeightsFile, load_pretrained, open_weights, preset_name
+from minimlp.io.weights import WeightsFile, checked_config, load_pretrained, open_weights, preset_name
 from minimlp.loss import cross_entropy_backward, cross_entropy_forward
 from minimlp.models.registry import create_model, list_models, model_config, model_from_config, preset_arch
 from minimlp.optim import OPTIMIZERS, LRSchedule, clip_grad_norm, create_optimizer, scale_lr
@@ -581,6 +581,7 @@ def resume_checkpoint(args: argparse.Namespace, explicit: set[str]) -> Checkpoin
         return None
     checkpoint = load_checkpoint(resolve_resume(args.resume))
     check_run_records(checkpoint)
+    checked_config(checkpoint.meta.get("model"), checkpoint.params, checkpoint.path)  # before it is allocated
     actions = {a.dest: a for a in build_parser()._actions}
     for key, value in checkpoint.meta.get("args", {}).items():  # the run's own settings ...
         if key not in explicit and key not in NOT_RESUMED and hasattr(args, key):

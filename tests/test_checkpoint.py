@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -252,3 +253,77 @@ def test_write_killed_midway_keeps_the_previous_file(tmp_path, suffix):
     assert path.read_bytes() == before
     state = load_weights(path)
     np.testing.assert_array_equal(state["head.weight"], model.params["head.weight"])
+
+
+# --------------------------------------------------------------------------------------
+# Bounded: every .npz entry is checked against the zip directory before it is inflated
+# --------------------------------------------------------------------------------------
+def test_npy_headers_must_account_for_their_entry(tmp_path):
+    from hostile_files import npy_header, npz_huge_claim
+
+    with pytest.raises(CheckpointError, match=r"claim\.npz: entry 'w\.npy': its header describes float32 "
+                                              r"\(1000000000000,\)"):
+        load_weights(npz_huge_claim(tmp_path / "claim.npz"))
+    for shape, fragment in [((2**62, 2**62), "too large"), ((1,) * 40, "40 dimensions"), ((-1,), "negative")]:
+        with zipfile.ZipFile(tmp_path / "shape.npz", "w") as zf:
+            zf.writestr("w.npy", npy_header(shape) + b"\x00" * 4)
+        with pytest.raises(CheckpointError, match=fragment):
+            load_weights(tmp_path / "shape.npz")
+
+
+def test_deflated_npz_loads_but_a_zip_bomb_is_refused_before_inflating(tmp_path):
+    import tracemalloc
+
+    from hostile_files import npz_bomb
+
+    state = small_model().state_dict()
+    np.savez_compressed(tmp_path / "small.npz", **state)
+    for name, a in load_weights(tmp_path / "small.npz").items():
+        np.testing.assert_array_equal(a, state[name])
+    bomb = npz_bomb(tmp_path / "bomb.npz", megabytes=100)  # 100 KB of file, 100 MB of zeros
+    tracemalloc.start()
+    with pytest.raises(CheckpointError, match=r"bomb\.npz: the arrays would inflate to 104857728 bytes"):
+        load_weights(bomb)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 8 << 20
+
+
+def test_fortran_order_and_big_endian_arrays_load_as_np_load_reads_them(tmp_path):
+    arrays = {"f": np.asfortranarray(np.arange(12.0).reshape(3, 4)), "b": np.arange(5, dtype=">i4")}
+    np.savez(tmp_path / "layouts.npz", **arrays)
+    loaded = load_weights(tmp_path / "layouts.npz")
+    for name, a in arrays.items():
+        assert loaded[name].dtype == a.dtype
+        np.testing.assert_array_equal(loaded[name], a)
+
+
+def test_duplicate_overlapping_and_exotic_zip_entries_are_refused(tmp_path):
+    from hostile_files import npy_header, npz_overlapping_entries, read_zip, write_zip
+
+    with zipfile.ZipFile(tmp_path / "dup.npz", "w") as zf, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns about the duplicate name it writes
+        zf.writestr("w.npy", npy_header((1,)) + b"\x00" * 4)
+        zf.writestr("w.npy", npy_header((2,)) + b"\x00" * 8)
+    with pytest.raises(CheckpointError, match="two entries named 'w.npy'"):
+        load_weights(tmp_path / "dup.npz")
+    with pytest.raises(CheckpointError, match="more bytes than the .*overlap"):
+        load_weights(npz_overlapping_entries(tmp_path / "overlap.npz", copies=20, kilobytes=4))
+    with zipfile.ZipFile(tmp_path / "lzma.npz", "w", zipfile.ZIP_LZMA) as zf:
+        zf.writestr("w.npy", npy_header((1,)) + b"\x00" * 4)
+    with pytest.raises(CheckpointError, match="compression method 14"):
+        load_weights(tmp_path / "lzma.npz")
+    z = read_zip((tmp_path / "lzma.npz").read_bytes())  # a size in the directory that the header does not match
+    z.records[0][10:12] = b"\x00\x00"
+    z.records[0][24:28] = (10**6).to_bytes(4, "little")
+    (tmp_path / "size.npz").write_bytes(write_zip(z))
+    with pytest.raises(CheckpointError, match=r"size\.npz"):
+        load_weights(tmp_path / "size.npz")
+
+
+@pytest.mark.parametrize("text", [b"[" * 100_000 + b"]" * 100_000, b'{"format": ' + b"9" * 5000 + b"}"],
+                         ids=["nested", "long-integer"])
+def test_meta_json_that_json_cannot_parse_safely_is_refused(tmp_path, text):
+    np.savez(tmp_path / "meta.npz", meta=np.frombuffer(text, np.uint8), **{"params/w": np.ones(2)})
+    with pytest.raises(CheckpointError, match=r"meta\.npz: the 'meta' record is not valid JSON"):
+        load_weights(tmp_path / "meta.npz")

@@ -74,12 +74,12 @@ def test_tensors_of_another_model_still_convert(tmp_path, capsys):
 
 def test_refusals_are_clear_and_write_nothing(pth, tmp_path, capsys):
     path, _, _ = pth
-    assert main([str(path), str(tmp_path / "out.pth")]) == 1
+    assert main([str(path), str(tmp_path / "out.pth")]) == 2
     assert "writing .pth is not supported" in capsys.readouterr().err
     (tmp_path / "noise.pth").write_bytes(b"\x00" * 64)
-    assert main([str(tmp_path / "noise.pth"), str(tmp_path / "out.npz")]) == 1
+    assert main([str(tmp_path / "noise.pth"), str(tmp_path / "out.npz")]) == 2
     assert "not a weights file" in capsys.readouterr().err
-    assert main([str(tmp_path / "absent.pth"), str(tmp_path / "out.npz")]) == 1
+    assert main([str(tmp_path / "absent.pth"), str(tmp_path / "out.npz")]) == 2
     assert "no such file" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pth", "noise.pth"]
 

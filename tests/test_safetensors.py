@@ -95,6 +95,15 @@ F32_2 = {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
     ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [8, 0]}}, b"\x00" * 8, None, "[begin, end]"),
     ({"a": {**F32_2, "extra": 1}}, b"\x00" * 8, None, "exactly dtype"),
     ({"a": F32_2, "__metadata__": {"n": 3}}, b"\x00" * 8, None, "strings to strings"),
+    # Bounded: nesting the JSON decoder recurses over, shapes no array can have.
+    (b'{"__metadata__": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", b"", None, "nested too deeply"),
+    ({"a": {"dtype": "F32", "shape": [0, 2**62, 2**62], "data_offsets": [0, 0]}}, b"", None, "too large"),
+    ({"a": {"dtype": "F32", "shape": [2**31, 2**31, 0], "data_offsets": [0, 0]}}, b"", None, "too large"),
+    ({"a": {"dtype": "F32", "shape": [1] * 100, "data_offsets": [0, 4]}}, b"\x00" * 4, None, "100 dimensions"),
+    (b'{"a": {"dtype": "F32", "shape": [' + b"9" * 5000 + b'], "data_offsets": [0, 4]}}', b"\x00" * 4, None,
+     "not valid JSON"),  # Python refuses to parse an integer of more than 4300 digits
+    ({"a": {"dtype": "F32", "shape": [2**62] * 100_000, "data_offsets": [0, 4]}}, b"\x00" * 4, None,
+     "100000 dimensions"),
 ])
 def test_malformed_files_are_refused(tmp_path, header, data, header_len, fragment):
     path = tmp_path / "bad.safetensors"
@@ -129,3 +138,12 @@ def test_a_failed_write_leaves_the_previous_file(tmp_path, monkeypatch):
         st.save_safetensors(path, {"a": np.zeros(4), "b": np.zeros(3)})
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]  # no temporary file left
+
+
+def test_messages_quote_bounded_names_and_values(tmp_path):
+    name = "n" * 1_000_000
+    _write_raw(tmp_path / "long.safetensors", {name: {"dtype": "F32" * 100_000, "shape": [2], "data_offsets": [0, 8]}},
+               b"\x00" * 8)
+    with pytest.raises(CheckpointError, match="cannot read") as info:
+        st.load_safetensors(tmp_path / "long.safetensors")
+    assert len(str(info.value)) < 500

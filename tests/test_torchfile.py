@@ -249,7 +249,9 @@ def test_build_cannot_poison_the_rebuild_function(tmp_path):
     ((4,), (1,), 1, "reads past the end"),  # offset pushes it off the end
     ((1,), (1,), 4, "reads past the end"),  # offset alone
     ((2,), (2**62,), 0, "reads past the end"),  # would wrap a 64-bit index
-    ((2**40, 2**40), (1, 1), 0, "far more than"),  # a memory bomb from one small storage
+    ((2**20, 2**20), (0, 0), 0, "far more than"),  # a memory bomb from one small storage
+    ((2**40, 2**40), (1, 1), 0, "too large for any array"),
+    ((1,) * 33, (1,) * 33, 0, "at most 32"),
     ((-1,), (1,), 0, "negative"),
     ((2,), (-1,), 1, "negative"),
     ((1,), (1,), -1, "negative"),
@@ -347,3 +349,97 @@ def test_entries_without_crc_are_read_raw(tmp_path):
                     data[pos + at:pos + at + 4] = b"\x00" * 4
     (tmp_path / "crc.pth").write_bytes(bytes(data))
     np.testing.assert_array_equal(load_torch_weights(tmp_path / "crc.pth")["w"], np.arange(6.0))
+
+
+# --------------------------------------------------------------------------------------
+# Bounded: what a small pickle can make the reader build (hostile_files.py has the
+# large attacks, read in a capped child process by test_hostile_files.py)
+# --------------------------------------------------------------------------------------
+def _nested(depth: int) -> bytes:
+    return b"K\x00" + b"\x85" * depth  # ((((0,),),)...), depth levels
+
+
+@pytest.mark.parametrize("pickle_bytes, fragment", [
+    (b"\x80\x02}" + _nested(101) + b"Ns.", "nested more than 100 levels"),  # a dict key too deep to hash safely
+    (b"\x80\x02]" + b"](" * 101 + b"e" * 101 + b"a.", "nested more than 100"),
+    (b"\x80\x02}K\x00" + b"2\x86" * 21 + b"Ns.", "counting shared parts"),  # T = (T, T): 2**21 leaves
+    (b"\x80\x02]q\x00h\x00a.", "inside itself"),  # a list holding itself
+    (b"\x80\x02]q\x00]h\x00\x86q\x010h\x00K\x01a.", "changed after it was put inside"),  # ([L], ...) then L grows
+    (b"\x80\x02}q\x00h\x00\x85\x94" + b"0h\x00K\x01K\x02s.", "changed after it was put inside"),
+], ids=["deep-key", "deep-list", "shared-tuple", "self-cycle", "list-grows-after", "dict-grows-after"])
+def test_nesting_sharing_and_cycles_are_bounded(tmp_path, pickle_bytes, fragment):
+    write_pth(tmp_path / "nest.pth", pickle_bytes=pickle_bytes)
+    _refused(tmp_path / "nest.pth", fragment)
+
+
+def test_honest_nesting_and_sharing_still_load(tmp_path):
+    deep = {"a": 1}
+    for _ in range(60):
+        deep = {"next": deep, "tags": [1, 2]}
+    shared = ["x"] * 10
+    args = Build(NewObj(Global("argparse", "Namespace"), ()), {"layers": [shared, shared, shared], "cfg": deep})
+    weights, storages = state_dict({"w": np.ones(3)})
+    write_pth(tmp_path / "ok.pth", {"model": weights, "args": args, "deep": deep}, storages)
+    out = load_pth(tmp_path / "ok.pth")
+    assert out["args"].layers == [shared] * 3 and out["deep"]["next"]["next"]["tags"] == [1, 2]
+    np.testing.assert_array_equal(out["model"]["w"], np.ones(3))
+
+
+def test_objects_are_bounded_by_the_pickle_size(tmp_path, monkeypatch):
+    from minimlp.io import torchfile
+
+    monkeypatch.setattr(torchfile, "max_objects", lambda pickle_bytes: 1000)  # as if the pickle were small
+    write_pth(tmp_path / "dicts.pth", pickle_bytes=b"\x80\x02" + b"}" * 999 + b".")  # fits: only a STOP error
+    _refused(tmp_path / "dicts.pth", "STOP with 999 objects")
+    write_pth(tmp_path / "more.pth", pickle_bytes=b"\x80\x02" + b"}" * 1001 + b".")
+    _refused(tmp_path / "more.pth", "more than 1000 objects")
+    write_pth(tmp_path / "memo.pth", pickle_bytes=b"\x80\x02N" + b"\x94" * 1001 + b".")  # memo entries count too
+    _refused(tmp_path / "memo.pth", "more than 1000 objects")
+
+
+def test_messages_quote_bounded_reprs(tmp_path):
+    laughs = b"]" + b"q\x010](h\x01h\x01e" * 16  # a list of the previous one twice: a 260 KB repr
+    write_pth(tmp_path / "sizes.pth", {"x": Call(REBUILD, (storage("0", "float32", 4), 0, Raw(laughs), (1, 1),
+                                                          False, Call(ORDERED_DICT, ())))}, {"0": b"\x00" * 16})
+    message = _refused(tmp_path / "sizes.pth", "must be a tuple of integers, got [[[[")
+    assert len(message) < 400
+    write_pth(tmp_path / "key.pth", {(("k" * 10_000,) * 50): "v"})  # a hashable but unreadably long key
+    with pytest.raises(CheckpointError, match="not a state dict") as info:
+        load_torch_weights(tmp_path / "key.pth")
+    assert len(str(info.value)) < 600
+
+
+def test_duplicate_and_overlapping_zip_entries_are_refused(tmp_path):
+    from hostile_files import pth_duplicate_entries, pth_overlapping_entries
+
+    _refused(pth_duplicate_entries(tmp_path / "dup.pth"), "two entries named 'archive/data.pkl'")
+    _refused(pth_overlapping_entries(tmp_path / "overlap.pth", copies=20, kilobytes=4), "more bytes than", "overlap")
+
+
+def test_zip_directory_claiming_more_bytes_than_the_file_is_refused(tmp_path):
+    from hostile_files import read_zip, record_name, write_zip
+
+    obj, storages = state_dict({"w": np.ones(4)})
+    write_pth(tmp_path / "ok.pth", obj, storages)
+    z = read_zip((tmp_path / "ok.pth").read_bytes())
+    for r in z.records:
+        if record_name(r).endswith("data.pkl"):
+            r[20:28] = (60 << 20).to_bytes(4, "little") * 2  # compressed and uncompressed sizes: 60 MB
+    (tmp_path / "claim.pth").write_bytes(write_zip(z))
+    _refused(tmp_path / "claim.pth", "claims 62914560 bytes, more than the")
+
+
+def test_brief_reads_a_bounded_part_of_any_value():
+    import types
+
+    from minimlp.io.files import brief
+
+    laughs: list = []
+    for _ in range(60):
+        laughs = [laughs, laughs]  # a repr of 2**60 brackets
+    values = [laughs, (1,) * 10**6, {"a": 2**100_000, "b": "x" * 10**6}, types.SimpleNamespace(x=laughs),
+              np.zeros((10**4, 10**4), np.uint8)]
+    for value in values:
+        assert len(brief(value)) <= 84
+    assert brief((1, "a", None)) == "(1, 'a', None)" and brief({"k": [1.5]}) == "{'k': [1.5]}"
+    assert brief(2**100_000) == "<a 100001-bit integer>" and brief(np.zeros((2, 3))) == "<array (2, 3) float64>"

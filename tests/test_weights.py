@@ -199,6 +199,66 @@ def test_patch_mlp_dim_and_mlp_ratio_are_inferred():
 
 
 # --------------------------------------------------------------------------------------
+# A config is checked against the file's tensors before any model is allocated
+# --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("key, shape", [("cls_token", ()), ("patch_embed.proj.weight", (8 * 3 * 4 * 4,)),
+                                        ("pos_encoding.pos_embed", (1, 8, 0, 0)), ("head.weight", (5,))])
+def test_infer_config_refuses_tensors_of_the_wrong_rank(model, key, shape):
+    state = model.state_dict()
+    state[key] = np.zeros(shape, np.float32)
+    with pytest.raises(CheckpointError, match=rf"x\.pth: {key} has shape"):
+        infer_config(state, "x.pth")
+
+
+@pytest.mark.parametrize("field, value, fragment", [
+    ("embed_dim", 20_000, "must lie in"),
+    ("depth", 100, "more blocks than the file has tensors"),
+    ("depth", "ten", "must be int"),
+    ("img_size", 16.0, "must be int"),
+    ("num_classes", True, "must be int"),
+    ("patch_size", -4, "must lie in"),
+    ("mlp_ratio", 1e12, "must lie in"),
+    ("patch_mlp_dim", [1], "must be None or int"),
+    ("dtype", "float32" * 100, "must be str"),
+    ("dtype", "complex128", "does not describe a model"),
+    ("drop_rate", 1.5, "does not describe a model"),
+    ("img_size", 18, "does not describe a model"),  # not a multiple of the patch size
+    ("embed_dim", 16, r"shape mismatches \(\d+\): cls_token: checkpoint \(1, 1, 8\) vs model \(1, 1, 16\)"),
+    ("depth", 1, r"unexpected keys \(12\): blocks\.1\."),
+    ("arch", "transformer-xl", "unknown architecture"),
+])
+def test_stored_config_is_checked_against_the_tensors(tmp_path, model, field, value, fragment):
+    save_weights(tmp_path / "w.npz", model.state_dict(), {"model": {**model.config_dict(), field: value}})
+    with pytest.raises(CheckpointError, match=rf"w\.npz: .*{fragment}") as info:
+        model_from_checkpoint(tmp_path / "w.npz")
+    assert "\n" not in str(info.value)
+
+
+def test_huge_stored_config_is_refused_before_allocating(tmp_path, model):
+    import tracemalloc
+
+    small = {"model": {**model.config_dict(), "embed_dim": 1000, "depth": 2}}  # 3,000 values, a 30M-value model
+    save_weights(tmp_path / "w.npz", model.state_dict(), small)
+    tracemalloc.start()
+    with pytest.raises(CheckpointError, match="shape mismatches"):
+        model_from_checkpoint(tmp_path / "w.npz")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 16 << 20
+
+
+def test_no_config_or_a_bad_one_for_a_training_checkpoint(tmp_path, model):
+    from minimlp.io.weights import checked_config
+
+    state = model.state_dict()
+    assert checked_config(model.config_dict(), state, "w.npz") == model.config_dict()
+    with pytest.raises(CheckpointError, match="w.npz: stores no model config"):
+        checked_config(None, state, "w.npz")
+    with pytest.raises(CheckpointError, match="w.npz: stores a list as its model config"):
+        checked_config([1, 2], state, "w.npz")
+
+
+# --------------------------------------------------------------------------------------
 # The released model file's layout, written out from that file (not from minimlp's model):
 # a 14×14 position grid for every model, a patch feed-forward over 1 + (224 / P)² tokens.
 # --------------------------------------------------------------------------------------

@@ -5,5 +5,6 @@
 ``.npz`` format (training checkpoints and weights-only files); ``torchfile.py`` reads
 PyTorch ``.pth`` files without PyTorch and without ``pickle``; ``safetensors.py`` reads
 and writes the ecosystem's open format; ``files.py`` holds what they share (the error
-type, atomic replacement).
+type, atomic replacement, the shape check and bounded reprs every reader uses, so that no
+file can make one crash, stall or fill memory).
 """

@@ -12,8 +12,13 @@ A checkpoint is an uncompressed NumPy ``.npz`` (a zip of ``.npy`` arrays) holdin
   through, ``class_map``, which wnid each label stands for, ``run``, and ``metrics``, the
   per-epoch records so far).
 
-Nothing in it is a Python object, so it loads with ``allow_pickle=False``: opening a
-checkpoint from anywhere can never run code.  Writing goes through
+Nothing in it is a Python object, so it is read without pickle: opening a checkpoint
+from anywhere can never run code.  The reader checks every entry against the zip
+directory before inflating or allocating anything: each ``.npy`` header's dtype and
+shape must account for exactly the entry's size, the entries' bytes must fit in the
+file (none read twice), and a deflated file (``np.savez_compressed``) may inflate to at
+most :data:`MAX_INFLATION` times its size (weights hardly compress; zeros do, a
+thousandfold).  Writing goes through
 :func:`minimlp.io.files.atomic_write`, so a crash mid-save leaves the previous checkpoint
 whole.  A weights-only file (``python -m minimlp.convert``) is the same layout without
 ``optimizer/*``; a plain ``np.savez(path, **state_dict)`` file is read as a bare state dict
@@ -28,12 +33,21 @@ import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
 from minimlp.backend import to_numpy
-from minimlp.io.files import CheckpointError, CheckpointNotFound, atomic_write
+from minimlp.io.files import (
+    ZIP_ERRORS,
+    CheckpointError,
+    CheckpointNotFound,
+    atomic_write,
+    brief,
+    check_shape,
+    open_zip,
+    read_head,
+)
 
 __all__ = ["FORMAT", "VERSION", "Checkpoint", "make_meta", "weights_meta", "save_checkpoint", "load_checkpoint",
            "read_npz", "encode_meta", "decode_meta", "meta_from_json"]
@@ -41,6 +55,8 @@ __all__ = ["FORMAT", "VERSION", "Checkpoint", "make_meta", "weights_meta", "save
 FORMAT = "minimlp-checkpoint"
 VERSION = 1
 PARAMS, OPTIMIZER, META = "params/", "optimizer/", "meta"
+MAX_INFLATION = 16  # a deflated .npz may hold 16x its size in arrays ...
+INFLATION_ALLOWANCE = 64 << 20  # ... plus this much
 
 
 @dataclass
@@ -86,15 +102,15 @@ def meta_from_json(text: str, where: Any) -> dict[str, Any]:
     """Parse checkpoint meta JSON (an .npz ``meta`` record, or safetensors metadata), checking format and version."""
     try:
         meta = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{where}: the 'meta' record is not valid JSON: {e}") from None
+    except (ValueError, RecursionError) as e:  # ValueError: also an integer of more than 4300 digits
+        raise CheckpointError(f"{where}: the 'meta' record is not valid JSON: {brief(str(e), 200)}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise CheckpointError(f"{where}: not a minimlp checkpoint: its meta does not describe a {FORMAT} file "
-                              f"(format {found!r})")
+                              f"(format {brief(found)})")
     version = meta.get("version")
     if not isinstance(version, int) or version > VERSION:
-        raise CheckpointError(f"{where}: checkpoint version {version!r} is newer than this minimlp reads "
+        raise CheckpointError(f"{where}: checkpoint version {brief(version)} is newer than this minimlp reads "
                               f"({VERSION}): a newer minimlp wrote it; upgrade minimlp")
     return meta
 
@@ -135,19 +151,19 @@ def read_npz(path: str | os.PathLike, require_meta: bool = False
     path = Path(path)
     if not path.is_file():
         raise CheckpointNotFound(f"{path}: no such checkpoint file")
+    read_head(path, 4)  # a file that cannot be opened (no permission) is reported here, in one line
     with open(path, "rb") as f:
         if f.read(4) != b"PK\x03\x04":  # every .npz is a zip file
-            raise CheckpointError(f"{path}: not a zip (.npz) file, so not a minimlp checkpoint")
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            if not isinstance(archive, np.lib.npyio.NpzFile):
-                raise CheckpointError(f"{path}: a single .npy array, not a minimlp checkpoint (.npz)")
-            arrays = {name: archive[name] for name in archive.files}
-    except CheckpointError:
-        raise
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
-        raise CheckpointError(f"{path}: cannot read the checkpoint ({type(exc).__name__}: {exc}); the file is "
-                              "truncated or corrupt, or holds Python objects (which minimlp never unpickles)") from None
+            what = "a single .npy array" if f.seek(0) == 0 and f.read(6) == b"\x93NUMPY" else "not a zip (.npz) file"
+            raise CheckpointError(f"{path}: {what}, so not a minimlp checkpoint")
+        zf = open_zip(path, f)
+        try:
+            arrays = _read_arrays(path, zf, os.fstat(f.fileno()).st_size)
+        except CheckpointError:
+            raise
+        except ZIP_ERRORS as exc:
+            raise CheckpointError(f"{path}: cannot read the checkpoint ({type(exc).__name__}: {brief(str(exc), 200)}); "
+                                  "the file is truncated or corrupt") from None
     if META not in arrays:
         if require_meta:
             raise CheckpointError(f"{path}: no 'meta' record; not a minimlp checkpoint")
@@ -158,6 +174,76 @@ def read_npz(path: str | os.PathLike, require_meta: bool = False
     if not params:
         raise CheckpointError(f"{path}: a minimlp checkpoint that holds no parameters (no params/* entries)")
     return params, optimizer, meta
+
+
+def _read_arrays(path: Path, zf: zipfile.ZipFile, file_size: int) -> dict[str, np.ndarray]:
+    """Every ``<name>.npy`` entry of an open .npz, checked against the zip directory first."""
+    infos = zf.infolist()
+    names = [info.filename for info in infos]
+    if len(set(names)) < len(names):
+        duplicate = next(n for n in names if names.count(n) > 1)
+        raise CheckpointError(f"{path}: the zip archive holds two entries named {brief(duplicate)}; "
+                              "np.savez never writes that, so the file was repacked or crafted")
+    for info in infos:
+        if not info.filename.endswith(".npy"):
+            raise CheckpointError(f"{path}: entry {brief(info.filename)} is not an .npy array; not an .npz file")
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise CheckpointError(f"{path}: entry {brief(info.filename)} uses compression method "
+                                  f"{info.compress_type}; np.savez stores and np.savez_compressed deflates, "
+                                  "nothing else")
+    if sum(info.compress_size for info in infos) > file_size:  # entries that share bytes: each read copies them
+        raise CheckpointError(f"{path}: the zip entries add up to more bytes than the {file_size}-byte file "
+                              "holds (entries that overlap); the file was crafted or is corrupt")
+    inflated = sum(info.file_size for info in infos)
+    if inflated > MAX_INFLATION * file_size + INFLATION_ALLOWANCE:
+        raise CheckpointError(f"{path}: the arrays would inflate to {inflated} bytes from a {file_size}-byte file; "
+                              "weights do not compress that well, so this is refused as a zip bomb "
+                              "(re-save it with np.savez, which does not compress)")
+    arrays = {}
+    for info in infos:
+        with zf.open(info) as member:
+            arrays[info.filename[:-len(".npy")]] = _read_npy(path, info, member)
+    return arrays
+
+
+def _read_npy(path: Path, info: zipfile.ZipInfo, member: IO[bytes]) -> np.ndarray:
+    """One .npy entry: its header (parsed as a literal, never unpickled) must account for exactly
+    the entry's size in the zip directory before the array is allocated and read."""
+    where = f"{path}: entry {brief(info.filename)}"
+    try:
+        version = np.lib.format.read_magic(member)
+        if version == (1, 0):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(member)
+        elif version == (2, 0):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(member)
+        else:
+            raise ValueError(f"format version {version} (np.save writes 1.0 and 2.0)")
+    except ValueError as exc:
+        raise CheckpointError(f"{where} is not a readable .npy array ({brief(str(exc), 200)})") from None
+    if dtype.hasobject:
+        raise CheckpointError(f"{where} holds Python objects, which minimlp never unpickles "
+                              "(the file was not written by minimlp)")
+    if dtype.itemsize == 0:
+        raise CheckpointError(f"{where} has the empty dtype {dtype}")
+    try:
+        nbytes = check_shape(shape, dtype.itemsize)
+    except ValueError as exc:
+        raise CheckpointError(f"{where}: {exc}") from None
+    header = member.tell()
+    if header + nbytes != info.file_size:
+        raise CheckpointError(f"{where}: its header describes {dtype} {shape} ({nbytes} bytes) but the zip directory "
+                              f"gives it {info.file_size - header} bytes of data; the file is corrupt or crafted")
+    data = np.empty(nbytes, dtype=np.uint8)
+    view, done = memoryview(data), 0
+    while done < nbytes:  # chunks: a deflated entry never makes more than one chunk at a time
+        chunk = member.read(min(nbytes - done, 1 << 24))
+        if not chunk:
+            raise CheckpointError(f"{where} is truncated; the file is truncated or corrupt")
+        view[done:done + len(chunk)] = chunk
+        done += len(chunk)
+    member.read(1)  # at the end of the entry: zipfile checks its CRC-32 now
+    array = data.view(dtype)
+    return array.reshape(shape[::-1]).T if fortran_order else array.reshape(shape)
 
 
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:

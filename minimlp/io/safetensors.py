@@ -17,7 +17,6 @@ file, which is why the wider ecosystem uses it to share weights.
 from __future__ import annotations
 
 import json
-import math
 import os
 import struct
 from collections.abc import Mapping
@@ -25,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from minimlp.io.files import CheckpointError, atomic_write, read_head
+from minimlp.io.files import CheckpointError, atomic_write, brief, check_shape, read_head
 
 MAX_HEADER_BYTES = 100_000_000  # the reference reader's limit
 METADATA_KEY = "__metadata__"
@@ -106,8 +105,11 @@ def read_safetensors_header(path: str | os.PathLike) -> tuple[dict[str, dict], d
         raw = f.read(n)
     try:
         header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
-    except (UnicodeDecodeError, json.JSONDecodeError, _DuplicateKey) as e:
-        raise CheckpointError(f"{path}: the safetensors header is not valid JSON: {e}") from None
+    except ValueError as e:  # not UTF-8, not JSON, a duplicate key, an integer of more than 4300 digits
+        raise CheckpointError(f"{path}: the safetensors header is not valid JSON: {brief(str(e), 200)}") from None
+    except RecursionError:  # the decoder recurses once per level of nesting
+        raise CheckpointError(f"{path}: the safetensors header is JSON nested too deeply "
+                              "(a header is a flat map of tensor entries)") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: the safetensors header is not a JSON object")
     metadata = header.pop(METADATA_KEY, {})
@@ -121,7 +123,7 @@ def read_safetensors_header(path: str | os.PathLike) -> tuple[dict[str, dict], d
     for begin, end, name in sorted(spans):
         if begin != expected:
             what = "overlaps the previous tensor" if begin < expected else f"leaves a gap at byte {expected}"
-            raise CheckpointError(f"{path}: tensor {name!r} at bytes [{begin}, {end}) {what}")
+            raise CheckpointError(f"{path}: tensor {brief(name)} at bytes [{begin}, {end}) {what}")
         expected = end
     if expected != data_size:
         raise CheckpointError(f"{path}: the tensors cover {expected} bytes but the file holds {data_size} bytes "
@@ -137,26 +139,30 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out = {}
     for key, value in pairs:
         if key in out:
-            raise _DuplicateKey(f"duplicate key {key!r}")
+            raise _DuplicateKey(f"duplicate key {brief(key)}")
         out[key] = value
     return out
 
 
 def _check_entry(path: Any, name: str, entry: Any) -> tuple[int, int]:
+    name = brief(name)
     if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
-        raise CheckpointError(f"{path}: tensor {name!r} must have exactly dtype, shape and data_offsets")
+        raise CheckpointError(f"{path}: tensor {name} must have exactly dtype, shape and data_offsets")
     dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-    if dtype not in DTYPES:
-        raise CheckpointError(f"{path}: tensor {name!r} has dtype {dtype!r}, which minimlp cannot read "
+    if not isinstance(dtype, str) or dtype not in DTYPES:
+        raise CheckpointError(f"{path}: tensor {name} has dtype {brief(dtype)}, which minimlp cannot read "
                               f"(readable: {', '.join(DTYPES)})")
-    if not isinstance(shape, list) or not all(type(s) is int and s >= 0 for s in shape):
-        raise CheckpointError(f"{path}: tensor {name!r} has shape {shape!r}; expected a list of sizes >= 0")
+    if not isinstance(shape, list) or not all(type(s) is int and s >= 0 for s in shape[:100]):
+        raise CheckpointError(f"{path}: tensor {name} has shape {brief(shape)}; expected a list of sizes >= 0")
+    try:
+        nbytes = check_shape(shape, np.dtype(DTYPES[dtype]).itemsize)
+    except ValueError as e:
+        raise CheckpointError(f"{path}: tensor {name}: {e}") from None
     if (not isinstance(offsets, list) or len(offsets) != 2 or not all(type(o) is int for o in offsets)
             or not 0 <= offsets[0] <= offsets[1]):
-        raise CheckpointError(f"{path}: tensor {name!r} has data_offsets {offsets!r}; expected [begin, end]")
-    nbytes = math.prod(shape) * np.dtype(DTYPES[dtype]).itemsize
+        raise CheckpointError(f"{path}: tensor {name} has data_offsets {brief(offsets)}; expected [begin, end]")
     if offsets[1] - offsets[0] != nbytes:
-        raise CheckpointError(f"{path}: tensor {name!r} ({dtype} {shape}) needs {nbytes} bytes "
+        raise CheckpointError(f"{path}: tensor {name} ({dtype} {shape}) needs {nbytes} bytes "
                               f"but its data_offsets span {offsets[1] - offsets[0]}")
     return offsets[0], offsets[1]
 
@@ -171,7 +177,7 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], di
             buf = bytearray(end - begin)  # writable, so the array needs no second copy
             f.seek(start + begin)
             if f.readinto(buf) != len(buf):
-                raise CheckpointError(f"{path}: tensor {name!r} is truncated")
+                raise CheckpointError(f"{path}: tensor {brief(name)} is truncated")
             array = np.frombuffer(buf, dtype=DTYPES[entry["dtype"]]).reshape(entry["shape"])
             if entry["dtype"] == "BF16":  # bfloat16 is the top half of a float32
                 array = (array.astype(np.uint32) << 16).view(np.float32)

@@ -28,10 +28,25 @@ namespace, SETITEM(S) only writes into dicts, APPEND(S) only into lists, and per
 are only ``('storage', type, key, location, numel)``: a hostile pickle cannot reach an
 attribute of anything.  Every size, stride and offset is checked against its storage
 before a byte is read.
+
+A small file must not be able to take much time or memory either, so the interpreter
+bounds what it builds: at most :data:`MAX_DEPTH` levels of nesting (hashing a million-deep
+tuple overflows the C stack), no container larger than :func:`max_expanded` elements when
+shared parts are counted each time they appear (a tuple ``T = (T, T)`` nested 64 times is
+under a kilobyte and would take 2**64 steps to hash or print), no more objects than
+:func:`max_objects` allows for the pickle's size, at most :data:`~minimlp.io.files.MAX_DIMS`
+dimensions per tensor, and error messages quote values through
+:func:`~minimlp.io.files.brief`.  A container that has been put inside another one is
+sealed: nothing may be added to it afterwards (pickle builds every container before it
+nests it; only a cyclic structure needs more, and a checkpoint has none), so each
+container's depth and size are final when it is nested and no cycle can be made.  In the
+zip archive, names must be unique and the entries' bytes must fit in the file, so no byte
+is read twice.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import struct
 import types
@@ -44,9 +59,10 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from minimlp.io.files import CheckpointError, read_head
+from minimlp.io.files import MAX_DIMS, ZIP_ERRORS, CheckpointError, brief, check_shape, open_zip, read_head
 
-MAX_PICKLE_BYTES = 256 << 20  # a state dict's pickle is kilobytes; this only stops abuse
+MAX_PICKLE_BYTES = 64 << 20  # a state dict's pickle is kilobytes, a training checkpoint's under a megabyte
+MAX_DEPTH = 100  # nesting levels; a DeiT training checkpoint has about 6
 ZIP_MAGIC = b"PK\x03\x04"
 # torch.save(..., _use_new_zipfile_serialization=False) starts with this number, pickled.
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
@@ -118,6 +134,24 @@ class _UnpicklingError(Exception):
     """Raised inside the interpreter; ``load_pth`` adds the file name and byte position."""
 
 
+def max_objects(pickle_bytes: int) -> int:
+    """Objects (stack pushes and memo entries) a pickle may make: about 100 bytes each.
+
+    A state dict makes about one per 4 bytes of pickle and a whole DeiT checkpoint a few
+    thousand; a pickle of empty dicts makes one per byte, 70 bytes of memory for each.
+    """
+    return 1_000_000 + pickle_bytes // 16
+
+
+def max_expanded(pickle_bytes: int) -> int:
+    """Elements in one container, counting a shared part each time it appears.
+
+    Without sharing this is at most the number of objects; ``repr``, ``hash`` and ``==``
+    of a container take time in proportion to it.
+    """
+    return 1_000_000 + 4 * pickle_bytes
+
+
 def _tensor_bytes_budget(storage_bytes: int) -> int:
     # Views may read one storage several times (tied weights, an EMA copy of the model
     # that shares storages with it), but a file whose tensors would take far more memory
@@ -136,7 +170,7 @@ class _Rebuilder:
     #                                 backward_hooks, metadata=None)
     def tensor_v2(self, storage, offset, size, stride, requires_grad, hooks, metadata=None) -> np.ndarray:
         if not isinstance(storage, _Storage):
-            raise _UnpicklingError(f"_rebuild_tensor_v2 expects a storage, got {type(storage).__name__}")
+            raise _UnpicklingError(f"_rebuild_tensor_v2 expects a storage, got a {type(storage).__name__}")
         return self._tensor(storage, storage.element, offset, size, stride, metadata)
 
     # torch._utils._rebuild_tensor_v3(storage, storage_offset, size, stride, requires_grad,
@@ -146,9 +180,10 @@ class _Rebuilder:
         if not isinstance(storage, _Storage):
             raise _UnpicklingError(f"_rebuild_tensor_v3 expects a storage, got {type(storage).__name__}")
         if not (isinstance(dtype, _Global) and dtype.element is not None and dtype.call is None):
-            raise _UnpicklingError(f"_rebuild_tensor_v3 expects a dtype, got {dtype!r}")
+            raise _UnpicklingError(f"_rebuild_tensor_v3 expects a dtype, got {brief(dtype)}")
         if storage.element is not UNTYPED and storage.element != dtype.element:
-            raise _UnpicklingError(f"storage {storage.key} holds {storage.element.name}, not {dtype.element.name}")
+            raise _UnpicklingError(f"storage {brief(storage.key)} holds {storage.element.name}, "
+                                   f"not {dtype.element.name}")
         return self._tensor(storage, dtype.element, offset, size, stride, metadata)
 
     @staticmethod
@@ -161,22 +196,24 @@ class _Rebuilder:
     def _tensor(self, storage: _Storage, element: ElementType, offset, size, stride, metadata) -> np.ndarray:
         bits_set = any(metadata.values()) if isinstance(metadata, dict) else metadata is not None
         if bits_set:  # torch records conjugate/negative views here; state dicts have none
-            raise _UnpicklingError(f"tensor metadata {metadata!r} (conjugate/negative bits) is not supported")
+            raise _UnpicklingError(f"tensor metadata {brief(metadata)} (conjugate/negative bits) is not supported")
         size, stride = _int_tuple(size, "size"), _int_tuple(stride, "stride")
         if type(offset) is not int:
-            raise _UnpicklingError(f"storage offset must be an integer, got {offset!r}")
+            raise _UnpicklingError(f"storage offset must be an integer, got {brief(offset)}")
         if len(size) != len(stride):
-            raise _UnpicklingError(f"size {size} and stride {stride} have different lengths")
-        if offset < 0 or any(s < 0 for s in size) or any(s < 0 for s in stride):
-            raise _UnpicklingError(f"negative size, stride or offset: size {size}, stride {stride}, offset {offset}")
+            raise _UnpicklingError(f"size {brief(size)} and stride {brief(stride)} have different lengths")
+        if offset < 0 or any(s < 0 for s in stride):
+            raise _UnpicklingError(f"negative stride or offset: stride {brief(stride)}, offset {brief(offset)}")
         itemsize = np.dtype(element.file_dtype).itemsize
+        try:
+            check_shape(size, itemsize)
+        except ValueError as e:
+            raise _UnpicklingError(f"tensor size: {e}") from None
         if storage.raw.size % itemsize:
-            raise _UnpicklingError(f"storage {storage.key} has {storage.raw.size} bytes, "
+            raise _UnpicklingError(f"storage {brief(storage.key)} has {storage.raw.size} bytes, "
                                    f"not a whole number of {element.name} elements")
         numel = storage.raw.size // itemsize
-        count = 1
-        for s in size:
-            count *= s
+        count = math.prod(size)  # bounded by check_shape
         out_dtype = np.dtype(np.float32) if element.bfloat16 else np.dtype(element.file_dtype).newbyteorder("=")
         self.bytes_made += count * out_dtype.itemsize
         if self.bytes_made > _tensor_bytes_budget(self.archive.bytes_read):
@@ -188,8 +225,8 @@ class _Rebuilder:
         # not overflow, so a crafted stride of 2**62 is caught here, not wrapped around.
         last = offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True))
         if last >= numel:
-            raise _UnpicklingError(f"tensor reads past the end of storage {storage.key}: size {size}, "
-                                   f"stride {stride}, offset {offset} reach element {last}, "
+            raise _UnpicklingError(f"tensor reads past the end of storage {brief(storage.key)}: size {size}, "
+                                   f"stride {brief(stride)}, offset {brief(offset)} reach element {brief(last)}, "
                                    f"but the storage holds {numel} {element.name} elements")
         dtype = np.dtype(element.file_dtype)
         if self.archive.big_endian:
@@ -221,8 +258,10 @@ def _is_c_contiguous(size: tuple[int, ...], stride: tuple[int, ...]) -> bool:
 
 
 def _int_tuple(value: Any, what: str) -> tuple[int, ...]:
+    if isinstance(value, tuple | list) and len(value) > MAX_DIMS:
+        raise _UnpicklingError(f"tensor {what} has {len(value)} dimensions; at most {MAX_DIMS} are allowed")
     if not isinstance(value, tuple | list) or not all(type(v) is int for v in value):
-        raise _UnpicklingError(f"tensor {what} must be a tuple of integers, got {value!r}")
+        raise _UnpicklingError(f"tensor {what} must be a tuple of integers, got {brief(value)}")
     return tuple(value)
 
 
@@ -233,13 +272,13 @@ def _namespace() -> types.SimpleNamespace:
 def _codecs_encode(text, encoding="utf-8") -> bytes:
     # Protocol 2 writes bytes b as _codecs.encode(b.decode('latin1'), 'latin1').
     if not isinstance(text, str) or encoding not in ("latin1", "latin-1", "utf-8", "utf8", "ascii"):
-        raise _UnpicklingError(f"_codecs.encode({text!r:.40}, {encoding!r}) is not a bytes literal")
+        raise _UnpicklingError(f"_codecs.encode({brief(text, 40)}, {brief(encoding, 40)}) is not a bytes literal")
     return text.encode(encoding)
 
 
 def _device(kind, index=None) -> str:
     if not isinstance(kind, str) or not (index is None or type(index) is int):
-        raise _UnpicklingError(f"torch.device({kind!r}, {index!r}) is not a device")
+        raise _UnpicklingError(f"torch.device({brief(kind, 40)}, {brief(index, 40)}) is not a device")
     return kind if index is None else f"{kind}:{index}"
 
 
@@ -278,6 +317,7 @@ def _allowed_globals(rebuild: _Rebuilder) -> dict[tuple[str, str], _Global]:
 # reach an attribute or call something not on the allow-list.
 # --------------------------------------------------------------------------------------
 _MARK = object()  # what MARK pushes; never escapes the interpreter
+_CONTAINERS = (tuple, list, dict, OrderedDict, types.SimpleNamespace)
 
 
 class _Interpreter:
@@ -287,34 +327,41 @@ class _Interpreter:
         self.allowed, self.persistent_load = allowed, persistent_load
         self.stack: list[Any] = []
         self.memo: dict[int, Any] = {}
+        self.objects, self.max_objects = 0, max_objects(len(data))
+        self.max_expanded = max_expanded(len(data))
+        # id -> (container, nesting depth, elements counted with repetition) for every
+        # container that is not empty or is sealed (an empty one is depth 1, one element).
+        # Holding the container keeps its id from being reused while the pickle runs.
+        self.extent: dict[int, tuple[Any, int, int]] = {}
+        self.sealed: set[int] = set()  # ids of containers already put inside another
         self.ops = {
             0x80: self.proto, 0x95: self.frame,  # PROTO, FRAME (STOP is handled in run)
             0x28: self.mark, 0x30: self.pop, 0x31: self.pop_mark, 0x32: self.dup,  # ( 0 1 2
-            0x4E: lambda: self.stack.append(None),  # N  NONE
-            0x88: lambda: self.stack.append(True), 0x89: lambda: self.stack.append(False),  # NEWTRUE/NEWFALSE
-            0x4A: lambda: self.stack.append(self.unpack("<i", 4)),  # J  BININT
-            0x4B: lambda: self.stack.append(self.read(1)[0]),  # K  BININT1
-            0x4D: lambda: self.stack.append(self.unpack("<H", 2)),  # M  BININT2
-            0x8A: lambda: self.stack.append(self.long(self.read(1)[0])),  # LONG1
-            0x8B: lambda: self.stack.append(self.long(self.unpack("<i", 4))),  # LONG4
-            0x47: lambda: self.stack.append(self.unpack(">d", 8)),  # G  BINFLOAT
-            0x58: lambda: self.stack.append(self.text(self.unpack("<I", 4))),  # X  BINUNICODE
-            0x8C: lambda: self.stack.append(self.text(self.read(1)[0])),  # SHORT_BINUNICODE
-            0x8D: lambda: self.stack.append(self.text(self.unpack("<Q", 8))),  # BINUNICODE8
-            0x55: lambda: self.stack.append(self.text(self.read(1)[0])),  # U  SHORT_BINSTRING
-            0x42: lambda: self.stack.append(self.read(self.unpack("<I", 4))),  # B  BINBYTES
-            0x43: lambda: self.stack.append(self.read(self.read(1)[0])),  # C  SHORT_BINBYTES
-            0x8E: lambda: self.stack.append(self.read(self.unpack("<Q", 8))),  # BINBYTES8
-            0x29: lambda: self.stack.append(()),  # )  EMPTY_TUPLE
-            0x74: lambda: self.stack.append(tuple(self.pop_to_mark())),  # t  TUPLE
+            0x4E: lambda: self.push(None),  # N  NONE
+            0x88: lambda: self.push(True), 0x89: lambda: self.push(False),  # NEWTRUE/NEWFALSE
+            0x4A: lambda: self.push(self.unpack("<i", 4)),  # J  BININT
+            0x4B: lambda: self.push(self.read(1)[0]),  # K  BININT1
+            0x4D: lambda: self.push(self.unpack("<H", 2)),  # M  BININT2
+            0x8A: lambda: self.push(self.long(self.read(1)[0])),  # LONG1
+            0x8B: lambda: self.push(self.long(self.unpack("<i", 4))),  # LONG4
+            0x47: lambda: self.push(self.unpack(">d", 8)),  # G  BINFLOAT
+            0x58: lambda: self.push(self.text(self.unpack("<I", 4))),  # X  BINUNICODE
+            0x8C: lambda: self.push(self.text(self.read(1)[0])),  # SHORT_BINUNICODE
+            0x8D: lambda: self.push(self.text(self.unpack("<Q", 8))),  # BINUNICODE8
+            0x55: lambda: self.push(self.text(self.read(1)[0])),  # U  SHORT_BINSTRING
+            0x42: lambda: self.push(self.read(self.unpack("<I", 4))),  # B  BINBYTES
+            0x43: lambda: self.push(self.read(self.read(1)[0])),  # C  SHORT_BINBYTES
+            0x8E: lambda: self.push(self.read(self.unpack("<Q", 8))),  # BINBYTES8
+            0x29: lambda: self.push(()),  # )  EMPTY_TUPLE
+            0x74: lambda: self.push(self.new_tuple(self.pop_to_mark())),  # t  TUPLE
             0x85: lambda: self.tuple_n(1), 0x86: lambda: self.tuple_n(2), 0x87: lambda: self.tuple_n(3),
-            0x5D: lambda: self.stack.append([]),  # ]  EMPTY_LIST
+            0x5D: lambda: self.push([]),  # ]  EMPTY_LIST
             0x61: self.append, 0x65: self.appends,  # a e
-            0x7D: lambda: self.stack.append({}),  # }  EMPTY_DICT
+            0x7D: lambda: self.push({}),  # }  EMPTY_DICT
             0x73: self.setitem, 0x75: self.setitems,  # s u
             0x63: self.global_, 0x93: self.stack_global,  # c  GLOBAL, STACK_GLOBAL
             0x52: self.reduce, 0x81: self.newobj, 0x62: self.build,  # R, NEWOBJ, b
-            0x51: lambda: self.stack.append(self.persistent_load(self.pop())),  # Q  BINPERSID
+            0x51: self.persid,  # Q  BINPERSID
             0x71: lambda: self.put(self.read(1)[0]), 0x72: lambda: self.put(self.unpack("<I", 4)),  # q r
             0x94: lambda: self.put(len(self.memo)),  # MEMOIZE
             0x68: lambda: self.get(self.read(1)[0]), 0x6A: lambda: self.get(self.unpack("<I", 4)),  # h j
@@ -356,7 +403,54 @@ class _Interpreter:
         except UnicodeDecodeError as e:
             raise _UnpicklingError(f"a string is not valid UTF-8: {e}") from None
 
+    # -- what the pickle builds, and its bounds ---------------------------------------
+    def count_object(self) -> None:
+        self.objects += 1
+        if self.objects > self.max_objects:
+            raise _UnpicklingError(f"the pickle makes more than {self.max_objects} objects, far more than a "
+                                   f"checkpoint of {len(self.data)} bytes holds")
+
+    def measure(self, obj: Any) -> tuple[int, int]:
+        """(nesting depth, elements counted with repetition) of a value the pickle made."""
+        if not isinstance(obj, _CONTAINERS):
+            return 0, 1
+        return self.extent.get(id(obj), (obj, 1, 1))[1:]
+
+    def nest(self, target: Any, items: list[Any], new: bool = False) -> None:
+        """Account for ``items`` being put into ``target``: seal them, grow its depth and size."""
+        if not new and id(target) in self.sealed:
+            raise _UnpicklingError(f"a {type(target).__name__} is changed after it was put inside another "
+                                   "object (only a cyclic structure needs that, and a checkpoint has none)")
+        depth, size = self.measure(target)
+        for item in items:
+            if item is target:
+                raise _UnpicklingError(f"a {type(target).__name__} is put inside itself")
+            self.seal(item)
+            item_depth, item_size = self.measure(item)
+            depth, size = max(depth, item_depth + 1), size + item_size
+        if depth > MAX_DEPTH:
+            raise _UnpicklingError(f"containers nested more than {MAX_DEPTH} levels deep")
+        if size > self.max_expanded:
+            raise _UnpicklingError(f"a {type(target).__name__} of more than {self.max_expanded} elements "
+                                   "(counting shared parts each time they appear)")
+        self.extent[id(target)] = (target, depth, size)
+
+    def new_tuple(self, items: list[Any]) -> tuple:
+        t = tuple(items)
+        self.nest(t, items, new=True)  # new, but () is one shared object, maybe sealed already
+        return t
+
+    def seal(self, value: Any) -> None:
+        """``value`` is handed to a call (REDUCE, NEWOBJ, BUILD, a persistent id): no more changes."""
+        if isinstance(value, _CONTAINERS):
+            self.extent.setdefault(id(value), (value, 1, 1))  # keeps it alive, so its id stays its own
+            self.sealed.add(id(value))
+
     # -- stack ----------------------------------------------------------------------
+    def push(self, value: Any) -> None:
+        self.count_object()
+        self.stack.append(value)
+
     def pop(self) -> Any:
         if not self.stack or self.stack[-1] is _MARK:
             raise _UnpicklingError("stack underflow")
@@ -378,13 +472,13 @@ class _Interpreter:
         self.read(8)  # protocol 4 framing is only a hint for buffered readers
 
     def mark(self) -> None:
-        self.stack.append(_MARK)
+        self.push(_MARK)
 
     def pop_mark(self) -> None:
         self.pop_to_mark()
 
     def dup(self) -> None:
-        self.stack.append(self.top())
+        self.push(self.top())
 
     def top(self) -> Any:
         if not self.stack or self.stack[-1] is _MARK:
@@ -393,24 +487,29 @@ class _Interpreter:
 
     def tuple_n(self, n: int) -> None:
         items = [self.pop() for _ in range(n)][::-1]
-        self.stack.append(tuple(items))
+        self.push(self.new_tuple(items))
 
     def put(self, index: int) -> None:
+        self.count_object()
         self.memo[index] = self.top()
 
     def get(self, index: int) -> None:
         if index not in self.memo:
             raise _UnpicklingError(f"memo entry {index} is read before it is written")
-        self.stack.append(self.memo[index])
+        self.push(self.memo[index])
 
     # -- containers: only into lists and dicts we made ----------------------------------
     def append(self) -> None:
         value = self.pop()
-        self._list(self.top()).append(value)
+        target = self._list(self.top())
+        self.nest(target, [value])
+        target.append(value)
 
     def appends(self) -> None:
         items = self.pop_to_mark()
-        self._list(self.top()).extend(items)
+        target = self._list(self.top())
+        self.nest(target, items)
+        target.extend(items)
 
     def setitem(self) -> None:
         value, key = self.pop(), self.pop()
@@ -434,8 +533,8 @@ class _Interpreter:
             raise _UnpicklingError(f"SETITEM on a {type(target).__name__}; only dicts are allowed")
         return target
 
-    @staticmethod
-    def _store(target: dict, items: list[Any]) -> None:
+    def _store(self, target: dict, items: list[Any]) -> None:
+        self.nest(target, items)  # bounds every key's depth and size before it is hashed
         for key, value in zip(items[::2], items[1::2], strict=True):
             try:
                 target[key] = value
@@ -446,13 +545,13 @@ class _Interpreter:
     def global_(self) -> None:
         module = self.line()
         name = self.line()
-        self.stack.append(self.resolve(module, name))
+        self.push(self.resolve(module, name))
 
     def stack_global(self) -> None:
         name, module = self.pop(), self.pop()
         if not isinstance(module, str) or not isinstance(name, str):
             raise _UnpicklingError("STACK_GLOBAL needs two strings")
-        self.stack.append(self.resolve(module, name))
+        self.push(self.resolve(module, name))
 
     def line(self) -> str:
         end = self.data.find(b"\n", self.pos, self.pos + 256)
@@ -462,45 +561,54 @@ class _Interpreter:
         try:
             return text.decode("ascii")
         except UnicodeDecodeError:
-            raise _UnpicklingError(f"GLOBAL name {text!r} is not ASCII") from None
+            raise _UnpicklingError(f"GLOBAL name {brief(text)} is not ASCII") from None
 
     def resolve(self, module: str, name: str) -> _Global:
         token = self.allowed.get((module, name))
         if token is None:
-            raise _UnpicklingError(f"the pickle refers to {module}.{name}, which is not on the allow-list "
-                                   "(a checkpoint holds only tensors, storages, OrderedDict, "
+            raise _UnpicklingError(f"the pickle refers to {module[:100]}.{name[:100]}, which is not "
+                                   "on the allow-list (a checkpoint holds only tensors, storages, OrderedDict, "
                                    "argparse.Namespace and plain values); nothing was called")
         return token
 
     def reduce(self) -> None:
         args, func = self.pop(), self.pop()
         if not isinstance(func, _Global) or func.call is None:
-            raise _UnpicklingError(f"REDUCE calls {func!r}, which is not an allowed callable")
+            raise _UnpicklingError(f"REDUCE calls {brief(func)}, which is not an allowed callable")
         if type(args) is not tuple:
             raise _UnpicklingError(f"REDUCE arguments for {func.qualname} must be a tuple")
+        self.seal(args)
         try:
-            self.stack.append(func.call(*args))
+            result = func.call(*args)
         except TypeError as e:
             raise _UnpicklingError(f"{func.qualname} called with {len(args)} arguments: {e}") from None
+        self.push(result)
 
     def newobj(self) -> None:
         args, cls = self.pop(), self.pop()
         if not isinstance(cls, _Global) or cls.newobj is None:
-            raise _UnpicklingError(f"NEWOBJ of {cls!r}, which is not an allowed class")
+            raise _UnpicklingError(f"NEWOBJ of {brief(cls)}, which is not an allowed class")
         if args != ():
-            raise _UnpicklingError(f"NEWOBJ of {cls.qualname} with arguments {args!r:.80}")
-        self.stack.append(cls.newobj())
+            raise _UnpicklingError(f"NEWOBJ of {cls.qualname} with arguments {brief(args)}")
+        self.push(cls.newobj())
+
+    def persid(self) -> None:
+        pid = self.pop()
+        self.seal(pid)
+        self.push(self.persistent_load(pid))
 
     def build(self) -> None:
         state = self.pop()
         target = self.top()
         if type(state) is not dict:
             raise _UnpicklingError(f"BUILD with a {type(state).__name__} state; only a dict is allowed")
+        self.seal(state)
         if type(target) is OrderedDict:
             return  # a state dict's "_metadata" (module versions): nothing minimlp needs
         if type(target) is types.SimpleNamespace:
             if not all(isinstance(k, str) and not k.startswith("__") for k in state):
                 raise _UnpicklingError("namespace attributes must be plain names")
+            self.nest(target, list(state.values()))
             vars(target).update(state)
             return
         raise _UnpicklingError(f"BUILD on a {type(target).__name__}; only OrderedDict and "
@@ -515,9 +623,14 @@ class _Archive:
 
     def __init__(self, path: str | os.PathLike, zf: zipfile.ZipFile, file: BinaryIO) -> None:
         self.path, self.zf, self.file = path, zf, file
+        self.file_size = os.fstat(file.fileno()).st_size
         names = zf.namelist()
         if not names:
             raise CheckpointError(f"{path}: an empty zip archive, not a PyTorch checkpoint")
+        duplicate = next((n for n in names if names.count(n) > 1), None) if len(set(names)) < len(names) else None
+        if duplicate is not None:  # torch.load refuses these too: which one would be meant?
+            raise CheckpointError(f"{path}: the zip archive holds two entries named {brief(duplicate)}; "
+                                  "torch.save never writes that, so the file was repacked or crafted")
         # torch.save puts every entry in one folder named after the file it was saved as
         # ("checkpoint/" for checkpoint.pth, "archive/" for a buffer); find it as torch does.
         first = names[0]
@@ -530,64 +643,71 @@ class _Archive:
                     if any(n.startswith(self.prefix + "code/") for n in names) else
                     "not a PyTorch checkpoint: there is no data.pkl (an .npz file is also a zip archive)")
             raise CheckpointError(f"{path}: {what}")
-        byteorder = self.read(self.prefix + "byteorder").tobytes().decode("ascii", "replace").strip() \
+        byteorder = self.read(self.prefix + "byteorder", limit=16).tobytes().decode("ascii", "replace").strip() \
             if self.prefix + "byteorder" in names else "little"  # files before torch 2.1: little-endian
         if byteorder not in ("little", "big"):
             raise CheckpointError(f"{path}: unknown byteorder record {byteorder!r}")
         self.big_endian = byteorder == "big"
         self.storages: dict[str, _Storage] = {}
-        self.bytes_read = 0  # storage bytes actually read (sizes in the zip directory could lie)
+        self.bytes_read = 0  # storage bytes read: at most the file's size, whatever the zip directory says
 
     def read(self, name: str, limit: int | None = None) -> np.ndarray:
         """One entry's bytes as a writable (nbytes,) uint8 array (tensors may use it without a copy)."""
         info = self.zf.getinfo(name)
         if info.compress_type != zipfile.ZIP_STORED:
-            raise CheckpointError(f"{self.path}: entry {name} is compressed; torch.save never compresses, "
+            raise CheckpointError(f"{self.path}: entry {brief(name)} is compressed; torch.save never compresses, "
                                   "so this file was repacked or crafted")
         if limit is not None and info.file_size > limit:
-            raise CheckpointError(f"{self.path}: entry {name} is {info.file_size} bytes, more than {limit}")
+            raise CheckpointError(f"{self.path}: entry {brief(name)} is {info.file_size} bytes, more than {limit}")
+        if info.header_offset + 30 + info.file_size > self.file_size:
+            raise CheckpointError(f"{self.path}: entry {brief(name)} claims {info.file_size} bytes, more than the "
+                                  f"{self.file_size}-byte file holds; the file is truncated or corrupt")
         # The local header is 30 bytes plus the name and an extra field (torch pads it so
         # that the data starts on a 64-byte boundary); the data follows, stored as is.
         self.file.seek(info.header_offset)
         header = self.file.read(30)
         if len(header) != 30 or header[:4] != ZIP_MAGIC:
-            raise CheckpointError(f"{self.path}: entry {name} has no valid local header; the file is corrupt")
+            raise CheckpointError(f"{self.path}: entry {brief(name)} has no valid local header; the file is corrupt")
         name_len, extra_len = struct.unpack("<HH", header[26:30])
         self.file.seek(info.header_offset + 30 + name_len + extra_len)
         data = np.empty(info.file_size, dtype=np.uint8)  # not zero-filled: readinto writes every byte
         if self.file.readinto(memoryview(data)) != info.file_size:
-            raise CheckpointError(f"{self.path}: entry {name} is truncated; the file is incomplete")
+            raise CheckpointError(f"{self.path}: entry {brief(name)} is truncated; the file is incomplete")
         # CRC 0 is what torch writes with its CRC computation turned off: nothing to check.
         if info.CRC and zlib.crc32(data) != info.CRC:
-            raise CheckpointError(f"{self.path}: entry {name} cannot be read (its CRC-32 does not match); "
+            raise CheckpointError(f"{self.path}: entry {brief(name)} cannot be read (its CRC-32 does not match); "
                                   "the file is corrupt")
         return data
 
     def storage(self, pid: Any) -> _Storage:
         """persistent_load: ('storage', storage type, key, location, numel) -> _Storage."""
         if not (type(pid) is tuple and len(pid) == 5 and pid[0] == "storage"):
-            raise _UnpicklingError(f"persistent id {pid!r:.80} is not ('storage', type, key, location, numel)")
+            raise _UnpicklingError(f"persistent id {brief(pid)} is not ('storage', type, key, location, numel)")
         _, kind, key, location, numel = pid
         if not (isinstance(kind, _Global) and kind.element is not None and kind.call is None):
-            raise _UnpicklingError(f"persistent id names {kind!r}, not a storage type")
+            raise _UnpicklingError(f"persistent id names {brief(kind)}, not a storage type")
         if not isinstance(key, str) or not isinstance(location, str) or type(numel) is not int or numel < 0:
-            raise _UnpicklingError(f"malformed storage id {pid!r:.120}")
+            raise _UnpicklingError(f"malformed storage id {brief(pid, 120)}")
         element = kind.element
         if key in self.storages:
             cached = self.storages[key]
             if cached.element != element or cached.numel != numel:
-                raise _UnpicklingError(f"storage {key} is referenced as {cached.numel} x {cached.element.name} "
+                raise _UnpicklingError(f"storage {brief(key)} is referenced as {cached.numel} x {cached.element.name} "
                                        f"and as {numel} x {element.name}")
             return cached
         name = self.prefix + "data/" + key
         try:
             size = self.zf.getinfo(name).file_size
         except KeyError:
-            raise _UnpicklingError(f"storage {key} is referenced but {name} is missing from the archive") from None
+            raise _UnpicklingError(f"storage {brief(key)} is referenced but {name[:120]} is missing "
+                                   "from the archive") from None
         nbytes = numel * np.dtype(element.file_dtype).itemsize
         if size != nbytes:
-            raise _UnpicklingError(f"storage {key} should hold {numel} {element.name} elements ({nbytes} bytes) "
-                                   f"but {name} has {size} bytes")
+            raise _UnpicklingError(f"storage {key[:40]} should hold {brief(numel)} {element.name} elements "
+                                   f"({brief(nbytes)} bytes) but {name[:120]} has {size} bytes")
+        if self.bytes_read + size > self.file_size:  # entries that share bytes: each read would copy them
+            raise _UnpicklingError(f"the storages add up to more bytes than the {self.file_size}-byte file holds "
+                                   "(zip entries that overlap)")
         raw = self.read(name)
         self.bytes_read += raw.size
         self.storages[key] = _Storage(key, element, raw, numel)
@@ -616,12 +736,13 @@ def load_pth(path: str | os.PathLike) -> Any:
         raise CheckpointError(f"{path}: not a PyTorch checkpoint (a .pth file is a zip archive starting "
                               f"with PK\\x03\\x04; this file starts with {head[:8]!r})")
     with open(path, "rb") as file:
+        zf = open_zip(path, file)
         try:
-            zf = zipfile.ZipFile(file)
-        except zipfile.BadZipFile as e:
-            raise CheckpointError(f"{path}: a truncated or corrupt zip archive ({e}); "
-                                  "the download or save was probably interrupted") from None
-        return _load_archive(_Archive(path, zf, file))
+            return _load_archive(_Archive(path, zf, file))
+        except CheckpointError:
+            raise
+        except ZIP_ERRORS as e:  # a directory entry that zipfile parsed but cannot follow
+            raise CheckpointError(f"{path}: a corrupt zip archive ({brief(str(e), 200)})") from None
 
 
 def _load_archive(archive: _Archive) -> Any:
@@ -634,7 +755,8 @@ def _load_archive(archive: _Archive) -> Any:
     except _UnpicklingError as e:
         raise CheckpointError(f"{archive.path}: refused: {e} (data.pkl, byte {interpreter.pos})") from None
     except (RecursionError, MemoryError, OverflowError, ValueError) as e:
-        raise CheckpointError(f"{archive.path}: malformed data.pkl near byte {interpreter.pos}: {e}") from None
+        raise CheckpointError(f"{archive.path}: malformed data.pkl near byte {interpreter.pos}: "
+                              f"{type(e).__name__} {brief(str(e), 200)}") from None
 
 
 # --------------------------------------------------------------------------------------
@@ -659,20 +781,26 @@ def state_dict_from(obj: Any, use_ema: bool = False, where: str = "checkpoint") 
         state = obj[found]
     elif use_ema:
         raise CheckpointError(f"{where}: has no EMA weights (none of {', '.join(EMA_KEYS)}); "
-                              f"its top-level keys are: {', '.join(map(str, obj))}")
+                              f"its top-level keys are: {_keys(obj)}")
     else:
         state = obj
     if not isinstance(state, dict):
         raise CheckpointError(f"{where}: '{found}' holds a {type(state).__name__}, not a state dict")
-    bad = [f"{k!r} ({type(v).__name__})" for k, v in state.items()
-           if not isinstance(k, str) or not isinstance(v, np.ndarray)]
+    bad = [f"{brief(k)} ({type(v).__name__})" for k, v in state.items()
+           if not isinstance(k, str) or not isinstance(v, np.ndarray)][:6]
     if bad:
-        hint = "" if found else f"; its top-level keys are: {', '.join(map(str, obj))}"
+        hint = "" if found else f"; its top-level keys are: {_keys(obj)}"
         raise CheckpointError(f"{where}: not a state dict of named tensors: {', '.join(bad[:5])}"
                               f"{' ...' if len(bad) > 5 else ''}{hint}")
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
     return dict(state)
+
+
+def _keys(obj: dict) -> str:
+    """The first few keys of a dict, for a message."""
+    shown = [k if isinstance(k, str) and len(k) <= 80 else brief(k) for k in list(obj)[:10]]
+    return ", ".join(shown) + (f" ... ({len(obj)} keys)" if len(obj) > 10 else "")
 
 
 def load_torch_weights(path: str | os.PathLike, use_ema: bool = False) -> dict[str, np.ndarray]:

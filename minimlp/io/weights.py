@@ -3,7 +3,7 @@
 The format is recognised from the file's first bytes, never from its name:
 
     zip with <folder>/data.pkl            a PyTorch .pth (read by ``torchfile``, no torch, no pickle)
-    zip of .npy arrays                    a minimlp checkpoint .npz (``np.load(allow_pickle=False)``)
+    zip of .npy arrays                    a minimlp checkpoint .npz (read without pickle, entry by entry)
     8-byte length + "{"                   a .safetensors file
 
 ``load_pretrained(model, path)`` copies the weights into a model strictly (every missing,
@@ -12,6 +12,9 @@ checkpoint's head does not have, it starts a new head instead, for fine-tuning.
 ``model_from_checkpoint(path)`` also builds the model: from the config a minimlp file
 stores, or, for a ``.pth``, from the tensor names and shapes (the family, embedding width,
 depth, patch size, token count, position grid).
+Either way the config is checked against the file's tensors before the model is allocated
+(:func:`checked_config`): a one-kilobyte file cannot make minimlp allocate gigabytes for a
+model it does not hold.
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ import math
 import os
 import re
 import struct
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,9 +33,16 @@ from typing import Any
 import numpy as np
 
 from minimlp.io import checkpoint, safetensors, torchfile
-from minimlp.io.files import CheckpointError, read_head
+from minimlp.io.files import CheckpointError, brief, open_zip, read_head
 from minimlp.models.base import Model
-from minimlp.models.registry import list_models, model_config, model_from_config, preset_arch, resolve_name
+from minimlp.models.registry import (
+    architecture,
+    list_models,
+    model_config,
+    model_from_config,
+    preset_arch,
+    resolve_name,
+)
 
 FORMATS = ("pth", "npz", "safetensors")
 SAFETENSORS_META_KEY = "minimlp"  # safetensors metadata entry holding minimlp's meta as JSON
@@ -50,18 +59,14 @@ def detect_format(path: str | os.PathLike) -> str:
     """"pth", "npz" or "safetensors", from the file's content; CheckpointError otherwise."""
     head = read_head(path, 512)
     if head[:4] == torchfile.ZIP_MAGIC:
-        try:
-            with zipfile.ZipFile(path) as zf:
-                names = zf.namelist()
-        except zipfile.BadZipFile as e:
-            raise CheckpointError(f"{path}: a truncated or corrupt zip archive ({e}); "
-                                  "the download or save was probably interrupted") from None
+        with open(path, "rb") as f, open_zip(path, f) as zf:
+            names = zf.namelist()
         if any(n.count("/") == 1 and n.endswith("/data.pkl") for n in names):
             return "pth"
         if names and all(n.endswith(".npy") for n in names):
             return "npz"
         raise CheckpointError(f"{path}: a zip archive, but neither a PyTorch checkpoint (no <folder>/data.pkl) "
-                              f"nor an .npz of arrays; it holds {', '.join(names[:5]) or 'nothing'}")
+                              f"nor an .npz of arrays; it holds {brief(names[:5], 200)}")
     if torchfile.is_legacy_torch_file(head):
         return "pth"  # torchfile explains that the legacy format must be re-saved
     if len(head) >= 9 and head[8:9] == b"{":
@@ -277,6 +282,79 @@ def preset_name(config: Mapping[str, Any]) -> str | None:
 
 
 # --------------------------------------------------------------------------------------
+# Is it a model these tensors fit?  Checked before the model is allocated.
+# --------------------------------------------------------------------------------------
+def checked_config(config: Any, state: Mapping[str, np.ndarray], where: Any) -> dict[str, Any]:
+    """``config`` if it describes a model whose parameters are exactly the tensors in ``state``.
+
+    Nothing the size of the model is allocated, so a tiny file with a huge config costs
+    nothing.  Every field that the architecture's config class defines is checked for
+    its declared type and range: a number is finite and between 0 and the number of
+    values in the file (no dimension of a model exceeds its parameter count), ``depth``
+    at most the number of tensors (every block has some).  Then the config class's own
+    checks run, and the parameters the model would declare (names and shapes, found by
+    declaring them without allocating) must be the file's tensors.  CheckpointError otherwise.
+    """
+    if not isinstance(config, dict):
+        what = "stores no model config" if config is None else f"stores a {type(config).__name__} as its model config"
+        raise CheckpointError(f"{where}: {what}, so minimlp cannot tell which model it holds")
+    try:
+        model_cls, config_cls = architecture(config.get("arch", "ffvit"))
+    except ValueError as e:
+        raise CheckpointError(f"{where}: {brief(str(e), 200)}") from None
+    values = sum(math.prod(np.shape(a)) for a in state.values())
+    fields = {}
+    for f in dataclasses.fields(config_cls):
+        if f.name in config:
+            problem = _field_problem(config[f.name], f.type, values)
+            if f.name == "depth" and not problem and config[f.name] > len(state):
+                problem = f"more blocks than the file has tensors ({len(state)})"
+            if problem:
+                raise CheckpointError(f"{where}: model config {f.name} = {brief(config[f.name])}: {problem}")
+            fields[f.name] = config[f.name]
+    try:
+        planned = _declared_shapes(model_cls, config_cls(**fields))
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{where}: the model config does not describe a model: {brief(str(e), 200)}") from None
+    found = {k: tuple(np.shape(v)) for k, v in state.items()}
+    missing = [k for k in planned if k not in found]
+    unexpected = [str(k)[:80] for k in found if k not in planned]
+    mismatched = [f"{k}: checkpoint {found[k]} vs model {shape}" for k, shape in planned.items()
+                  if k in found and found[k] != shape]
+    problems = [f"{what} ({len(keys)}): {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}"
+                for what, keys in (("missing keys", missing), ("unexpected keys", unexpected),
+                                   ("shape mismatches", mismatched)) if keys]
+    if problems:
+        raise CheckpointError(f"{where}: the tensors do not fit the model its config describes "
+                              f"({model_cls.arch}, {brief(fields, 200)}): {'; '.join(problems)}")
+    return dict(config)
+
+
+def _field_problem(value: Any, annotation: Any, limit: int) -> str | None:
+    """What is wrong with one config value for a field declared as ``annotation``, or None."""
+    kinds = {k.strip() for k in (annotation if isinstance(annotation, str) else annotation.__name__).split("|")}
+    if value is None:
+        return None if "None" in kinds else "must be set"
+    if type(value) is str:
+        return None if "str" in kinds and len(value) <= 64 else f"must be {' or '.join(sorted(kinds))}"
+    if type(value) is int and kinds & {"int", "float"} or type(value) is float and "float" in kinds:
+        if not (math.isfinite(value) and 0 <= value <= limit):
+            return f"must lie in [0, {limit}]: no dimension of a model exceeds the values in its file"
+        return None
+    return f"must be {' or '.join(sorted(kinds))}, not {type(value).__name__}"
+
+
+def _declared_shapes(model_cls: type[Model], config: Any) -> dict[str, tuple[int, ...]]:
+    """The names and shapes of the parameters ``model_cls(config)`` declares, none allocated."""
+
+    class Declared(model_cls):  # the model with its allocation step left out
+        def _build(self, seed: int) -> None:
+            pass
+
+    return {spec.name: spec.shape for spec in Declared(config).store.specs}
+
+
+# --------------------------------------------------------------------------------------
 # Into a model
 # --------------------------------------------------------------------------------------
 @dataclass
@@ -290,10 +368,11 @@ class WeightsFile:
     ema: bool = False
 
     def config(self) -> dict[str, Any]:
-        """The model config: the one a minimlp file stores, else inferred from the tensor shapes."""
-        if self.meta and isinstance(self.meta.get("model"), dict):
-            return dict(self.meta["model"])
-        return infer_config(self.state, self.path)
+        """The model config: the one a minimlp file stores, else inferred from the tensor shapes;
+        checked against the tensors (:func:`checked_config`)."""
+        if self.meta and "model" in self.meta:
+            return checked_config(self.meta["model"], self.state, self.path)
+        return checked_config(infer_config(self.state, self.path), self.state, self.path)
 
 
 def open_weights(path: str | os.PathLike, use_ema: bool = False) -> WeightsFile:

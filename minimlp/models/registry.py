@@ -110,6 +110,14 @@ def create_model(name: str, device: str = "cpu", seed: int = 0, **overrides: Any
     return model_cls(model_config(name, **overrides), device=device, seed=seed)
 
 
+def architecture(arch: str) -> tuple[type[Model], type]:
+    """The model class and config class of an architecture ("ffvit", "vit", "mixer")."""
+    for model_cls, config_cls, _ in _PRESETS.values():
+        if model_cls.arch == arch:
+            return model_cls, config_cls
+    raise ValueError(f"unknown architecture {arch!r} in model config")
+
+
 def model_from_config(config: dict[str, Any], device: str = "cpu", seed: int = 0) -> Model:
     """Rebuild a model from ``Model.config_dict()`` (as stored in checkpoints)."""
     config = dict(config)
