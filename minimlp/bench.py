@@ -47,7 +47,10 @@ from typing import Any
 import numpy as np
 
 import minimlp
-from minimlp import backend, fused, profiling
+from minimlp import backend
+from minimlp.kernels import cpu as fused
+from minimlp.kernels import threads as cpu_threads
+from minimlp.kernels import timing as profiling
 from minimlp import functional as F
 from minimlp.loss import cross_entropy_backward, cross_entropy_forward
 from minimlp.models import create_model, list_models
@@ -137,7 +140,7 @@ def sgd_update(store: Any, lr: float) -> None:
     def piece(p: np.ndarray, g: np.ndarray) -> None:
         p -= g * scale
 
-    backend.parallel_chunks(piece, params, grads)
+    cpu_threads.parallel_chunks(piece, params, grads)
 
 
 # --------------------------------------------------------------------------------------
@@ -204,7 +207,7 @@ class MinimlpRunner:
         self.clock = _cupy_clock(xp) if self.gpu else _wall_clock
         self.mixed = None
         if dtype == "float16":
-            from minimlp.amp import MixedPrecision
+            from minimlp.kernels.amp import MixedPrecision
 
             self.mixed = MixedPrecision(model)
         # As the trainer does on the CPU: worker processes of one thread each, every batch
@@ -454,18 +457,18 @@ def _machine() -> dict[str, Any]:
     except OSError:
         pass
     blas = np.show_config(mode="dicts").get("Build Dependencies", {}).get("blas", {})
-    return {"cpu": cpu, "cores": backend.num_threads(), "python": platform.python_version(),
+    return {"cpu": cpu, "cores": cpu_threads.num_threads(), "python": platform.python_version(),
             "numpy": np.__version__, "blas": f"{blas.get('name', '?')} {blas.get('version', '')}".strip()}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    kept_memory = backend.keep_freed_memory()  # no page faults for reused activations (both contenders)
+    kept_memory = cpu_threads.keep_freed_memory()  # no page faults for reused activations (both contenders)
     device = "gpu" if args.gpu else (args.device or "cpu")
-    threads = args.threads or backend.num_threads()
-    backend.set_num_threads(threads)
-    blas_threads = backend.blas_threads(threads)
+    threads = args.threads or cpu_threads.num_threads()
+    cpu_threads.set_num_threads(threads)
+    blas_threads = cpu_threads.blas_threads(threads)
     if args.tf32:
-        from minimlp import gpu
+        from minimlp.kernels import gpu
 
         gpu.set_tf32(True)  # before the first float32 product
     overrides = {"img_size": args.img_size, "patch_size": args.patch_size, "in_chans": args.in_chans,
@@ -665,13 +668,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return summary
     if args.steps < 1 or args.warmup < 0 or args.rounds < 1 or args.batch_size < 1:
         raise SystemExit("--steps, --rounds and -b must be positive and --warmup not negative")
-    threads, env_threads, blas = backend.num_threads(), os.environ.get("MINIMLP_NUM_THREADS"), backend.blas_threads()
+    threads, env_threads, blas = cpu_threads.num_threads(), os.environ.get("MINIMLP_NUM_THREADS"), cpu_threads.blas_threads()
     try:
         result = run(args)
     finally:  # leave the process as we found it (tests call main() in-process)
-        backend.set_num_threads(int(env_threads) if env_threads else None)
+        cpu_threads.set_num_threads(int(env_threads) if env_threads else None)
         if blas is not None:
-            backend.blas_threads(blas)
+            cpu_threads.blas_threads(blas)
         if "torch" in sys.modules and args.threads:
             sys.modules["torch"].set_num_threads(threads)
     if args.out:

@@ -140,7 +140,8 @@ def environment() -> dict[str, Any]:
 # --------------------------------------------------------------------------------------
 def kernel_smoke(precision: str, batch: int, img_size: int = 224) -> list[dict[str, Any]]:
     """Each fused op on the GPU in ``precision`` against the plain ops in float64 on the CPU."""
-    from minimlp import backend, gpu
+    from minimlp import backend
+    from minimlp.kernels import gpu
     from minimlp import functional as F
     from minimlp.loss import cross_entropy_backward, cross_entropy_forward
     from minimlp.models import create_model

@@ -16,9 +16,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from minimlp import fused
+from minimlp.kernels import cpu as fused
 from minimlp.backend import array_module
-from minimlp.profiling import timed
+from minimlp.kernels.timing import timed
 
 Array = Any
 

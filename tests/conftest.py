@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from minimlp import fused
+from minimlp.kernels import cpu as fused
 
 
 def _cupy_or_none():

@@ -12,7 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minimlp import backend, fused
+from minimlp import backend
+from minimlp.kernels import cpu as fused
+from minimlp.kernels import threads
 from minimlp import functional as F
 from minimlp.backend import erf, erfc, get_backend
 
@@ -168,7 +170,7 @@ def test_parallel_chunks_reraises_kernel_errors():
         raise RuntimeError("kernel failed")
 
     with pytest.raises(RuntimeError, match="kernel failed"):
-        backend.parallel_chunks(bad, np.zeros(200_000, np.float32))
+        threads.parallel_chunks(bad, np.zeros(200_000, np.float32))
 
 
 @pytest.mark.gpu
@@ -183,17 +185,17 @@ def test_fused_gelu_cupy_matches_float64(xp):
 
 def test_keep_freed_memory_can_be_turned_off(monkeypatch):
     monkeypatch.setenv("MINIMLP_KEEP_MEMORY", "0")
-    assert backend.keep_freed_memory() is False
+    assert threads.keep_freed_memory() is False
     monkeypatch.delenv("MINIMLP_KEEP_MEMORY")
-    assert backend.keep_freed_memory() in (True, False)  # True on Linux with glibc
+    assert threads.keep_freed_memory() in (True, False)  # True on Linux with glibc
 
 
 def test_blas_threads_reports_and_sets():
-    before = backend.blas_threads()
+    before = threads.blas_threads()
     if before is None:
         pytest.skip("NumPy's BLAS is not OpenBLAS")
     try:
-        assert backend.blas_threads(1) == 1
+        assert threads.blas_threads(1) == 1
     finally:
-        backend.blas_threads(before)
-    assert backend.blas_threads() == before
+        threads.blas_threads(before)
+    assert threads.blas_threads() == before

@@ -210,7 +210,7 @@ def write_all_sources(w: Writer, fc) -> None:
 @pytest.fixture(scope="module")
 def variants():
     modules = _cupy_compiler()
-    from minimlp import fused_cuda
+    from minimlp.kernels import cuda as fused_cuda
 
     names = [k.name for k in fused_cuda.all_kernels()]
     w = Writer(modules[0], modules[4], names)
@@ -221,7 +221,7 @@ def variants():
 
 def _kernel_names():
     try:
-        from minimlp import fused_cuda
+        from minimlp.kernels import cuda as fused_cuda
     except Exception:  # no CuPy: one placeholder, which the fixture skips
         return ["kernels"]
     return [k.name for k in fused_cuda.all_kernels()]
@@ -268,7 +268,7 @@ _CUPY_NAMES = {"in0", "out0", "a", "b", "i", "T"}
 
 def test_parameter_names_survive_cupys_renaming():
     _cupy_compiler()
-    from minimlp import fused_cuda
+    from minimlp.kernels import cuda as fused_cuda
 
     for k in fused_cuda.all_kernels():
         if isinstance(k, fused_cuda.cupy.ElementwiseKernel):

@@ -13,7 +13,8 @@ import pytest
 from conftest import CUPY, to_np
 
 import minimlp
-from minimlp import backend, fused
+from minimlp.kernels import cpu as fused
+from minimlp.kernels import threads
 from minimlp import functional as F
 from minimlp.gradcheck import rel_error
 from minimlp.loss import cross_entropy_backward, cross_entropy_forward
@@ -27,7 +28,7 @@ SHAPES = [(5, 3, 4), (50, 16, 128), (3, 2, 3 * TEST_CHUNK + 7)]
 
 @pytest.fixture(autouse=True)
 def small_tiles(monkeypatch):
-    monkeypatch.setattr(backend, "CHUNK", TEST_CHUNK)
+    monkeypatch.setattr(threads, "CHUNK", TEST_CHUNK)
     monkeypatch.setattr(fused, "CHUNK", TEST_CHUNK)
 
 
@@ -66,7 +67,7 @@ def test_parallel_for_covers_the_range_once():
     def body(lo, hi):
         hits[lo:hi] += 1
 
-    backend.parallel_for(body, hits.size, 10)
+    threads.parallel_for(body, hits.size, 10)
     assert (hits == 1).all()
 
 
@@ -77,7 +78,7 @@ def test_matmul_matches_numpy(m, k, n, transposed):
     a = rand(rng, k, m).T if transposed else rand(rng, m, k)  # a transposed view, as w.T is
     b = rand(rng, n, k).T if transposed else rand(rng, k, n)
     expected = a.astype(np.float64) @ b.astype(np.float64)
-    assert fused.applies_matmul(a, b) == (backend.num_threads() > 1)
+    assert fused.applies_matmul(a, b) == (threads.num_threads() > 1)
     result = fused.matmul(a, b)
     assert result.dtype == np.float32 and result.shape == (m, n)
     close(result, expected, 1e-6)
@@ -87,10 +88,10 @@ def test_matmul_matches_numpy(m, k, n, transposed):
 
 
 def test_single_threaded_blas_restores_the_setting():
-    before = backend.blas_threads()
-    with backend.single_threaded_blas() as controlled:
-        assert backend.blas_threads() == (1 if controlled else before)
-    assert backend.blas_threads() == before
+    before = threads.blas_threads()
+    with threads.single_threaded_blas() as controlled:
+        assert threads.blas_threads() == (1 if controlled else before)
+    assert threads.blas_threads() == before
 
 
 @pytest.mark.parametrize("axis", [-1, 0])

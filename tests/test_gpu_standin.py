@@ -14,7 +14,8 @@ import sys
 import numpy as np
 import pytest
 
-from minimlp import backend, fused
+from minimlp import backend
+from minimlp.kernels import cpu as fused
 from minimlp import functional as F
 from minimlp.loss import cross_entropy_backward, cross_entropy_forward
 from minimlp.models import create_model
@@ -374,7 +375,7 @@ def test_without_a_usable_gpu_the_standin_fails_as_the_cuda_runtime_does(fake_cu
 
 def test_batch_uploader_round_trips_on_the_standin(fake_cupy):
     """Pinned host buffers, a side stream and events: what the uploader asks of CuPy is there."""
-    from minimlp.gpu import BatchUploader
+    from minimlp.kernels.gpu import BatchUploader
 
     batches = [np.full((2, 1, 4, 4), i, np.uint8) for i in range(4)]
     uploader = BatchUploader((2, 1, 4, 4))

@@ -29,8 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from minimlp.backend import CHUNK, array_module, num_threads, parallel_for, single_threaded_blas
-from minimlp.profiling import timed
+from minimlp.backend import array_module
+from minimlp.kernels.threads import CHUNK, num_threads, parallel_for, single_threaded_blas
+from minimlp.kernels.timing import timed
 
 _enabled = os.environ.get("MINIMLP_FUSED", "1") != "0"
 
@@ -58,9 +59,9 @@ def applies_matmul(a: Any, b: Any) -> bool:
 
 
 def _cuda():
-    from minimlp import fused_cuda  # imports CuPy; only reached with CuPy arrays
+    from minimlp.kernels import cuda  # imports CuPy; only reached with CuPy arrays
 
-    return fused_cuda
+    return cuda
 
 
 def _as_2d(x: np.ndarray, axis: int) -> np.ndarray:
