@@ -53,10 +53,10 @@ from minimlp.evaluate import EvalResult, evaluate
 from minimlp.io.checkpoint import Checkpoint, decode_meta, load_checkpoint, make_meta, save_checkpoint
 from minimlp.io.files import CheckpointError, atomic_write
 from minimlp.io.weights import WeightsFile, checked_config, load_pretrained, open_weights, preset_name
+from minimlp.kernels import cross_entropy_backward, cross_entropy_forward
 from minimlp.kernels.amp import MixedPrecision
 from minimlp.kernels.gpu import BatchFeed
 from minimlp.kernels.threads import num_threads
-from minimlp.loss import cross_entropy_backward, cross_entropy_forward
 from minimlp.models.registry import create_model, list_models, model_config, model_from_config, preset_arch
 from minimlp.optim import OPTIMIZERS, LRSchedule, clip_grad_norm, create_optimizer, scale_lr
 from minimlp.parallel import DataParallel, WorkerError
