@@ -7,7 +7,8 @@ For logits z (B, K) and a target distribution q (B, K) per sample,
 Integer labels become one-hot rows; label smoothing ε mixes them with the uniform
 distribution, q = (1 - ε) onehot + ε / K; soft targets (mixup, cutmix) are used as given,
 with the same smoothing folded in.  Every row of the gradient sums to zero, and at zero
-logits the loss is ln K: two facts the tests check.
+logits the loss is ln K: two facts the tests check.  On the GPU the trainer calls the
+same two functions through :mod:`minimlp.kernels`, which runs them as fused CUDA kernels.
 """
 
 from __future__ import annotations

@@ -99,7 +99,7 @@ def applies_matmul(a: Any, b: Any) -> bool:
 
 def _on_cpu(x: Any) -> bool:
     """A CPU kernel applies to ``x``."""
-    return isinstance(x, np.ndarray) and applies(x)
+    return array_module(x) is np and applies(x)
 
 
 def _kernels(x: Any) -> ModuleType:
