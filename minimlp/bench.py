@@ -13,7 +13,7 @@ share every product and elementwise pass), on a GPU one process:
   before and after the timed steps, by BLAS's own threads, minimlp's split products and,
   when compared, PyTorch) and the ratio of the two;
 * peak memory, and where a training step spends its time (matmuls, GELU, LayerNorm,
-  copies, loss, optimizer ...), from :mod:`minimlp.profiling`; both measured on the whole
+  copies, loss, optimizer ...), from :mod:`minimlp.kernels.timing`; both measured on the whole
   batch in this process, since the worker processes keep no such records;
 * on a GPU, host syncs per training step: the device -> host reads the step makes
   (:func:`minimlp.backend.host_syncs`), each of which stalls the host until the GPU has
@@ -47,9 +47,10 @@ from typing import Any
 import numpy as np
 
 import minimlp
-from minimlp import backend, fused, profiling
-from minimlp import functional as F
-from minimlp.loss import cross_entropy_backward, cross_entropy_forward
+from minimlp import backend, kernels
+from minimlp.kernels import cpu, cross_entropy_backward, cross_entropy_forward
+from minimlp.kernels import threads as cpu_threads
+from minimlp.kernels import timing
 from minimlp.models import create_model, list_models
 from minimlp.parallel import DataParallel
 
@@ -82,13 +83,13 @@ def ffvit_flops(config: Any) -> dict[str, int]:
 def count_flops(model: minimlp.Model, x: Any) -> dict[str, int]:
     """The same count, read off the shapes the linear and attention ops see in one forward pass.
 
-    Works for any model built from ``functional.linear_forward`` and
-    ``functional.attention_forward``; used as a check of :func:`ffvit_flops` and for
+    Works for any model built from ``kernels.linear_forward`` and
+    ``kernels.attention_forward``; used as a check of :func:`ffvit_flops` and for
     models without a formula (ViT/DeiT, the attention-only ablation, MLP-Mixer).
     """
     counts = {"forward": 0, "embed": 0}
     in_embed = [False]
-    linear, patch_embed, attention = F.linear_forward, F.patch_embed_forward, F.attention_forward
+    linear, patch_embed, attention = kernels.linear_forward, kernels.patch_embed_forward, kernels.attention_forward
 
     def counting_linear(x, w, b, axis=-1):
         flops = 2 * (x.size // w.shape[1]) * w.shape[0] * w.shape[1]
@@ -110,12 +111,12 @@ def count_flops(model: minimlp.Model, x: Any) -> dict[str, int]:
         finally:
             in_embed[0] = False
 
-    F.linear_forward, F.patch_embed_forward = counting_linear, counting_patch_embed
-    F.attention_forward = counting_attention
+    kernels.linear_forward, kernels.patch_embed_forward = counting_linear, counting_patch_embed
+    kernels.attention_forward = counting_attention
     try:
         model.forward(x)
     finally:
-        F.linear_forward, F.patch_embed_forward, F.attention_forward = linear, patch_embed, attention
+        kernels.linear_forward, kernels.patch_embed_forward, kernels.attention_forward = linear, patch_embed, attention
     batch = x.shape[0]
     forward, embed = counts["forward"] // batch, counts["embed"] // batch
     return {"forward": forward, "embed": embed, "train": 3 * forward - embed}
@@ -137,7 +138,7 @@ def sgd_update(store: Any, lr: float) -> None:
     def piece(p: np.ndarray, g: np.ndarray) -> None:
         p -= g * scale
 
-    backend.parallel_chunks(piece, params, grads)
+    cpu_threads.parallel_chunks(piece, params, grads)
 
 
 # --------------------------------------------------------------------------------------
@@ -204,7 +205,7 @@ class MinimlpRunner:
         self.clock = _cupy_clock(xp) if self.gpu else _wall_clock
         self.mixed = None
         if dtype == "float16":
-            from minimlp.amp import MixedPrecision
+            from minimlp.kernels.amp import MixedPrecision
 
             self.mixed = MixedPrecision(model)
         # As the trainer does on the CPU: worker processes of one thread each, every batch
@@ -225,7 +226,7 @@ class MinimlpRunner:
         self.parallel.train_step(self.x, self.y, 0.0, self.steps_taken)
         sgd_update(self.model.store, self.lr)
 
-    def step_in_process(self, timer: profiling.OpTimer | None = None) -> None:
+    def step_in_process(self, timer: timing.OpTimer | None = None) -> None:
         """One training step on the whole batch in this process; with ``timer``, the
         optimizer's share is charged to it."""
         m = self.model
@@ -240,7 +241,7 @@ class MinimlpRunner:
         self._optimizer_part(lambda: sgd_update(m.store, self.lr), timer)
 
     @staticmethod
-    def _optimizer_part(fn: Callable[[], None], timer: profiling.OpTimer | None) -> None:
+    def _optimizer_part(fn: Callable[[], None], timer: timing.OpTimer | None) -> None:
         if timer is None:
             fn()
             return
@@ -271,7 +272,7 @@ class MinimlpRunner:
         """Milliseconds per training step by category; 'other' is the rest (Python, glue)."""
         sync = self.model.xp.cuda.Device().synchronize if self.gpu else None
         total = 0.0
-        with profiling.recording(sync) as timer:
+        with timing.recording(sync) as timer:
             for _ in range(steps):
                 total += self.clock(lambda: self.step_in_process(timer))
         seconds = {k: v / steps for k, v in timer.seconds.items()}
@@ -304,8 +305,8 @@ class MinimlpRunner:
         a = xp.asarray(rng.standard_normal((n, n)).astype(dtype))
         b = xp.asarray(rng.standard_normal((n, n)).astype(dtype))
         peak = matmul_peak(lambda p, q: p @ q, a, b, self.clock)
-        if fused.applies_matmul(a, b):
-            peak = max(peak, matmul_peak(fused.matmul, a, b, self.clock))
+        if kernels.applies_matmul(a, b):
+            peak = max(peak, matmul_peak(cpu.matmul, a, b, self.clock))
         return peak
 
 
@@ -454,18 +455,18 @@ def _machine() -> dict[str, Any]:
     except OSError:
         pass
     blas = np.show_config(mode="dicts").get("Build Dependencies", {}).get("blas", {})
-    return {"cpu": cpu, "cores": backend.num_threads(), "python": platform.python_version(),
+    return {"cpu": cpu, "cores": cpu_threads.num_threads(), "python": platform.python_version(),
             "numpy": np.__version__, "blas": f"{blas.get('name', '?')} {blas.get('version', '')}".strip()}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    kept_memory = backend.keep_freed_memory()  # no page faults for reused activations (both contenders)
+    kept_memory = cpu_threads.keep_freed_memory()  # no page faults for reused activations (both contenders)
     device = "gpu" if args.gpu else (args.device or "cpu")
-    threads = args.threads or backend.num_threads()
-    backend.set_num_threads(threads)
-    blas_threads = backend.blas_threads(threads)
+    threads = args.threads or cpu_threads.num_threads()
+    cpu_threads.set_num_threads(threads)
+    blas_threads = cpu_threads.blas_threads(threads)
     if args.tf32:
-        from minimlp import gpu
+        from minimlp.kernels import gpu
 
         gpu.set_tf32(True)  # before the first float32 product
     overrides = {"img_size": args.img_size, "patch_size": args.patch_size, "in_chans": args.in_chans,
@@ -665,13 +666,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return summary
     if args.steps < 1 or args.warmup < 0 or args.rounds < 1 or args.batch_size < 1:
         raise SystemExit("--steps, --rounds and -b must be positive and --warmup not negative")
-    threads, env_threads, blas = backend.num_threads(), os.environ.get("MINIMLP_NUM_THREADS"), backend.blas_threads()
+    threads, env_threads = cpu_threads.num_threads(), os.environ.get("MINIMLP_NUM_THREADS")
+    blas = cpu_threads.blas_threads()
     try:
         result = run(args)
     finally:  # leave the process as we found it (tests call main() in-process)
-        backend.set_num_threads(int(env_threads) if env_threads else None)
+        cpu_threads.set_num_threads(int(env_threads) if env_threads else None)
         if blas is not None:
-            backend.blas_threads(blas)
+            cpu_threads.blas_threads(blas)
         if "torch" in sys.modules and args.threads:
             sys.modules["torch"].set_num_threads(threads)
     if args.out:

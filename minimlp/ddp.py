@@ -25,7 +25,7 @@ import numpy as np
 
 from minimlp.backend import array_module
 from minimlp.distributed import MPIWorld, env_float, mixed_seed
-from minimlp.loss import cross_entropy_backward, cross_entropy_forward
+from minimlp.kernels import cross_entropy_backward, cross_entropy_forward
 from minimlp.sharding import shard_weight
 
 __all__ = ["DistributedDataParallel", "MPIGradients", "NcclGradients", "Bucket", "gradient_buckets",

@@ -31,7 +31,7 @@ import numpy as np
 
 from minimlp.backend import to_numpy
 from minimlp.data import Dataset, normalize, open_dataset
-from minimlp.loss import cross_entropy_forward
+from minimlp.kernels import cross_entropy_forward
 from minimlp.progress import print_warning
 
 __all__ = ["EvalResult", "evaluate", "main"]

@@ -140,9 +140,10 @@ def environment() -> dict[str, Any]:
 # --------------------------------------------------------------------------------------
 def kernel_smoke(precision: str, batch: int, img_size: int = 224) -> list[dict[str, Any]]:
     """Each fused op on the GPU in ``precision`` against the plain ops in float64 on the CPU."""
-    from minimlp import backend, gpu
-    from minimlp import functional as F
-    from minimlp.loss import cross_entropy_backward, cross_entropy_forward
+    from minimlp import backend
+    from minimlp.kernels import gpu
+    from minimlp import kernels
+    from minimlp.kernels import cross_entropy_backward, cross_entropy_forward
     from minimlp.models import create_model
 
     gpu.set_tf32(precision == "tf32")  # before the first product in this process
@@ -159,17 +160,17 @@ def kernel_smoke(precision: str, batch: int, img_size: int = 224) -> list[dict[s
 
     def layernorm(xp_, axis, x, w, b, dy):
         dw, db = xp_.zeros_like(w), xp_.zeros_like(b)
-        y, cache = F.layernorm_forward(x, w, b, axis)
-        return y, F.layernorm_backward(dy, cache, w, dw, db), dw, db
+        y, cache = kernels.layernorm_forward(x, w, b, axis)
+        return y, kernels.layernorm_backward(dy, cache, w, dw, db), dw, db
 
     def linear_gelu(xp_, axis, x, w, b, dh):
         dw, db = xp_.zeros_like(w), xp_.zeros_like(b)
-        h, cache = F.linear_gelu_forward(x, w, b, axis)
-        return h, F.linear_gelu_backward(dh, cache, w, dw, db), dw, db
+        h, cache = kernels.linear_gelu_forward(x, w, b, axis)
+        return h, kernels.linear_gelu_backward(dh, cache, w, dw, db), dw, db
 
     def gelu(xp_, x, dout):
-        h, cache = F.gelu_forward(x)
-        return h, F.gelu_backward(dout, cache)
+        h, cache = kernels.gelu_forward(x)
+        return h, kernels.gelu_backward(dout, cache)
 
     def matmul(xp_, a, b):
         return (a @ b,)

@@ -13,9 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from minimlp.backend import array_module, to_numpy
-
-Array = Any
+from minimlp.backend import Array, array_module, to_numpy
 
 
 def numerical_gradient(f: Callable[[], float], x: Array, h: float = 1e-6) -> np.ndarray:

@@ -35,9 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from minimlp.backend import array_module, to_numpy
+from minimlp.backend import Array, array_module, to_numpy
 
-Array = Any
 
 __all__ = ["Optimizer", "SGD", "AdamW", "create_optimizer", "clip_grad_norm", "LRSchedule", "scale_lr"]
 

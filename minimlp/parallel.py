@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from minimlp.loss import cross_entropy_backward, cross_entropy_forward
+from minimlp.kernels import cross_entropy_backward, cross_entropy_forward
 from minimlp.sharding import shard_bounds, shard_weight
 
 __all__ = ["DataParallel", "WorkerError"]

@@ -45,17 +45,18 @@ from typing import Any
 import numpy as np
 
 from minimlp import ddp, distributed
-from minimlp.amp import MixedPrecision
-from minimlp.backend import get_backend, num_threads, to_numpy
+from minimlp.backend import get_backend, to_numpy
 from minimlp.data import list_datasets, normalize
 from minimlp.data.augment import RandAugment
 from minimlp.data.loader import BadImagesWarning, LoaderDataset, LoaderError, TooManyBadImagesError, default_workers
 from minimlp.evaluate import EvalResult, evaluate
-from minimlp.gpu import BatchFeed
 from minimlp.io.checkpoint import Checkpoint, decode_meta, load_checkpoint, make_meta, save_checkpoint
 from minimlp.io.files import CheckpointError, atomic_write
 from minimlp.io.weights import WeightsFile, checked_config, load_pretrained, open_weights, preset_name
-from minimlp.loss import cross_entropy_backward, cross_entropy_forward
+from minimlp.kernels import cross_entropy_backward, cross_entropy_forward
+from minimlp.kernels.amp import MixedPrecision
+from minimlp.kernels.gpu import BatchFeed
+from minimlp.kernels.threads import num_threads
 from minimlp.models.registry import create_model, list_models, model_config, model_from_config, preset_arch
 from minimlp.optim import OPTIMIZERS, LRSchedule, clip_grad_norm, create_optimizer, scale_lr
 from minimlp.parallel import DataParallel, WorkerError
@@ -753,7 +754,7 @@ def run(argv: list[str] | None = None, *, on_step: Callable[[RunState], bool | N
 
     backend = get_backend(args.device)  # first: a GPU that is asked for but unusable means NumPy, with one warning
     if args.tf32 and backend.is_gpu:
-        from minimlp import gpu
+        from minimlp.kernels import gpu
 
         gpu.set_tf32(True)  # before the first float32 product
     if args.amp and not backend.is_gpu:

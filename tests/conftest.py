@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from minimlp import fused
+from minimlp import kernels
 
 
 def _cupy_or_none():
@@ -40,9 +40,9 @@ def device(xp):
 @pytest.fixture
 def plain_kernels():
     """Run a test on the reference (unfused) ops, restoring the setting afterwards."""
-    previous = fused.set_enabled(False)
+    previous = kernels.set_enabled(False)
     yield
-    fused.set_enabled(previous)
+    kernels.set_enabled(previous)
 
 
 def to_np(a):

@@ -656,7 +656,7 @@ def _build_modules() -> dict[str, types.ModuleType]:
 
 
 def _is_cupy_module(name: str) -> bool:  # CuPy's modules, and minimlp's that import CuPy at the top
-    return name.split(".")[0] in ("cupy", "cupyx", "cupy_backends") or name == "minimlp.fused_cuda"
+    return name.split(".")[0] in ("cupy", "cupyx", "cupy_backends") or name == "minimlp.kernels.cuda"
 
 
 def _forget(name: str) -> None:

@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 
 import minimlp
-from minimlp import backend, bench, profiling
+from minimlp import bench
+from minimlp.kernels import threads
+from minimlp.kernels import timing as profiling
 from minimlp.models import model_config
 
 TINY = ["--model", "ff_fmnist", "--depth", "2", "--embed-dim", "16", "-b", "4",
@@ -139,10 +141,10 @@ def test_bench_compares_with_torch(capsys):
         result["minimlp"]["train"]["images_per_s"] / result["torch"]["train"]["images_per_s"])
     assert len(result["ratio"]["train_per_round"]) == 2
     assert result["threads"]["torch"] == 1 and result["threads"]["elementwise"] == 1
-    assert backend.num_threads() == threads_before  # the process's settings are restored
+    assert threads.num_threads() == threads_before  # the process's settings are restored
 
 
-threads_before = backend.num_threads()
+threads_before = threads.num_threads()
 
 
 def test_compare_torch_without_torch_says_what_to_install(monkeypatch):

@@ -21,7 +21,7 @@ compile, on arrays whose memory is never touched:
 
 Each distinct source is then compiled with NVRTC to machine code, as CuPy compiles it for
 an A100 (sm_80) and an H100/H200 (sm_90), in every dtype the kernel is used with.  The
-calls below are the ones ``minimlp/fused_cuda.py`` makes, at the feature widths that switch
+calls below are the ones ``minimlp/kernels/cuda.py`` makes, at the feature widths that switch
 paths (D = 96 takes the plain reduction, 128 and up take CUB) and over both LayerNorm axes.
 The tests marked gpu check what the kernels compute.
 """
@@ -97,7 +97,7 @@ def _sources_instead_of_compiling(cupy, accelerator, cub_reduction, kernel, redu
 
 
 class Writer:
-    """Calls kernels the way ``fused_cuda`` does and collects the sources CuPy writes."""
+    """Calls kernels the way ``minimlp.kernels.cuda`` does and collects the sources CuPy writes."""
 
     def __init__(self, cupy, reduction_module, names):
         self.cupy, self.reduction = cupy, reduction_module
@@ -172,7 +172,7 @@ class Writer:
 
 
 def write_all_sources(w: Writer, fc) -> None:
-    """Every kernel call ``fused_cuda`` makes, over the dtypes and shapes it meets."""
+    """Every kernel call ``minimlp.kernels.cuda`` makes, over the dtypes and shapes it meets."""
     ln, ce = fc._ln_kernels(1e-6), fc._ce_kernels()
     for dtype in (np.float32, np.float16):
         for D in FEATURE_WIDTHS:
@@ -210,21 +210,21 @@ def write_all_sources(w: Writer, fc) -> None:
 @pytest.fixture(scope="module")
 def variants():
     modules = _cupy_compiler()
-    from minimlp import fused_cuda
+    from minimlp.kernels import cuda
 
-    names = [k.name for k in fused_cuda.all_kernels()]
+    names = [k.name for k in cuda.all_kernels()]
     w = Writer(modules[0], modules[4], names)
     with _sources_instead_of_compiling(*modules):
-        write_all_sources(w, fused_cuda)
+        write_all_sources(w, cuda)
     return w.variants
 
 
 def _kernel_names():
     try:
-        from minimlp import fused_cuda
+        from minimlp.kernels import cuda
     except Exception:  # no CuPy: one placeholder, which the fixture skips
         return ["kernels"]
-    return [k.name for k in fused_cuda.all_kernels()]
+    return [k.name for k in cuda.all_kernels()]
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -233,7 +233,7 @@ def test_kernel_compiles(variants, name, arch):
     from cupy.cuda import compiler
     from cupy_backends.cuda.libs import nvrtc
 
-    assert variants[name], f"{name}: no call of this kernel is exercised here; add the calls fused_cuda makes"
+    assert variants[name], f"{name}: no call of this kernel is exercised here; add the calls kernels.cuda makes"
     # What CuPy adds for a device of this compute capability (cupy/cuda/compiler.py), and NVRTC's
     # precompiled headers, which CuPy uses with CUPY_NVRTC_USE_PCH=1: CUB's headers are then
     # parsed once, not once per source (a few times faster).
@@ -261,17 +261,17 @@ def test_cub_path_is_exercised(variants):
 
 
 # --------------------------------------------------------------------------------------
-# The naming rule of fused_cuda, checked on the kernels' text (no NVRTC needed).
+# The naming rule of kernels/cuda.py, checked on the kernels' text (no NVRTC needed).
 # --------------------------------------------------------------------------------------
 _CUPY_NAMES = {"in0", "out0", "a", "b", "i", "T"}
 
 
 def test_parameter_names_survive_cupys_renaming():
     _cupy_compiler()
-    from minimlp import fused_cuda
+    from minimlp.kernels import cuda
 
-    for k in fused_cuda.all_kernels():
-        if isinstance(k, fused_cuda.cupy.ElementwiseKernel):
+    for k in cuda.all_kernels():
+        if isinstance(k, cuda.cupy.ElementwiseKernel):
             texts = [k.operation]
         else:  # what the CUB path makes of a "mean" kernel's final expression, and the rest
             texts = [k.map_expr, k.post_map_expr.replace("_in_ind.size()", "_segment_size")

@@ -14,9 +14,8 @@ import sys
 import numpy as np
 import pytest
 
-from minimlp import backend, fused
-from minimlp import functional as F
-from minimlp.loss import cross_entropy_backward, cross_entropy_forward
+from minimlp import backend, kernels
+from minimlp.kernels import cross_entropy_backward, cross_entropy_forward
 from minimlp.models import create_model
 
 
@@ -237,13 +236,13 @@ def _host(a):
 
 
 def _both_paths(fn):
-    """fn() with the fused kernels, then with the plain ops (as host float64 arrays)."""
+    """fn() with the fast kernels, then with their plain twins (as host float64 arrays)."""
     fast = fn()
-    previous = fused.set_enabled(False)
+    previous = kernels.set_enabled(False)
     try:
         plain = fn()
     finally:
-        fused.set_enabled(previous)
+        kernels.set_enabled(previous)
     return [_host(a) for a in fast], [_host(a) for a in plain]
 
 
@@ -264,8 +263,8 @@ def test_fused_layernorm_matches_plain(fake_cupy, shape, axis, dtype):
     def run():
         X, W, B, DY = (_device(a, dtype) for a in (x, w, b, dy))
         dW, dB = _device(np.zeros(n), dtype), _device(np.zeros(n), dtype)
-        y, cache = F.layernorm_forward(X, W, B, axis)
-        dx = F.layernorm_backward(DY, cache, W, dW, dB)
+        y, cache = kernels.layernorm_forward(X, W, B, axis)
+        dx = kernels.layernorm_backward(DY, cache, W, dW, dB)
         assert y.dtype == dx.dtype == dtype
         return y, dx, dW, dB
 
@@ -289,14 +288,14 @@ def test_fused_linear_gelu_matches_plain(fake_cupy, axis, dtype):
     def run():
         X, W, B, DH = (_device(a, dtype) for a in (x, w, b, dh))
         grads = [(_device(np.zeros(w.shape), dtype), _device(np.zeros(hidden), dtype)) for _ in range(3)]
-        h, cache = F.linear_gelu_forward(X, W, B, axis)
-        dx = F.linear_gelu_backward(DH, cache, W, *grads[0])
-        dx_owned = F.linear_gelu_backward(DH.copy(), cache, W, *grads[1], owns_dh=True)  # in place, db fused
-        h_eval, cache_eval = F.linear_gelu_forward(X, W, B, axis, need_grad=False)  # GELU' left for later
-        dx_eval = F.linear_gelu_backward(DH, cache_eval, W, *grads[2])
-        total = F.add_inplace(h.copy(), h_eval)
-        g, gcache = F.gelu_forward(X)
-        dg = F.gelu_backward(X, gcache)
+        h, cache = kernels.linear_gelu_forward(X, W, B, axis)
+        dx = kernels.linear_gelu_backward(DH, cache, W, *grads[0])
+        dx_owned = kernels.linear_gelu_backward(DH.copy(), cache, W, *grads[1], owns_dh=True)  # in place, db fused
+        h_eval, cache_eval = kernels.linear_gelu_forward(X, W, B, axis, need_grad=False)  # GELU' left for later
+        dx_eval = kernels.linear_gelu_backward(DH, cache_eval, W, *grads[2])
+        total = kernels.add_inplace(h.copy(), h_eval)
+        g, gcache = kernels.gelu_forward(X)
+        dg = kernels.gelu_backward(X, gcache)
         outputs = [h, dx, dx_owned, h_eval, dx_eval, total, g, dg, *(a for pair in grads for a in pair)]
         assert all(a.dtype == dtype for a in outputs)  # no float64 creeping in
         return outputs
@@ -374,7 +373,7 @@ def test_without_a_usable_gpu_the_standin_fails_as_the_cuda_runtime_does(fake_cu
 
 def test_batch_uploader_round_trips_on_the_standin(fake_cupy):
     """Pinned host buffers, a side stream and events: what the uploader asks of CuPy is there."""
-    from minimlp.gpu import BatchUploader
+    from minimlp.kernels.gpu import BatchUploader
 
     batches = [np.full((2, 1, 4, 4), i, np.uint8) for i in range(4)]
     uploader = BatchUploader((2, 1, 4, 4))

@@ -75,11 +75,11 @@ def test_whole_model_gradient_check_through_the_resized_grid(xp, device, pos_gri
 
 def test_a_grid_of_the_patch_grid_size_is_not_resized(monkeypatch):
     """At equal sizes the resize is the identity (tested in test_functional), so it is skipped."""
-    from minimlp import functional as F
+    from minimlp import kernels
 
     calls = []
-    original = F.resize_bilinear_forward
-    monkeypatch.setattr(F, "resize_bilinear_forward", lambda *a: calls.append(a) or original(*a))
+    original = kernels.resize_bilinear_forward
+    monkeypatch.setattr(kernels, "resize_bilinear_forward", lambda *a: calls.append(a) or original(*a))
     x = np.random.default_rng(0).standard_normal((2, 3, 8, 8))
     same = perturbed_model()
     explicit = perturbed_model(pos_grid=2)  # the patch grid, given explicitly: the same model

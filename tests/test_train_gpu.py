@@ -11,7 +11,8 @@ import types
 import numpy as np
 import pytest
 
-from minimlp import amp, backend, train
+from minimlp import backend, train
+from minimlp.kernels import amp
 from minimlp.io.checkpoint import load_checkpoint
 
 # A tiny model on a few hundred Fashion-MNIST images: 10 steps of 32 per epoch.

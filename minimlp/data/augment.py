@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
-from minimlp.backend import array_module
+from minimlp.backend import Array, array_module
 from minimlp.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
@@ -45,7 +45,6 @@ __all__ = [
     "recipe_lr",
 ]
 
-Array = Any
 
 # ------------------------------------------------------------------------------------------------
 # RandAugment

@@ -24,11 +24,10 @@ import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from minimlp import functional as F
+from minimlp import kernels
+from minimlp.backend import Array
 from minimlp.layers import Init, LayerNorm, Linear, Mlp, ParamSpec, PatchEmbed, PreNormBlock, constant, trunc_normal
 from minimlp.models.base import Model, check_image_config
-
-Array = Any
 
 
 @dataclass
@@ -136,14 +135,14 @@ class MlpMixer(Model):
             t, c = block.forward(t, train, self.rng)
             c_blocks.append(c)
         t, c_norm = self.norm.forward(t)
-        pooled, pool_shape = F.mean_pool_forward(t)  # (B, D)
+        pooled, pool_shape = kernels.mean_pool_forward(t)  # (B, D)
         logits, c_head = self.head.forward(pooled)  # (B, K)
         return logits, MixerCache(c_stem, c_blocks, c_norm, pool_shape, c_head)
 
     def backward(self, dlogits: Array, cache: MixerCache, input_grad: bool = True) -> Array | None:
         """Add every parameter's gradient into ``grads``; return dL/dx (B, C, H, W)."""
         dpooled = self.head.backward(self.xp.asarray(dlogits, dtype=self.dtype), cache.head)
-        dt = F.mean_pool_backward(dpooled, cache.pool_shape)  # (N, B, D)
+        dt = kernels.mean_pool_backward(dpooled, cache.pool_shape)  # (N, B, D)
         dt = self.norm.backward(dt, cache.norm)
         for block, c in zip(reversed(self.blocks), reversed(cache.blocks), strict=True):
             dt = block.backward(dt, c)
@@ -154,4 +153,4 @@ class MlpMixer(Model):
         t, _ = self.stem.forward(self.prepare_input(x))
         for block in self.blocks:
             t, _ = block.forward(t, False, self.rng)
-        return F.transpose_forward(t, (1, 0, 2))[0]
+        return kernels.transpose_forward(t, (1, 0, 2))[0]

@@ -29,14 +29,11 @@ The comparison lesson walks through attention and its backward.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from minimlp.layers import Attention, LayerNorm, Linear, Mlp, PatchEmbed, PreNormBlock, trunc_normal
 from minimlp.models.base import ClassTokenModel, check_image_config
-
-Array = Any
 
 FEATURE_MIXERS = ("mlp", "attention")
 

@@ -1,18 +1,14 @@
-"""Fused kernels: faster versions of a few ``functional`` ops, each tested against it.
+"""Fused CPU kernels: faster float32 NumPy versions of a few ``functional`` ops.
 
 The plain versions in :mod:`minimlp.functional` are the reference: short, written once
 against ``xp``, and what the lessons derive and the gradient checks prove.  The kernels
-here compute the same numbers (to float32 rounding) with far less memory traffic:
-
-* on the CPU, float32 only: the arrays are cut into cache-sized tiles that all cores
-  work through (:func:`minimlp.backend.parallel_for`); every intermediate lives in a
-  small per-thread scratch buffer, so each input is read from memory once and each
-  output written once, instead of once per NumPy operation;
-* on the GPU: CuPy kernels (:mod:`minimlp.fused_cuda`) that read each input once.
-
-float64 (gradient checks) always takes the plain path.  ``MINIMLP_FUSED=0`` in the
-environment (or :func:`set_enabled`) turns the kernels off, which the tests use to
-compare both paths.  Lesson 11 walks through why each one pays.
+here compute the same numbers (to float32 rounding) with far less memory traffic: the
+arrays are cut into cache-sized tiles that all cores work through
+(:func:`minimlp.kernels.threads.parallel_for`); every intermediate lives in a small
+per-thread scratch buffer, so each input is read from memory once and each output
+written once, instead of once per NumPy operation.  Their CuPy twins are in
+:mod:`minimlp.kernels.cuda`; :mod:`minimlp.kernels` chooses between them and the plain
+ops.  Lesson 11 walks through why each one pays.
 
 Arrays reach the kernels as 2-D views: a (T, B, D) activation is (T·B, D) for ops along
 the features (axis -1) and (T, B·D) for ops along the tokens (axis 0), as in
@@ -22,45 +18,13 @@ the features (axis -1) and (T, B·D) for ops along the tokens (axis 0), as in
 from __future__ import annotations
 
 import math
-import os
 import threading
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from minimlp.backend import CHUNK, array_module, num_threads, parallel_for, single_threaded_blas
-from minimlp.profiling import timed
-
-_enabled = os.environ.get("MINIMLP_FUSED", "1") != "0"
-
-
-def set_enabled(flag: bool) -> bool:
-    """Turn the fused kernels on or off; returns the previous setting."""
-    global _enabled
-    previous, _enabled = _enabled, bool(flag)
-    return previous
-
-
-def applies(x: Any) -> bool:
-    """Whether a fused kernel exists for ``x``: float32 on NumPy, or float32/float16 on CuPy."""
-    if not _enabled:
-        return False
-    if array_module(x) is np:
-        return x.dtype == np.float32 and x.flags.c_contiguous
-    return x.dtype in (np.float32, np.float16) and x.flags.c_contiguous
-
-
-def applies_matmul(a: Any, b: Any) -> bool:
-    """Whether :func:`matmul` takes a product: float32 NumPy matrices, with threads to spread over."""
-    return (_enabled and isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.ndim == b.ndim == 2
-            and a.dtype == b.dtype == np.float32 and num_threads() > 1)
-
-
-def _cuda():
-    from minimlp import fused_cuda  # imports CuPy; only reached with CuPy arrays
-
-    return fused_cuda
+from minimlp.kernels.threads import CHUNK, num_threads, parallel_for, single_threaded_blas
 
 
 def _as_2d(x: np.ndarray, axis: int) -> np.ndarray:
@@ -231,17 +195,14 @@ def _gelu_tile(z: np.ndarray, h: np.ndarray, g: np.ndarray | None) -> None:
     np.subtract(h, num, out=h)  # h = z Φ(z)
 
 
-def gelu(x: Any) -> tuple[Any, Any]:
+def gelu(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(GELU(x), GELU'(x)) with the exact erf-based GELU, as one fused pass."""
-    if array_module(x) is not np:
-        return _cuda().gelu(x)
     h, g = np.empty_like(x), np.empty_like(x)
     xf, hf, gf = x.reshape(-1), h.reshape(-1), g.reshape(-1)
     parallel_for(lambda lo, hi: _gelu_tile(xf[lo:hi], hf[lo:hi], gf[lo:hi]), xf.size, CHUNK)
     return h, g
 
 
-@timed("gelu")
 def bias_gelu(y: Any, b: Any, axis: int) -> tuple[Any, Any]:
     """(GELU(y + b), GELU'(y + b)) with ``b`` broadcast along ``axis`` (-1 or 0).
 
@@ -249,8 +210,6 @@ def bias_gelu(y: Any, b: Any, axis: int) -> tuple[Any, Any]:
     first output is written over ``y``, the matrix product's result, which nothing else
     holds; the second is a new array.
     """
-    if array_module(y) is not np:
-        return _cuda().bias_gelu(y, b, axis)
     y2 = _as_2d(y, axis)
     g2 = np.empty_like(y2)
     b2 = b[None, :] if axis == -1 else b[:, None]
@@ -264,15 +223,12 @@ def bias_gelu(y: Any, b: Any, axis: int) -> tuple[Any, Any]:
     return y, g2.reshape(y.shape)
 
 
-@timed("gelu")
 def bias_gelu_inference(y: Any, b: Any, axis: int) -> tuple[Any, Any]:
     """(GELU(y + b), y + b): the activation without its derivative, for a forward pass
     that will probably not be followed by a backward one.  ``y`` becomes y + b in place
     (kept, so that a backward can still compute the derivative); the activation is new.
     Skips a fifth of the work and one output array.
     """
-    if array_module(y) is not np:
-        return _cuda().bias_gelu_inference(y, b, axis)
     y2 = _as_2d(y, axis)
     h2 = np.empty_like(y2)
     b2 = b[None, :] if axis == -1 else b[:, None]
@@ -288,24 +244,18 @@ def bias_gelu_inference(y: Any, b: Any, axis: int) -> tuple[Any, Any]:
 
 def gelu_backward(dout: Any, dgelu: Any, out: Any = None) -> Any:
     """dout * GELU'(x), written into ``out`` (which may be ``dout``) or a new array."""
-    xp = array_module(dout)
-    out = xp.empty_like(dout) if out is None else out
-    if xp is not np:
-        return xp.multiply(dout, dgelu, out=out)
+    out = np.empty_like(dout) if out is None else out
     d, g, o = dout.reshape(-1), dgelu.reshape(-1), out.reshape(-1)
     parallel_for(lambda lo, hi: np.multiply(d[lo:hi], g[lo:hi], out=o[lo:hi]), d.size, CHUNK)
     return out
 
 
-@timed("gelu")
 def bias_gelu_backward(dout: Any, dgelu: Any, db: Any, axis: int) -> Any:
     """The gradient through GELU, dh = dout * GELU'(x), and the bias gradient db += Σ dh.
 
     ``dh`` is written over ``dout`` (the caller owns it); the sum runs over every axis
     but ``axis``, tile by tile while each tile is still in cache.
     """
-    if array_module(dout) is not np:
-        return _cuda().bias_gelu_backward(dout, dgelu, db, axis)
     g2 = _as_2d(dgelu, axis)
     _bias_grad(dout, db, axis, lambda d, rs, cs: np.multiply(d, g2[rs, cs], out=d))
     return dout
@@ -313,9 +263,6 @@ def bias_gelu_backward(dout: Any, dgelu: Any, db: Any, axis: int) -> Any:
 
 def bias_backward(dout: np.ndarray, db: np.ndarray, axis: int) -> None:
     """db += Σ dout over every axis but ``axis``: a linear layer's bias gradient, on all cores."""
-    if array_module(dout) is not np:
-        db += _as_2d(dout, axis).sum(axis=0 if axis == -1 else 1)
-        return
     _bias_grad(dout, db, axis)
 
 
@@ -346,8 +293,6 @@ def _bias_grad(dout: np.ndarray, db: np.ndarray, axis: int,
 # --------------------------------------------------------------------------------------
 def layernorm(x: Any, w: Any, b: Any, axis: int, eps: float) -> tuple[Any, Any, Any]:
     """(y, xhat, rstd) as ``functional.layernorm_forward`` computes them."""
-    if array_module(x) is not np:
-        return _cuda().layernorm(x, w, b, axis, eps)
     x2 = _as_2d(x, axis)
     red = 1 if axis == -1 else 0  # the axis of x2 that is normalised
     y2, xhat2 = np.empty_like(x2), np.empty_like(x2)
@@ -377,8 +322,6 @@ def layernorm(x: Any, w: Any, b: Any, axis: int, eps: float) -> tuple[Any, Any, 
 
 def layernorm_backward(dy: Any, xhat: Any, rstd: Any, w: Any, dw: Any, db: Any, axis: int) -> Any:
     """dx of LayerNorm, adding dw and db, as ``functional.layernorm_backward`` does."""
-    if array_module(dy) is not np:
-        return _cuda().layernorm_backward(dy, xhat, rstd, w, dw, db, axis)
     dy2, xhat2 = _as_2d(dy, axis), _as_2d(xhat, axis)
     red = 1 if axis == -1 else 0
     rstd2 = rstd.reshape(-1, 1) if red == 1 else rstd.reshape(1, -1)
@@ -418,9 +361,6 @@ def layernorm_backward(dy: Any, xhat: Any, rstd: Any, w: Any, dw: Any, db: Any, 
 # --------------------------------------------------------------------------------------
 def add_bias(y: Any, b: Any, axis: int) -> Any:
     """y += b along ``axis`` (in place), on all cores."""
-    if array_module(y) is not np:
-        y += b if axis == -1 else b.reshape(-1, *([1] * (y.ndim - 1)))
-        return y
     y2 = _as_2d(y, axis)
     b2 = b[None, :] if axis == -1 else b[:, None]
 
@@ -433,23 +373,6 @@ def add_bias(y: Any, b: Any, axis: int) -> Any:
 
 def add_(out: Any, x: Any) -> Any:
     """out += x (same shapes, contiguous), on all cores."""
-    if array_module(out) is not np:
-        out += x
-        return out
     o, v = out.reshape(-1), x.reshape(-1)
     parallel_for(lambda lo, hi: np.add(o[lo:hi], v[lo:hi], out=o[lo:hi]), o.size, CHUNK)
     return out
-
-
-# --------------------------------------------------------------------------------------
-# Softmax cross-entropy: only on the GPU, where the plain version's ten small kernels
-# cost more launches than arithmetic.  On the CPU the (B, K) logits are tiny.
-# --------------------------------------------------------------------------------------
-def cross_entropy(logits: Any, q: Any) -> tuple[Any, Any]:
-    """(mean loss, softmax(logits)) for CuPy float32 logits (B, K) and targets q (B, K)."""
-    return _cuda().cross_entropy(logits, q)
-
-
-def cross_entropy_grad(probs: Any, q: Any, scale: float) -> Any:
-    """(probs - q) * scale for CuPy arrays, in one kernel."""
-    return _cuda().cross_entropy_grad(probs, q, scale)

@@ -1,4 +1,4 @@
-"""CuPy kernels for the fused ops of :mod:`minimlp.fused`, each next to the plain op it replaces.
+"""CuPy kernels for the fused ops of :mod:`minimlp.kernels`, each next to the plain op it replaces.
 
 The plain ``functional`` ops run on CuPy as they are, but each NumPy-style expression is a
 kernel launch and a trip through GPU memory: the plain LayerNorm forward is about eight
@@ -23,7 +23,7 @@ parameters ``in0``/``out0`` skips the renaming and with it the type names the CU
 needs.)  ``tests/test_cuda_sources.py`` checks the rule and compiles every kernel, on every
 path CuPy can give it, with CuPy's own code generators.
 
-This module imports CuPy at the top: only :mod:`minimlp.fused` imports it, and only
+This module imports CuPy at the top: only :mod:`minimlp.kernels` imports it, and only
 once it holds CuPy arrays.
 """
 
@@ -34,7 +34,7 @@ from typing import Any
 
 import cupy
 
-Array = Any
+from minimlp.backend import Array
 
 # --------------------------------------------------------------------------------------
 # GELU, exact: h = z Φ(z), g = Φ(z) + z φ(z), with Φ(z) = erfc(-z/√2)/2 (CUDA's erfcf).

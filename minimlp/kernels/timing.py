@@ -1,8 +1,8 @@
-"""An opt-in stopwatch around the ``functional`` ops: where does a training step go?
+"""An opt-in stopwatch around the ops of the speed layer: where does a training step go?
 
-Each op in :mod:`minimlp.functional` (and the fused kernels and the loss) is marked with
-the category it belongs to — ``@timed("matmul")``, ``@timed("gelu")`` ... .  Normally the
-mark costs one extra function call and nothing is measured.  Inside ``with recording()
+Each op in :mod:`minimlp.kernels` (the fast ones, the plain ones it passes on, and the
+loss) is marked with the category it belongs to — ``@timed("matmul")``, ``@timed("gelu")``
+... .  Normally the mark costs one extra function call and nothing is measured.  Inside ``with recording()
 as timer:`` every call adds its wall time to ``timer.seconds[category]``; ops called from
 inside another timed op are charged to the outer one only.  ``minimlp.bench`` uses this
 for its per-layer breakdown.  On a GPU, pass ``sync`` (e.g. the device's synchronize) so

@@ -21,15 +21,11 @@ the numbers.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
-from minimlp.backend import to_numpy
-from minimlp.loss import cross_entropy_backward, cross_entropy_forward
+from minimlp.backend import Array, to_numpy
+from minimlp.kernels import cross_entropy_backward, cross_entropy_forward
 from minimlp.models import Model, model_from_config
-
-Array = Any
 
 
 class LossScaler:
