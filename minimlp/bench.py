@@ -2,7 +2,7 @@
 
 For one model and batch size, on synthetic data already on the device, the training step
 that ``python -m minimlp.train`` takes: on the CPU each batch split over one process per
-core, one thread each (:mod:`minimlp.parallel`; ``--procs 1``: one process whose threads
+core, one thread each (:mod:`minimlp.parallel.workers`; ``--procs 1``: one process whose threads
 share every product and elementwise pass), on a GPU one process:
 
 * training-step throughput (forward, backward, optimizer) and forward-only throughput,
@@ -51,9 +51,7 @@ from minimlp import backend, fused, profiling
 from minimlp import functional as F
 from minimlp.loss import cross_entropy_backward, cross_entropy_forward
 from minimlp.models import create_model, list_models
-from minimlp.parallel import DataParallel
-
-CATEGORIES = ("matmul", "gelu", "layernorm", "residual", "copies", "dropout", "loss", "optimizer")
+from minimlp.parallel.workers import DataParallel
 
 
 # --------------------------------------------------------------------------------------
@@ -208,7 +206,7 @@ class MinimlpRunner:
 
             self.mixed = MixedPrecision(model)
         # As the trainer does on the CPU: worker processes of one thread each, every batch
-        # split over them (minimlp.parallel); started last, after everything that can fail.
+        # split over them (minimlp.parallel.workers); started last, after everything that can fail.
         self.parallel = DataParallel(model, procs, batch, seed) if procs > 1 else None
         self.steps_taken = 0
 

@@ -43,7 +43,6 @@ from minimlp.models import FFViTConfig, MixerConfig, create_model, model_config
 from minimlp.plot import Panel, Series, line_chart
 
 DEFAULT_MODELS = ("ff_fmnist", "vit_fmnist", "mixer_fmnist")
-METRIC_FIELDS = ("epoch", "train_loss", "eval_loss", "eval_top1", "eval_top5", "lr", "img_per_s", "elapsed_s")
 # Trainer options that change the model; read so that the parameter counts in the table
 # are those of the models actually trained.
 MODEL_OPTIONS = {"--img-size": int, "--patch-size": int, "--in-chans": int, "--num-classes": int,

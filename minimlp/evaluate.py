@@ -60,7 +60,7 @@ def evaluate(model: Any, dataset: Dataset, batch_size: int = 256, indices: np.nd
     ``label_map[k]`` is the model output that dataset label k stands for (default: k itself);
     leave out the samples it maps to -1.  Returns None when ``should_stop()`` turns true
     between batches (Ctrl-C in the trainer).
-    ``world`` (a :class:`minimlp.distributed.World`, under mpirun): each rank evaluates its
+    ``world`` (a :class:`minimlp.parallel.mpi.World`, under mpirun): each rank evaluates its
     share of the images and the sums are added over the ranks, so every rank returns the
     whole result; ``should_stop`` is then not consulted (the ranks must agree on stopping,
     which the trainer does between steps).

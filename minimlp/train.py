@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from minimlp import ddp, distributed
+from minimlp.parallel import ddp, mpi
 from minimlp.amp import MixedPrecision
 from minimlp.backend import get_backend, num_threads, to_numpy
 from minimlp.data import list_datasets, normalize
@@ -58,7 +58,7 @@ from minimlp.io.weights import WeightsFile, checked_config, load_pretrained, ope
 from minimlp.loss import cross_entropy_backward, cross_entropy_forward
 from minimlp.models.registry import create_model, list_models, model_config, model_from_config, preset_arch
 from minimlp.optim import OPTIMIZERS, LRSchedule, clip_grad_norm, create_optimizer, scale_lr
-from minimlp.parallel import DataParallel, WorkerError
+from minimlp.parallel.workers import DataParallel, WorkerError
 from minimlp.plot import plot_curves
 from minimlp.progress import Progress, format_duration, print_warning
 from minimlp.train_data import (
@@ -744,7 +744,7 @@ def run(argv: list[str] | None = None, *, on_step: Callable[[RunState], bool | N
     if args.output and Path(args.output).exists() and not Path(args.output).is_dir():
         raise RunDirError(f"--output {args.output} is a file; the run directory must be a directory (new or "
                           "existing)", usage=True)
-    world = distributed.world()  # under mpirun: this rank's place in the job (else one process)
+    world = mpi.world()  # under mpirun: this rank's place in the job (else one process)
     if not world.is_main:
         log = _quiet  # only rank 0 logs
     world.select_gpu(args.device)  # one GPU per rank, by local rank
@@ -761,7 +761,7 @@ def run(argv: list[str] | None = None, *, on_step: Callable[[RunState], bool | N
                       RuntimeWarning, stacklevel=2)
     amp = args.amp and backend.is_gpu
     if amp and world.active:
-        raise distributed.DistributedError("--amp trains in one process only: the gradient sum over the ranks has "
+        raise mpi.DistributedError("--amp trains in one process only: the gradient sum over the ranks has "
                                            "no loss scaling yet; run without --amp under mpirun", usage=True)
     threads = (f"; {num_threads()} threads for elementwise kernels, BLAS threads: "
                f"{os.environ.get('OPENBLAS_NUM_THREADS', 'the library default')}")
@@ -810,8 +810,8 @@ def run(argv: list[str] | None = None, *, on_step: Callable[[RunState], bool | N
             world.check_same(argument=vars(args), model=model.config_dict(),
                              data={"training images": len(train_idx), "evaluation images": len(eval_idx),
                                    "classes": train_set.classes},
-                             state={"step": state.step, "parameters": distributed.checksum(model.store.flat_params),
-                                    "optimizer": [distributed.checksum(a) for a in optimizer.state.values()]})
+                             state={"step": state.step, "parameters": mpi.checksum(model.store.flat_params),
+                                    "optimizer": [mpi.checksum(a) for a in optimizer.state.values()]})
         run_dir = Path(args.output) if args.output else (checkpoint.path.parent if checkpoint
                                                           else new_run_dir(args.model))
         run_dir = Path(world.from_main(str(run_dir)))  # rank 0's choice; only rank 0 writes there
@@ -825,7 +825,7 @@ def run(argv: list[str] | None = None, *, on_step: Callable[[RunState], bool | N
             log(f"data parallel: every batch is split over {procs} worker processes of one thread each"
                 + (f"; {workers} decoding process(es)" if isinstance(train_set, LoaderDataset) else ""))
         if world.active:  # the ranks' shards of each batch; gradients summed over the ranks
-            distributed.per_rank_batch(args.batch_size, world.size)  # refuses a batch that does not split evenly
+            mpi.per_rank_batch(args.batch_size, world.size)  # refuses a batch that does not split evenly
             parallel = ddp.DistributedDataParallel(world, model, parallel, seed=args.seed)
             log(f"{parallel.describe()}; a batch of {args.batch_size} is {args.batch_size // world.size} per rank")
         if args.eval_only:
@@ -881,7 +881,7 @@ def _train(setup: Setup, on_step: Callable[[RunState], bool | None] | None,
     train_idx, eval_idx, eval_batch = setup.train_idx, setup.eval_idx, setup.eval_batch
     steps_per_epoch, lr, weight_decay = setup.steps_per_epoch, setup.lr, setup.weight_decay
     checkpoint, run_dir, classes = setup.checkpoint, setup.run_dir, setup.classes
-    world = distributed.world()
+    world = mpi.world()
     metrics_path = run_dir / "metrics.jsonl"
     # The checkpoint is the run's record: metrics.jsonl and best.npz are brought in line with
     # it, whatever instant a kill left them at (checkpoints older than the "metrics" record
@@ -1116,7 +1116,7 @@ def read_totals(totals: StepTotals, state: RunState, epoch: int, steps_per_epoch
         return 0
     steps = totals.steps
     loss_sum, correct, norm_sum = totals.read()
-    loss_sum, correct, count = distributed.world().sum(np.array([loss_sum, correct, totals.count]),
+    loss_sum, correct, count = mpi.world().sum(np.array([loss_sum, correct, totals.count]),
                                                        "summing the loss and accuracy")
     totals.clear()
     if not math.isfinite(loss_sum):
@@ -1203,18 +1203,18 @@ def main(argv: list[str] | None = None) -> int:
         with warnings.catch_warnings():  # restores showwarning afterwards
             warnings.showwarning = print_warning
             result = run(argv)
-    except distributed.DistributedError as exc:
-        return distributed.current_world().fail(f"error: {exc}", EXIT_USAGE if exc.usage else EXIT_FAILED, True)
+    except mpi.DistributedError as exc:
+        return mpi.current_world().fail(f"error: {exc}", EXIT_USAGE if exc.usage else EXIT_FAILED, True)
     except RunDirError as exc:  # only rank 0 writes the run directory
-        return distributed.current_world().fail(f"error: {exc}", EXIT_USAGE if exc.usage else EXIT_FAILED)
+        return mpi.current_world().fail(f"error: {exc}", EXIT_USAGE if exc.usage else EXIT_FAILED)
     except (Diverged, TrainingError) as exc:  # a diverged loss is the whole batch's: every rank sees it
-        return distributed.current_world().fail(f"error: {exc}", EXIT_FAILED, collective=isinstance(exc, Diverged))
+        return mpi.current_world().fail(f"error: {exc}", EXIT_FAILED, collective=isinstance(exc, Diverged))
     except (TooManyBadImagesError, LoaderError, WorkerError) as exc:  # the data or a worker failed during the run
-        return distributed.current_world().fail(f"error: {exc}", EXIT_FAILED)
+        return mpi.current_world().fail(f"error: {exc}", EXIT_FAILED)
     except (FileNotFoundError, CheckpointError, ValueError) as exc:
-        return distributed.current_world().fail(f"error: {exc}", EXIT_USAGE)
+        return mpi.current_world().fail(f"error: {exc}", EXIT_USAGE)
     except KeyboardInterrupt:
-        return distributed.current_world().fail("aborted (the last checkpoint written is intact)", EXIT_INTERRUPTED)
+        return mpi.current_world().fail("aborted (the last checkpoint written is intact)", EXIT_INTERRUPTED)
     finally:
         if handle_usr1:
             signal.signal(usr1, previous)

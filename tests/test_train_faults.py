@@ -270,7 +270,7 @@ def test_sigusr1_before_training_begins_quits_with_one_line(tmp_path, fmnist_dir
 def test_workers_started_under_a_signal_storm_survive(tmp_path):
     """Stop signals that arrive while the workers are still starting wait, and are ignored."""
     from minimlp.models.registry import create_model
-    from minimlp.parallel import DataParallel
+    from minimlp.parallel.workers import DataParallel
 
     model = create_model("ff_fmnist_small", patch_size=7, embed_dim=16, depth=1)
     previous = signal.signal(signal.SIGUSR1, lambda *a: None)

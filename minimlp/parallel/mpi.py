@@ -6,9 +6,9 @@
 Nothing needs a flag: a process started by ``mpirun`` (or ``srun``) finds the launcher's
 variables in its environment, and :func:`world` returns its :class:`MPIWorld` (rank, size,
 local rank); without a launcher it is a one-process :class:`World` whose collectives are
-the identity, so the trainer calls the same methods either way.  :mod:`minimlp.ddp`
+the identity, so the trainer calls the same methods either way.  :mod:`minimlp.parallel.ddp`
 builds data-parallel training on this: each rank holds a replica, trains on its shard of
-every batch (:mod:`minimlp.sharding`) and the gradients are summed over the ranks.
+every batch (:mod:`minimlp.parallel.sharding`) and the gradients are summed over the ranks.
 
 What keeps the ranks together:
 
@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 
 from minimlp.backend import NCCL_INSTALL, array_module
-from minimlp.sharding import rank_indices, shard_bounds
+from minimlp.parallel.sharding import rank_indices, shard_bounds
 
 __all__ = ["World", "MPIWorld", "Watchdog", "DistributedError", "world", "current_world", "launched_by_mpi",
            "checksum", "per_rank_batch", "describe_differences", "mixed_seed"]
