@@ -40,7 +40,7 @@ import numpy as np
 
 from minimlp.io.files import atomic_write
 from minimlp.models import FFViTConfig, MixerConfig, create_model, model_config
-from minimlp.plot import Panel, Series, line_chart
+from minimlp.train.plot import Panel, Series, line_chart
 
 DEFAULT_MODELS = ("ff_fmnist", "vit_fmnist", "mixer_fmnist")
 # Trainer options that change the model; read so that the parameter counts in the table

@@ -32,7 +32,6 @@ import numpy as np
 from minimlp.backend import to_numpy
 from minimlp.data import Dataset, normalize, open_dataset
 from minimlp.loss import cross_entropy_forward
-from minimlp.progress import print_warning
 
 __all__ = ["EvalResult", "evaluate", "main"]
 
@@ -163,6 +162,8 @@ def open_eval_data(args: argparse.Namespace, meta: dict[str, Any], img_size: int
 
 
 def main(argv: list[str] | None = None) -> int:
+    from minimlp.train.progress import print_warning  # here: the trainer imports this module
+
     with warnings.catch_warnings():  # restores showwarning afterwards
         warnings.showwarning = print_warning
         return _main(argv)

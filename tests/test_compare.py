@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from minimlp import compare
-from minimlp.plot import COLORS, nice_ticks
+from minimlp.train.plot import COLORS, nice_ticks
 
 MODELS = ["ff_fmnist", "vit_fmnist", "mixer_fmnist"]
 

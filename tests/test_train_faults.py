@@ -204,7 +204,7 @@ def test_a_second_ctrl_c_while_the_loader_stops_quits_cleanly(tmp_path, fmnist_d
         finally:
             os.kill(os.getpid(), signal.SIGINT)  # the second Ctrl-C
 
-    monkeypatch.setattr(train, "prefetch", prefetch)
+    monkeypatch.setattr("minimlp.train.command.prefetch", prefetch)
     first = {"sent": False}
 
     def on_step(state):
@@ -213,7 +213,7 @@ def test_a_second_ctrl_c_while_the_loader_stops_quits_cleanly(tmp_path, fmnist_d
             os.kill(os.getpid(), signal.SIGINT)
 
     real_run = train.run
-    monkeypatch.setattr(train, "run", lambda argv: real_run(argv, on_step=on_step))
+    monkeypatch.setattr("minimlp.train.command.run", lambda argv: real_run(argv, on_step=on_step))
     code = train.main(tiny(tmp_path / "run", fmnist_dir, "--epochs", "1"))
     err = capsys.readouterr().err
     assert unraisable == [], [u.exc_value for u in unraisable]

@@ -59,9 +59,9 @@ from minimlp.loss import cross_entropy_backward, cross_entropy_forward
 from minimlp.models.registry import create_model, list_models, model_config, model_from_config, preset_arch
 from minimlp.optim import OPTIMIZERS, LRSchedule, clip_grad_norm, create_optimizer, scale_lr
 from minimlp.parallel.workers import DataParallel, WorkerError
-from minimlp.plot import plot_curves
-from minimlp.progress import Progress, format_duration, print_warning
-from minimlp.train_data import (
+from minimlp.train.plot import plot_curves
+from minimlp.train.progress import Progress, format_duration, print_warning
+from minimlp.train.data import (
     RECIPES,
     DeviceAugment,
     apply_recipe,
@@ -1224,6 +1224,3 @@ def main(argv: list[str] | None = None) -> int:
 def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
-
-if __name__ == "__main__":
-    sys.exit(main())
