@@ -204,7 +204,7 @@ def test_a_second_ctrl_c_while_the_loader_stops_quits_cleanly(tmp_path, fmnist_d
         finally:
             os.kill(os.getpid(), signal.SIGINT)  # the second Ctrl-C
 
-    monkeypatch.setattr("minimlp.train.command.prefetch", prefetch)
+    monkeypatch.setattr("minimlp.train.loop.prefetch", prefetch)
     first = {"sent": False}
 
     def on_step(state):

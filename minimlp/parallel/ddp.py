@@ -24,9 +24,9 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from minimlp.backend import array_module
-from minimlp.parallel.mpi import MPIWorld, env_float, mixed_seed
+from minimlp.parallel.mpi import MPIWorld, env_float
 from minimlp.loss import cross_entropy_backward, cross_entropy_forward
-from minimlp.parallel.sharding import shard_weight
+from minimlp.parallel.sharding import seed_for, shard_weight
 
 __all__ = ["DistributedDataParallel", "MPIGradients", "NcclGradients", "Bucket", "gradient_buckets",
            "notify_after_block_backward"]
@@ -248,7 +248,7 @@ class DistributedDataParallel:
         if not self.dropout or self.local is not self.model:  # worker processes seed their own
             return
         if self.model.xp is np or not self._seeded:
-            self.model.seed(mixed_seed(self.seed, step, self.world.rank))
+            self.model.seed(seed_for(self.seed, step, self.world.rank))
             self._seeded = True
 
     def train_step(self, x: Any, labels: np.ndarray, smoothing: float, step: int) -> tuple[Any, Any]:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["shard_bounds", "shard_weight", "rank_indices"]
+__all__ = ["shard_bounds", "shard_weight", "rank_indices", "seed_for"]
 
 
 def shard_bounds(n: int, parts: int) -> list[tuple[int, int]]:
@@ -57,3 +57,12 @@ def rank_indices(order: np.ndarray, batch_size: int, rank: int, world_size: int)
         lo, hi = shard_bounds(len(batch), world_size)[rank]
         parts.append(batch[lo:hi])
     return np.concatenate(parts) if parts else order[:0]
+
+
+def seed_for(*words: int) -> int:
+    """A 63-bit seed mixed from several integers (the run seed, the epoch, the step, the rank, ...).
+
+    Every process derives the seeds it needs from the same words, so no message is needed
+    to agree on an epoch's order, a batch's augmentation or a rank's dropout masks.
+    """
+    return int(np.random.SeedSequence([int(w) for w in words]).generate_state(1, np.uint64)[0] >> np.uint64(1))
