@@ -27,7 +27,7 @@ from minimlp.parallel import ddp, mpi
 from minimlp.parallel.workers import DataParallel, WorkerError
 from minimlp.train.args import OPT_DEFAULTS, parse_args
 from minimlp.train.data import DeviceAugment, fixed_subset, loader_workers, open_datasets
-from minimlp.train.loop import Setup, _train
+from minimlp.train.loop import Run, train
 from minimlp.train.progress import print_warning
 from minimlp.train.state import (
     Diverged,
@@ -218,12 +218,14 @@ def run(argv: list[str] | None = None, *, on_step: Callable[[RunState], bool | N
             log(f"eval: loss {result.loss:.4f}  top-1 {result.top1:.2f}%"
                 + (f"  top-5 {result.top5:.2f}%" if result.top5 is not None else ""))
             return RunResult(run_dir, "evaluated", [], model, state, result)
-        setup = Setup(args, model, parallel, optimizer, schedule, state, train_set, eval_set, train_idx, eval_idx,
-                      eval_batch, steps_per_epoch, lr, weight_decay, checkpoint, run_dir, train_set.classes,
-                      augment, workers, mixed=mixed, feed=BatchFeed() if backend.is_gpu else None)
+        loop = Run(args=args, model=model, optimizer=optimizer, schedule=schedule, state=state, train_set=train_set,
+                   eval_set=eval_set, train_idx=train_idx, eval_idx=eval_idx, eval_batch=eval_batch,
+                   steps_per_epoch=steps_per_epoch, lr=lr, weight_decay=weight_decay, checkpoint=checkpoint,
+                   run_dir=run_dir, augment=augment, workers=workers, world=world, log=log, parallel=parallel,
+                   mixed=mixed, feed=BatchFeed() if backend.is_gpu else None)
         with warnings.catch_warnings():  # the epoch summary names undecodable files (once, not every pass)
             warnings.simplefilter("ignore", BadImagesWarning)
-            return _train(setup, on_step, on_epoch_end, log)
+            return train(loop, on_step, on_epoch_end)
     finally:
         if parallel is not None:
             parallel.close()
