@@ -114,6 +114,46 @@ def make_optimizer(args: argparse.Namespace, model: Any) -> tuple[Any, float, fl
     return create_optimizer(args.opt, model, **hyper), lr, weight_decay
 
 
+def start_backend(args: argparse.Namespace, world: mpi.World, log: Callable[[str], None]) -> Any:
+    """NumPy or CuPy, as asked and as found, with the GPU-only options checked; logs the choice."""
+    backend = get_backend(args.device)  # first: a GPU that is asked for but unusable means NumPy, with one warning
+    if args.tf32 and backend.is_gpu:
+        from minimlp import gpu
+
+        gpu.set_tf32(True)  # before the first float32 product
+    if args.amp and not backend.is_gpu:
+        warnings.warn("--amp needs a GPU (NumPy has no fast float16 matrix product); training in float32",
+                      RuntimeWarning, stacklevel=3)
+    if args.amp and backend.is_gpu and world.active:
+        raise mpi.DistributedError("--amp trains in one process only: the gradient sum over the ranks has "
+                                   "no loss scaling yet; run without --amp under mpirun", usage=True)
+    threads = (f"; {num_threads()} threads for elementwise kernels, BLAS threads: "
+               f"{os.environ.get('OPENBLAS_NUM_THREADS', 'the library default')}")
+    log(f"backend: {backend.reason}" + ("" if backend.is_gpu else threads))
+    return backend
+
+
+def mixed_precision(model: Any, checkpoint: Checkpoint | None, log: Callable[[str], None]) -> MixedPrecision:
+    """--amp: float16 copies of the model for the step, the loss scale carried on from the checkpoint."""
+    mixed = MixedPrecision(model)
+    if checkpoint is not None and checkpoint.meta.get("amp"):
+        mixed.scaler.load_state_dict(checkpoint.meta["amp"])  # the loss scale carries on
+    log(f"mixed precision: float16 forward and backward, float32 master weights and optimizer, "
+        f"loss scale {mixed.scaler.scale:g}")
+    return mixed
+
+
+def make_run_dir(args: argparse.Namespace, checkpoint: Checkpoint | None, world: mpi.World) -> Path:
+    """--output, the resumed run's directory, or a new one under runs/; rank 0 chooses and creates it."""
+    run_dir = Path(args.output) if args.output else (checkpoint.path.parent if checkpoint
+                                                      else new_run_dir(args.model))
+    run_dir = Path(world.from_main(str(run_dir)))  # rank 0's choice; only rank 0 writes there
+    if world.is_main:
+        with writing(run_dir, run_dir):
+            run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
 def run(argv: list[str] | None = None, *, on_step: Callable[[RunState], bool | None] | None = None,
         on_epoch_end: Callable[[dict[str, Any]], bool | None] | None = None,
         log: Callable[[str], None] = print) -> RunResult:
@@ -136,21 +176,8 @@ def run(argv: list[str] | None = None, *, on_step: Callable[[RunState], bool | N
     checkpoint = resume_checkpoint(args, explicit)
     pretrained = open_weights(args.pretrained) if args.pretrained and checkpoint is None else None
 
-    backend = get_backend(args.device)  # first: a GPU that is asked for but unusable means NumPy, with one warning
-    if args.tf32 and backend.is_gpu:
-        from minimlp import gpu
-
-        gpu.set_tf32(True)  # before the first float32 product
-    if args.amp and not backend.is_gpu:
-        warnings.warn("--amp needs a GPU (NumPy has no fast float16 matrix product); training in float32",
-                      RuntimeWarning, stacklevel=2)
+    backend = start_backend(args, world, log)
     amp = args.amp and backend.is_gpu
-    if amp and world.active:
-        raise mpi.DistributedError("--amp trains in one process only: the gradient sum over the ranks has "
-                                           "no loss scaling yet; run without --amp under mpirun", usage=True)
-    threads = (f"; {num_threads()} threads for elementwise kernels, BLAS threads: "
-               f"{os.environ.get('OPENBLAS_NUM_THREADS', 'the library default')}")
-    log(f"backend: {backend.reason}" + ("" if backend.is_gpu else threads))
     # Worker processes per rank: under mpirun one unless --procs asks for more, else one per core.
     procs = max(1, args.procs) if world.active else worker_processes(args.procs, backend)
     workers = loader_workers(args.workers, backend.is_gpu)
@@ -184,25 +211,15 @@ def run(argv: list[str] | None = None, *, on_step: Callable[[RunState], bool | N
         state = RunState()
         if checkpoint is not None:
             state = restore_state(checkpoint, model, optimizer, args, steps_per_epoch, log)
-        mixed = None
-        if amp:  # after restore_state, which may give the model a new dropout generator to share
-            mixed = MixedPrecision(model)
-            if checkpoint is not None and checkpoint.meta.get("amp"):
-                mixed.scaler.load_state_dict(checkpoint.meta["amp"])  # the loss scale carries on
-            log(f"mixed precision: float16 forward and backward, float32 master weights and optimizer, "
-                f"loss scale {mixed.scaler.scale:g}")
+        # after restore_state, which may give the model a new dropout generator to share
+        mixed = mixed_precision(model, checkpoint, log) if amp else None
         if world.active:  # every rank must run the same job: compare, and name what differs
             world.check_same(argument=vars(args), model=model.config_dict(),
                              data={"training images": len(train_idx), "evaluation images": len(eval_idx),
                                    "classes": train_set.classes},
                              state={"step": state.step, "parameters": mpi.checksum(model.store.flat_params),
                                     "optimizer": [mpi.checksum(a) for a in optimizer.state.values()]})
-        run_dir = Path(args.output) if args.output else (checkpoint.path.parent if checkpoint
-                                                          else new_run_dir(args.model))
-        run_dir = Path(world.from_main(str(run_dir)))  # rank 0's choice; only rank 0 writes there
-        if world.is_main:
-            with writing(run_dir, run_dir):
-                run_dir.mkdir(parents=True, exist_ok=True)
+        run_dir = make_run_dir(args, checkpoint, world)
 
         eval_batch = max(args.batch_size, 256)
         if procs > 1:
