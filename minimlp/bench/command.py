@@ -19,7 +19,7 @@ share every product and elementwise pass), on a GPU one process:
   (:func:`minimlp.backend.host_syncs`), each of which stalls the host until the GPU has
   caught up, so that the next step's kernels are not queued ahead;
 * with ``--compare torch``: the same architecture in PyTorch eager
-  (:mod:`minimlp.bench_torch`) with minimlp's weights, the same threads, precision, exact
+  (:mod:`minimlp.bench.torch_baseline`) with minimlp's weights, the same threads, precision, exact
   GELU and SGD step.  minimlp and PyTorch take turns, round by round, so a busy machine
   slows both alike; the ratio of the medians is reported, with the per-round ratios.
 
@@ -312,14 +312,14 @@ class TorchRunner:
 
     def __init__(self, minimlp_runner: MinimlpRunner, device: str, dtype: str, lr: float, threads: int) -> None:
         try:
-            from minimlp import bench_torch
+            from minimlp.bench import torch_baseline
         except ImportError as exc:
             raise SystemExit(str(exc)) from exc
-        torch = bench_torch.torch
+        torch = torch_baseline.torch
         self.torch, self.device = torch, device
         if device == "cpu":
             torch.set_num_threads(threads)
-        self.model = bench_torch.from_minimlp(minimlp_runner.model, device)
+        self.model = torch_baseline.from_minimlp(minimlp_runner.model, device)
         self.x = torch.from_numpy(minimlp_runner.x_host).to(device)
         self.y = torch.from_numpy(minimlp_runner.y_host).to(device)
         self.opt = torch.optim.SGD(self.model.parameters(), lr=lr)
@@ -680,6 +680,3 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(format_table(result))
     return result
 
-
-if __name__ == "__main__":
-    main(sys.argv[1:])
