@@ -9,9 +9,9 @@ and the augmentations that run on the device.  Lesson 10 walks through the train
   so a dataset that has no use for one says so.
 * :func:`loader_workers` decides how many decoding processes to start.  On a GPU: one per
   core (at most 8).  On the CPU the data-parallel workers (``--procs``) already use every
-  core, and a training step costs far more per image than decoding one (a 224-px JPEG
-  decodes and crops at about 250 images/s per core; ``ff_tiny`` trains at a few images/s
-  per core), so one decoding process keeps up and is mostly idle, waiting for a free slot:
+  core, and a training step costs far more per image than decoding one (``python -m
+  minimlp.bench.loaders`` and ``python -m minimlp.bench`` measure both), so one decoding
+  process keeps up and is mostly idle, waiting for a free slot:
   the two pools together keep the cores busy without running several heavy processes per
   core.
 * :func:`epoch_order` is each epoch's permutation of the training indices, a function of
