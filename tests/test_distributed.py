@@ -424,3 +424,16 @@ def test_sigusr1_to_mpirun_stops_every_rank_with_a_resumable_checkpoint(mpirun, 
     assert err.count("SIGUSR1: stopping after this step") == 1
     state = load_checkpoint(tmp_path / "run" / "last.npz").meta["run"]
     assert 0 < state["step"] < 500 and state["batch_in_epoch"] == state["step"] % 100
+
+
+def test_one_seed_mixer_for_the_trainer_and_the_ranks():
+    """The epoch orders, augmentations, rank seeds and dropout streams all come from sharding.seed_for,
+    and give the seeds the trainer's and the ranks' mixers gave before they were one."""
+    from minimlp import train
+    from minimlp.parallel import ddp, sharding
+
+    assert train.seed_for is sharding.seed_for is mpi.seed_for is ddp.seed_for
+    assert not hasattr(mpi, "mixed_seed") and not hasattr(sharding, "ShardPlan")
+    assert sharding.seed_for(7, 1, 0x5EED) == 3202257886782682187  # a rank's seed
+    assert sharding.seed_for(0, 2, 1) == 7203126130259618810  # an epoch's augmentation
+    assert sharding.seed_for(3, 5, 2, 1) == 6113718104754760344

@@ -95,12 +95,13 @@ def new_run_dir(model_name: str) -> Path:
     return path
 
 
-def read_metrics(path: Path, before_epoch: int | None = None) -> list[dict[str, Any]]:
-    """The per-epoch records of ``metrics.jsonl`` (up to ``before_epoch``).
+def read_metrics(path: Path, before_epoch: int | None = None, required: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """The per-epoch records of ``metrics.jsonl`` (up to ``before_epoch``); none if there is no file.
 
     A last line without its newline is one a kill cut off (files older than atomic
     rewrites were appended to); it is dropped, since the epoch is trained again.
-    Any other bad line is an error naming the file and the line.
+    Any other bad line, or a record without the ``required`` fields, is an error naming
+    the file and the line.
     """
     if not path.is_file():
         return []
@@ -120,6 +121,9 @@ def read_metrics(path: Path, before_epoch: int | None = None) -> list[dict[str, 
         if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
             raise TrainingError(f"{path}, line {number}: not an epoch's record (no integer 'epoch'); delete the "
                                 "line or the file to resume")
+        missing = [k for k in required if k not in record]
+        if missing:
+            raise TrainingError(f"{path}, line {number}: missing {', '.join(missing)}")
         records.append(record)
     return [r for r in records if before_epoch is None or r["epoch"] <= before_epoch]
 
