@@ -286,7 +286,7 @@ def test_a_cache_takes_the_folders_options_object(cache):
     from minimlp.data.base import ImageOptions
 
     out, _ = cache
-    options = ImageOptions(workers=0, subset="n02979186,n01440764", holdout=0.3, draft=False)  # the last two: no use here
+    options = ImageOptions(workers=0, subset="n02979186,n01440764", holdout=0.3, draft=False)  # last two: unused
     with open_prepared(out, "val", 16, options) as by_object, \
             open_prepared(out, "val", 16, workers=0, subset="n02979186,n01440764") as by_keywords:
         assert by_object.classes == by_keywords.classes and (by_object.labels == by_keywords.labels).all()

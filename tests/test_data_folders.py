@@ -11,8 +11,8 @@ import pytest
 from data_trees import EMPTY_WNID, WNIDS, build_tree
 
 from minimlp.data import classes, folders
-from minimlp.data.classes import SUBSETS, ClassMap, cap_samples, imagenet_table, select_classes
 from minimlp.data.base import ImageOptions
+from minimlp.data.classes import SUBSETS, ClassMap, cap_samples, imagenet_table, select_classes
 from minimlp.data.folders import DataLayoutWarning, detect, list_split, open_folder_dataset
 
 

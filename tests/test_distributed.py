@@ -31,12 +31,12 @@ import numpy as np
 import pytest
 
 import minimlp
-from minimlp.parallel import mpi
 from minimlp.data import ArrayDataset
-from minimlp.parallel.ddp import DistributedDataParallel, gradient_buckets, notify_after_block_backward
 from minimlp.evaluate import evaluate
 from minimlp.io.checkpoint import load_checkpoint
 from minimlp.loss import cross_entropy_backward, cross_entropy_forward
+from minimlp.parallel import mpi
+from minimlp.parallel.ddp import DistributedDataParallel, gradient_buckets, notify_after_block_backward
 from minimlp.parallel.sharding import rank_indices, shard_bounds, shard_weight
 
 REPO = Path(__file__).resolve().parent.parent

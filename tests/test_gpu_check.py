@@ -97,7 +97,8 @@ def test_the_budget_holds_when_a_step_would_overrun_it(tmp_path):
     budget; the run still packs everything and prints its table."""
     out = tmp_path / "out"
     start = time.monotonic()
-    cmd = [sys.executable, "-m", "minimlp.bench.gpu_check", "--out", str(out), "--budget", "25", "--precisions", "float32",
+    cmd = [sys.executable, "-m", "minimlp.bench.gpu_check", "--out", str(out), "--budget", "25",
+           "--precisions", "float32",
            "--runs", "ff_tiny:2:2", "--smoke-batch", "2", "--smoke-img-size", "32",
            "--bench-args", "--img-size 32 --patch-size 8 --depth 1 --peak-size 8192"]
     proc = subprocess.run(cmd, cwd=ROOT, env=_standin_env(tmp_path, strict=True), capture_output=True, text=True,

@@ -1,9 +1,8 @@
-"""Matrix-product FLOPs of a model: from its shapes (:func:`ffvit_flops`) or one image run through it (:func:`count_flops`)."""
+"""Matrix-product FLOPs of a model: from its shapes (:func:`ffvit_flops`) or one image run through it."""
 
 from __future__ import annotations
 
 from typing import Any
-
 
 import minimlp
 from minimlp import functional as F

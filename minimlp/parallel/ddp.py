@@ -24,8 +24,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from minimlp.backend import array_module
-from minimlp.parallel.mpi import MPIWorld, env_float
 from minimlp.loss import cross_entropy_backward, cross_entropy_forward
+from minimlp.parallel.mpi import MPIWorld, env_float
 from minimlp.parallel.sharding import seed_for, shard_weight
 
 __all__ = ["DistributedDataParallel", "MPIGradients", "NcclGradients", "Bucket", "gradient_buckets",

@@ -9,13 +9,11 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-
 from minimlp.data import list_datasets
 from minimlp.data.augment import RandAugment
 from minimlp.models.registry import list_models, preset_arch
 from minimlp.optim import OPTIMIZERS, LRSchedule
 from minimlp.train.data import RECIPES, apply_recipe
-
 
 DEFAULT_MODEL = "ff_fmnist_small"
 DEFAULT_EPOCHS = 10

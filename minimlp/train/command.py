@@ -12,7 +12,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-
 from minimlp.amp import MixedPrecision
 from minimlp.backend import get_backend, num_threads
 from minimlp.data.loader import BadImagesWarning, LoaderDataset, LoaderError, TooManyBadImagesError, default_workers
@@ -40,7 +39,6 @@ from minimlp.train.state import (
     resume_checkpoint,
     writing,
 )
-
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
