@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from minimlp.amp import MixedPrecision
 from minimlp.backend import get_backend, num_threads
 from minimlp.data.loader import BadImagesWarning, LoaderDataset, LoaderError, TooManyBadImagesError, default_workers
@@ -152,6 +154,24 @@ def make_run_dir(args: argparse.Namespace, checkpoint: Checkpoint | None, world:
     return run_dir
 
 
+def describe_augmentation(args: argparse.Namespace, train_set: Any, augment: DeviceAugment) -> str:
+    """The training augmentation in words: the dataset's, the device's, repeated augmentation."""
+    if args.no_aug:
+        return "off (--no-aug)"
+    return ", ".join(filter(None, [getattr(train_set, "augmentation", "the dataset default"), augment.describe(),
+                                   f"repeated augmentation x{args.repeated_aug}" if args.repeated_aug > 1 else ""]))
+
+
+def check_same_job(world: mpi.World, args: argparse.Namespace, model: Any, optimizer: Any, state: RunState,
+                   train_set: Any, train_idx: np.ndarray, eval_idx: np.ndarray) -> None:
+    """Every rank must run the same job: compare what each built, and name what differs."""
+    world.check_same(argument=vars(args), model=model.config_dict(),
+                     data={"training images": len(train_idx), "evaluation images": len(eval_idx),
+                           "classes": train_set.classes},
+                     state={"step": state.step, "parameters": mpi.checksum(model.store.flat_params),
+                            "optimizer": [mpi.checksum(a) for a in optimizer.state.values()]})
+
+
 def run(argv: list[str] | None = None, *, on_step: Callable[[RunState], bool | None] | None = None,
         on_epoch_end: Callable[[dict[str, Any]], bool | None] | None = None,
         log: Callable[[str], None] = print) -> RunResult:
@@ -199,24 +219,18 @@ def run(argv: list[str] | None = None, *, on_step: Callable[[RunState], bool | N
                               args.decay_epochs, args.decay_rate)
         steps_per_epoch = math.ceil(len(train_idx) / args.batch_size)
         augment = DeviceAugment.from_args(args, c.num_classes)
-        augmentation = "off (--no-aug)" if args.no_aug else ", ".join(
-            filter(None, [getattr(train_set, "augmentation", "the dataset default"), augment.describe(),
-                          f"repeated augmentation x{args.repeated_aug}" if args.repeated_aug > 1 else ""]))
         log(f"optimizer: {args.opt} {optimizer.hyperparameters()}; schedule: {args.sched}, "
             f"{args.warmup_epochs:g} warmup epochs, {args.epochs} epochs x {steps_per_epoch} steps of "
-            f"{args.batch_size}; label smoothing {args.smoothing:g}, augmentation: {augmentation}")
+            f"{args.batch_size}; label smoothing {args.smoothing:g}, "
+            f"augmentation: {describe_augmentation(args, train_set, augment)}")
 
         state = RunState()
         if checkpoint is not None:
             state = restore_state(checkpoint, model, optimizer, args, steps_per_epoch, log)
         # after restore_state, which may give the model a new dropout generator to share
         mixed = mixed_precision(model, checkpoint, log) if amp else None
-        if world.active:  # every rank must run the same job: compare, and name what differs
-            world.check_same(argument=vars(args), model=model.config_dict(),
-                             data={"training images": len(train_idx), "evaluation images": len(eval_idx),
-                                   "classes": train_set.classes},
-                             state={"step": state.step, "parameters": mpi.checksum(model.store.flat_params),
-                                    "optimizer": [mpi.checksum(a) for a in optimizer.state.values()]})
+        if world.active:
+            check_same_job(world, args, model, optimizer, state, train_set, train_idx, eval_idx)
         run_dir = make_run_dir(args, checkpoint, world)
 
         eval_batch = max(args.batch_size, 256)
