@@ -71,14 +71,14 @@ bench: setup
 
 # GPU check, for a machine with a GPU, CuPy and (for the comparison) a CUDA build of
 # PyTorch in GPU_PY (default: python3 as found; nothing is installed, since a GPU machine
-# may have no network).  python -m minimlp.gpu_check records the versions, runs kernel
+# may have no network).  python -m minimlp.bench.gpu_check records the versions, runs kernel
 # smoke tests against float64, ff_tiny (batch 128) and ff_base (batch 64) against PyTorch
 # eager in float32, TF32 and float16, then the tests marked gpu; each step in its own
 # process with its own time limit, all within 8 minutes.  It leaves two files in
 # GPU_CHECK_DIR: gpu-check.tar.gz (every log and JSON) and summary.txt, the table it
-# prints last.  GPU_CHECK_ARGS passes options (python -m minimlp.gpu_check --help).
+# prints last.  GPU_CHECK_ARGS passes options (python -m minimlp.bench.gpu_check --help).
 GPU_PY ?= $(PYTHON)
 GPU_CHECK_DIR ?= gpu-check
 GPU_CHECK_ARGS ?=
 gpu-check:
-	$(GPU_PY) -m minimlp.gpu_check --out $(GPU_CHECK_DIR) $(GPU_CHECK_ARGS)
+	$(GPU_PY) -m minimlp.bench.gpu_check --out $(GPU_CHECK_DIR) $(GPU_CHECK_ARGS)

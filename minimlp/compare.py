@@ -40,10 +40,10 @@ import numpy as np
 
 from minimlp.io.files import atomic_write
 from minimlp.models import FFViTConfig, MixerConfig, create_model, model_config
-from minimlp.plot import Panel, Series, line_chart
+from minimlp.train.plot import Panel, Series, line_chart
+from minimlp.train.state import read_metrics
 
 DEFAULT_MODELS = ("ff_fmnist", "vit_fmnist", "mixer_fmnist")
-METRIC_FIELDS = ("epoch", "train_loss", "eval_loss", "eval_top1", "eval_top5", "lr", "img_per_s", "elapsed_s")
 # Trainer options that change the model; read so that the parameter counts in the table
 # are those of the models actually trained.
 MODEL_OPTIONS = {"--img-size": int, "--patch-size": int, "--in-chans": int, "--num-classes": int,
@@ -113,24 +113,11 @@ def train_all(models: Sequence[str], output: Path, train_argv: Sequence[str],
                              f"the runs finished before it are kept in {output}")
 
 
-def read_metrics(path: str | os.PathLike) -> list[dict[str, float]]:
-    """The per-epoch rows of a run's metrics.jsonl, with clear errors for bad files."""
-    path = Path(path)
+def run_metrics(path: Path) -> list[dict[str, Any]]:
+    """The per-epoch rows of a run's metrics.jsonl (read as the trainer reads it), with clear errors."""
     if not path.is_file():
         raise FileNotFoundError(f"no metrics at {path}: train the model first (or drop --no-train)")
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}, line {number}: not valid JSON ({err.msg})") from err
-            missing = [k for k in ("epoch", "eval_top1", "elapsed_s") if k not in row]
-            if missing:
-                raise ValueError(f"{path}, line {number}: missing {', '.join(missing)}")
-            rows.append(row)
+    rows = read_metrics(path, required=("eval_top1", "elapsed_s"))
     if not rows:
         raise ValueError(f"{path} holds no epochs yet: the run stopped before its first evaluation")
     return rows
@@ -204,7 +191,7 @@ def machine() -> dict[str, Any]:
 def report(models: Sequence[str], output: Path, overrides: dict[str, Any] | None = None,
            train_argv: Sequence[str] = ()) -> list[dict[str, Any]]:
     """Read every run and write comparison.md, comparison.json and comparison.png."""
-    runs = {name: read_metrics(output / name / "metrics.jsonl") for name in models}
+    runs = {name: run_metrics(output / name / "metrics.jsonl") for name in models}
     summaries = [summarize(name, runs[name], overrides) for name in models]
     host = machine()
     options = " ".join(train_argv) or "(the trainer's defaults)"

@@ -32,7 +32,6 @@ import numpy as np
 from minimlp.backend import to_numpy
 from minimlp.data import Dataset, normalize, open_dataset
 from minimlp.kernels import cross_entropy_forward
-from minimlp.progress import print_warning
 
 __all__ = ["EvalResult", "evaluate", "main"]
 
@@ -60,7 +59,7 @@ def evaluate(model: Any, dataset: Dataset, batch_size: int = 256, indices: np.nd
     ``label_map[k]`` is the model output that dataset label k stands for (default: k itself);
     leave out the samples it maps to -1.  Returns None when ``should_stop()`` turns true
     between batches (Ctrl-C in the trainer).
-    ``world`` (a :class:`minimlp.distributed.World`, under mpirun): each rank evaluates its
+    ``world`` (a :class:`minimlp.parallel.mpi.World`, under mpirun): each rank evaluates its
     share of the images and the sums are added over the ranks, so every rank returns the
     whole result; ``should_stop`` is then not consulted (the ranks must agree on stopping,
     which the trainer does between steps).
@@ -163,6 +162,8 @@ def open_eval_data(args: argparse.Namespace, meta: dict[str, Any], img_size: int
 
 
 def main(argv: list[str] | None = None) -> int:
+    from minimlp.train.progress import print_warning  # here: the trainer imports this module
+
     with warnings.catch_warnings():  # restores showwarning afterwards
         warnings.showwarning = print_warning
         return _main(argv)

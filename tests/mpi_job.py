@@ -19,14 +19,15 @@ import signal
 import sys
 import time
 
-from minimlp import ddp, distributed, train
+from minimlp import train
+from minimlp.parallel import ddp, mpi
 
 
 def misbehave(scenario: str) -> None:
     original = ddp.DistributedDataParallel.train_step
 
     def train_step(self, x, labels, smoothing, step):
-        if step == 2 and distributed.world().rank == 1:
+        if step == 2 and mpi.world().rank == 1:
             if scenario == "error":
                 raise ValueError("a deliberate error on rank 1")
             if scenario == "crash":

@@ -149,8 +149,8 @@ threads_before = threads.num_threads()
 
 def test_compare_torch_without_torch_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)  # import torch now fails, as where it is not installed
-    monkeypatch.delitem(sys.modules, "minimlp.bench_torch", raising=False)
-    monkeypatch.delattr(minimlp, "bench_torch", raising=False)
+    monkeypatch.delitem(sys.modules, "minimlp.bench.torch_baseline", raising=False)
+    monkeypatch.delattr(minimlp.bench, "torch_baseline", raising=False)
     with pytest.raises(SystemExit, match="needs PyTorch"):
         bench.main([*TINY, "--compare", "torch"])
 

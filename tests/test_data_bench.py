@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from minimlp.data import loader_bench
+from minimlp.bench import loaders as loader_bench
 
 
 @pytest.mark.slow

@@ -280,3 +280,15 @@ def test_pickled_downsampled_batches_are_refused(tmp_path):
     (tmp_path / "train_data_batch_1").write_bytes(b"\x80\x04pickled")
     with pytest.raises(ValueError, match="never"):
         detect(tmp_path)
+
+
+def test_a_cache_takes_the_folders_options_object(cache):
+    from minimlp.data.base import ImageOptions
+
+    out, _ = cache
+    options = ImageOptions(workers=0, subset="n02979186,n01440764", holdout=0.3, draft=False)  # last two: unused
+    with open_prepared(out, "val", 16, options) as by_object, \
+            open_prepared(out, "val", 16, workers=0, subset="n02979186,n01440764") as by_keywords:
+        assert by_object.classes == by_keywords.classes and (by_object.labels == by_keywords.labels).all()
+    with pytest.raises(TypeError, match="unknown image dataset option.*crop_size"):
+        open_prepared(out, "val", 16, crop_size=3)

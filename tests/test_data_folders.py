@@ -11,6 +11,7 @@ import pytest
 from data_trees import EMPTY_WNID, WNIDS, build_tree
 
 from minimlp.data import classes, folders
+from minimlp.data.base import ImageOptions
 from minimlp.data.classes import SUBSETS, ClassMap, cap_samples, imagenet_table, select_classes
 from minimlp.data.folders import DataLayoutWarning, detect, list_split, open_folder_dataset
 
@@ -229,3 +230,22 @@ def test_a_val_only_tree_keeps_imagenet_indices(tmp_path):
     paths, labels, cmap = list_split(root, "val")
     assert len(cmap) == 1000 and sorted(set(labels.tolist())) == [0, 217, 482]  # indices of the full ImageNet list
     assert [cmap.wnids[k] for k in labels] == [p.rsplit("/", 2)[1] for p in paths]
+
+
+def test_the_openers_share_one_options_object(tree):
+    """Image folders and prepared caches take the same ImageOptions, as an object or as keywords."""
+    root, _ = tree
+    options = ImageOptions(workers=0, subset=",".join(WNIDS))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataLayoutWarning)
+        by_object = open_folder_dataset(root, "val", 40, options)
+        by_keywords = open_folder_dataset(root, "val", 40, workers=0, subset=",".join(WNIDS))
+        narrowed = open_folder_dataset(root, "val", 40, options, subset=WNIDS[0])
+        with pytest.raises(TypeError, match="unknown image dataset option.*holdout_fraction"):
+            open_folder_dataset(root, "val", 40, holdout_fraction=0.2)
+        with pytest.raises(ValueError, match="train_crop='crop' applies to a prepared cache only"):
+            open_folder_dataset(root, "val", 40, options, train_crop="crop")
+    assert by_object.paths == by_keywords.paths and (by_object.labels == by_keywords.labels).all()
+    assert narrowed.wnids == WNIDS[:1]
+    for ds in (by_object, by_keywords, narrowed):
+        ds.close()

@@ -31,13 +31,13 @@ import numpy as np
 import pytest
 
 import minimlp
-from minimlp import distributed
 from minimlp.data import ArrayDataset
-from minimlp.ddp import DistributedDataParallel, gradient_buckets, notify_after_block_backward
 from minimlp.evaluate import evaluate
 from minimlp.io.checkpoint import load_checkpoint
 from minimlp.loss import cross_entropy_backward, cross_entropy_forward
-from minimlp.sharding import rank_indices, shard_bounds, shard_weight
+from minimlp.parallel import mpi
+from minimlp.parallel.ddp import DistributedDataParallel, gradient_buckets, notify_after_block_backward
+from minimlp.parallel.sharding import rank_indices, shard_bounds, shard_weight
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -68,12 +68,12 @@ def test_rank_indices_split_every_batch_without_overlap(world_size):
 
 
 def test_uneven_batch_size_is_refused_with_alternatives():
-    assert distributed.per_rank_batch(96, 8) == 12
-    with pytest.raises(distributed.DistributedError, match=r"100 does not split evenly over 8 ranks.*-b 96 or -b 104"):
-        distributed.per_rank_batch(100, 8)
+    assert mpi.per_rank_batch(96, 8) == 12
+    with pytest.raises(mpi.DistributedError, match=r"100 does not split evenly over 8 ranks.*-b 96 or -b 104"):
+        mpi.per_rank_batch(100, 8)
 
 
-class FakeWorld(distributed.World):
+class FakeWorld(mpi.World):
     """Rank ``rank`` of ``size`` in one process; ``sum`` returns preset totals (the other
     ranks' parts), so the per-rank code can be checked without MPI."""
 
@@ -92,9 +92,9 @@ class FakeWorld(distributed.World):
     def check_replicas(self, params, step):
         pass
 
-    shard = distributed.MPIWorld.shard
-    batches = distributed.MPIWorld.batches
-    rank_seed = distributed.MPIWorld.rank_seed
+    shard = mpi.MPIWorld.shard
+    batches = mpi.MPIWorld.batches
+    rank_seed = mpi.MPIWorld.rank_seed
 
 
 @pytest.mark.parametrize("rows", [13, 1])  # 13 rows: 7 + 6; 1 row: rank 1 has none
@@ -213,7 +213,7 @@ def test_nccl_path_launches_each_bucket_once_in_order_on_a_side_stream(monkeypat
     world = FakeWorld(0, 2)
     world.nccl_communicator = lambda: comm
     model = minimlp.create_model("ff_fmnist", depth=4, seed=0)
-    from minimlp.ddp import NcclGradients
+    from minimlp.parallel.ddp import NcclGradients
 
     gradients = NcclGradients(world, model, bucket_bytes=1)
     gradients.grads = SimpleNamespace(data=SimpleNamespace(ptr=base), itemsize=4)  # a device pointer
@@ -246,30 +246,30 @@ def test_differences_between_ranks_are_named():
     ranks = [{"argument --lr": 0.001, "model embed_dim": 16, "state parameters": 7},
              {"argument --lr": 0.002, "model embed_dim": 16, "state parameters": 7},
              {"argument --lr": 0.001, "model embed_dim": 32, "state parameters": 8}]
-    lines = distributed.describe_differences(ranks)
+    lines = mpi.describe_differences(ranks)
     assert lines == ["  argument --lr: 0.001 on ranks 0, 2, 0.002 on rank 1",
                      "  model embed_dim: 16 on ranks 0, 1, 32 on rank 2",
                      "  state parameters: 7 on ranks 0, 1, 8 on rank 2"]
-    assert distributed.describe_differences(ranks[:1] * 3) == []
+    assert mpi.describe_differences(ranks[:1] * 3) == []
 
 
 def test_checksum_is_exact_and_order_free():
     a = np.random.default_rng(0).standard_normal(1000).astype(np.float32)
     b = a.copy()
     b[500] = np.nextafter(b[500], np.float32(np.inf))  # one ulp
-    assert distributed.checksum(a) == distributed.checksum(a.copy())
-    assert distributed.checksum(a) != distributed.checksum(b)
-    assert distributed.checksum(a[::-1].copy()) == distributed.checksum(a)
+    assert mpi.checksum(a) == mpi.checksum(a.copy())
+    assert mpi.checksum(a) != mpi.checksum(b)
+    assert mpi.checksum(a[::-1].copy()) == mpi.checksum(a)
 
 
 def test_launch_is_detected_and_missing_mpi4py_is_a_clear_error(monkeypatch):
-    assert not distributed.launched_by_mpi({"PATH": "/bin"})
-    assert distributed.launched_by_mpi({"OMPI_COMM_WORLD_SIZE": "2"})
-    assert distributed.launched_by_mpi({"PMI_SIZE": "4"})
+    assert not mpi.launched_by_mpi({"PATH": "/bin"})
+    assert mpi.launched_by_mpi({"OMPI_COMM_WORLD_SIZE": "2"})
+    assert mpi.launched_by_mpi({"PMI_SIZE": "4"})
     monkeypatch.setitem(sys.modules, "mpi4py", None)  # import mpi4py now fails
     monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "2")
-    with pytest.raises(distributed.DistributedError, match=r"OMPI_COMM_WORLD_SIZE=2.*pip install mpi4py"):
-        distributed.MPIWorld()
+    with pytest.raises(mpi.DistributedError, match=r"OMPI_COMM_WORLD_SIZE=2.*pip install mpi4py"):
+        mpi.MPIWorld()
 
 
 # --------------------------------------------------------------------------------------
@@ -297,7 +297,7 @@ def mpirun():
 def mpi_env(**extra):
     env = dict(os.environ, PYTHONPATH=str(REPO), OPENBLAS_NUM_THREADS="1", MINIMLP_NUM_THREADS="1",
                MINIMLP_CHECK_REPLICAS="1", **extra)
-    for key in distributed.LAUNCHER_VARIABLES:  # pytest itself is no rank
+    for key in mpi.LAUNCHER_VARIABLES:  # pytest itself is no rank
         env.pop(key, None)
     return env
 
@@ -424,3 +424,16 @@ def test_sigusr1_to_mpirun_stops_every_rank_with_a_resumable_checkpoint(mpirun, 
     assert err.count("SIGUSR1: stopping after this step") == 1
     state = load_checkpoint(tmp_path / "run" / "last.npz").meta["run"]
     assert 0 < state["step"] < 500 and state["batch_in_epoch"] == state["step"] % 100
+
+
+def test_one_seed_mixer_for_the_trainer_and_the_ranks():
+    """The epoch orders, augmentations, rank seeds and dropout streams all come from sharding.seed_for,
+    and give the seeds the trainer's and the ranks' mixers gave before they were one."""
+    from minimlp import train
+    from minimlp.parallel import ddp, sharding
+
+    assert train.seed_for is sharding.seed_for is mpi.seed_for is ddp.seed_for
+    assert not hasattr(mpi, "mixed_seed") and not hasattr(sharding, "ShardPlan")
+    assert sharding.seed_for(7, 1, 0x5EED) == 3202257886782682187  # a rank's seed
+    assert sharding.seed_for(0, 2, 1) == 7203126130259618810  # an epoch's augmentation
+    assert sharding.seed_for(3, 5, 2, 1) == 6113718104754760344

@@ -1,4 +1,4 @@
-"""make gpu-check (python -m minimlp.gpu_check), dry-run end to end on the CuPy stand-in.
+"""make gpu-check (python -m minimlp.bench.gpu_check), dry-run end to end on the CuPy stand-in.
 
 Every step runs in a child process; a sitecustomize module on PYTHONPATH installs the
 stand-in in each of them, so the script meets "CuPy with one GPU" everywhere.  PyTorch
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from minimlp import gpu_check
+from minimlp.bench import gpu_check
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -36,7 +36,7 @@ def _standin_env(tmp_path: Path, strict: bool) -> dict[str, str]:
 @pytest.mark.slow
 def test_gpu_check_dry_run_on_the_standin(tmp_path):
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "minimlp.gpu_check", "--out", str(out), "--budget", "240",
+    cmd = [sys.executable, "-m", "minimlp.bench.gpu_check", "--out", str(out), "--budget", "240",
            "--runs", "ff_tiny:2:2", "--smoke-batch", "2", "--smoke-img-size", "32",
            "--bench-args", "--img-size 32 --patch-size 8 --depth 1 --warmup 1 --rounds 2 --peak-size 64 "
                            "--profile-steps 1",
@@ -97,7 +97,8 @@ def test_the_budget_holds_when_a_step_would_overrun_it(tmp_path):
     budget; the run still packs everything and prints its table."""
     out = tmp_path / "out"
     start = time.monotonic()
-    cmd = [sys.executable, "-m", "minimlp.gpu_check", "--out", str(out), "--budget", "25", "--precisions", "float32",
+    cmd = [sys.executable, "-m", "minimlp.bench.gpu_check", "--out", str(out), "--budget", "25",
+           "--precisions", "float32",
            "--runs", "ff_tiny:2:2", "--smoke-batch", "2", "--smoke-img-size", "32",
            "--bench-args", "--img-size 32 --patch-size 8 --depth 1 --peak-size 8192"]
     proc = subprocess.run(cmd, cwd=ROOT, env=_standin_env(tmp_path, strict=True), capture_output=True, text=True,

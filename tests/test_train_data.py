@@ -11,7 +11,8 @@ import pytest
 
 from minimlp import train
 from minimlp.data.augment import deit_recipe
-from minimlp.train_data import DeviceAugment, epoch_order, loader_workers
+from minimlp.optim import LRSchedule
+from minimlp.train.data import DeviceAugment, epoch_order, loader_workers
 
 
 def test_recipe_fills_what_the_command_line_left_unset():
@@ -33,7 +34,7 @@ def test_recipe_floor_stays_below_a_small_batch_peak():
     """At batch 8 the scaled peak (7.8e-6) is below DeiT's floor of 1e-5: the floor keeps its ratio."""
     args, _ = train.parse_args(["--recipe", "deit", "-b", "8"])
     assert args.min_lr == pytest.approx(args.lr / 50) and args.min_lr < args.lr
-    schedule = train.LRSchedule(args.sched, args.lr, args.epochs, args.warmup_epochs, args.warmup_lr, args.min_lr)
+    schedule = LRSchedule(args.sched, args.lr, args.epochs, args.warmup_epochs, args.warmup_lr, args.min_lr)
     peak_epoch = args.warmup_epochs
     assert all(schedule(e) <= schedule(peak_epoch) for e in np.linspace(peak_epoch, args.epochs, 50))
 
@@ -75,7 +76,7 @@ def test_device_augment_gives_soft_targets_with_the_smoothing_inside():
 
 
 def test_loader_workers_leave_the_cpu_to_the_data_parallel_processes(monkeypatch):
-    monkeypatch.setattr("minimlp.train_data.default_workers", lambda: 6)
+    monkeypatch.setattr("minimlp.train.data.default_workers", lambda: 6)
     assert loader_workers(None, is_gpu=False) == 1
     assert loader_workers(None, is_gpu=True) == 6
     assert loader_workers(0, is_gpu=True) == 0 and loader_workers(3, is_gpu=False) == 3

@@ -204,7 +204,7 @@ def test_a_second_ctrl_c_while_the_loader_stops_quits_cleanly(tmp_path, fmnist_d
         finally:
             os.kill(os.getpid(), signal.SIGINT)  # the second Ctrl-C
 
-    monkeypatch.setattr(train, "prefetch", prefetch)
+    monkeypatch.setattr("minimlp.train.loop.prefetch", prefetch)
     first = {"sent": False}
 
     def on_step(state):
@@ -213,7 +213,7 @@ def test_a_second_ctrl_c_while_the_loader_stops_quits_cleanly(tmp_path, fmnist_d
             os.kill(os.getpid(), signal.SIGINT)
 
     real_run = train.run
-    monkeypatch.setattr(train, "run", lambda argv: real_run(argv, on_step=on_step))
+    monkeypatch.setattr("minimlp.train.command.run", lambda argv: real_run(argv, on_step=on_step))
     code = train.main(tiny(tmp_path / "run", fmnist_dir, "--epochs", "1"))
     err = capsys.readouterr().err
     assert unraisable == [], [u.exc_value for u in unraisable]
@@ -270,7 +270,7 @@ def test_sigusr1_before_training_begins_quits_with_one_line(tmp_path, fmnist_dir
 def test_workers_started_under_a_signal_storm_survive(tmp_path):
     """Stop signals that arrive while the workers are still starting wait, and are ignored."""
     from minimlp.models.registry import create_model
-    from minimlp.parallel import DataParallel
+    from minimlp.parallel.workers import DataParallel
 
     model = create_model("ff_fmnist_small", patch_size=7, embed_dim=16, depth=1)
     previous = signal.signal(signal.SIGUSR1, lambda *a: None)

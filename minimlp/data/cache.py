@@ -40,12 +40,14 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from minimlp.data import transforms
 from minimlp.data.augment import RandAugment
+from minimlp.data.base import ImageOptions, image_options
 from minimlp.data.classes import ClassMap, cap_samples, select_classes
 from minimlp.data.loader import LoaderDataset, default_workers
 from minimlp.data.transforms import DEFAULT_CROP_PCT, IMAGENET_MEAN
@@ -220,34 +222,16 @@ class PreparedDataset(LoaderDataset):
         return list(zip(records.tolist(), shapes[:, 0].tolist(), shapes[:, 1].tolist(), strict=True))
 
 
-def open_prepared(
-    root: str | os.PathLike,
-    split: str,
-    img_size: int,
-    *,
-    subset: str | None = None,
-    num_classes: int | None = None,
-    class_seed: int | None = None,
-    train_num_samples: int | None = None,
-    per_class: int | None = None,
-    sample_seed: int = 0,
-    workers: int | None = None,
-    prefetch: int = 2,
-    train_crop: str = "rrc",
-    scale: tuple[float, float] = (0.08, 1.0),
-    ratio: tuple[float, float] = (3 / 4, 4 / 3),
-    hflip: float = 0.5,
-    crop_pct: float | None = None,
-    randaugment: str | None = None,
-    **ignored,
-) -> PreparedDataset:
+def open_prepared(root: str | os.PathLike, split: str, img_size: int, options: ImageOptions | None = None,
+                  **keywords: Any) -> PreparedDataset:
     """One split of a prepared cache, optionally narrowed further to a subset of its classes.
 
-    Options as for :func:`minimlp.data.folders.open_folder_dataset` (``holdout`` and ``draft`` mean
-    nothing here and are ignored); ``train_crop`` picks "rrc" or "crop" (see the module docstring).
-    ``crop_pct`` defaults to 0.875, and to 1 (the whole image) for square caches, which are whole
-    images already, as Downsampled ImageNet is evaluated.
+    ``options`` as for :func:`minimlp.data.folders.open_folder_dataset` (``holdout``, ``draft`` and
+    ``max_bad`` mean nothing here and are ignored); ``train_crop`` picks "rrc" or "crop" (see the module
+    docstring).  ``crop_pct`` defaults to 0.875, and to 1 (the whole image) for square caches, which are
+    whole images already, as Downsampled ImageNet is evaluated.
     """
+    o = image_options(options, keywords)
     root = Path(root)
     header = read_header(root)
     if split not in header["splits"]:
@@ -257,31 +241,32 @@ def open_prepared(
     if not info.get("complete"):
         raise ValueError(f"the {split} split of the cache {root} is incomplete: rerun the same "
                          f"python -m minimlp.prepare command to finish it")
-    if train_crop not in ("rrc", "crop"):
-        raise ValueError(f"train_crop must be 'rrc' or 'crop', got {train_crop!r}")
+    if o.train_crop not in ("rrc", "crop"):
+        raise ValueError(f"train_crop must be 'rrc' or 'crop', got {o.train_crop!r}")
     paths = split_paths(root, split)
     stored_map = ClassMap.from_dict(header["classes"])
     shapes = np.load(paths["shapes"], mmap_mode="r")
     stored_labels = np.load(paths["labels"])
     valid = np.flatnonzero(shapes[:, 0] > 0)  # records whose source decoded
-    class_map = select_classes(stored_map.wnids, subset, num_classes, class_seed)
+    class_map = select_classes(stored_map.wnids, o.subset, o.num_classes, o.class_seed)
     labels = class_map.remap(stored_labels[valid])
     keep = labels >= 0
     records, labels = valid[keep], labels[keep]
-    if split == "train" and (per_class is not None or train_num_samples is not None):
-        chosen = cap_samples(labels, per_class, train_num_samples, sample_seed)
+    if split == "train" and (o.per_class is not None or o.train_num_samples is not None):
+        chosen = cap_samples(labels, o.per_class, o.train_num_samples, o.sample_seed)
         records, labels = records[chosen], labels[chosen]
     # Report class names of the original data set (the cache may itself be a subset).
     class_map = ClassMap(class_map.wnids, class_map.names,
                          tuple(stored_map.source_index[i] for i in class_map.source_index))
     slot_bytes = header["max_long"] * header["size"] * 3
+    crop_pct = o.crop_pct
     if crop_pct is None:
         crop_pct = 1.0 if header["geometry"] == "square" else DEFAULT_CROP_PCT
     crop_pct = transforms.check_crop_pct(crop_pct)
-    augment = RandAugment.from_config(randaugment, mean=IMAGENET_MEAN) if randaugment else None
-    reader = CacheReader(str(paths["images"]), slot_bytes, img_size, train_crop, tuple(scale), tuple(ratio), hflip,
-                         crop_pct, augment)
-    crop = "RandomResizedCrop + flip" if train_crop == "rrc" else "random crop + flip"
+    augment = RandAugment.from_config(o.randaugment, mean=IMAGENET_MEAN) if o.randaugment else None
+    reader = CacheReader(str(paths["images"]), slot_bytes, img_size, o.train_crop, tuple(o.scale), tuple(o.ratio),
+                         o.hflip, crop_pct, augment)
+    crop = "RandomResizedCrop + flip" if o.train_crop == "rrc" else "random crop + flip"
     return PreparedDataset(root, split, img_size, header, records, labels, class_map, reader,
-                           workers=default_workers() if workers is None else workers, prefetch=prefetch,
-                           augmentation=crop + (f" + RandAugment {randaugment}" if randaugment else ""))
+                           workers=default_workers() if o.workers is None else o.workers, prefetch=o.prefetch,
+                           augmentation=crop + (f" + RandAugment {o.randaugment}" if o.randaugment else ""))

@@ -44,13 +44,14 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from minimlp.data import transforms
 from minimlp.data.augment import RandAugment
-from minimlp.data.base import shown
+from minimlp.data.base import ImageOptions, image_options, shown
 from minimlp.data.cache import CACHE_HEADER, open_prepared
 from minimlp.data.classes import ClassMap, cap_samples, imagenet_table, select_classes
 from minimlp.data.loader import LoaderDataset, default_workers
@@ -544,51 +545,32 @@ def list_split(
     return [found.paths[i] for i in chosen], labels[chosen], class_map
 
 
-def open_folder_dataset(
-    root: str | os.PathLike,
-    split: str,
-    img_size: int,
-    *,
-    subset: str | None = None,
-    num_classes: int | None = None,
-    class_seed: int | None = None,
-    train_num_samples: int | None = None,
-    per_class: int | None = None,
-    sample_seed: int = 0,
-    holdout: float = 0.1,
-    workers: int | None = None,
-    prefetch: int = 2,
-    scale: tuple[float, float] = (0.08, 1.0),
-    ratio: tuple[float, float] = (3 / 4, 4 / 3),
-    hflip: float = 0.5,
-    crop_pct: float | None = None,
-    randaugment: str | None = None,
-    draft: bool = True,
-    max_bad: int | None = None,
-) -> FolderDataset:
+def open_folder_dataset(root: str | os.PathLike, split: str, img_size: int, options: ImageOptions | None = None,
+                        **keywords: Any) -> FolderDataset:
     """One split ("train" or "val") of an ImageNet-style or ImageFolder tree, ready to batch.
 
-    subset / num_classes / class_seed   which classes (see ``select_classes``); val gets the same ones
-    train_num_samples / per_class       caps on the train split (seeded by ``sample_seed``)
-    holdout                             ImageFolder trees without train/val: fraction of each class held out as val
-    workers                             decoding processes (None: one per core, at most 8; 0: in this process)
-    scale, ratio, hflip, randaugment    the training augmentation (randaugment: e.g. "rand-m9-mstd0.5-inc1")
-    crop_pct                            the evaluation crop (None: 0.875)
+    ``options`` (:class:`~minimlp.data.base.ImageOptions`, with ``keywords`` replacing its fields)
+    choose the classes and images and how they are decoded; ``crop_pct`` None is 0.875, and
+    ``train_crop`` applies to prepared caches only.
     """
-    paths, labels, class_map = list_split(root, split, subset, num_classes, class_seed, train_num_samples, per_class,
-                                          sample_seed, holdout)
+    o = image_options(options, keywords)
+    if o.train_crop != "rrc":
+        raise ValueError(f"train_crop={o.train_crop!r} applies to a prepared cache only; {shown(root)} holds image "
+                         "files, which are always cropped with RandomResizedCrop")
+    paths, labels, class_map = list_split(root, split, o.subset, o.num_classes, o.class_seed, o.train_num_samples,
+                                          o.per_class, o.sample_seed, o.holdout)
     if not paths:
         raise ValueError(f"no images found for the {split} split of {root}")
-    crop_pct = DEFAULT_CROP_PCT if crop_pct is None else transforms.check_crop_pct(crop_pct)
-    augment = RandAugment.from_config(randaugment, mean=IMAGENET_MEAN) if randaugment else None
-    reader = FolderReader(img_size, tuple(scale), tuple(ratio), hflip, crop_pct, draft, augment)
-    augmentation = "RandomResizedCrop + flip" + (f" + RandAugment {randaugment}" if randaugment else "")
-    return FolderDataset(paths, labels, class_map, reader, workers=default_workers() if workers is None else workers,
-                         prefetch=prefetch, max_bad=max_bad, description=f"{shown(root)} {split}",
-                         augmentation=augmentation)
+    crop_pct = DEFAULT_CROP_PCT if o.crop_pct is None else transforms.check_crop_pct(o.crop_pct)
+    augment = RandAugment.from_config(o.randaugment, mean=IMAGENET_MEAN) if o.randaugment else None
+    reader = FolderReader(img_size, tuple(o.scale), tuple(o.ratio), o.hflip, crop_pct, o.draft, augment)
+    augmentation = "RandomResizedCrop + flip" + (f" + RandAugment {o.randaugment}" if o.randaugment else "")
+    return FolderDataset(paths, labels, class_map, reader,
+                         workers=default_workers() if o.workers is None else o.workers, prefetch=o.prefetch,
+                         max_bad=o.max_bad, description=f"{shown(root)} {split}", augmentation=augmentation)
 
 
-def open_image_dataset(root: str | os.PathLike, split: str, img_size: int, **options):
+def open_image_dataset(root: str | os.PathLike, split: str, img_size: int, **options: Any):
     """Open whatever is at ``root`` (image folders or a prepared cache) with the same options."""
     kind = detect(root)
     if kind == "prepared":

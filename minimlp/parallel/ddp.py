@@ -12,8 +12,8 @@ few NCCL all-reduces on the GPU (:class:`NcclGradients`), where the buffer is cu
 buckets whose sums start while the backward pass is still computing the earlier blocks
 (:func:`gradient_buckets`).  :class:`DistributedDataParallel` has the interface of
 :class:`minimlp.parallel.DataParallel`, so the trainer uses either the same way.  The
-ranks, the job and its failure handling are :mod:`minimlp.distributed`; the split of the
-batch and the weights, derived there, are :mod:`minimlp.sharding`.
+ranks, the job and its failure handling are :mod:`minimlp.parallel.mpi`; the split of the
+batch and the weights, derived there, are :mod:`minimlp.parallel.sharding`.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from minimlp.backend import array_module
-from minimlp.distributed import MPIWorld, env_float, mixed_seed
 from minimlp.kernels import cross_entropy_backward, cross_entropy_forward
-from minimlp.sharding import shard_weight
+from minimlp.parallel.mpi import MPIWorld, env_float
+from minimlp.parallel.sharding import seed_for, shard_weight
 
 __all__ = ["DistributedDataParallel", "MPIGradients", "NcclGradients", "Bucket", "gradient_buckets",
            "notify_after_block_backward"]
@@ -248,7 +248,7 @@ class DistributedDataParallel:
         if not self.dropout or self.local is not self.model:  # worker processes seed their own
             return
         if self.model.xp is np or not self._seeded:
-            self.model.seed(mixed_seed(self.seed, step, self.world.rank))
+            self.model.seed(seed_for(self.seed, step, self.world.rank))
             self._seeded = True
 
     def train_step(self, x: Any, labels: np.ndarray, smoothing: float, step: int) -> tuple[Any, Any]:
@@ -270,7 +270,7 @@ class DistributedDataParallel:
             logits, cache = model.forward(x, train=True)  # (B_k, K)
             loss, loss_cache = cross_entropy_forward(logits, xp.asarray(labels), smoothing)
             model.zero_grad()
-            # dloss = B_k / B weights this shard's mean-loss gradient (see minimlp.sharding); the sum over
+            # dloss = B_k / B weights this shard's mean-loss gradient (see minimlp.parallel.sharding); the sum over
             # ranks is then the whole batch's mean-loss gradient.
             model.backward(cross_entropy_backward(loss_cache, dloss=weight), cache, input_grad=False)
         self.gradients.finish()

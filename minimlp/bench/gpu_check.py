@@ -1,4 +1,4 @@
-"""python -m minimlp.gpu_check: everything worth knowing from a first run on a GPU, in one go.
+"""python -m minimlp.bench.gpu_check: everything worth knowing from a first run on a GPU, in one go.
 
 For a machine with a GPU, CuPy and (for the comparison) a CUDA build of PyTorch, that may
 have no network: it installs nothing.  Each step runs in its own process with its own
@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent  # the directory holding the minimlp package
+ROOT = Path(__file__).resolve().parents[2]  # the directory holding the minimlp package
 PRECISIONS = ("float32", "tf32", "float16")
 RUNS = "ff_tiny:128:20,ff_base:64:10"  # model:batch:timed steps
 BENCH_ARGS = "--warmup 3 --rounds 3 --profile-steps 1"
@@ -233,7 +233,7 @@ def _compare(name: str, precision: str, fn: Any, xp: Any, dtype: Any) -> dict[st
 # The run.
 # --------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m minimlp.gpu_check", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m minimlp.bench.gpu_check", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="gpu-check", help="directory for the tarball and summary.txt (default gpu-check)")
     p.add_argument("--budget", type=float, default=450, help="seconds for the whole run (default 450)")
@@ -293,7 +293,7 @@ def run(args: argparse.Namespace) -> tuple[str, bool]:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="gpu-check-"))
-    py = [sys.executable, "-m", "minimlp.gpu_check"]
+    py = [sys.executable, "-m", "minimlp.bench.gpu_check"]
     steps: list[dict] = []
 
     def left(limit: float) -> float:

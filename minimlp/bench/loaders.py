@@ -1,7 +1,7 @@
 """Loader benchmark: decoded training images per second, next to a plain one-process baseline.
 
-    python -m minimlp.data.loader_bench /data/imagenet          # or: python -m minimlp.bench --loader ROOT
-    python -m minimlp.data.loader_bench --synthetic 256         # photo-like 500x375 JPEGs in a temp dir
+    python -m minimlp.bench.loaders /data/imagenet
+    python -m minimlp.bench.loaders --synthetic 256         # photo-like 500x375 JPEGs in a temp dir
 
 Every repeat measures, one after the other so they share the machine's load:
 
@@ -116,7 +116,7 @@ def _warm(dataset, batch_size: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m minimlp.data.loader_bench", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m minimlp.bench.loaders", description=__doc__.split("\n")[0])
     parser.add_argument("root", nargs="?", default=None, help="image folders (ROOT/train/<class>/*)")
     parser.add_argument("--synthetic", type=int, default=256, help="without ROOT: this many photo-like JPEGs")
     parser.add_argument("--images", type=int, default=512, help="images per measurement (from the train split)")

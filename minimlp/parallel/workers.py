@@ -18,9 +18,9 @@ step (a few MB, far cheaper than the step itself).  Dropout masks come from a ge
 each worker reseeds from (seed, step, k), so a run is reproducible and resumes exactly
 even though no worker state is saved.  Workers ignore Ctrl-C and SIGUSR1, which a
 terminal or a batch system sends to the whole process group: the trainer decides when to
-stop, and saves.  :mod:`minimlp.sharding` holds the split and the weights (and why the gradient
+stop, and saves.  :mod:`minimlp.parallel.sharding` holds the split and the weights (and why the gradient
 of a mean is the weighted mean of the shards' gradients), which the
-MPI ranks of :mod:`minimlp.distributed` share (each rank may split its own shard
+MPI ranks of :mod:`minimlp.parallel.mpi` share (each rank may split its own shard
 over worker processes in turn).
 """
 
@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from minimlp.kernels import cross_entropy_backward, cross_entropy_forward
-from minimlp.sharding import shard_bounds, shard_weight
+from minimlp.parallel.sharding import shard_bounds, shard_weight
 
 __all__ = ["DataParallel", "WorkerError"]
 

@@ -9,9 +9,9 @@ and the augmentations that run on the device.  Lesson 10 walks through the train
   so a dataset that has no use for one says so.
 * :func:`loader_workers` decides how many decoding processes to start.  On a GPU: one per
   core (at most 8).  On the CPU the data-parallel workers (``--procs``) already use every
-  core, and a training step costs far more per image than decoding one (a 224-px JPEG
-  decodes and crops at about 250 images/s per core; ``ff_tiny`` trains at a few images/s
-  per core), so one decoding process keeps up and is mostly idle, waiting for a free slot:
+  core, and a training step costs far more per image than decoding one (``python -m
+  minimlp.bench.loaders`` and ``python -m minimlp.bench`` measure both), so one decoding
+  process keeps up and is mostly idle, waiting for a free slot:
   the two pools together keep the cores busy without running several heavy processes per
   core.
 * :func:`epoch_order` is each epoch's permutation of the training indices, a function of
@@ -34,8 +34,8 @@ from minimlp.data import Dataset, open_dataset
 from minimlp.data.augment import MixupCutmix, RandomErasing, deit_recipe, recipe_lr, repeated_augmentation_indices
 from minimlp.data.loader import default_workers
 
-__all__ = ["RECIPES", "apply_recipe", "open_datasets", "loader_workers", "epoch_order", "DeviceAugment",
-           "new_bad_files"]
+__all__ = ["RECIPES", "apply_recipe", "open_datasets", "loader_workers", "epoch_order", "fixed_subset",
+           "DeviceAugment", "new_bad_files"]
 
 # Which of deit_recipe()'s entries are trainer options, under the trainer's names.
 RECIPE_ARGS = ("opt", "weight_decay", "epochs", "sched", "warmup_epochs", "warmup_lr", "min_lr", "smoothing",
@@ -100,6 +100,13 @@ def open_datasets(args: argparse.Namespace, img_size: int, workers: int) -> tupl
         raise ValueError(f"the validation split has other classes than the training split ({len(eval_set.classes)} "
                          f"vs {len(train_set.classes)}); both must come from the same class folders")
     return train_set, eval_set
+
+
+def fixed_subset(n: int, count: int | None, salt: int) -> np.ndarray:
+    """The same ``count`` of ``n`` indices for every seed (so seeds compare on the same data)."""
+    if count is None or count >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(salt).permutation(n)[:count])
 
 
 def epoch_order(indices: np.ndarray, seed: int, repeats: int = 1) -> np.ndarray:

@@ -1,8 +1,8 @@
 """How a batch is split between data-parallel processes, and how their gradients combine.
 
 Both kinds of data parallelism in minimlp use this module: the worker processes of one
-machine (:mod:`minimlp.parallel`, ``--procs``) and the MPI ranks of one or many machines
-(:mod:`minimlp.distributed`, ``mpirun``).  Each process computes the gradient of the
+machine (:mod:`minimlp.parallel.workers`, ``--procs``) and the MPI ranks of one or many machines
+(:mod:`minimlp.parallel.mpi`, ``mpirun``).  Each process computes the gradient of the
 *mean* loss over its shard of ``B_k`` rows; the gradient of the mean over the whole batch
 of ``B`` rows is the weighted sum
 
@@ -22,11 +22,9 @@ image, and one step of N ranks consumes the images one step of one process would
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-__all__ = ["shard_bounds", "shard_weight", "rank_indices", "ShardPlan"]
+__all__ = ["shard_bounds", "shard_weight", "rank_indices", "seed_for"]
 
 
 def shard_bounds(n: int, parts: int) -> list[tuple[int, int]]:
@@ -61,27 +59,10 @@ def rank_indices(order: np.ndarray, batch_size: int, rank: int, world_size: int)
     return np.concatenate(parts) if parts else order[:0]
 
 
-class ShardPlan:
-    """The shape of one epoch for one rank: how many rows it gets at each step.
+def seed_for(*words: int) -> int:
+    """A 63-bit seed mixed from several integers (the run seed, the epoch, the step, the rank, ...).
 
-    ``ShardPlan(num_samples, batch_size, world_size)``; ``rows(step_in_epoch, rank)`` is the
-    rank's shard size at that step and ``batch_rows(step_in_epoch)`` the whole batch's.
-    Every rank derives the same plan from the same three numbers, so no message is needed
-    to agree on the weights.
+    Every process derives the seeds it needs from the same words, so no message is needed
+    to agree on an epoch's order, a batch's augmentation or a rank's dropout masks.
     """
-
-    def __init__(self, num_samples: int, batch_size: int, world_size: int) -> None:
-        if batch_size % world_size:
-            lower, upper = batch_size - batch_size % world_size, batch_size + world_size - batch_size % world_size
-            raise ValueError(f"the batch size {batch_size} does not split evenly over {world_size} processes; "
-                             f"use a multiple of {world_size} (e.g. -b {lower or upper} or -b {upper})")
-        self.num_samples, self.batch_size, self.world_size = int(num_samples), int(batch_size), int(world_size)
-        self.per_rank = batch_size // world_size
-        self.steps = math.ceil(num_samples / batch_size)
-
-    def batch_rows(self, step_in_epoch: int) -> int:
-        return max(0, min(self.batch_size, self.num_samples - step_in_epoch * self.batch_size))
-
-    def rows(self, step_in_epoch: int, rank: int) -> int:
-        lo, hi = shard_bounds(self.batch_rows(step_in_epoch), self.world_size)[rank]
-        return hi - lo
+    return int(np.random.SeedSequence([int(w) for w in words]).generate_state(1, np.uint64)[0] >> np.uint64(1))

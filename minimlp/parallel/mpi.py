@@ -6,9 +6,9 @@
 Nothing needs a flag: a process started by ``mpirun`` (or ``srun``) finds the launcher's
 variables in its environment, and :func:`world` returns its :class:`MPIWorld` (rank, size,
 local rank); without a launcher it is a one-process :class:`World` whose collectives are
-the identity, so the trainer calls the same methods either way.  :mod:`minimlp.ddp`
+the identity, so the trainer calls the same methods either way.  :mod:`minimlp.parallel.ddp`
 builds data-parallel training on this: each rank holds a replica, trains on its shard of
-every batch (:mod:`minimlp.sharding`) and the gradients are summed over the ranks.
+every batch (:mod:`minimlp.parallel.sharding`) and the gradients are summed over the ranks.
 
 What keeps the ranks together:
 
@@ -46,10 +46,10 @@ from typing import Any
 import numpy as np
 
 from minimlp.backend import NCCL_INSTALL, array_module
-from minimlp.sharding import rank_indices, shard_bounds
+from minimlp.parallel.sharding import rank_indices, seed_for, shard_bounds
 
 __all__ = ["World", "MPIWorld", "Watchdog", "DistributedError", "world", "current_world", "launched_by_mpi",
-           "checksum", "per_rank_batch", "describe_differences", "mixed_seed"]
+           "checksum", "per_rank_batch", "describe_differences"]
 
 # Variables that MPI launchers set in every process they start: Open MPI, MPICH / Intel MPI
 # (Hydra), MVAPICH2, and PMIx launchers such as Slurm's srun --mpi=pmix.
@@ -148,9 +148,6 @@ def _flatten(groups: dict[str, dict[str, Any]]) -> dict[str, Any]:
             flat[f"{group} {name}"] = value
     return flat
 
-
-def mixed_seed(*words: int) -> int:
-    return int(np.random.SeedSequence([int(w) for w in words]).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
 class _Discard(io.TextIOBase):
@@ -330,7 +327,7 @@ class MPIWorld(World):
         self.gpu = index
 
     def rank_seed(self, seed: int) -> int:
-        return mixed_seed(seed, self.rank, 0x5EED)
+        return seed_for(seed, self.rank, 0x5EED)
 
     # -- data ----------------------------------------------------------------------------
     def batches(self, dataset: Any, order: np.ndarray, batch_size: int, train: bool,
