@@ -72,7 +72,7 @@ mpi-setup: setup
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
 
-# The README's CPU tables: minimlp and PyTorch eager side by side, in alternating rounds.
+# The README's performance table: minimlp and PyTorch eager side by side, in alternating rounds.
 BENCH_PY ?= $(PY)
 bench: setup
 	$(BENCH_PY) -m minimlp.bench --model ff_fmnist -b 128 --compare torch --steps 50 --rounds 5
