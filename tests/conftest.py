@@ -76,13 +76,13 @@ REQUIRE_CUPY = os.environ.get("MINIMLP_REQUIRE_CUPY") == "1"
 
 @pytest.fixture
 def fake_cupy(monkeypatch):
-    """CuPy replaced by the strict NumPy-backed stand-in of tests/fake_cupy.py, with one "GPU".
+    """CuPy replaced by the strict NumPy-backed stand-in of tests/support/fake_cupy.py, with one "GPU".
 
     minimlp then takes every GPU code path (``get_backend("gpu")`` picks it); the fixture
     yields the stand-in module (its ``host_syncs()`` counts explicit device -> host reads)
     and restores whatever CuPy modules were imported before.
     """
-    import fake_cupy as standin
+    from support import fake_cupy as standin
 
     from minimlp import backend
 

@@ -154,7 +154,7 @@ def test_tf32_can_be_switched_on_and_off():
 
 
 # --------------------------------------------------------------------------------------
-# The same on the CuPy stand-in (tests/fake_cupy.py): no implicit reads from the device.
+# The same on the CuPy stand-in (tests/support/fake_cupy.py): no implicit reads from the device.
 # --------------------------------------------------------------------------------------
 def test_mixed_precision_reads_one_flag_per_step_from_the_device(fake_cupy):
     """Whether the step overflowed decides on the host whether the optimizer steps: one read, no more."""

@@ -259,7 +259,7 @@ def test_write_killed_midway_keeps_the_previous_file(tmp_path, suffix):
 # Bounded: every .npz entry is checked against the zip directory before it is inflated
 # --------------------------------------------------------------------------------------
 def test_npy_headers_must_account_for_their_entry(tmp_path):
-    from hostile_files import npy_header, npz_huge_claim
+    from support.hostile_files import npy_header, npz_huge_claim
 
     with pytest.raises(CheckpointError, match=r"claim\.npz: entry 'w\.npy': its header describes float32 "
                                               r"\(1000000000000,\)"):
@@ -274,7 +274,7 @@ def test_npy_headers_must_account_for_their_entry(tmp_path):
 def test_deflated_npz_loads_but_a_zip_bomb_is_refused_before_inflating(tmp_path):
     import tracemalloc
 
-    from hostile_files import npz_bomb
+    from support.hostile_files import npz_bomb
 
     state = small_model().state_dict()
     np.savez_compressed(tmp_path / "small.npz", **state)
@@ -299,7 +299,7 @@ def test_fortran_order_and_big_endian_arrays_load_as_np_load_reads_them(tmp_path
 
 
 def test_duplicate_overlapping_and_exotic_zip_entries_are_refused(tmp_path):
-    from hostile_files import npy_header, npz_overlapping_entries, read_zip, write_zip
+    from support.hostile_files import npy_header, npz_overlapping_entries, read_zip, write_zip
 
     with zipfile.ZipFile(tmp_path / "dup.npz", "w") as zf, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # zipfile warns about the duplicate name it writes

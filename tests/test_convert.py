@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pth_craft import Build, Global, NewObj, state_dict, write_pth
+from support.pth_craft import Build, Global, NewObj, state_dict, write_pth
 
 import minimlp
 from minimlp.convert import main
@@ -96,7 +96,7 @@ def test_help_runs_as_a_module():
 # timm's ViT/DeiT and MLP-Mixer checkpoints: convert writes the config the shapes imply,
 # so evaluate and predict rebuild the model from the converted file alone.
 # --------------------------------------------------------------------------------------
-TIMM = {  # timm's names; minimlp's comparison models use them (test_compare_models checks the names)
+TIMM = {  # timm's names; minimlp's comparison models use them (test_vit_and_mixer checks the names)
     "vit": ("deit_tiny", dict(img_size=16, patch_size=8, in_chans=3, num_classes=3, embed_dim=128, depth=2,
                               num_heads=2)),  # 64 features per head, as every timm ViT/DeiT
     "attention-only": ("attn_only_tiny", dict(img_size=16, patch_size=8, in_chans=3, num_classes=3, embed_dim=64,
@@ -107,7 +107,7 @@ TIMM = {  # timm's names; minimlp's comparison models use them (test_compare_mod
 
 @pytest.mark.parametrize("family", list(TIMM))
 def test_timm_checkpoints_convert_with_their_config_and_evaluate_and_predict_alone(tmp_path, capsys, family):
-    from data_trees import WNIDS, build_tree
+    from support.data_trees import WNIDS, build_tree
 
     from minimlp.data.transforms import DEFAULT_CROP_PCT, IMAGENET_MEAN, IMAGENET_STD
     from minimlp.evaluate import main as evaluate_main

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from data_trees import WNIDS, build_tree
+from support.data_trees import WNIDS, build_tree
 
 from minimlp import prepare as prepare_cli
 from minimlp.data import cache_writer

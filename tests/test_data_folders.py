@@ -8,7 +8,7 @@ import warnings
 
 import numpy as np
 import pytest
-from data_trees import EMPTY_WNID, WNIDS, build_tree
+from support.data_trees import EMPTY_WNID, WNIDS, build_tree
 
 from minimlp.data import classes, folders
 from minimlp.data.base import ImageOptions

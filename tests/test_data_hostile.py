@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from data_trees import WNIDS, build_tree
+from support.data_trees import WNIDS, build_tree
 
 from minimlp import evaluate, layers
 from minimlp import prepare as prepare_cli
 from minimlp.data.cache import load_record, open_prepared, read_header
-from minimlp.data.cache_writer import prepare, read_manifest
+from minimlp.data.cache_writer import read_manifest
 from minimlp.data.folders import DataLayoutWarning, list_split, open_folder_dataset
 from minimlp.data.synthetic import photo_like
 from minimlp.io.weights import save_weights

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fake_readers import NoiseReader, item_value
+from support.fake_readers import NoiseReader, item_value
 
 from minimlp.data.loader import BadImagesWarning, BatchLoader, LoaderError, TooManyBadImagesError
 
@@ -136,7 +136,7 @@ def test_ctrl_c_stops_workers_and_frees_shared_memory(tmp_path, where):
         import sys, time
         sys.path[:0] = {[str(Path(__file__).parent), str(Path(__file__).parent.parent)]!r}
         import numpy as np
-        from fake_readers import NoiseReader
+        from support.fake_readers import NoiseReader
         from minimlp.data.loader import BatchLoader
 
         if __name__ == "__main__":

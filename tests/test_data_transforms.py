@@ -7,10 +7,10 @@ import math
 
 import numpy as np
 import pytest
-from data_trees import build_tree
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
+from support.data_trees import build_tree
 
 from minimlp.data import transforms
 from minimlp.data.synthetic import photo_like

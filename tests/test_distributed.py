@@ -321,7 +321,7 @@ def trainer(*args):
 
 
 def job(scenario, *args):
-    return [sys.executable, str(REPO / "tests" / "mpi_job.py"), scenario, *args]
+    return [sys.executable, str(REPO / "tests" / "support" / "mpi_job.py"), scenario, *args]
 
 
 def test_two_ranks_train_as_one_process_with_the_whole_batch(mpirun, fmnist_dir, tmp_path):

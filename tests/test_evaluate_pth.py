@@ -28,8 +28,8 @@ from minimlp.data.classes import imagenet_table
 from minimlp.data.synthetic import photo_like
 
 torch = pytest.importorskip("torch", reason="PyTorch is an optional test dependency")
-from no_torch import BLOCK_TORCH  # noqa: E402
-from torch_twin import TwinFFViT  # noqa: E402
+from support.no_torch import BLOCK_TORCH  # noqa: E402
+from support.torch_twin import TwinFFViT  # noqa: E402
 
 pytestmark = pytest.mark.torch
 ROOT = Path(__file__).resolve().parents[1]

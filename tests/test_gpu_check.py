@@ -28,7 +28,7 @@ def _standin_env(tmp_path: Path, strict: bool) -> dict[str, str]:
     site = tmp_path / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(
-        f"import sys\nsys.path[:0] = [{str(TESTS)!r}, {str(ROOT)!r}]\nimport fake_cupy\n"
+        f"import sys\nsys.path[:0] = [{str(TESTS)!r}, {str(ROOT)!r}]\nfrom support import fake_cupy\n"
         f"fake_cupy.install()\nfake_cupy.set_strict({strict})\n")
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(ROOT)])}
 

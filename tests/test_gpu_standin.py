@@ -1,4 +1,4 @@
-"""The GPU code path, run on the CuPy stand-in (tests/fake_cupy.py) where there is no GPU.
+"""The GPU code path, run on the CuPy stand-in (tests/support/fake_cupy.py) where there is no GPU.
 
 First the stand-in itself: it must refuse what CuPy refuses (and the implicit host
 conversions CuPy allows but pays a sync for), count explicit reads, and reproduce CuPy's

@@ -1,14 +1,14 @@
-"""Hostile weights files (tests/hostile_files.py): each is refused with one line naming the
+"""Hostile weights files (tests/support/hostile_files.py): each is refused with one line naming the
 file, in a few seconds and a few hundred MB, by the readers and by every command.
 
-The readers run in a child process with its address space capped (reader_sandbox.py), so
+The readers run in a child process with its address space capped (support/reader_sandbox.py), so
 a reader that crashes, stalls or fills memory fails its test instead of the test run.
 """
 
 from __future__ import annotations
 
 import pytest
-from hostile_files import (
+from support.hostile_files import (
     ATTACKS,
     npz_enormous_config,
     npz_huge_claim,
@@ -16,7 +16,7 @@ from hostile_files import (
     st_deep_json,
     st_scalar_cls_token,
 )
-from reader_sandbox import read_in_child
+from support.reader_sandbox import read_in_child
 
 from minimlp import convert, evaluate, predict, train
 

@@ -10,7 +10,7 @@ import minimlp
 from minimlp.gradcheck import rel_error
 
 torch = pytest.importorskip("torch", reason="PyTorch is an optional test dependency")
-from torch_twin import TwinFFViT, assert_float64_parity  # noqa: E402
+from support.torch_twin import TwinFFViT, assert_float64_parity  # noqa: E402
 
 pytestmark = pytest.mark.torch
 

@@ -9,7 +9,7 @@ import math
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_compare_models import MIXER64, VIT64
+from test_vit_and_mixer import MIXER64, VIT64
 
 import minimlp
 from minimlp import functional as F

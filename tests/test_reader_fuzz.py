@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hostile_files import read_zip, record_name, write_zip
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pth_craft import Build, Global, NewObj, state_dict, write_pth
+from support.hostile_files import read_zip, record_name, write_zip
+from support.pth_craft import Build, Global, NewObj, state_dict, write_pth
 
 import minimlp
 from minimlp.io.checkpoint import save_checkpoint, weights_meta
@@ -55,7 +55,8 @@ def _seed_files() -> dict[str, bytes]:
     args = Build(NewObj(Global("argparse", "Namespace"), ()), {"model": "linear_tiny", "lr": 0.001, "drop": [0.1]})
     write_pth(_DIR / "seed.pth", {"model": weights, "epoch": 3, "args": args}, storages, prefix="checkpoint")
     save_safetensors(_DIR / "seed.safetensors", state, {"format": "np"})
-    config = minimlp.create_model("ff_tiny", img_size=8, patch_size=4, num_classes=3, embed_dim=4, depth=1).config_dict()
+    model = minimlp.create_model("ff_tiny", img_size=8, patch_size=4, num_classes=3, embed_dim=4, depth=1)
+    config = model.config_dict()
     save_checkpoint(_DIR / "seed.npz", state, weights_meta({"model": config}))
     np.savez_compressed(_DIR / "deflated.npz", **state)  # a bare state dict, deflated
     return {name: (_DIR / name).read_bytes() for name in ("seed.pth", "seed.safetensors", "seed.npz", "deflated.npz")}
@@ -127,7 +128,7 @@ def directory_edits(draw, data: bytes) -> bytes:
             r[at:at + 4] = struct.pack("<I", new % 2**32)
         elif kind == "name":
             other = record_name(records[draw(st.integers(0, len(records) - 1))])
-            from hostile_files import renamed
+            from support.hostile_files import renamed
 
             records[i] = renamed(r, draw(st.sampled_from([other, other + "x", "", "a/b/c", "x.npy"])))
         elif kind == "copy":

@@ -11,7 +11,7 @@ import zipfile
 
 import numpy as np
 import pytest
-from pth_craft import (
+from support.pth_craft import (
     ORDERED_DICT,
     Build,
     Call,
@@ -352,7 +352,7 @@ def test_entries_without_crc_are_read_raw(tmp_path):
 
 
 # --------------------------------------------------------------------------------------
-# Bounded: what a small pickle can make the reader build (hostile_files.py has the
+# Bounded: what a small pickle can make the reader build (support/hostile_files.py has the
 # large attacks, read in a capped child process by test_hostile_files.py)
 # --------------------------------------------------------------------------------------
 def _nested(depth: int) -> bytes:
@@ -410,14 +410,14 @@ def test_messages_quote_bounded_reprs(tmp_path):
 
 
 def test_duplicate_and_overlapping_zip_entries_are_refused(tmp_path):
-    from hostile_files import pth_duplicate_entries, pth_overlapping_entries
+    from support.hostile_files import pth_duplicate_entries, pth_overlapping_entries
 
     _refused(pth_duplicate_entries(tmp_path / "dup.pth"), "two entries named 'archive/data.pkl'")
     _refused(pth_overlapping_entries(tmp_path / "overlap.pth", copies=20, kilobytes=4), "more bytes than", "overlap")
 
 
 def test_zip_directory_claiming_more_bytes_than_the_file_is_refused(tmp_path):
-    from hostile_files import read_zip, record_name, write_zip
+    from support.hostile_files import read_zip, record_name, write_zip
 
     obj, storages = state_dict({"w": np.ones(4)})
     write_pth(tmp_path / "ok.pth", obj, storages)

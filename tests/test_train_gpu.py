@@ -1,9 +1,10 @@
 """The trainer's GPU path without a GPU: ``python -m minimlp.train --gpu`` on the strict CuPy
-stand-in (tests/fake_cupy.py), which refuses implicit host conversions and counts the explicit
+stand-in (tests/support/fake_cupy.py), which refuses implicit host conversions and counts the explicit
 reads; the fallback to NumPy when CuPy imports but no GPU is usable; ``--amp``."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 import types
@@ -32,7 +33,7 @@ def syncs_per_step(standin, argv):
     counts = []
     result = train.run(argv, on_step=lambda state: counts.append(standin.host_syncs()), log=lambda line: None)
     assert result.status == "done"
-    return [b - a for a, b in zip(counts, counts[1:])]
+    return [b - a for a, b in itertools.pairwise(counts)]
 
 
 # --------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pth_craft import state_dict, write_pth
+from support.pth_craft import state_dict, write_pth
 
 import minimlp
 from minimlp.io.files import CheckpointError

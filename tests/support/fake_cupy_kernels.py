@@ -16,10 +16,9 @@ import re
 from typing import Any
 
 import numpy as np
-from fake_cupy import CompileException, _unsupported, _wrap, ndarray
 
 from minimlp.backend import _erf_erfc_numpy
-
+from support.fake_cupy import CompileException, _unsupported, _wrap, ndarray
 
 # --------------------------------------------------------------------------------------
 # User kernels: CuPy's parameter lists and typing, and the kernel bodies read as C.
@@ -444,7 +443,7 @@ class _Program:
         return result
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _program(text: str, inputs: tuple, outputs: tuple, kernel: str, type_names: frozenset,
              expression: bool) -> _Program:
     """A translated program, made once per kernel text and argument names (as CuPy caches kernels)."""

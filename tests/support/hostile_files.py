@@ -10,14 +10,13 @@ import io
 import json
 import struct
 import zipfile
-import zlib
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-from pth_craft import Call, Global, dumps, state_dict, tensor, write_pth
 
 from minimlp.io.checkpoint import FORMAT, VERSION
+from support.pth_craft import Call, Global, dumps, state_dict, tensor, write_pth
 
 # --------------------------------------------------------------------------------------
 # The zip central directory, as records that can be edited and written back

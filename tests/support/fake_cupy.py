@@ -609,7 +609,7 @@ def _special_ufunc(index: int) -> Any:
 
 
 def _build_modules() -> dict[str, types.ModuleType]:
-    import fake_cupy_kernels  # it uses this module's array type: imported once this module is complete
+    from support import fake_cupy_kernels  # it uses this module's array type: imported once this module is complete
 
     cupy = types.ModuleType("cupy")
     cupy.__version__ = VERSION

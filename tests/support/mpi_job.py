@@ -1,6 +1,6 @@
 """The trainer under mpirun, with one rank made to misbehave at step 3: the MPI tests run
 
-    mpirun -n 2 python tests/mpi_job.py SCENARIO TRAIN_ARGS...
+    mpirun -n 2 python tests/support/mpi_job.py SCENARIO TRAIN_ARGS...
 
 SCENARIO is one of
     train           python -m minimlp.train TRAIN_ARGS, unchanged

@@ -11,8 +11,8 @@ import minimlp
 from minimlp.gradcheck import rel_error
 
 torch = pytest.importorskip("torch", reason="PyTorch is an optional test dependency")
-from torch_twin import assert_float64_parity  # noqa: E402
-from torch_twin_compare import TwinMixer, TwinViT  # noqa: E402
+from support.torch_twin import assert_float64_parity  # noqa: E402
+from support.torch_twin_vit_mixer import TwinMixer, TwinViT  # noqa: E402
 
 pytestmark = pytest.mark.torch
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch_twin import Mlp
+
+from support.torch_twin import Mlp
 
 
 class Attention(nn.Module):

@@ -11,8 +11,8 @@ import warnings
 
 import numpy as np
 import pytest
-from data_trees import EMPTY_WNID, WNIDS, build_tree
-from pth_craft import state_dict, write_pth
+from support.data_trees import EMPTY_WNID, WNIDS, build_tree
+from support.pth_craft import state_dict, write_pth
 
 import minimlp
 from minimlp import evaluate, predict, train
