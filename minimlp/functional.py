@@ -63,8 +63,9 @@ def linear_forward(x: Array, w: Array, b: Array | None, axis: int = -1) -> tuple
     raise ValueError(f"linear acts on axis -1 or 0, got {axis}")
 
 
-def linear_backward(dy: Array, cache: LinearCache, w: Array, dw: Array, db: Array | None,
-                    input_grad: bool = True) -> Array | None:
+def linear_backward(
+    dy: Array, cache: LinearCache, w: Array, dw: Array, db: Array | None, input_grad: bool = True
+) -> Array | None:
     """Add dL/dW into ``dw`` and dL/db into ``db``; return dL/dx, or None with
     ``input_grad=False`` (the image under the patch embedding needs none)."""
     x = cache.x
@@ -117,8 +118,9 @@ def linear_gelu_forward(x: Array, w: Array, b: Array, axis: int = -1) -> tuple[A
     return h, (c_lin, c_act)
 
 
-def linear_gelu_backward(dh: Array, cache: tuple[LinearCache, GeluCache], w: Array, dw: Array, db: Array,
-                         input_grad: bool = True) -> Array | None:
+def linear_gelu_backward(
+    dh: Array, cache: tuple[LinearCache, GeluCache], w: Array, dw: Array, db: Array, input_grad: bool = True
+) -> Array | None:
     """Backward of :func:`linear_gelu_forward`."""
     c_lin, c_act = cache
     dy = gelu_backward(dh, c_act)
@@ -165,8 +167,7 @@ def layernorm_backward(dy: Array, cache: LayerNormCache, w: Array, dw: Array, db
     db += dy.sum(axis=other)
     dxhat = dy * _along(w, axis, dy.ndim)
     # d/dx of (x - mean) * rstd, through both the mean and the variance:
-    return (dxhat - dxhat.mean(axis=axis, keepdims=True)
-            - xhat * (dxhat * xhat).mean(axis=axis, keepdims=True)) * rstd
+    return (dxhat - dxhat.mean(axis=axis, keepdims=True) - xhat * (dxhat * xhat).mean(axis=axis, keepdims=True)) * rstd
 
 
 # --------------------------------------------------------------------------------------
@@ -274,8 +275,9 @@ def patch_embed_forward(x: Array, w: Array, b: Array) -> tuple[Array, PatchEmbed
     return y, PatchEmbedCache(lin, x.shape)
 
 
-def patch_embed_backward(dy: Array, cache: PatchEmbedCache, w: Array, dw: Array, db: Array,
-                         input_grad: bool = True) -> Array | None:
+def patch_embed_backward(
+    dy: Array, cache: PatchEmbedCache, w: Array, dw: Array, db: Array, input_grad: bool = True
+) -> Array | None:
     D, P = w.shape[0], w.shape[-1]
     # dw.reshape is a view, so the gradient lands in dw.  The image needs no gradient
     # when training, which saves the largest matrix product of this layer.
@@ -286,8 +288,9 @@ def patch_embed_backward(dy: Array, cache: PatchEmbedCache, w: Array, dw: Array,
 # --------------------------------------------------------------------------------------
 # Class token and learned positional embedding.
 # --------------------------------------------------------------------------------------
-def tokens_forward(patch_tokens: Array, cls_token: Array, pos_embed: Array,
-                   cls_pos_embed: Array | None = None) -> Array:
+def tokens_forward(
+    patch_tokens: Array, cls_token: Array, pos_embed: Array, cls_pos_embed: Array | None = None
+) -> Array:
     """Prepend the class token and add positional embeddings.
 
     patch_tokens (N, B, D); cls_token (1, 1, D).  Two ways to store the positions:
@@ -514,8 +517,15 @@ class AttentionCache(NamedTuple):
     scale: float
 
 
-def attention_forward(q: Array, k: Array, v: Array, scale: float | None = None, attn_drop: float = 0.0,
-                      rng: Any = None, train: bool = False) -> tuple[Array, AttentionCache]:
+def attention_forward(
+    q: Array,
+    k: Array,
+    v: Array,
+    scale: float | None = None,
+    attn_drop: float = 0.0,
+    rng: Any = None,
+    train: bool = False,
+) -> tuple[Array, AttentionCache]:
     """Scaled dot-product attention, softmax(q kᵀ · scale) v, batched over leading axes.
 
     q, k, v (..., S, d) -> (..., S, d); scale defaults to 1/sqrt(d).  Row i of the

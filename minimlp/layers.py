@@ -121,8 +121,10 @@ class ParameterStore:
         needed = total * (8 + np.dtype(dtype).itemsize)  # the float64 draw and the parameters (gradients: zero pages)
         free = available_memory()
         if free is not None and needed > free:
-            raise MemoryError(f"a model of {total:,} parameters needs {needed / 2**30:.1f} GiB to build, and "
-                              f"{free / 2**30:.1f} GiB of memory is available")
+            raise MemoryError(
+                f"a model of {total:,} parameters needs {needed / 2**30:.1f} GiB to build, and "
+                f"{free / 2**30:.1f} GiB of memory is available"
+            )
         self.num_decay = sum(math.prod(s.shape) for s in ordered if s.decay)
         host = np.empty(total, dtype=np.float64)
         offsets = {}
@@ -148,8 +150,16 @@ class ParameterStore:
 class Linear:
     """y = W x + b along ``axis`` (-1: features of each token; 0: tokens of each feature)."""
 
-    def __init__(self, store: ParameterStore, name: str, in_features: int, out_features: int,
-                 axis: int = -1, init: Init | None = None, bias_init: Init | None = None) -> None:
+    def __init__(
+        self,
+        store: ParameterStore,
+        name: str,
+        in_features: int,
+        out_features: int,
+        axis: int = -1,
+        init: Init | None = None,
+        bias_init: Init | None = None,
+    ) -> None:
         self.store, self.axis = store, axis
         self.w = store.add(f"{name}.weight", (out_features, in_features), init or trunc_normal(0.02))
         self.b = store.add(f"{name}.bias", (out_features,), bias_init or constant(0.0))
@@ -198,8 +208,15 @@ class Mlp:
     that replaces attention).
     """
 
-    def __init__(self, store: ParameterStore, name: str, in_features: int, hidden_features: int,
-                 axis: int = -1, drop: float = 0.0) -> None:
+    def __init__(
+        self,
+        store: ParameterStore,
+        name: str,
+        in_features: int,
+        hidden_features: int,
+        axis: int = -1,
+        drop: float = 0.0,
+    ) -> None:
         self.fc1 = Linear(store, f"{name}.fc1", in_features, hidden_features, axis)
         self.fc2 = Linear(store, f"{name}.fc2", hidden_features, in_features, axis)
         self.drop = drop
@@ -259,8 +276,16 @@ class Attention:
     ``{name}.proj`` (E, E), E = ``dim``; the qkv rows are ordered (q, k, v) × heads.
     """
 
-    def __init__(self, store: ParameterStore, name: str, dim: int, num_heads: int, axis: int = -1,
-                 attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
+    def __init__(
+        self,
+        store: ParameterStore,
+        name: str,
+        dim: int,
+        num_heads: int,
+        axis: int = -1,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+    ) -> None:
         if num_heads < 1 or dim % num_heads:
             raise ValueError(f"{name}: {num_heads} heads do not divide the embedding size {dim}")
         self.qkv = Linear(store, f"{name}.qkv", dim, 3 * dim, axis)

@@ -25,8 +25,9 @@ class CrossEntropyCache(NamedTuple):
     target: Array  # q, (B, K)
 
 
-def target_distribution(target: Array, num_classes: int, smoothing: float = 0.0, dtype: Any = None,
-                        xp: Any = None) -> Array:
+def target_distribution(
+    target: Array, num_classes: int, smoothing: float = 0.0, dtype: Any = None, xp: Any = None
+) -> Array:
     """The (B, K) target distribution from integer labels (B,) or soft targets (B, K), on ``xp``
     (default: where ``target`` is).
 
@@ -41,8 +42,9 @@ def target_distribution(target: Array, num_classes: int, smoothing: float = 0.0,
         if target.dtype.kind not in "iu":
             raise ValueError(f"integer class labels expected, got dtype {target.dtype}")
         if on_host and target.size and (target.min() < 0 or target.max() >= num_classes):
-            raise ValueError(f"labels must lie in [0, {num_classes}), got min {int(target.min())}, "
-                             f"max {int(target.max())}")
+            raise ValueError(
+                f"labels must lie in [0, {num_classes}), got min {int(target.min())}, max {int(target.max())}"
+            )
         labels = xp.asarray(target)[:, None]  # (B, 1)
         q = (labels == xp.arange(num_classes)).astype(dtype)  # one-hot rows (B, K)
         if not on_host:
@@ -50,8 +52,9 @@ def target_distribution(target: Array, num_classes: int, smoothing: float = 0.0,
     elif target.ndim == 2 and target.shape[1] == num_classes:
         q = xp.asarray(target).astype(dtype, copy=True)
     else:
-        raise ValueError(f"target must be labels (B,) or a distribution (B, {num_classes}), "
-                         f"got shape {tuple(target.shape)}")
+        raise ValueError(
+            f"target must be labels (B,) or a distribution (B, {num_classes}), got shape {tuple(target.shape)}"
+        )
     if smoothing:
         q *= 1.0 - smoothing
         q += smoothing / num_classes

@@ -60,8 +60,10 @@ def fmnist_dir():
 
     directory = find_data_dir()
     if directory is None:
-        message = ("the Fashion-MNIST files are not installed (apt-get install dataset-fashion-mnist, "
-                   "or python -m minimlp.train --download)")
+        message = (
+            "the Fashion-MNIST files are not installed (apt-get install dataset-fashion-mnist, "
+            "or python -m minimlp.train --download)"
+        )
         if REQUIRE_DATA:
             pytest.fail(message + "; MINIMLP_REQUIRE_DATA=1 demands them")
         pytest.skip(message)

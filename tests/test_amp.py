@@ -11,8 +11,8 @@ import pytest
 from conftest import CUPY, to_np
 
 import minimlp
-from minimlp.kernels.amp import LossScaler, MixedPrecision
 from minimlp.gradcheck import rel_error
+from minimlp.kernels.amp import LossScaler, MixedPrecision
 from minimlp.loss import cross_entropy_backward, cross_entropy_forward
 
 CONFIG = dict(img_size=16, patch_size=4, in_chans=3, embed_dim=16, depth=2, num_classes=5)

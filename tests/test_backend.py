@@ -19,8 +19,9 @@ from minimlp.kernels import cpu, threads
 
 
 def test_erf_matches_math_to_float64_rounding():
-    x = np.concatenate([np.linspace(-6, 6, 4001), np.linspace(6, 26.5, 2001),
-                        [-0.46875, 0.46875, -4.0, 4.0, 0.0, 1e-300, -27.0, 27.0]])
+    x = np.concatenate(
+        [np.linspace(-6, 6, 4001), np.linspace(6, 26.5, 2001), [-0.46875, 0.46875, -4.0, 4.0, 0.0, 1e-300, -27.0, 27.0]]
+    )
     ref_erf = np.array([math.erf(v) for v in x])
     ref_erfc = np.array([math.erfc(v) for v in x])
     assert np.abs(erf(x) - ref_erf).max() < 4e-16
@@ -49,6 +50,7 @@ def _cupy_with_its_erf(monkeypatch) -> None:
         def f(x):
             loop = np.float64 if x.dtype == np.float16 else x.dtype
             return backend._erf_erfc_numpy(np.asarray(x, loop))[which].view(_DeviceArray)
+
         return f
 
     special = types.ModuleType("cupyx.scipy.special")
@@ -106,8 +108,14 @@ def test_install_hints_name_every_wheel_cupy_needs(monkeypatch):
     monkeypatch.setitem(sys.modules, "cupy", None)  # import cupy fails, as where it is not installed
     cupy, reason = backend._cupy_or_reason()
     assert cupy is None
-    for wheel in ('"cupy-cuda12x[ctk]"', '"cupy-cuda13x[ctk]"', "nvidia-cuda-nvrtc-cu12", "nvidia-cuda-runtime-cu12",
-                  "nvidia-cublas-cu12", "nvidia-curand-cu12"):
+    for wheel in (
+        '"cupy-cuda12x[ctk]"',
+        '"cupy-cuda13x[ctk]"',
+        "nvidia-cuda-nvrtc-cu12",
+        "nvidia-cuda-runtime-cu12",
+        "nvidia-cublas-cu12",
+        "nvidia-curand-cu12",
+    ):
         assert wheel in reason
     assert "nvidia-nccl-cu12" in backend.NCCL_INSTALL and "nvidia-nccl-cu13" in backend.NCCL_INSTALL
     pyproject = (Path(__file__).parents[1] / "pyproject.toml").read_text(encoding="utf-8")
@@ -137,8 +145,9 @@ def gelu_reference(x64):
 
 
 def test_fused_gelu_float32_accuracy():
-    x = np.concatenate([np.linspace(-15, 15, 200_001), -np.geomspace(1e-20, 15, 2001),
-                        np.geomspace(1e-20, 15, 2001), [0.0, -0.0]]).astype(np.float32)
+    x = np.concatenate(
+        [np.linspace(-15, 15, 200_001), -np.geomspace(1e-20, 15, 2001), np.geomspace(1e-20, 15, 2001), [0.0, -0.0]]
+    ).astype(np.float32)
     assert kernels.applies(x)
     h, g = cpu.gelu(x)
     assert h.dtype == g.dtype == np.float32

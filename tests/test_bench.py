@@ -17,9 +17,28 @@ from minimlp.kernels import threads
 from minimlp.kernels import timing as profiling
 from minimlp.models import model_config
 
-TINY = ["--model", "ff_fmnist", "--depth", "2", "--embed-dim", "16", "-b", "4",
-        "--steps", "2", "--warmup", "1", "--rounds", "2", "--profile-steps", "1", "--peak-size", "256",
-        "--procs", "1"]  # in this process; test_bench_over_worker_processes takes the trainer's default
+TINY = [
+    "--model",
+    "ff_fmnist",
+    "--depth",
+    "2",
+    "--embed-dim",
+    "16",
+    "-b",
+    "4",
+    "--steps",
+    "2",
+    "--warmup",
+    "1",
+    "--rounds",
+    "2",
+    "--profile-steps",
+    "1",
+    "--peak-size",
+    "256",
+    "--procs",
+    "1",
+]  # in this process; test_bench_over_worker_processes takes the trainer's default
 
 
 def hand_count(img, patch, chans, dim, depth, classes):
@@ -48,8 +67,17 @@ def test_flop_count_equals_hand_count():
 def test_flop_count_includes_the_attention_products(feature_mixer):
     """q kᵀ and softmax(·) v are matrix products too: 2·S·S·d FLOPs each per head."""
     img, patch, chans, dim, depth, classes = 16, 4, 3, 8, 2, 5
-    model = minimlp.create_model("deit_tiny", img_size=img, patch_size=patch, in_chans=chans, embed_dim=dim,
-                                 depth=depth, num_heads=2, num_classes=classes, feature_mixer=feature_mixer)
+    model = minimlp.create_model(
+        "deit_tiny",
+        img_size=img,
+        patch_size=patch,
+        in_chans=chans,
+        embed_dim=dim,
+        depth=depth,
+        num_heads=2,
+        num_classes=classes,
+        feature_mixer=feature_mixer,
+    )
     n = (img // patch) ** 2
     t = n + 1
 
@@ -138,7 +166,8 @@ def test_bench_compares_with_torch(capsys):
     check_sane(result, "torch")
     assert result["logits_max_abs_diff"] < 1e-4  # the same function, in float32
     assert result["ratio"]["train"] == pytest.approx(
-        result["minimlp"]["train"]["images_per_s"] / result["torch"]["train"]["images_per_s"])
+        result["minimlp"]["train"]["images_per_s"] / result["torch"]["train"]["images_per_s"]
+    )
     assert len(result["ratio"]["train_per_round"]) == 2
     assert result["threads"]["torch"] == 1 and result["threads"]["elementwise"] == 1
     assert threads.num_threads() == threads_before  # the process's settings are restored

@@ -24,9 +24,17 @@ def write_metrics(run_dir, epochs, top1_start, fraction=False, seconds_per_epoch
     run_dir.mkdir(parents=True, exist_ok=True)
     with open(run_dir / "metrics.jsonl", "w") as f:
         for e in range(1, epochs + 1):
-            top1 = top1_start + 10 * (1 - 0.5 ** e)
-            row = {"epoch": e, "train_loss": 1.0 / e, "eval_loss": 0.9 / e, "eval_top1": top1, "eval_top5": 99.0,
-                   "lr": 1e-3, "img_per_s": 1000.0 + e, "elapsed_s": seconds_per_epoch * e}
+            top1 = top1_start + 10 * (1 - 0.5**e)
+            row = {
+                "epoch": e,
+                "train_loss": 1.0 / e,
+                "eval_loss": 0.9 / e,
+                "eval_top1": top1,
+                "eval_top5": 99.0,
+                "lr": 1e-3,
+                "img_per_s": 1000.0 + e,
+                "elapsed_s": seconds_per_epoch * e,
+            }
             if fraction:
                 row["eval_top1"], row["eval_top5"] = top1 / 100, 0.99
             f.write(json.dumps(row) + "\n")
@@ -86,8 +94,10 @@ def test_no_train_rebuilds_from_existing_runs_and_reads_fractions(tmp_path):
     def must_not_train(argv):
         raise AssertionError("trained although --no-train was given")
 
-    compare.main(["--output", str(tmp_path), "--no-train", "--models", ",".join(MODELS + ["attn_only_fmnist"])],
-                 train_main=must_not_train)
+    compare.main(
+        ["--output", str(tmp_path), "--no-train", "--models", ",".join(MODELS + ["attn_only_fmnist"])],
+        train_main=must_not_train,
+    )
     summary = {s["model"]: s for s in json.loads((tmp_path / "comparison.json").read_text())["models"]}
     assert math.isclose(summary["ff_fmnist"]["best_top1"], 67.5)  # fractions become percentages
     assert summary["ff_fmnist"]["final_top5"] == 99.0
@@ -156,8 +166,20 @@ def test_nice_ticks_cover_the_range_with_round_steps(lo, width):
 def test_with_the_real_trainer(tmp_path):
     """One short epoch per model on a slice of Fashion-MNIST, through the real trainer.
     The sample-limiting options are the trainer's; if they change, change them here."""
-    compare.main(["--output", str(tmp_path), "--epochs", "1", "-b", "64",
-                  "--train-num-samples", "256", "--eval-num-samples", "128"])
+    compare.main(
+        [
+            "--output",
+            str(tmp_path),
+            "--epochs",
+            "1",
+            "-b",
+            "64",
+            "--train-num-samples",
+            "256",
+            "--eval-num-samples",
+            "128",
+        ]
+    )
     summary = json.loads((tmp_path / "comparison.json").read_text())["models"]
     assert [s["model"] for s in summary] == MODELS
     assert all(0 <= s["final_top1"] <= 100 and s["wall_s"] > 0 for s in summary)

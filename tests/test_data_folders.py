@@ -209,7 +209,7 @@ def test_folder_dataset_protocol(tree):
     assert ds.mean == (0.485, 0.456, 0.406) and ds.std == (0.229, 0.224, 0.225)
     assert ds.labels.dtype == np.int64 and ds.class_info()["wnids"] == WNIDS
     order = np.array([5, 0, 3])
-    (images, labels), = list(ds.batches(order, 8, train=False, seed=0))
+    ((images, labels),) = list(ds.batches(order, 8, train=False, seed=0))
     assert images.shape == (3, 3, 40, 40) and images.dtype == np.uint8
     assert (labels == ds.labels[order]).all()
     ds.close()

@@ -51,8 +51,14 @@ def close(a, b, tol=2e-6):
 
 
 def test_tiles_cover_every_element_once():
-    for rows, cols, whole in [(7, 5, ""), (1000, 3, ""), (3, 5 * TEST_CHUNK + 1, ""), (200, 50, "rows"),
-                              (13, 100, "cols"), (1, 1, "")]:
+    for rows, cols, whole in [
+        (7, 5, ""),
+        (1000, 3, ""),
+        (3, 5 * TEST_CHUNK + 1, ""),
+        (200, 50, "rows"),
+        (13, 100, "cols"),
+        (1, 1, ""),
+    ]:
         seen = np.zeros((rows, cols), int)
         for rs, cs in cpu._tiles(rows, cols, whole):
             seen[rs, cs] += 1
@@ -314,10 +320,15 @@ def test_plain_math_imports_nothing_of_the_speed_layer():
         tree = ast.parse(inspect.getsource(module))
         imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
         imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
-        imported |= {f"{node.module}.{alias.name}" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
-                     for alias in node.names}
-        assert not [name for name in imported if name and ("kernels" in name or "fused" in name
-                                                             or "profiling" in name)], module.__name__
+        imported |= {
+            f"{node.module}.{alias.name}"
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom)
+            for alias in node.names
+        }
+        assert not [
+            name for name in imported if name and ("kernels" in name or "fused" in name or "profiling" in name)
+        ], module.__name__
 
 
 SPEED_ONLY = {"need_grad", "owns_dh"}  # arguments only the speed layer has

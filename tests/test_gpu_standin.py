@@ -67,8 +67,14 @@ def test_host_arrays_are_refused_in_device_operations_but_scalars_and_uploads_wo
 
     x = cupy.ones((2, 3), dtype=cupy.float32)
     host = np.ones(3, np.float32)
-    for op in (lambda: x + host, lambda: host * x, lambda: cupy.multiply(x, host), lambda: np.add(x, host),
-               lambda: cupy.exp(host), lambda: x + np.ones(())):
+    for op in (
+        lambda: x + host,
+        lambda: host * x,
+        lambda: cupy.multiply(x, host),
+        lambda: np.add(x, host),
+        lambda: cupy.exp(host),
+        lambda: x + np.ones(()),
+    ):
         with pytest.raises(TypeError, match="Unsupported type"):
             op()
     assert (x * np.float32(2) + 1.5).dtype == np.float32  # scalars are weak, as in CuPy 14 (NEP 50)
@@ -164,14 +170,22 @@ def test_c_arithmetic_types(fake_cupy):
     a, b = k(cupy.ones(1, np.float32))
     assert a.get()[0] == 0.1 and b.get()[0] == np.float64(np.float32(0.1)) != 0.1
     # Integer division truncates.
-    r = cupy.ReductionKernel("T x", "float32 m", "x", "a + b", "m = a / (_in_ind.size() / _out_ind.size())", "0",
-                             "div")(cupy.ones((2, 3), np.float32), axis=1)
+    r = cupy.ReductionKernel(
+        "T x", "float32 m", "x", "a + b", "m = a / (_in_ind.size() / _out_ind.size())", "0", "div"
+    )(cupy.ones((2, 3), np.float32), axis=1)
     assert r.get().tolist() == [1.0, 1.0]
 
 
 def _mean_kernel(cupy, name, out):
-    return cupy.ReductionKernel("T x", f"float32 {out}", "(float)x", "a + b",
-                                f"{out} = a / ((float)(_in_ind.size() / _out_ind.size()))", "0", name)
+    return cupy.ReductionKernel(
+        "T x",
+        f"float32 {out}",
+        "(float)x",
+        "a + b",
+        f"{out} = a / ((float)(_in_ind.size() / _out_ind.size()))",
+        "0",
+        name,
+    )
 
 
 def test_reduction_outside_cub_computes_the_mean(fake_cupy):
@@ -207,8 +221,15 @@ def test_cub_kernel_has_no_indexers_unless_named_mean(fake_cupy, monkeypatch):
     with pytest.raises(fake_cupy.CompileException, match="_in_ind"):  # CUB's kernel has no _in_ind
         _mean_kernel(cupy, "demo_average", "mu")(x, axis=1)
     # ... two inputs, or CUB turned off: the generic kernel, where the indexers exist.
-    two = cupy.ReductionKernel("T x, T w", "float32 mu", "(float)x * (float)w", "a + b",
-                               "mu = a / ((float)(_in_ind.size() / _out_ind.size()))", "0", "demo_average2")
+    two = cupy.ReductionKernel(
+        "T x, T w",
+        "float32 mu",
+        "(float)x * (float)w",
+        "a + b",
+        "mu = a / ((float)(_in_ind.size() / _out_ind.size()))",
+        "0",
+        "demo_average2",
+    )
     np.testing.assert_allclose(two(x, x, axis=1).get(), 1.0)
     monkeypatch.setenv("CUPY_ACCELERATORS", "")
     np.testing.assert_allclose(_mean_kernel(cupy, "demo_average", "mu")(x, axis=1).get(), 1.0)
@@ -332,9 +353,11 @@ def _step_grads(device, overrides, x, q):
     return backend.to_numpy(loss), backend.to_numpy(logits), {k: backend.to_numpy(g) for k, g in model.grads.items()}
 
 
-@pytest.mark.parametrize("overrides, targets", [(dict(img_size=32, patch_size=8), "labels"),
-                                                (dict(img_size=32, patch_size=8), "soft"), (dict(), "soft")],
-                         ids=["32px-labels", "32px-soft", "224px-soft"])
+@pytest.mark.parametrize(
+    "overrides, targets",
+    [(dict(img_size=32, patch_size=8), "labels"), (dict(img_size=32, patch_size=8), "soft"), (dict(), "soft")],
+    ids=["32px-labels", "32px-soft", "224px-soft"],
+)
 def test_ff_tiny_step_on_the_gpu_path_matches_the_cpu(fake_cupy, overrides, targets):
     """Labels, or soft targets (B, K) as mixup gives them; D = 192 takes CuPy's CUB path in LayerNorm."""
     rng = np.random.default_rng(4)

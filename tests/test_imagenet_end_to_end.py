@@ -23,8 +23,24 @@ from minimlp.data.synthetic import photo_like
 from minimlp.io.checkpoint import load_checkpoint
 
 ALL_WNIDS = sorted([*WNIDS, EMPTY_WNID])  # the empty train folder stays a class (indices do not shift)
-TINY = ["--model", "ff_tiny", "--img-size", "32", "--patch-size", "8", "--embed-dim", "32", "--depth", "2",
-        "-b", "8", "--epochs", "1", "--log-interval", "1"]
+TINY = [
+    "--model",
+    "ff_tiny",
+    "--img-size",
+    "32",
+    "--patch-size",
+    "8",
+    "--embed-dim",
+    "32",
+    "--depth",
+    "2",
+    "-b",
+    "8",
+    "--epochs",
+    "1",
+    "--log-interval",
+    "1",
+]
 
 
 @pytest.fixture(scope="module")
@@ -105,8 +121,20 @@ def test_subsets_select_exactly_the_listed_classes(tree, tmp_path):
 def test_train_from_a_prepared_cache_with_the_deit_augmentations_data_parallel(cache, tmp_path, capsys):
     """Workers decoding from the cache, two data-parallel processes, RandAugment, random erasing,
     mixup/cutmix soft targets (which must reach the workers' loss), repeated augmentation."""
-    augment = ["--aa", "rand-m9-mstd0.5-inc1", "--reprob", "0.5", "--mixup", "0.8", "--cutmix", "1.0",
-               "--repeated-aug", "2", "--train-crop", "crop"]
+    augment = [
+        "--aa",
+        "rand-m9-mstd0.5-inc1",
+        "--reprob",
+        "0.5",
+        "--mixup",
+        "0.8",
+        "--cutmix",
+        "1.0",
+        "--repeated-aug",
+        "2",
+        "--train-crop",
+        "crop",
+    ]
     result, log = train_run(cache, tmp_path / "cached", *augment, procs="2", workers="1")
     assert result.status == "done"
     assert "prepared cache" in log and "data parallel" in log and "1 decoding process" in log
@@ -123,13 +151,37 @@ def test_train_from_a_prepared_cache_with_the_deit_augmentations_data_parallel(c
 def test_resume_with_the_augmentations_is_bitwise_identical(cache, tmp_path):
     """Erasing noise, mixing weights and boxes, the repeated-augmentation order and RandAugment
     are all functions of (seed, epoch, batch) or saved state: a resumed run continues exactly."""
-    augment = ["--aa", "rand-m9-mstd0.5-inc1", "--reprob", "0.5", "--mixup", "0.8", "--cutmix", "1.0",
-               "--repeated-aug", "2", "--drop-path", "0.1", "--epochs", "2"]
+    augment = [
+        "--aa",
+        "rand-m9-mstd0.5-inc1",
+        "--reprob",
+        "0.5",
+        "--mixup",
+        "0.8",
+        "--cutmix",
+        "1.0",
+        "--repeated-aug",
+        "2",
+        "--drop-path",
+        "0.1",
+        "--epochs",
+        "2",
+    ]
     straight, _ = train_run(cache, tmp_path / "straight", *augment)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DataLayoutWarning)
-        argv = ["--data-dir", str(cache), *TINY, "--procs", "1", "-j", "0", "--output", str(tmp_path / "split"),
-                *augment]
+        argv = [
+            "--data-dir",
+            str(cache),
+            *TINY,
+            "--procs",
+            "1",
+            "-j",
+            "0",
+            "--output",
+            str(tmp_path / "split"),
+            *augment,
+        ]
         first = train.run(argv, on_epoch_end=lambda record: True, log=lambda s: None)
         assert first.status == "interrupted"
         resumed = train.run(["--resume", str(tmp_path / "split"), "--procs", "1", "-j", "0"], log=lambda s: None)
@@ -161,11 +213,39 @@ def test_fine_tuning_from_a_pth_starts_a_new_head(imagenette_and_more, tmp_path,
     source = minimlp.create_model("ff_tiny", img_size=32, patch_size=8, embed_dim=32, depth=2, seed=5)
     obj, storages = state_dict(source.state_dict())
     write_pth(tmp_path / "pretrained.pth", obj, storages)
-    tune = ["--data-dir", str(root), "--pretrained", str(tmp_path / "pretrained.pth"), "--subset", "imagenette",
-            "-b", "8", "--epochs", "1", "--procs", "1", "-j", "0"]
+    tune = [
+        "--data-dir",
+        str(root),
+        "--pretrained",
+        str(tmp_path / "pretrained.pth"),
+        "--subset",
+        "imagenette",
+        "-b",
+        "8",
+        "--epochs",
+        "1",
+        "--procs",
+        "1",
+        "-j",
+        "0",
+    ]
     lines: list[str] = []
-    result = train.run([*tune, "--num-classes", "10", "--lr", "0", "--warmup-lr", "0", "--min-lr", "0", "--output",
-                        str(tmp_path / "tuned")], log=lines.append)
+    result = train.run(
+        [
+            *tune,
+            "--num-classes",
+            "10",
+            "--lr",
+            "0",
+            "--warmup-lr",
+            "0",
+            "--min-lr",
+            "0",
+            "--output",
+            str(tmp_path / "tuned"),
+        ],
+        log=lines.append,
+    )
     log = "\n".join(lines)
     assert result.status == "done"
     assert "pretrained: loaded 33 tensors from" in log and "new head.weight, head.bias for fine-tuning" in log
@@ -188,9 +268,28 @@ def test_fine_tuning_from_a_pth_starts_a_new_head(imagenette_and_more, tmp_path,
     assert "pretrained.pth" in err and "head.weight: checkpoint (1000, 32) vs model (10, 32)" in err
     assert "--num-classes 10" in err
 
-    assert train.main(["--data-dir", str(root), "--pretrained", str(tmp_path / "pretrained.pth"), "--eval-only",
-                       "--procs", "1", "-j", "0", "--output", str(tmp_path / "eval"), "--subset", "imagenette",
-                       "--num-classes", "10"]) == 0
+    assert (
+        train.main(
+            [
+                "--data-dir",
+                str(root),
+                "--pretrained",
+                str(tmp_path / "pretrained.pth"),
+                "--eval-only",
+                "--procs",
+                "1",
+                "-j",
+                "0",
+                "--output",
+                str(tmp_path / "eval"),
+                "--subset",
+                "imagenette",
+                "--num-classes",
+                "10",
+            ]
+        )
+        == 0
+    )
     assert "eval: loss" in capsys.readouterr().out
 
     # evaluate scores the 1000-class file on this 12-class tree: its labels are matched by wnid.

@@ -20,8 +20,11 @@ IMAGE = dict(img_size=16, patch_size=4, in_chans=3, num_classes=7)
 CASES = {
     "vit": ("deit_tiny", TwinViT, dict(**IMAGE, embed_dim=12, depth=2, num_heads=3)),
     "vit-one-head": ("deit_tiny", TwinViT, dict(**IMAGE, embed_dim=8, depth=1, num_heads=1)),
-    "attention-only": ("attn_only_tiny", TwinViT, dict(**IMAGE, embed_dim=12, depth=2, num_heads=2,
-                                                       feature_mixer="attention", feature_num_heads=1)),
+    "attention-only": (
+        "attn_only_tiny",
+        TwinViT,
+        dict(**IMAGE, embed_dim=12, depth=2, num_heads=2, feature_mixer="attention", feature_num_heads=1),
+    ),
     "mixer": ("mixer_s16", TwinMixer, dict(**IMAGE, embed_dim=12, depth=2)),
 }
 

@@ -38,15 +38,24 @@ def perturbed_model(name, device="cpu", seed=0, **overrides):
     return model
 
 
-@pytest.mark.parametrize("name,count", [("deit_tiny", 5_717_416), ("mixer_s16", 18_528_264),
-                                        ("attn_only_tiny", 4_039_360)])
+@pytest.mark.parametrize(
+    "name,count", [("deit_tiny", 5_717_416), ("mixer_s16", 18_528_264), ("attn_only_tiny", 4_039_360)]
+)
 def test_parameter_counts(name, count):
     assert minimlp.create_model(name).num_params() == count
 
 
-@pytest.mark.parametrize("name,count", [
-    ("deit_small", 22_050_664), ("deit_base", 86_567_656), ("mixer_b16", 59_880_472),
-    ("vit_fmnist", 920_874), ("mixer_fmnist", 939_792), ("attn_only_fmnist", 931_874)])
+@pytest.mark.parametrize(
+    "name,count",
+    [
+        ("deit_small", 22_050_664),
+        ("deit_base", 86_567_656),
+        ("mixer_b16", 59_880_472),
+        ("vit_fmnist", 920_874),
+        ("mixer_fmnist", 939_792),
+        ("attn_only_fmnist", 931_874),
+    ],
+)
 def test_declared_parameter_counts(name, count, monkeypatch):
     """The larger presets, counted from their declarations without allocating them."""
     monkeypatch.setattr(Model, "_build", lambda self, seed: None)
@@ -62,8 +71,14 @@ def test_fmnist_presets_match_the_ff_model_within_two_percent():
 
 def test_timm_names_and_shapes():
     p = minimlp.create_model("deit_tiny").params
-    assert list(p)[:6] == ["cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias",
-                           "blocks.0.norm1.weight", "blocks.0.norm1.bias"]
+    assert list(p)[:6] == [
+        "cls_token",
+        "pos_embed",
+        "patch_embed.proj.weight",
+        "patch_embed.proj.bias",
+        "blocks.0.norm1.weight",
+        "blocks.0.norm1.bias",
+    ]
     assert p["pos_embed"].shape == (1, 197, 192)
     assert p["blocks.0.attn.qkv.weight"].shape == (576, 192) and p["blocks.0.attn.qkv.bias"].shape == (576,)
     assert p["blocks.11.attn.proj.weight"].shape == (192, 192)
@@ -121,15 +136,27 @@ def test_init_follows_timm():
 # --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("feature_mixer", ["mlp", "attention"])
 def test_vit_block(xp, device, feature_mixer):
-    config = ViTConfig(img_size=8, patch_size=4, embed_dim=6, num_heads=2, feature_mixer=feature_mixer,
-                       feature_num_heads=5, drop_rate=0.1, attn_drop_rate=0.1)  # T = 5 tokens
+    config = ViTConfig(
+        img_size=8,
+        patch_size=4,
+        embed_dim=6,
+        num_heads=2,
+        feature_mixer=feature_mixer,
+        feature_num_heads=5,
+        drop_rate=0.1,
+        attn_drop_rate=0.1,
+    )  # T = 5 tokens
     store, block = build(device, lambda s: ViTBlock(s, "blocks.0", config, drop_path=0.3))
     check_layer(xp, store, block, rand(xp, np.random.default_rng(7), 5, 3, 6), (5, 3, 6))
 
 
 def test_mixer_block(xp, device):
-    store, block = build(device, lambda s: MixerBlock(s, "blocks.0", dim=6, num_patches=4, token_hidden=3,
-                                                      channel_hidden=10, drop=0.1, drop_path=0.3))
+    store, block = build(
+        device,
+        lambda s: MixerBlock(
+            s, "blocks.0", dim=6, num_patches=4, token_hidden=3, channel_hidden=10, drop=0.1, drop_path=0.3
+        ),
+    )
     check_layer(xp, store, block, rand(xp, np.random.default_rng(8), 4, 3, 6), (4, 3, 6))
 
 
@@ -150,8 +177,11 @@ def test_whole_model_gradient_check(xp, device, name):
 # A Mixer token-MLP output bias adds one constant to all features of a token; every
 # reader of the residual stream is a LayerNorm over features, which removes it.  The
 # ablation's last feature-attention output bias does the same to the class token.
-DEAD = {"deit_tiny": [], "attn_only_tiny": ["blocks.1.feature_attn.proj.bias"],
-        "mixer_s16": ["blocks.0.mlp_tokens.fc2.bias", "blocks.1.mlp_tokens.fc2.bias"]}
+DEAD = {
+    "deit_tiny": [],
+    "attn_only_tiny": ["blocks.1.feature_attn.proj.bias"],
+    "mixer_s16": ["blocks.0.mlp_tokens.fc2.bias", "blocks.1.mlp_tokens.fc2.bias"],
+}
 
 
 @pytest.mark.parametrize("name", list(SMALL))
@@ -170,7 +200,7 @@ def test_every_parameter_gets_a_gradient(xp, device, name):
             assert float(xp.abs(g).max()) > 1e-6 * scale, f"{key} got no gradient"
         if key.endswith("qkv.bias"):
             third = g.shape[0] // 3
-            assert float(xp.abs(g[third:2 * third]).max()) < 1e-12 * scale, key
+            assert float(xp.abs(g[third : 2 * third]).max()) < 1e-12 * scale, key
 
 
 # --------------------------------------------------------------------------------------

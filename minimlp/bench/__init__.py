@@ -14,5 +14,18 @@ from minimlp.bench.flops import count_flops, ffvit_flops
 from minimlp.bench.report import format_summary, format_table, summarise_runs
 from minimlp.bench.runners import MinimlpRunner, TorchRunner, sgd_update, summarise, timed_rounds
 
-__all__ = ["main", "parse_args", "run", "count_flops", "ffvit_flops", "format_table", "format_summary",
-           "summarise_runs", "MinimlpRunner", "TorchRunner", "sgd_update", "summarise", "timed_rounds"]
+__all__ = [
+    "main",
+    "parse_args",
+    "run",
+    "count_flops",
+    "ffvit_flops",
+    "format_table",
+    "format_summary",
+    "summarise_runs",
+    "MinimlpRunner",
+    "TorchRunner",
+    "sgd_update",
+    "summarise",
+    "timed_rounds",
+]

@@ -43,10 +43,10 @@ from typing import Any
 import numpy as np
 
 from minimlp import backend
-from minimlp.kernels import threads as cpu_threads
 from minimlp.bench.flops import count_flops, ffvit_flops
 from minimlp.bench.report import format_summary, format_table, summarise_runs
 from minimlp.bench.runners import MinimlpRunner, TorchRunner, summarise, timed_rounds
+from minimlp.kernels import threads as cpu_threads
 from minimlp.models import create_model, list_models
 
 
@@ -54,8 +54,11 @@ from minimlp.models import create_model, list_models
 # The command.
 # --------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m minimlp.bench", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m minimlp.bench",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--model", default="ff_tiny", help=f"model name ({', '.join(list_models())})")
     p.add_argument("--img-size", type=int)
     p.add_argument("--patch-size", type=int)
@@ -69,26 +72,46 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=10, help="timed training steps per contender (default 10)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
     p.add_argument("--rounds", type=int, default=5, help="turns minimlp and PyTorch take (default 5)")
-    p.add_argument("--dtype", choices=("float32", "float16"), default="float32",
-                   help="float16: float16 compute with float32 master weights and loss scaling (GPU only)")
+    p.add_argument(
+        "--dtype",
+        choices=("float32", "float16"),
+        default="float32",
+        help="float16: float16 compute with float32 master weights and loss scaling (GPU only)",
+    )
     p.add_argument("--tf32", action="store_true", help="let float32 matrix products use TF32 tensor cores (GPU)")
     p.add_argument("--compare", choices=("torch",), help="also run PyTorch eager, side by side")
-    p.add_argument("--compare-device", choices=("cpu", "cuda"),
-                   help="where PyTorch runs (default: where minimlp runs; cpu only for a dry run without a GPU)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads for BLAS, minimlp's elementwise kernels and PyTorch (default: all cores)")
-    p.add_argument("--procs", type=int, default=0,
-                   help="CPU only, as for train: split every batch over N worker processes of one thread "
-                        "each; 0 (default) = one per thread of --threads, at most 8; 1 = one process whose "
-                        "threads share each operation")
+    p.add_argument(
+        "--compare-device",
+        choices=("cpu", "cuda"),
+        help="where PyTorch runs (default: where minimlp runs; cpu only for a dry run without a GPU)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for BLAS, minimlp's elementwise kernels and PyTorch (default: all cores)",
+    )
+    p.add_argument(
+        "--procs",
+        type=int,
+        default=0,
+        help="CPU only, as for train: split every batch over N worker processes of one thread "
+        "each; 0 (default) = one per thread of --threads, at most 8; 1 = one process whose "
+        "threads share each operation",
+    )
     p.add_argument("--profile-steps", type=int, default=2, help="extra steps for the time breakdown (0: skip)")
-    p.add_argument("--peak-size", type=int, default=None,
-                   help="side of the square matmul that measures the peak (default 2048 on the CPU, 8192 on a GPU)")
+    p.add_argument(
+        "--peak-size",
+        type=int,
+        default=None,
+        help="side of the square matmul that measures the peak (default 2048 on the CPU, 8192 on a GPU)",
+    )
     p.add_argument("--lr", type=float, default=1e-3, help="SGD learning rate of the timed steps")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--out", help="also write the JSON object to this file")
-    p.add_argument("--summary", metavar="DIR",
-                   help="do not benchmark: summarise the JSON files in DIR (from --out) as one table")
+    p.add_argument(
+        "--summary", metavar="DIR", help="do not benchmark: summarise the JSON files in DIR (from --out) as one table"
+    )
     return p.parse_args(argv)
 
 
@@ -100,8 +123,13 @@ def _machine() -> dict[str, Any]:
     except OSError:
         pass
     blas = np.show_config(mode="dicts").get("Build Dependencies", {}).get("blas", {})
-    return {"cpu": cpu, "cores": cpu_threads.num_threads(), "python": platform.python_version(),
-            "numpy": np.__version__, "blas": f"{blas.get('name', '?')} {blas.get('version', '')}".strip()}
+    return {
+        "cpu": cpu,
+        "cores": cpu_threads.num_threads(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "blas": f"{blas.get('name', '?')} {blas.get('version', '')}".strip(),
+    }
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -114,8 +142,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         from minimlp.kernels import gpu
 
         gpu.set_tf32(True)  # before the first float32 product
-    overrides = {"img_size": args.img_size, "patch_size": args.patch_size, "in_chans": args.in_chans,
-                 "embed_dim": args.embed_dim, "depth": args.depth, "num_classes": args.num_classes}
+    overrides = {
+        "img_size": args.img_size,
+        "patch_size": args.patch_size,
+        "in_chans": args.in_chans,
+        "embed_dim": args.embed_dim,
+        "depth": args.depth,
+        "num_classes": args.num_classes,
+    }
     model = create_model(args.model, device=device, seed=0, **overrides)
     on_gpu = model.backend.is_gpu
     if args.dtype == "float16" and not on_gpu:
@@ -130,8 +164,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ours.close()
 
 
-def _measure(args: argparse.Namespace, model: Any, ours: MinimlpRunner, threads: int, blas_threads: Any,
-             procs: int, kept_memory: bool) -> dict[str, Any]:
+def _measure(
+    args: argparse.Namespace,
+    model: Any,
+    ours: MinimlpRunner,
+    threads: int,
+    blas_threads: Any,
+    procs: int,
+    kept_memory: bool,
+) -> dict[str, Any]:
     """The timings, peaks and memory of one benchmark run, as ``run`` sets it up."""
     on_gpu = model.backend.is_gpu
     runners: list = [ours]
@@ -149,12 +190,24 @@ def _measure(args: argparse.Namespace, model: Any, ours: MinimlpRunner, threads:
     peaks = {r.name: r.matmul_peak(peak_n, peak_dtype) for r in runners}
 
     result: dict[str, Any] = {
-        "model": args.model, "config": model.config_dict(), "batch_size": args.batch_size,
-        "device": "gpu" if on_gpu else "cpu", "backend": model.backend.reason, "dtype": args.dtype,
-        "tf32": bool(args.tf32 and on_gpu), "machine": _machine(),
-        "threads": {"elementwise": threads, "blas": blas_threads, "procs": procs,
-                    "torch": theirs.torch.get_num_threads() if theirs and theirs.device == "cpu" else None},
-        "flops_per_image": flops, "steps": args.steps, "warmup": args.warmup, "keep_freed_memory": kept_memory,
+        "model": args.model,
+        "config": model.config_dict(),
+        "batch_size": args.batch_size,
+        "device": "gpu" if on_gpu else "cpu",
+        "backend": model.backend.reason,
+        "dtype": args.dtype,
+        "tf32": bool(args.tf32 and on_gpu),
+        "machine": _machine(),
+        "threads": {
+            "elementwise": threads,
+            "blas": blas_threads,
+            "procs": procs,
+            "torch": theirs.torch.get_num_threads() if theirs and theirs.device == "cpu" else None,
+        },
+        "flops_per_image": flops,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "keep_freed_memory": kept_memory,
         "rounds": args.rounds if theirs else 1,
     }
     if on_gpu:
@@ -174,8 +227,10 @@ def _measure(args: argparse.Namespace, model: Any, ours: MinimlpRunner, threads:
     peak = max(result["matmul_peak_gflops"].values())  # the machine's best: every tool, measured twice
     result["matmul_peak_shape"] = f"{peak_dtype} {peak_n}x{peak_n}"
     for r in runners:
-        entry = {"train": summarise(train[r.name], args.batch_size, flops["train"], peak),
-                 "forward": summarise(forward[r.name], args.batch_size, None, None)}
+        entry = {
+            "train": summarise(train[r.name], args.batch_size, flops["train"], peak),
+            "forward": summarise(forward[r.name], args.batch_size, None, None),
+        }
         entry["memory"] = r.peak_memory()
         result[r.name] = entry
     if on_gpu:  # on the CPU nothing waits for a device
@@ -188,8 +243,10 @@ def _measure(args: argparse.Namespace, model: Any, ours: MinimlpRunner, threads:
         result["ratio"] = {
             "train": ours_t["train"]["images_per_s"] / theirs_t["train"]["images_per_s"],
             "forward": ours_t["forward"]["images_per_s"] / theirs_t["forward"]["images_per_s"],
-            "train_per_round": [statistics.median(t) / statistics.median(m)
-                                for m, t in zip(train["minimlp"], train["torch"], strict=True)],
+            "train_per_round": [
+                statistics.median(t) / statistics.median(m)
+                for m, t in zip(train["minimlp"], train["torch"], strict=True)
+            ],
         }
     return result
 

@@ -52,8 +52,9 @@ LIMITS = {"environment": 60, "smoke": 120, "pytest": 150, "bench": 90}
 # --------------------------------------------------------------------------------------
 # Running a step: its own process (and process group, so a hang is killed whole).
 # --------------------------------------------------------------------------------------
-def run_step(name: str, cmd: list[str], timeout: float, work: Path, env: dict[str, str] | None = None,
-             quiet_ok: bool = False) -> dict:
+def run_step(
+    name: str, cmd: list[str], timeout: float, work: Path, env: dict[str, str] | None = None, quiet_ok: bool = False
+) -> dict:
     """Run ``cmd`` with a time limit, its output in ``work/<name>.log``; never raises.
 
     The record's note is the log's last line (for a step that passed: unless ``quiet_ok``)."""
@@ -65,8 +66,14 @@ def run_step(name: str, cmd: list[str], timeout: float, work: Path, env: dict[st
     try:
         with open(log, "w") as out:
             # Unbuffered, so that the log of a step killed in a hang shows how far it got.
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
-                                    env={**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"})
+            proc = subprocess.Popen(
+                cmd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+                start_new_session=True,
+                env={**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"},
+            )
             try:
                 rc = proc.wait(timeout=timeout)
                 status = "ok" if rc == 0 else "failed"
@@ -112,11 +119,16 @@ def environment() -> dict[str, Any]:
 
         rt = cupy.cuda.runtime
         props = rt.getDeviceProperties(0)
-        return {"version": cupy.__version__, "devices": rt.getDeviceCount(), "gpu": props["name"].decode(),
-                "compute_capability": f"{props['major']}.{props['minor']}",
-                "memory_gb": round(props["totalGlobalMem"] / 2**30, 1),
-                "driver": rt.driverGetVersion(), "runtime": rt.runtimeGetVersion(),
-                "nvrtc": ".".join(map(str, cupy.cuda.nvrtc.getVersion()))}
+        return {
+            "version": cupy.__version__,
+            "devices": rt.getDeviceCount(),
+            "gpu": props["name"].decode(),
+            "compute_capability": f"{props['major']}.{props['minor']}",
+            "memory_gb": round(props["totalGlobalMem"] / 2**30, 1),
+            "driver": rt.driverGetVersion(),
+            "runtime": rt.runtimeGetVersion(),
+            "nvrtc": ".".join(map(str, cupy.cuda.nvrtc.getVersion())),
+        }
 
     def torch_info() -> dict[str, Any]:
         import torch
@@ -140,10 +152,8 @@ def environment() -> dict[str, Any]:
 # --------------------------------------------------------------------------------------
 def kernel_smoke(precision: str, batch: int, img_size: int = 224) -> list[dict[str, Any]]:
     """Each fused op on the GPU in ``precision`` against the plain ops in float64 on the CPU."""
-    from minimlp import backend
-    from minimlp.kernels import gpu
-    from minimlp import kernels
-    from minimlp.kernels import cross_entropy_backward, cross_entropy_forward
+    from minimlp import backend, kernels
+    from minimlp.kernels import cross_entropy_backward, cross_entropy_forward, gpu
     from minimlp.models import create_model
 
     gpu.set_tf32(precision == "tf32")  # before the first product in this process
@@ -182,26 +192,38 @@ def kernel_smoke(precision: str, batch: int, img_size: int = 224) -> list[dict[s
 
     x = normal(T, batch, D, scale=2.0) + 0.5
     cases = {
-        "layernorm features": (lambda m, *a: layernorm(m, -1, *a), [x, 1 + normal(D, scale=0.3), normal(D, scale=0.2),
-                                                                    normal(T, batch, D)]),
-        "layernorm tokens": (lambda m, *a: layernorm(m, 0, *a), [x, 1 + normal(T, scale=0.3), normal(T, scale=0.2),
-                                                                 normal(T, batch, D)]),
-        "linear+gelu features": (lambda m, *a: linear_gelu(m, -1, *a),
-                                 [normal(T, batch, D), normal(H, D, scale=D**-0.5), normal(H), normal(T, batch, H)]),
-        "linear+gelu tokens": (lambda m, *a: linear_gelu(m, 0, *a),
-                               [normal(T, batch, D), normal(P, T, scale=T**-0.5), normal(P), normal(P, batch, D)]),
+        "layernorm features": (
+            lambda m, *a: layernorm(m, -1, *a),
+            [x, 1 + normal(D, scale=0.3), normal(D, scale=0.2), normal(T, batch, D)],
+        ),
+        "layernorm tokens": (
+            lambda m, *a: layernorm(m, 0, *a),
+            [x, 1 + normal(T, scale=0.3), normal(T, scale=0.2), normal(T, batch, D)],
+        ),
+        "linear+gelu features": (
+            lambda m, *a: linear_gelu(m, -1, *a),
+            [normal(T, batch, D), normal(H, D, scale=D**-0.5), normal(H), normal(T, batch, H)],
+        ),
+        "linear+gelu tokens": (
+            lambda m, *a: linear_gelu(m, 0, *a),
+            [normal(T, batch, D), normal(P, T, scale=T**-0.5), normal(P), normal(P, batch, D)],
+        ),
         "gelu": (gelu, [normal(T, batch, H, scale=3.0), normal(T, batch, H)]),
         "matmul": (matmul, [normal(T * batch, D), normal(D, H)]),
         "cross-entropy": (loss, [normal(batch, 1000, scale=3.0), rng.dirichlet(np.ones(1000), batch)]),
     }
     results = []
     for name, (fn, inputs) in cases.items():
-        results.append(_compare(name, precision, lambda m, dt, f=fn, a=inputs: f(m, *(m.asarray(v.astype(dt))
-                                                                                       for v in a)), xp, dtype))
+        results.append(
+            _compare(
+                name, precision, lambda m, dt, f=fn, a=inputs: f(m, *(m.asarray(v.astype(dt)) for v in a)), xp, dtype
+            )
+        )
 
     def model_logits(m, dt):
-        model = create_model("ff_tiny", device="cpu" if m is np else "gpu", seed=0, img_size=img_size,
-                             dtype=np.dtype(dt).name)
+        model = create_model(
+            "ff_tiny", device="cpu" if m is np else "gpu", seed=0, img_size=img_size, dtype=np.dtype(dt).name
+        )
         images = np.random.default_rng(1).standard_normal((min(batch, 8), 3, img_size, img_size))
         return (model.forward(m.asarray(images.astype(dt)))[0],)
 
@@ -233,19 +255,24 @@ def _compare(name: str, precision: str, fn: Any, xp: Any, dtype: Any) -> dict[st
 # The run.
 # --------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m minimlp.bench.gpu_check", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m minimlp.bench.gpu_check",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--out", default="gpu-check", help="directory for the tarball and summary.txt (default gpu-check)")
     p.add_argument("--budget", type=float, default=450, help="seconds for the whole run (default 450)")
     p.add_argument("--runs", default=RUNS, help=f"benchmarks as model:batch:steps, comma-separated (default {RUNS})")
     p.add_argument("--precisions", default=",".join(PRECISIONS), help="of float32, tf32, float16 (default all)")
-    p.add_argument("--bench-args", default=BENCH_ARGS,
-                   help=f"more arguments for each benchmark (default {BENCH_ARGS!r})")
+    p.add_argument(
+        "--bench-args", default=BENCH_ARGS, help=f"more arguments for each benchmark (default {BENCH_ARGS!r})"
+    )
     p.add_argument("--smoke-batch", type=int, default=32, help="batch size of the kernel smoke tests (default 32)")
     p.add_argument("--smoke-img-size", type=int, default=224, help="image size of the smoke tests (default 224)")
     p.add_argument("--pytest-args", default="", help="more arguments for pytest -m gpu (e.g. a test file)")
-    p.add_argument("--per-test-timeout", type=int, default=60,
-                   help="seconds per test, with pytest-timeout (default 60)")
+    p.add_argument(
+        "--per-test-timeout", type=int, default=60, help="seconds per test, with pytest-timeout (default 60)"
+    )
     p.add_argument("--child", choices=("environment", "smoke"), help=argparse.SUPPRESS)
     p.add_argument("--precision", choices=PRECISIONS, help=argparse.SUPPRESS)
     p.add_argument("--json-out", help=argparse.SUPPRESS)
@@ -271,8 +298,10 @@ def _child(args: argparse.Namespace) -> int:
         print("recorded: " + ", ".join(k for k, v in result.items() if not str(v).startswith("unavailable")))
         return 0
     bad = [r for r in result if not r["ok"]]
-    print(f"{len(result) - len(bad)}/{len(result)} within tolerance"
-          + "".join(f"; {r['op']}: {r.get('error') or format(r['rel_error'], '.1e')}" for r in bad))
+    print(
+        f"{len(result) - len(bad)}/{len(result)} within tolerance"
+        + "".join(f"; {r['op']}: {r.get('error') or format(r['rel_error'], '.1e')}" for r in bad)
+    )
     return 1 if bad else 0
 
 
@@ -300,8 +329,14 @@ def run(args: argparse.Namespace) -> tuple[str, bool]:
         return min(limit, deadline - time.monotonic() - 15)  # 15 s kept for packing up
 
     try:
-        steps.append(run_step("environment", [*py, "--child", "environment", "--json-out", str(work / "env.json")],
-                              left(LIMITS["environment"]), work))
+        steps.append(
+            run_step(
+                "environment",
+                [*py, "--child", "environment", "--json-out", str(work / "env.json")],
+                left(LIMITS["environment"]),
+                work,
+            )
+        )
         env = _read_json(work / "env.json") or {}
         smoke: list[dict] = []
         found = env.get("cupy")  # CuPy's versions and devices, or why it is unavailable
@@ -310,10 +345,26 @@ def run(args: argparse.Namespace) -> tuple[str, bool]:
             args.precision_list, args.run_list, args.pytest_args = [], [], None
         for precision in args.precision_list:
             path = work / f"smoke-{precision}.json"
-            steps.append(run_step(f"smoke {precision}", [*py, "--child", "smoke", "--precision", precision,
-                                                         "--smoke-batch", str(args.smoke_batch), "--smoke-img-size",
-                                                         str(args.smoke_img_size), "--json-out", str(path)],
-                                  left(LIMITS["smoke"]), work))
+            steps.append(
+                run_step(
+                    f"smoke {precision}",
+                    [
+                        *py,
+                        "--child",
+                        "smoke",
+                        "--precision",
+                        precision,
+                        "--smoke-batch",
+                        str(args.smoke_batch),
+                        "--smoke-img-size",
+                        str(args.smoke_img_size),
+                        "--json-out",
+                        str(path),
+                    ],
+                    left(LIMITS["smoke"]),
+                    work,
+                )
+            )
             smoke += _read_json(path) or []
         torch = env.get("torch") if isinstance(env.get("torch"), dict) else None
         compare = [] if torch is None else ["--compare", "torch"]
@@ -322,16 +373,31 @@ def run(args: argparse.Namespace) -> tuple[str, bool]:
         for model, batch, n in args.run_list:
             for precision in args.precision_list:
                 name = f"bench-{model}-{precision}"
-                cmd = [sys.executable, "-m", "minimlp.bench", "--gpu", "--model", model, "-b", str(batch), "--steps",
-                       str(n), *compare, *_precision_flags(precision), *shlex.split(args.bench_args),
-                       "--out", str(work / f"{name}.json")]
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "minimlp.bench",
+                    "--gpu",
+                    "--model",
+                    model,
+                    "-b",
+                    str(batch),
+                    "--steps",
+                    str(n),
+                    *compare,
+                    *_precision_flags(precision),
+                    *shlex.split(args.bench_args),
+                    "--out",
+                    str(work / f"{name}.json"),
+                ]
                 steps.append(run_step(f"bench {model} {precision}", cmd, left(LIMITS["bench"]), work, quiet_ok=True))
         if args.pytest_args is not None:
             pytest_cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rs", "-p", "no:cacheprovider"]
             if env.get("pytest_timeout") is True:
                 pytest_cmd.append(f"--timeout={args.per_test_timeout}")
-            steps.append(run_step("pytest -m gpu", pytest_cmd + shlex.split(args.pytest_args),
-                                  left(LIMITS["pytest"]), work))
+            steps.append(
+                run_step("pytest -m gpu", pytest_cmd + shlex.split(args.pytest_args), left(LIMITS["pytest"]), work)
+            )
         summary = format_report(env, steps, smoke, work)
     except Exception as exc:  # the report is written whatever happened
         summary = f"gpu-check failed in its own code: {type(exc).__name__}: {exc}"
@@ -354,8 +420,10 @@ def format_report(env: dict, steps: list[dict], smoke: list[dict], work: Path) -
 
     cupy, torch = env.get("cupy"), env.get("torch")
     if isinstance(cupy, dict):
-        head = (f"{cupy['gpu']} (sm {cupy['compute_capability']}, {cupy['memory_gb']} GB): driver {cupy['driver']}, "
-                f"CUDA runtime {cupy['runtime']}, NVRTC {cupy['nvrtc']}, CuPy {cupy['version']}")
+        head = (
+            f"{cupy['gpu']} (sm {cupy['compute_capability']}, {cupy['memory_gb']} GB): driver {cupy['driver']}, "
+            f"CUDA runtime {cupy['runtime']}, NVRTC {cupy['nvrtc']}, CuPy {cupy['version']}"
+        )
     else:
         head = f"CuPy: {cupy}"
     if isinstance(torch, dict):
@@ -371,15 +439,18 @@ def format_report(env: dict, steps: list[dict], smoke: list[dict], work: Path) -
             if measured:
                 worst = max(measured, key=lambda r: r["rel_error"])
                 product = next((r["rel_error"] for r in measured if r["op"] == "matmul"), float("nan"))
-                lines.append(f"  {precision:8s} worst {worst['rel_error']:.1e} ({worst['op']}; tolerance "
-                             f"{TOLERANCE[precision]:.0e}); matmul {product:.1e}")  # TF32 shows here, ~1e-3
+                lines.append(
+                    f"  {precision:8s} worst {worst['rel_error']:.1e} ({worst['op']}; tolerance "
+                    f"{TOLERANCE[precision]:.0e}); matmul {product:.1e}"
+                )  # TF32 shows here, ~1e-3
             for r in rows:
                 if not r["ok"]:
                     found = r.get("error") or format(r["rel_error"], ".1e")
                     lines.append(f"  {precision:8s} FAILED {r['op']}: {found}")
     runs = bench.summarise_runs(str(work))
-    (work / "summary.json").write_text(json.dumps({"environment": env, "steps": steps, "smoke": smoke, **runs},
-                                                  indent=1))
+    (work / "summary.json").write_text(
+        json.dumps({"environment": env, "steps": steps, "smoke": smoke, **runs}, indent=1)
+    )
     if runs["runs"]:
         lines += ["", bench.format_summary(runs)]
     return "\n".join(lines)

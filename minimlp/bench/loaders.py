@@ -110,8 +110,9 @@ def draft_rates(directory: Path, repeats: int, count: int = 48) -> list[tuple[st
 
 def _warm(dataset, batch_size: int) -> None:
     """Start the workers and touch the files once, outside the timing."""
-    for _ in dataset.batches(np.arange(min(len(dataset), batch_size * max(1, dataset.loader.workers))),
-                             batch_size, True, 0):
+    for _ in dataset.batches(
+        np.arange(min(len(dataset), batch_size * max(1, dataset.loader.workers))), batch_size, True, 0
+    ):
         pass
 
 
@@ -136,25 +137,34 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     cores = default_workers()
-    worker_counts = ([int(w) for w in args.workers.split(",")] if args.workers
-                     else sorted({0, *range(1, 2 * cores + 1)}))
+    worker_counts = [int(w) for w in args.workers.split(",")] if args.workers else sorted({0, *range(1, 2 * cores + 1)})
     with tempfile.TemporaryDirectory(prefix="minimlp-bench-") as tmp:
         root = Path(args.root) if args.root else None
         if root is None:
             root = Path(tmp) / "images"
             classes = [f"n{i:08d}" for i in range(8)]
             make_image_tree(root, classes, math.ceil(args.synthetic / len(classes)), splits=("train",))
+
         def open_images(workers: int):  # the same seeded choice of images every time
             return open_folder_dataset(root, "train", args.img_size, workers=workers, train_num_samples=args.images)
 
         paths = open_images(0).paths
-        print(f"{len(paths)} images from {root}; {platform.processor() or platform.machine()}, {os.cpu_count()} "
-              f"CPUs visible, load average {os.getloadavg()[0]:.1f}; {args.repeats} repeats, medians")
+        print(
+            f"{len(paths)} images from {root}; {platform.processor() or platform.machine()}, {os.cpu_count()} "
+            f"CPUs visible, load average {os.getloadavg()[0]:.1f}; {args.repeats} repeats, medians"
+        )
 
         datasets = {k: open_images(k) for k in worker_counts}
         cache_dir = Path(tmp) / "cache"
-        prepare(root, cache_dir, math.floor(args.cache_px / 0.875), splits=("train",), workers=cores,
-                train_num_samples=args.images, log=lambda s: None)
+        prepare(
+            root,
+            cache_dir,
+            math.floor(args.cache_px / 0.875),
+            splits=("train",),
+            workers=cores,
+            train_num_samples=args.images,
+            log=lambda s: None,
+        )
         cache = open_prepared(cache_dir, "train", args.cache_px, workers=0)
         cache_crop = open_prepared(cache_dir, "train", args.cache_px, workers=0, train_crop="crop")
         for ds in (*datasets.values(), cache, cache_crop):
@@ -188,8 +198,10 @@ def main(argv: list[str] | None = None) -> int:
             size = args.cache_px if name.startswith("cache") or name == small else args.img_size
             cpu = f"{statistics.median(per_cpu[name]):.0f}" if name in per_cpu else "-"
             shown = " ".join(f"{v:.0f}" for v in values)
-            print(f"{name:<24}{size:>5}{statistics.median(values):>9.0f}{statistics.median(ratios[name]):>12.2f}"
-                  f"{cpu:>11}   {shown}")
+            print(
+                f"{name:<24}{size:>5}{statistics.median(values):>9.0f}{statistics.median(ratios[name]):>12.2f}"
+                f"{cpu:>11}   {shown}"
+            )
         for name in ("cache", "cache-crop"):
             key = f"{name} vs {small}"
             print(f"{key:<38}{statistics.median(ratios[key]):>12.2f}")

@@ -13,9 +13,8 @@ import numpy as np
 
 import minimlp
 from minimlp import backend, kernels
-from minimlp.kernels import cpu, timing
+from minimlp.kernels import cpu, cross_entropy_backward, cross_entropy_forward, timing
 from minimlp.kernels import threads as cpu_threads
-from minimlp.kernels import cross_entropy_backward, cross_entropy_forward
 from minimlp.parallel.workers import DataParallel
 
 
@@ -57,6 +56,7 @@ def _cupy_clock(cupy: Any) -> Callable[[Callable[[], Any]], float]:
 def _torch_clock(torch: Any, device: str) -> Callable[[Callable[[], Any]], float]:
     if device == "cpu":
         return _wall_clock
+
     def clock(fn: Callable[[], Any]) -> float:
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
@@ -89,8 +89,7 @@ def matmul_peak(matmul: Callable[[Any, Any], Any], a: Any, b: Any, clock: Callab
 class MinimlpRunner:
     name = "minimlp"
 
-    def __init__(self, model: minimlp.Model, batch: int, lr: float, dtype: str, seed: int = 0,
-                 procs: int = 1) -> None:
+    def __init__(self, model: minimlp.Model, batch: int, lr: float, dtype: str, seed: int = 0, procs: int = 1) -> None:
         self.model, self.lr = model, lr
         xp = model.xp
         c = model.config
@@ -291,8 +290,12 @@ def summarise(rounds: list[list[float]], batch: int, train_flops: int | None, pe
     median = statistics.median(samples)
     out = {
         "images_per_s": batch / median,
-        "step_ms": {"median": 1e3 * median, "min": 1e3 * min(samples), "max": 1e3 * max(samples),
-                    "steps": len(samples)},
+        "step_ms": {
+            "median": 1e3 * median,
+            "min": 1e3 * min(samples),
+            "max": 1e3 * max(samples),
+            "steps": len(samples),
+        },
     }
     if train_flops is not None:
         gflops = train_flops * batch / median / 1e9

@@ -24,7 +24,6 @@ __all__ = ["Dataset", "ArrayDataset", "ImageOptions", "normalize", "shown"]
 Batch = tuple[np.ndarray, np.ndarray]  # uint8 images (B, C, H, W), int64 labels (B,)
 
 
-
 @dataclasses.dataclass(frozen=True)
 class ImageOptions:
     """How a dataset of image files or a prepared cache is opened: which classes and images, how
@@ -59,7 +58,6 @@ class ImageOptions:
     randaugment: str | None = None
     draft: bool = True
     max_bad: int | None = None
-
 
 
 def image_options(options: ImageOptions | None, keywords: dict[str, Any]) -> ImageOptions:
@@ -131,8 +129,16 @@ class ArrayDataset(Dataset):
     returns the augmented uint8 batch (same shape); it runs only when ``train`` is true.
     """
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, classes: list[str], mean: tuple[float, ...],
-                 std: tuple[float, ...], augment: Any = None, augmentation: str | None = None) -> None:
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        classes: list[str],
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        augment: Any = None,
+        augmentation: str | None = None,
+    ) -> None:
         if images.dtype != np.uint8 or images.ndim != 4:
             raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {images.shape}")
         if labels.shape != (images.shape[0],):
@@ -151,15 +157,16 @@ class ArrayDataset(Dataset):
         indices = np.asarray(indices, dtype=np.int64)
         rng = np.random.default_rng(seed)
         for start in range(0, len(indices), batch_size):
-            idx = indices[start:start + batch_size]
+            idx = indices[start : start + batch_size]
             images = self.images[idx]  # (B, C, H, W), a copy
             if train and self.augment is not None:
                 images = self.augment(images, rng)
             yield images, self.labels[idx]
 
 
-def normalize(images_u8: Any, mean: tuple[float, ...], std: tuple[float, ...], xp: Any = np,
-              dtype: Any = np.float32) -> Any:
+def normalize(
+    images_u8: Any, mean: tuple[float, ...], std: tuple[float, ...], xp: Any = np, dtype: Any = np.float32
+) -> Any:
     """uint8 (B, C, H, W) -> ``dtype`` on ``xp``'s device: (x / 255 - mean) / std per channel.
 
     The uint8 batch is moved first and converted there, so only one byte per pixel crosses

@@ -59,17 +59,59 @@ from minimlp.kernels.timing import timed
 from minimlp.loss import CrossEntropyCache, target_distribution
 
 __all__ = [
-    "AttentionCache", "CrossEntropyCache", "GeluCache", "LayerNormCache", "LazyGeluCache", "LinearCache",
-    "MaskCache", "PatchEmbedCache", "ResizeCache", "SoftmaxCache",
-    "add_inplace", "applies", "applies_matmul", "attention_backward", "attention_forward", "bilinear_weights",
-    "cls_pool_backward", "cls_pool_forward", "cross_entropy_backward", "cross_entropy_forward",
-    "drop_path_backward", "drop_path_forward", "dropout_backward", "dropout_forward", "gelu_backward",
-    "gelu_forward", "layernorm_backward", "layernorm_forward", "linear_backward", "linear_forward",
-    "linear_gelu_backward", "linear_gelu_forward", "mask_backward", "mean_pool_backward", "mean_pool_forward",
-    "merge_heads_backward", "merge_heads_forward", "patch_embed_backward", "patch_embed_forward", "patchify",
-    "resize_bilinear_backward", "resize_bilinear_forward", "set_enabled", "softmax_backward",
-    "softmax_forward", "split_heads_backward", "split_heads_forward", "target_distribution",
-    "tokens_backward", "tokens_forward", "transpose_backward", "transpose_forward", "unpatchify",
+    "AttentionCache",
+    "CrossEntropyCache",
+    "GeluCache",
+    "LayerNormCache",
+    "LazyGeluCache",
+    "LinearCache",
+    "MaskCache",
+    "PatchEmbedCache",
+    "ResizeCache",
+    "SoftmaxCache",
+    "add_inplace",
+    "applies",
+    "applies_matmul",
+    "attention_backward",
+    "attention_forward",
+    "bilinear_weights",
+    "cls_pool_backward",
+    "cls_pool_forward",
+    "cross_entropy_backward",
+    "cross_entropy_forward",
+    "drop_path_backward",
+    "drop_path_forward",
+    "dropout_backward",
+    "dropout_forward",
+    "gelu_backward",
+    "gelu_forward",
+    "layernorm_backward",
+    "layernorm_forward",
+    "linear_backward",
+    "linear_forward",
+    "linear_gelu_backward",
+    "linear_gelu_forward",
+    "mask_backward",
+    "mean_pool_backward",
+    "mean_pool_forward",
+    "merge_heads_backward",
+    "merge_heads_forward",
+    "patch_embed_backward",
+    "patch_embed_forward",
+    "patchify",
+    "resize_bilinear_backward",
+    "resize_bilinear_forward",
+    "set_enabled",
+    "softmax_backward",
+    "softmax_forward",
+    "split_heads_backward",
+    "split_heads_forward",
+    "target_distribution",
+    "tokens_backward",
+    "tokens_forward",
+    "transpose_backward",
+    "transpose_forward",
+    "unpatchify",
 ]
 
 _enabled = os.environ.get("MINIMLP_FUSED", "1") != "0"
@@ -93,8 +135,14 @@ def applies(x: Any) -> bool:
 
 def applies_matmul(a: Any, b: Any) -> bool:
     """Whether :func:`cpu.matmul` takes a product: float32 NumPy matrices, with threads to spread over."""
-    return (_enabled and isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.ndim == b.ndim == 2
-            and a.dtype == b.dtype == np.float32 and num_threads() > 1)
+    return (
+        _enabled
+        and isinstance(a, np.ndarray)
+        and isinstance(b, np.ndarray)
+        and a.ndim == b.ndim == 2
+        and a.dtype == b.dtype == np.float32
+        and num_threads() > 1
+    )
 
 
 def _on_cpu(x: Any) -> bool:
@@ -147,8 +195,9 @@ def linear_forward(x: Array, w: Array, b: Array | None, axis: int = -1) -> tuple
 
 
 @timed("matmul")
-def linear_backward(dy: Array, cache: LinearCache, w: Array, dw: Array, db: Array | None,
-                    input_grad: bool = True) -> Array | None:
+def linear_backward(
+    dy: Array, cache: LinearCache, w: Array, dw: Array, db: Array | None, input_grad: bool = True
+) -> Array | None:
     if not applies(w):
         return F.linear_backward(dy, cache, w, dw, db, input_grad)
     x, axis = cache
@@ -202,8 +251,9 @@ def _bias_gelu_backward(dh: Array, dgelu: Array, db: Array, axis: int) -> Array:
     return _kernels(dh).bias_gelu_backward(dh, dgelu, db, axis)
 
 
-def linear_gelu_forward(x: Array, w: Array, b: Array, axis: int = -1,
-                        need_grad: bool = True) -> tuple[Array, tuple[LinearCache, GeluCache | LazyGeluCache]]:
+def linear_gelu_forward(
+    x: Array, w: Array, b: Array, axis: int = -1, need_grad: bool = True
+) -> tuple[Array, tuple[LinearCache, GeluCache | LazyGeluCache]]:
     """GELU(linear(x)), as :func:`minimlp.functional.linear_gelu_forward`.
 
     ``need_grad=False`` (evaluation) lets the fused path keep GELU's input instead of its
@@ -218,8 +268,15 @@ def linear_gelu_forward(x: Array, w: Array, b: Array, axis: int = -1,
     return h, (c_lin, c_act)
 
 
-def linear_gelu_backward(dh: Array, cache: tuple[LinearCache, GeluCache | LazyGeluCache], w: Array, dw: Array,
-                         db: Array, input_grad: bool = True, owns_dh: bool = False) -> Array | None:
+def linear_gelu_backward(
+    dh: Array,
+    cache: tuple[LinearCache, GeluCache | LazyGeluCache],
+    w: Array,
+    dw: Array,
+    db: Array,
+    input_grad: bool = True,
+    owns_dh: bool = False,
+) -> Array | None:
     """Backward of :func:`linear_gelu_forward`.  ``owns_dh=True`` lets it overwrite ``dh``."""
     c_lin, c_act = cache
     if isinstance(c_act, LazyGeluCache):  # the derivative the evaluation forward skipped
@@ -270,8 +327,9 @@ def patch_embed_forward(x: Array, w: Array, b: Array) -> tuple[Array, PatchEmbed
     return y, PatchEmbedCache(lin, x.shape)
 
 
-def patch_embed_backward(dy: Array, cache: PatchEmbedCache, w: Array, dw: Array, db: Array,
-                         input_grad: bool = True) -> Array | None:
+def patch_embed_backward(
+    dy: Array, cache: PatchEmbedCache, w: Array, dw: Array, db: Array, input_grad: bool = True
+) -> Array | None:
     D, P = w.shape[0], w.shape[-1]
     dpatches = linear_backward(dy, cache.linear, w.reshape(D, -1), dw.reshape(D, -1), db, input_grad)
     return None if dpatches is None else unpatchify(dpatches, cache.image_shape, P)

@@ -146,10 +146,12 @@ def _f32(value: float) -> np.ndarray:
     return np.array(value, np.float32)
 
 
-_R_NUM = tuple(_f32(c) for c in (13.706913417598496, 9.43080780930002, 2.9904207335724253,
-                                 0.3988401852242123))  # c0 + c1 a + c2 a² + c3 a³
-_R_DEN = tuple(_f32(c) for c in (27.413827709273654, 40.73461946864278, 24.7762218812428,
-                                 7.486590643221724))  # d0 + d1 a + d2 a² + d3 a³ + a⁴
+_R_NUM = tuple(
+    _f32(c) for c in (13.706913417598496, 9.43080780930002, 2.9904207335724253, 0.3988401852242123)
+)  # c0 + c1 a + c2 a² + c3 a³
+_R_DEN = tuple(
+    _f32(c) for c in (27.413827709273654, 40.73461946864278, 24.7762218812428, 7.486590643221724)
+)  # d0 + d1 a + d2 a² + d3 a³ + a⁴
 _INV_SQRT_2PI = _f32(1.0 / math.sqrt(2.0 * math.pi))
 _HALF = _f32(0.5)
 _MINUS_HALF = _f32(-0.5)
@@ -266,8 +268,9 @@ def bias_backward(dout: np.ndarray, db: np.ndarray, axis: int) -> None:
     _bias_grad(dout, db, axis)
 
 
-def _bias_grad(dout: np.ndarray, db: np.ndarray, axis: int,
-               first: Callable[[np.ndarray, slice, slice], Any] | None = None) -> None:
+def _bias_grad(
+    dout: np.ndarray, db: np.ndarray, axis: int, first: Callable[[np.ndarray, slice, slice], Any] | None = None
+) -> None:
     """db += the sum of dout's tiles along ``axis`` (after ``first(tile, rows, cols)``, if given)."""
     d2 = _as_2d(dout, axis)
     tiles = _tiles(*d2.shape)

@@ -49,25 +49,33 @@ _GELU_BODY = """
 
 @functools.cache
 def _gelu_kernel() -> cupy.ElementwiseKernel:
-    return cupy.ElementwiseKernel("T x_in", "T h_out, T g_out", "const float z = (float)x_in;" + _GELU_BODY,
-                                  "minimlp_gelu")
+    return cupy.ElementwiseKernel(
+        "T x_in", "T h_out, T g_out", "const float z = (float)x_in;" + _GELU_BODY, "minimlp_gelu"
+    )
 
 
 @functools.cache
 def _bias_gelu_kernel() -> cupy.ElementwiseKernel:
-    return cupy.ElementwiseKernel("T y_in, T b_in", "T h_out, T g_out",
-                                  "const float z = (float)y_in + (float)b_in;" + _GELU_BODY, "minimlp_bias_gelu")
+    return cupy.ElementwiseKernel(
+        "T y_in, T b_in",
+        "T h_out, T g_out",
+        "const float z = (float)y_in + (float)b_in;" + _GELU_BODY,
+        "minimlp_bias_gelu",
+    )
 
 
 @functools.cache
 def _bias_gelu_value_kernel() -> cupy.ElementwiseKernel:
     return cupy.ElementwiseKernel(
-        "T y_in, T b_in", "T z_out, T h_out",
+        "T y_in, T b_in",
+        "T z_out, T h_out",
         """
         const float z = (float)y_in + (float)b_in;
         z_out = (T)z;
         h_out = (T)(0.5f * z * erfcf(-z * 0.70710678118654752f));
-        """, "minimlp_bias_gelu_value")
+        """,
+        "minimlp_bias_gelu_value",
+    )
 
 
 def gelu(x: Array) -> tuple[Array, Array]:
@@ -100,8 +108,9 @@ def bias_gelu_inference(y: Array, b: Array, axis: int) -> tuple[Array, Array]:
 
 @functools.cache
 def _mul_sum_kernel() -> cupy.ReductionKernel:
-    return cupy.ReductionKernel("T u_in, T v_in", "float32 sum_out", "(float)u_in * (float)v_in", "a + b",
-                                "sum_out = a", "0", "minimlp_mul_sum")
+    return cupy.ReductionKernel(
+        "T u_in, T v_in", "float32 sum_out", "(float)u_in * (float)v_in", "a + b", "sum_out = a", "0", "minimlp_mul_sum"
+    )
 
 
 def bias_gelu_backward(dout: Array, dgelu: Array, db: Array, axis: int) -> Array:
@@ -121,27 +130,52 @@ def bias_gelu_backward(dout: Array, dgelu: Array, db: Array, axis: int) -> Array
 def _ln_kernels(eps: float) -> dict[str, Any]:
     n = "((float)(_in_ind.size() / _out_ind.size()))"  # elements per normalisation group
     return {
-        "mean": cupy.ReductionKernel("T x_in", "float32 mean_out", "(float)x_in", "a + b", f"mean_out = a / {n}",
-                                     "0", "minimlp_ln_mean"),
+        "mean": cupy.ReductionKernel(
+            "T x_in", "float32 mean_out", "(float)x_in", "a + b", f"mean_out = a / {n}", "0", "minimlp_ln_mean"
+        ),
         "rstd": cupy.ReductionKernel(
-            "T x_in, float32 mean_in", "float32 rstd_out", "((float)x_in - mean_in) * ((float)x_in - mean_in)",
-            "a + b", f"rstd_out = rsqrtf(a / {n} + {eps!r}f)", "0", "minimlp_ln_rstd"),
+            "T x_in, float32 mean_in",
+            "float32 rstd_out",
+            "((float)x_in - mean_in) * ((float)x_in - mean_in)",
+            "a + b",
+            f"rstd_out = rsqrtf(a / {n} + {eps!r}f)",
+            "0",
+            "minimlp_ln_rstd",
+        ),
         "normalise": cupy.ElementwiseKernel(
-            "T x_in, float32 mean_in, float32 rstd_in, T w_in, T b_in", "T y_out, T xhat_out",
+            "T x_in, float32 mean_in, float32 rstd_in, T w_in, T b_in",
+            "T y_out, T xhat_out",
             """
             const float xh = ((float)x_in - mean_in) * rstd_in;
             xhat_out = (T)xh;
             y_out = (T)(xh * (float)w_in + (float)b_in);
-            """, "minimlp_ln_normalise"),
-        "mean_of_product": cupy.ReductionKernel("T u_in, T w_in", "float32 mean_out", "(float)u_in * (float)w_in",
-                                                "a + b", f"mean_out = a / {n}", "0", "minimlp_ln_mean_prod"),
+            """,
+            "minimlp_ln_normalise",
+        ),
+        "mean_of_product": cupy.ReductionKernel(
+            "T u_in, T w_in",
+            "float32 mean_out",
+            "(float)u_in * (float)w_in",
+            "a + b",
+            f"mean_out = a / {n}",
+            "0",
+            "minimlp_ln_mean_prod",
+        ),
         "mean_of_product3": cupy.ReductionKernel(
-            "T u_in, T w_in, T v_in", "float32 mean_out", "(float)u_in * (float)w_in * (float)v_in", "a + b",
-            f"mean_out = a / {n}", "0", "minimlp_ln_mean_prod3"),
+            "T u_in, T w_in, T v_in",
+            "float32 mean_out",
+            "(float)u_in * (float)w_in * (float)v_in",
+            "a + b",
+            f"mean_out = a / {n}",
+            "0",
+            "minimlp_ln_mean_prod3",
+        ),
         "dx": cupy.ElementwiseKernel(
-            "T dy_in, T w_in, T xhat_in, float32 m1_in, float32 m2_in, float32 rstd_in", "T dx_out",
+            "T dy_in, T w_in, T xhat_in, float32 m1_in, float32 m2_in, float32 rstd_in",
+            "T dx_out",
             "dx_out = (T)(((float)dy_in * (float)w_in - m1_in - (float)xhat_in * m2_in) * rstd_in);",
-            "minimlp_ln_dx"),
+            "minimlp_ln_dx",
+        ),
     }
 
 
@@ -179,15 +213,24 @@ def _ce_kernels() -> dict[str, Any]:
     # row sums s = sum exp(z - zmax) are returned as they are, and log(s) + zmax (the
     # log-sum-exp) is formed inside the kernels that use it.
     return {
-        "sumexp": cupy.ReductionKernel("T z_in, T zmax_in", "T sum_out", "exp(z_in - zmax_in)", "a + b",
-                                       "sum_out = a", "0", "minimlp_ce_sumexp"),
-        "loss": cupy.ReductionKernel("T q_in, T z_in, T zmax_in, T sum_in", "T loss_out",
-                                     "q_in * (log(sum_in) + zmax_in - z_in)", "a + b", "loss_out = a", "0",
-                                     "minimlp_ce_loss"),
-        "probs": cupy.ElementwiseKernel("T z_in, T zmax_in, T sum_in", "T p_out",
-                                        "p_out = exp(z_in - zmax_in) / sum_in", "minimlp_ce_probs"),
-        "grad": cupy.ElementwiseKernel("T p_in, T q_in, T scale_in", "T d_out", "d_out = (p_in - q_in) * scale_in",
-                                       "minimlp_ce_grad"),
+        "sumexp": cupy.ReductionKernel(
+            "T z_in, T zmax_in", "T sum_out", "exp(z_in - zmax_in)", "a + b", "sum_out = a", "0", "minimlp_ce_sumexp"
+        ),
+        "loss": cupy.ReductionKernel(
+            "T q_in, T z_in, T zmax_in, T sum_in",
+            "T loss_out",
+            "q_in * (log(sum_in) + zmax_in - z_in)",
+            "a + b",
+            "loss_out = a",
+            "0",
+            "minimlp_ce_loss",
+        ),
+        "probs": cupy.ElementwiseKernel(
+            "T z_in, T zmax_in, T sum_in", "T p_out", "p_out = exp(z_in - zmax_in) / sum_in", "minimlp_ce_probs"
+        ),
+        "grad": cupy.ElementwiseKernel(
+            "T p_in, T q_in, T scale_in", "T d_out", "d_out = (p_in - q_in) * scale_in", "minimlp_ce_grad"
+        ),
     }
 
 
@@ -207,5 +250,11 @@ def cross_entropy_grad(probs: Array, q: Array, scale: float) -> Array:
 
 def all_kernels() -> list[Any]:
     """Every kernel above (for the tests that compile them and check their parameter names)."""
-    return [_gelu_kernel(), _bias_gelu_kernel(), _bias_gelu_value_kernel(), _mul_sum_kernel(),
-            *_ln_kernels(1e-6).values(), *_ce_kernels().values()]
+    return [
+        _gelu_kernel(),
+        _bias_gelu_kernel(),
+        _bias_gelu_value_kernel(),
+        _mul_sum_kernel(),
+        *_ln_kernels(1e-6).values(),
+        *_ce_kernels().values(),
+    ]

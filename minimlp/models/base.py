@@ -83,8 +83,11 @@ class Model:
         """
         missing = [k for k in self.params if k not in state]
         unexpected = [k for k in state if k not in self.params]
-        mismatched = [f"{k}: checkpoint {tuple(np.shape(state[k]))} vs model {tuple(p.shape)}"
-                      for k, p in self.params.items() if k in state and tuple(np.shape(state[k])) != tuple(p.shape)]
+        mismatched = [
+            f"{k}: checkpoint {tuple(np.shape(state[k]))} vs model {tuple(p.shape)}"
+            for k, p in self.params.items()
+            if k in state and tuple(np.shape(state[k])) != tuple(p.shape)
+        ]
         problems = []
         if strict and missing:
             problems.append(f"missing keys ({len(missing)}): {', '.join(missing)}")

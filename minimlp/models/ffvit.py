@@ -53,8 +53,9 @@ class FFViTConfig:
 
     def __post_init__(self) -> None:
         check_image_config(self)
-        if self.pos_grid is not None and (isinstance(self.pos_grid, bool) or not isinstance(self.pos_grid, int)
-                                          or self.pos_grid < 1):
+        if self.pos_grid is not None and (
+            isinstance(self.pos_grid, bool) or not isinstance(self.pos_grid, int) or self.pos_grid < 1
+        ):
             raise ValueError(f"pos_grid must be a positive integer or None, got {self.pos_grid!r}")
 
     @property
@@ -90,8 +91,17 @@ class FFBlock:
     mlp2 mixes the tokens of each channel, with no copy.
     """
 
-    def __init__(self, store, name: str, dim: int, num_tokens: int, mlp_ratio: float,
-                 patch_mlp_dim: int, drop: float, drop_path: float) -> None:
+    def __init__(
+        self,
+        store,
+        name: str,
+        dim: int,
+        num_tokens: int,
+        mlp_ratio: float,
+        patch_mlp_dim: int,
+        drop: float,
+        drop_path: float,
+    ) -> None:
         # Declared in the released model's order: mlp1, norm1, mlp2, norm2.
         self.mlp1 = Mlp(store, f"{name}.mlp1", dim, int(dim * mlp_ratio), axis=-1, drop=drop)
         self.norm1 = LayerNorm(store, f"{name}.norm1", dim, axis=-1)
@@ -173,8 +183,10 @@ class FFViT(ClassTokenModel):
         self.patch_embed = PatchEmbed(s, "patch_embed.proj", c.patch_size, c.in_chans, c.embed_dim)
         self.pos_encoding = LearnedPositionalEncoding(s, "pos_encoding", c.embed_dim, c.pos_grid_size, c.grid)
         rates = np.linspace(0.0, c.drop_path_rate, c.depth)  # stochastic depth rises with depth
-        self.blocks = [FFBlock(s, f"blocks.{i}", c.embed_dim, T, c.mlp_ratio, patch_mlp_dim,
-                               c.drop_rate, float(rates[i])) for i in range(c.depth)]
+        self.blocks = [
+            FFBlock(s, f"blocks.{i}", c.embed_dim, T, c.mlp_ratio, patch_mlp_dim, c.drop_rate, float(rates[i]))
+            for i in range(c.depth)
+        ]
         self.norm = LayerNorm(s, "norm", c.embed_dim)
         self.head = Linear(s, "head", c.embed_dim, c.num_classes)
         self._build(seed)

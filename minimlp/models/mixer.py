@@ -90,8 +90,17 @@ def timm_mixer_init(spec: ParamSpec) -> Init:
 class MixerBlock(PreNormBlock):
     """Token MLP, then channel MLP, each after a LayerNorm over features and residual."""
 
-    def __init__(self, store, name: str, dim: int, num_patches: int, token_hidden: int, channel_hidden: int,
-                 drop: float, drop_path: float) -> None:
+    def __init__(
+        self,
+        store,
+        name: str,
+        dim: int,
+        num_patches: int,
+        token_hidden: int,
+        channel_hidden: int,
+        drop: float,
+        drop_path: float,
+    ) -> None:
         self.norm1 = LayerNorm(store, f"{name}.norm1", dim)
         self.mlp_tokens = Mlp(store, f"{name}.mlp_tokens", num_patches, token_hidden, axis=0, drop=drop)
         self.norm2 = LayerNorm(store, f"{name}.norm2", dim)
@@ -118,8 +127,12 @@ class MlpMixer(Model):
         c, s = config, self.store
         D, N = c.embed_dim, c.num_patches
         self.stem = PatchEmbed(s, "stem.proj", c.patch_size, c.in_chans, D)
-        self.blocks = [MixerBlock(s, f"blocks.{i}", D, N, int(c.token_mlp_ratio * D), int(c.mlp_ratio * D),
-                                  c.drop_rate, c.drop_path_rate) for i in range(c.depth)]
+        self.blocks = [
+            MixerBlock(
+                s, f"blocks.{i}", D, N, int(c.token_mlp_ratio * D), int(c.mlp_ratio * D), c.drop_rate, c.drop_path_rate
+            )
+            for i in range(c.depth)
+        ]
         self.norm = LayerNorm(s, "norm", D)
         self.head = Linear(s, "head", D, c.num_classes)
         for spec in s.specs:

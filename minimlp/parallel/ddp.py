@@ -28,8 +28,14 @@ from minimlp.kernels import cross_entropy_backward, cross_entropy_forward
 from minimlp.parallel.mpi import MPIWorld, env_float
 from minimlp.parallel.sharding import seed_for, shard_weight
 
-__all__ = ["DistributedDataParallel", "MPIGradients", "NcclGradients", "Bucket", "gradient_buckets",
-           "notify_after_block_backward"]
+__all__ = [
+    "DistributedDataParallel",
+    "MPIGradients",
+    "NcclGradients",
+    "Bucket",
+    "gradient_buckets",
+    "notify_after_block_backward",
+]
 
 DEFAULT_CHECK_EVERY = 1000  # steps between replica checks ($MINIMLP_CHECK_REPLICAS); one pass over the parameters
 DEFAULT_BUCKET_MB = 25.0  # $MINIMLP_BUCKET_MB; PyTorch DDP's default bucket size
@@ -167,8 +173,9 @@ class NcclGradients:
 
     def describe(self) -> str:
         overlapped = len(self.buckets) - 1
-        return (f"summed with NCCL in {len(self.buckets)} bucket{'s' if len(self.buckets) > 1 else ''}"
-                + (f", {overlapped} of them during the backward pass" if overlapped else ""))
+        return f"summed with NCCL in {len(self.buckets)} bucket{'s' if len(self.buckets) > 1 else ''}" + (
+            f", {overlapped} of them during the backward pass" if overlapped else ""
+        )
 
     def begin(self) -> None:
         self.launched = [False] * len(self.buckets)
@@ -223,8 +230,9 @@ class DistributedDataParallel:
             self.gradients = NcclGradients(world, model, bucket_bytes)
 
     def describe(self) -> str:
-        return (f"data parallel over {self.world.describe()}, one model replica each; "
-                f"gradients {self.gradients.describe()}")
+        return (
+            f"data parallel over {self.world.describe()}, one model replica each; gradients {self.gradients.describe()}"
+        )
 
     @property
     def xp(self) -> Any:

@@ -48,8 +48,18 @@ import numpy as np
 from minimlp.backend import NCCL_INSTALL, array_module
 from minimlp.parallel.sharding import rank_indices, seed_for, shard_bounds
 
-__all__ = ["World", "MPIWorld", "Watchdog", "DistributedError", "world", "current_world", "launched_by_mpi",
-           "checksum", "per_rank_batch", "describe_differences"]
+__all__ = [
+    "World",
+    "MPIWorld",
+    "Watchdog",
+    "DistributedError",
+    "world",
+    "current_world",
+    "launched_by_mpi",
+    "checksum",
+    "per_rank_batch",
+    "describe_differences",
+]
 
 # Variables that MPI launchers set in every process they start: Open MPI, MPICH / Intel MPI
 # (Hydra), MVAPICH2, and PMIx launchers such as Slurm's srun --mpi=pmix.
@@ -99,8 +109,11 @@ def per_rank_batch(batch_size: int, world_size: int) -> int:
     if batch_size % world_size:
         lower = batch_size - batch_size % world_size
         upper = lower + world_size
-        raise DistributedError(f"the batch size {batch_size} does not split evenly over {world_size} ranks; use a "
-                               f"multiple of {world_size} (e.g. -b {lower or upper} or -b {upper})", usage=True)
+        raise DistributedError(
+            f"the batch size {batch_size} does not split evenly over {world_size} ranks; use a "
+            f"multiple of {world_size} (e.g. -b {lower or upper} or -b {upper})",
+            usage=True,
+        )
     return batch_size // world_size
 
 
@@ -149,7 +162,6 @@ def _flatten(groups: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return flat
 
 
-
 class _Discard(io.TextIOBase):
     """A text stream that drops what is written (the progress bar of ranks other than 0)."""
 
@@ -188,8 +200,9 @@ class World:
         """A seed for this rank's own random draws (augmentation, dropout), different on every rank."""
         return seed
 
-    def batches(self, dataset: Any, order: np.ndarray, batch_size: int, train: bool,
-                seed: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def batches(
+        self, dataset: Any, order: np.ndarray, batch_size: int, train: bool, seed: int
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """This rank's shard of every batch of ``order`` (the whole batch with one process)."""
         return dataset.batches(order, batch_size, train=train, seed=seed)
 
@@ -239,7 +252,8 @@ class MPIWorld(World):
             raise DistributedError(
                 f"this process was started by an MPI launcher ({found}) but mpi4py cannot be imported in "
                 f"{sys.executable} ({exc}). Install it: pip install mpi4py (make mpi-setup installs Open MPI "
-                "and mpi4py), or run without mpirun") from exc
+                "and mpi4py), or run without mpirun"
+            ) from exc
         self.MPI = MPI
         self.comm = MPI.COMM_WORLD
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
@@ -294,9 +308,12 @@ class MPIWorld(World):
         self.abort(1)
 
     def _timed_out(self, what: str, why: str) -> None:
-        print(f"{self._who()}: {why} in {what}; another rank has probably died, hung or gone a different way. "
-              f"Stopping the whole job (the limit is $MINIMLP_COLLECTIVE_TIMEOUT={self.timeout:g} s).",
-              file=sys.stderr, flush=True)
+        print(
+            f"{self._who()}: {why} in {what}; another rank has probably died, hung or gone a different way. "
+            f"Stopping the whole job (the limit is $MINIMLP_COLLECTIVE_TIMEOUT={self.timeout:g} s).",
+            file=sys.stderr,
+            flush=True,
+        )
         self.abort(1)
 
     def guard(self, what: str) -> contextlib.AbstractContextManager:
@@ -308,8 +325,10 @@ class MPIWorld(World):
         if device in ("cpu", "numpy"):
             return
         if device.startswith("cuda:") and self.size > 1:
-            raise ValueError(f"--device {device}: under mpirun every rank takes the GPU of its local rank; use "
-                             "--gpu (choose the GPUs with CUDA_VISIBLE_DEVICES)")
+            raise ValueError(
+                f"--device {device}: under mpirun every rank takes the GPU of its local rank; use "
+                "--gpu (choose the GPUs with CUDA_VISIBLE_DEVICES)"
+            )
         try:
             import cupy
 
@@ -321,8 +340,10 @@ class MPIWorld(World):
         elif self.local_rank < count:
             index = self.local_rank
         else:
-            raise ValueError(f"{self.local_size} ranks on {self.hostname} but only {count} GPUs are visible: "
-                             "start one rank per GPU (mpirun -n / --map-by ppr:GPUS:node)")
+            raise ValueError(
+                f"{self.local_size} ranks on {self.hostname} but only {count} GPUs are visible: "
+                "start one rank per GPU (mpirun -n / --map-by ppr:GPUS:node)"
+            )
         cupy.cuda.Device(index).use()
         self.gpu = index
 
@@ -330,8 +351,9 @@ class MPIWorld(World):
         return seed_for(seed, self.rank, 0x5EED)
 
     # -- data ----------------------------------------------------------------------------
-    def batches(self, dataset: Any, order: np.ndarray, batch_size: int, train: bool,
-                seed: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def batches(
+        self, dataset: Any, order: np.ndarray, batch_size: int, train: bool, seed: int
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         per_rank = per_rank_batch(batch_size, self.size)
         steps = math.ceil(len(order) / batch_size)
         mine = rank_indices(order, batch_size, self.rank, self.size)
@@ -362,8 +384,9 @@ class MPIWorld(World):
         return bool(value[0])
 
     def batch_totals(self, loss: float, correct: int, count: int) -> tuple[float, int, int]:
-        loss_sum, correct, count = self.sum(np.array([loss * count if count else 0.0, correct, count]),
-                                            "summing the step's loss and accuracy")
+        loss_sum, correct, count = self.sum(
+            np.array([loss * count if count else 0.0, correct, count]), "summing the step's loss and accuracy"
+        )
         return (loss_sum / count if count else 0.0), int(correct), int(count)
 
     def allreduce_(self, array: np.ndarray, what: str) -> None:
@@ -387,7 +410,7 @@ class MPIWorld(World):
             offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
             gathered = np.empty(int(sizes.sum()), np.uint8)
             self.comm.Allgatherv(np.frombuffer(data, np.uint8), [gathered, sizes, offsets, self.MPI.BYTE])
-        return [gathered[o:o + s].tobytes() for o, s in zip(offsets, sizes, strict=True)]
+        return [gathered[o : o + s].tobytes() for o, s in zip(offsets, sizes, strict=True)]
 
     def from_main(self, text: str) -> str:
         return self.broadcast_bytes(text.encode() if self.rank == 0 else None, "sharing rank 0's choices").decode()
@@ -400,9 +423,11 @@ class MPIWorld(World):
         gathered = self.allgather_bytes(text.encode(), "the start-up check that every rank runs the same job")
         problems = describe_differences([json.loads(t) for t in gathered])
         if problems:
-            raise DistributedError("the ranks were not started on the same job; every rank must run the same "
-                                   "command with the same code, data and checkpoint. They differ in:\n"
-                                   + "\n".join(problems), usage=True)
+            raise DistributedError(
+                "the ranks were not started on the same job; every rank must run the same "
+                "command with the same code, data and checkpoint. They differ in:\n" + "\n".join(problems),
+                usage=True,
+            )
 
     def check_replicas(self, params: Any, step: int) -> None:
         """Compare every rank's parameters (an exact checksum); a difference stops every rank."""
@@ -412,10 +437,12 @@ class MPIWorld(World):
             self.comm.Allgather(mine, everyone)
         drifted = [r for r in range(self.size) if everyone[r] != everyone[0]]
         if drifted:
-            raise DistributedError(f"the model replicas have drifted apart before step {step + 1}: the parameters "
-                                   f"of {_ranks(drifted)} differ from rank 0's. The gradient reduction or the "
-                                   "optimizer gave different results on different ranks; please report this with "
-                                   "the MPI/NCCL versions")
+            raise DistributedError(
+                f"the model replicas have drifted apart before step {step + 1}: the parameters "
+                f"of {_ranks(drifted)} differ from rank 0's. The gradient reduction or the "
+                "optimizer gave different results on different ranks; please report this with "
+                "the MPI/NCCL versions"
+            )
 
     def progress_stream(self) -> Any:
         return None if self.is_main else _Discard()
@@ -431,8 +458,11 @@ class MPIWorld(World):
         if self.rank == 0:
             uid = nccl.get_unique_id()
             # CuPy 14 gives the 128-byte id as bytes; older versions as a tuple of signed chars.
-            form, raw = (b"b", bytes(uid)) if isinstance(uid, (bytes, bytearray)) else \
-                (b"t", np.asarray(uid, dtype=np.int64).astype(np.int8).tobytes())
+            form, raw = (
+                (b"b", bytes(uid))
+                if isinstance(uid, (bytes, bytearray))
+                else (b"t", np.asarray(uid, dtype=np.int64).astype(np.int8).tobytes())
+            )
             message = form + raw
         shared = self.broadcast_bytes(message, "sharing the NCCL unique id")
         form, raw = shared[:1], shared[1:]

@@ -53,7 +53,7 @@ def rank_indices(order: np.ndarray, batch_size: int, rank: int, world_size: int)
     order = np.asarray(order)
     parts = []
     for start in range(0, len(order), batch_size):
-        batch = order[start:start + batch_size]
+        batch = order[start : start + batch_size]
         lo, hi = shard_bounds(len(batch), world_size)[rank]
         parts.append(batch[lo:hi])
     return np.concatenate(parts) if parts else order[:0]

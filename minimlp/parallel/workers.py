@@ -158,9 +158,14 @@ class DataParallel:
         C, H, W = model.expected_input_shape()
         P, K = model.num_params(), model.config.num_classes
         dtype = model.dtype.name
-        specs = {"params": ((P,), dtype), "grads": ((self.num_procs, P), dtype),
-                 "images": ((max_batch, C, H, W), dtype), "labels": ((max_batch,), "int64"),
-                 "targets": ((max_batch, K), dtype), "logits": ((max_batch, K), dtype)}
+        specs = {
+            "params": ((P,), dtype),
+            "grads": ((self.num_procs, P), dtype),
+            "images": ((max_batch, C, H, W), dtype),
+            "labels": ((max_batch,), "int64"),
+            "targets": ((max_batch, K), dtype),
+            "logits": ((max_batch, K), dtype),
+        }
         self.max_batch = max_batch
         self.conns, self.procs = [], []
         with stop_signals_blocked():  # the resource tracker that shared memory may start is spared too
@@ -176,14 +181,20 @@ class DataParallel:
         # Workers start with Python's "spawn" (a fresh interpreter: no inherited thread pools
         # or BLAS state) and one thread each, which is the point of using processes.
         context = mp.get_context("spawn")
-        saved_env = {k: os.environ.get(k) for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
-                                                   "MINIMLP_NUM_THREADS")}
+        saved_env = {
+            k: os.environ.get(k)
+            for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "MINIMLP_NUM_THREADS")
+        }
         os.environ.update({k: "1" for k in saved_env})
         try:
             for rank in range(self.num_procs):
                 parent, child = context.Pipe()
-                proc = context.Process(target=_worker, name=f"minimlp-worker-{rank}", daemon=True,
-                                       args=(rank, model.config_dict(), specs, self.shared.names(), seed, child))
+                proc = context.Process(
+                    target=_worker,
+                    name=f"minimlp-worker-{rank}",
+                    daemon=True,
+                    args=(rank, model.config_dict(), specs, self.shared.names(), seed, child),
+                )
                 proc.start()
                 child.close()
                 self.conns.append(parent)
@@ -221,15 +232,17 @@ class DataParallel:
             try:
                 conn.send(command)
             except (BrokenPipeError, ConnectionError):
-                raise WorkerError(f"worker process {rank} died (killed, or out of memory?); the run cannot go "
-                                  "on") from None
+                raise WorkerError(
+                    f"worker process {rank} died (killed, or out of memory?); the run cannot go on"
+                ) from None
         results = []
-        for rank, conn in enumerate(self.conns[:len(commands)]):
+        for rank, conn in enumerate(self.conns[: len(commands)]):
             try:
                 status, value = conn.recv()
             except (EOFError, ConnectionError):
-                raise WorkerError(f"worker process {rank} died (killed, or out of memory?); the run cannot go "
-                                  "on") from None
+                raise WorkerError(
+                    f"worker process {rank} died (killed, or out of memory?); the run cannot go on"
+                ) from None
             if status == "error":
                 raise WorkerError(f"worker process {rank} failed:\n{value}")
             results.append(value)
@@ -239,7 +252,7 @@ class DataParallel:
         """Logits (B, K) for a float batch (B, C, H, W), without dropout."""
         x = self.model.prepare_input(x)
         self._run(x, [("eval", lo, hi) for lo, hi in self._shards(x.shape[0])])
-        return self.shared.arrays["logits"][:x.shape[0]].copy(), None
+        return self.shared.arrays["logits"][: x.shape[0]].copy(), None
 
     def train_step(self, x: np.ndarray, targets: np.ndarray, smoothing: float, step: int) -> tuple[float, np.ndarray]:
         """Forward and backward over the shards; ``model.grads`` gets the batch-mean gradient.

@@ -36,6 +36,24 @@ from minimlp.train.data import epoch_order, fixed_subset
 from minimlp.train.loop import StepTotals, prefetch
 from minimlp.train.state import Diverged, RunDirError, RunResult, RunState, TrainingError, read_metrics
 
-__all__ = ["run", "main", "parse_args", "build_parser", "seed_for", "fixed_subset", "epoch_order", "prefetch",
-           "StepTotals", "RunState", "RunResult", "TrainingError", "Diverged", "RunDirError", "read_metrics",
-           "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_INTERRUPTED"]
+__all__ = [
+    "run",
+    "main",
+    "parse_args",
+    "build_parser",
+    "seed_for",
+    "fixed_subset",
+    "epoch_order",
+    "prefetch",
+    "StepTotals",
+    "RunState",
+    "RunResult",
+    "TrainingError",
+    "Diverged",
+    "RunDirError",
+    "read_metrics",
+    "EXIT_OK",
+    "EXIT_FAILED",
+    "EXIT_USAGE",
+    "EXIT_INTERRUPTED",
+]

@@ -26,12 +26,24 @@ DEFAULT_WARMUP_EPOCHS = 0.5
 DEFAULT_SMOOTHING = 0.1
 # Arguments that describe where and how fast a run executes, not what it computes:
 # a resumed run takes them from its own command line, never from the checkpoint.
-NOT_RESUMED = {"resume", "output", "eval_only", "gpu", "device", "tf32", "amp", "workers", "procs", "log_interval",
-               "download"}
+NOT_RESUMED = {
+    "resume",
+    "output",
+    "eval_only",
+    "gpu",
+    "device",
+    "tf32",
+    "amp",
+    "workers",
+    "procs",
+    "log_interval",
+    "download",
+}
 
 
-def _number(kind: type, low: float | None = None, high: float | None = None, low_open: bool = False,
-            high_open: bool = False) -> Callable[[str], Any]:
+def _number(
+    kind: type, low: float | None = None, high: float | None = None, low_open: bool = False, high_open: bool = False
+) -> Callable[[str], Any]:
     """An argparse type: parse ``kind`` and check the range, with a message naming it."""
 
     def parse(text: str) -> Any:
@@ -86,11 +98,14 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m minimlp.train", formatter_class=_HelpFormatter,
-                                description="Train a feed-forward-only vision transformer (NumPy or CuPy). "
-                                            "With no arguments: the Fashion-MNIST recipe on the CPU.",
-                                epilog="Exit status: 0 done, 1 training failed (e.g. the loss diverged), "
-                                       "2 bad arguments or data, 130 interrupted (resumable).")
+    p = argparse.ArgumentParser(
+        prog="python -m minimlp.train",
+        formatter_class=_HelpFormatter,
+        description="Train a feed-forward-only vision transformer (NumPy or CuPy). "
+        "With no arguments: the Fashion-MNIST recipe on the CPU.",
+        epilog="Exit status: 0 done, 1 training failed (e.g. the loss diverged), "
+        "2 bad arguments or data, 130 interrupted (resumable).",
+    )
     g = p.add_argument_group("model")
     g.add_argument("--model", default=DEFAULT_MODEL, help=f"preset name; one of {', '.join(list_models())}")
     g.add_argument("--img-size", type=positive_int, help="input resolution (default: the preset's)")
@@ -98,95 +113,202 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--in-chans", type=positive_int, help="image channels (default: the dataset's)")
     g.add_argument("--embed-dim", type=positive_int, help="token width D (default: the preset's)")
     g.add_argument("--depth", type=positive_int, help="number of blocks (default: the preset's)")
-    g.add_argument("--num-classes", type=positive_int, metavar="K",
-                   help="classifier outputs, which is also how many classes of ImageNet-style data to use: the "
-                        "first K sorted (K random ones with --class-seed); with --pretrained, a new head of K "
-                        "outputs for fine-tuning (default: every class of the data)")
+    g.add_argument(
+        "--num-classes",
+        type=positive_int,
+        metavar="K",
+        help="classifier outputs, which is also how many classes of ImageNet-style data to use: the "
+        "first K sorted (K random ones with --class-seed); with --pretrained, a new head of K "
+        "outputs for fine-tuning (default: every class of the data)",
+    )
     g.add_argument("--drop", type=fraction, default=0.0, help="dropout rate inside the feed-forward layers")
-    g.add_argument("--drop-path", type=fraction, default=0.0,
-                   help="stochastic depth: drop rate of the last block, rising linearly from 0")
+    g.add_argument(
+        "--drop-path",
+        type=fraction,
+        default=0.0,
+        help="stochastic depth: drop rate of the last block, rising linearly from 0",
+    )
 
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", default=None,
-                   help=f"dataset name ({', '.join(list_datasets())}) or a directory; "
-                        "default: recognised from --data-dir, else fmnist")
-    g.add_argument("--data-dir", default=None, metavar="DIR",
-                   help="where the data is; Fashion-MNIST is also looked for in $MINIMLP_DATA, "
-                        "~/.cache/minimlp/fashion-mnist and /usr/share/datasets/fashion-mnist")
-    g.add_argument("--download", action="store_true",
-                   help="download Fashion-MNIST (MD5-checked) into --data-dir or the cache if it is missing")
-    g.add_argument("--train-num-samples", type=positive_int, metavar="N",
-                   help="train on a fixed random subset of N images (quick runs)")
-    g.add_argument("--eval-num-samples", type=positive_int, metavar="N",
-                   help="evaluate on a fixed random subset of N images (quick runs)")
-    g.add_argument("--no-aug", action="store_true",
-                   help="no training augmentation at all (evaluation crops, no erasing, mixup or repeats)")
-    g.add_argument("-j", "--workers", type=non_negative_int, default=None, metavar="N",
-                   help="processes that decode image files (0: in the training process); also how many batches "
-                        "a background thread prepares ahead. Default: one per core (at most 8) on a GPU; 1 on "
-                        "the CPU, where --procs already uses every core and decoding is cheap next to a step")
-    g.add_argument("--procs", type=non_negative_int, default=0, metavar="N",
-                   help="CPU only: split every batch over N worker processes of one thread each (data "
-                        "parallel; about N times faster on N cores); 0 = one per core, at most 8; 1 = no workers")
+    g.add_argument(
+        "--dataset",
+        default=None,
+        help=f"dataset name ({', '.join(list_datasets())}) or a directory; "
+        "default: recognised from --data-dir, else fmnist",
+    )
+    g.add_argument(
+        "--data-dir",
+        default=None,
+        metavar="DIR",
+        help="where the data is; Fashion-MNIST is also looked for in $MINIMLP_DATA, "
+        "~/.cache/minimlp/fashion-mnist and /usr/share/datasets/fashion-mnist",
+    )
+    g.add_argument(
+        "--download",
+        action="store_true",
+        help="download Fashion-MNIST (MD5-checked) into --data-dir or the cache if it is missing",
+    )
+    g.add_argument(
+        "--train-num-samples",
+        type=positive_int,
+        metavar="N",
+        help="train on a fixed random subset of N images (quick runs)",
+    )
+    g.add_argument(
+        "--eval-num-samples",
+        type=positive_int,
+        metavar="N",
+        help="evaluate on a fixed random subset of N images (quick runs)",
+    )
+    g.add_argument(
+        "--no-aug",
+        action="store_true",
+        help="no training augmentation at all (evaluation crops, no erasing, mixup or repeats)",
+    )
+    g.add_argument(
+        "-j",
+        "--workers",
+        type=non_negative_int,
+        default=None,
+        metavar="N",
+        help="processes that decode image files (0: in the training process); also how many batches "
+        "a background thread prepares ahead. Default: one per core (at most 8) on a GPU; 1 on "
+        "the CPU, where --procs already uses every core and decoding is cheap next to a step",
+    )
+    g.add_argument(
+        "--procs",
+        type=non_negative_int,
+        default=0,
+        metavar="N",
+        help="CPU only: split every batch over N worker processes of one thread each (data "
+        "parallel; about N times faster on N cores); 0 = one per core, at most 8; 1 = no workers",
+    )
 
     g = p.add_argument_group("ImageNet-style data (folders, ImageFolder trees, a prepared cache)")
-    g.add_argument("--subset", metavar="NAME",
-                   help="train on some classes: imagenette, imagewoof, imagenet100, a comma-separated list of "
-                        "wnids, or a file with one wnid per line (labels become 0..K-1 in sorted wnid order)")
-    g.add_argument("--class-seed", type=non_negative_int, metavar="SEED",
-                   help="with --num-classes: K classes drawn at random with this seed instead of the first K")
+    g.add_argument(
+        "--subset",
+        metavar="NAME",
+        help="train on some classes: imagenette, imagewoof, imagenet100, a comma-separated list of "
+        "wnids, or a file with one wnid per line (labels become 0..K-1 in sorted wnid order)",
+    )
+    g.add_argument(
+        "--class-seed",
+        type=non_negative_int,
+        metavar="SEED",
+        help="with --num-classes: K classes drawn at random with this seed instead of the first K",
+    )
     g.add_argument("--per-class", type=positive_int, metavar="N", help="at most N training images per class")
-    g.add_argument("--crop-pct", type=_number(float, 0.0, 1.0, low_open=True), metavar="PCT",
-                   help="evaluation: resize the short side to img_size / PCT, then center-crop img_size "
-                        "(default: 0.875, as DeiT; 1 for square caches)")
-    g.add_argument("--train-crop", choices=("rrc", "crop"),
-                   help="prepared cache only: RandomResizedCrop + flip (rrc, the default), or a plain random "
-                        "window + flip (crop: no resampling, fastest)")
+    g.add_argument(
+        "--crop-pct",
+        type=_number(float, 0.0, 1.0, low_open=True),
+        metavar="PCT",
+        help="evaluation: resize the short side to img_size / PCT, then center-crop img_size "
+        "(default: 0.875, as DeiT; 1 for square caches)",
+    )
+    g.add_argument(
+        "--train-crop",
+        choices=("rrc", "crop"),
+        help="prepared cache only: RandomResizedCrop + flip (rrc, the default), or a plain random "
+        "window + flip (crop: no resampling, fastest)",
+    )
 
     g = p.add_argument_group("augmentation (each off by default; --recipe deit turns them all on)")
-    g.add_argument("--aa", type=randaugment_config, metavar="CONFIG",
-                   help="RandAugment where the images are decoded, e.g. rand-m9-mstd0.5-inc1 (DeiT's)")
-    g.add_argument("--reprob", type=probability, default=0.0, metavar="P",
-                   help="random erasing: probability per image (on the device, after normalisation)")
-    g.add_argument("--mixup", type=non_negative_float, default=0.0, metavar="ALPHA",
-                   help="mixup with Beta(ALPHA, ALPHA) weights; the loss takes soft targets")
-    g.add_argument("--cutmix", type=non_negative_float, default=0.0, metavar="ALPHA",
-                   help="cutmix with Beta(ALPHA, ALPHA) box areas; with --mixup too, one of the two per batch")
-    g.add_argument("--mixup-prob", type=probability, default=1.0, metavar="P",
-                   help="probability of mixing a batch at all")
-    g.add_argument("--mixup-switch-prob", type=probability, default=0.5, metavar="P",
-                   help="with both --mixup and --cutmix: probability of cutmix for a batch")
-    g.add_argument("--repeated-aug", type=positive_int, default=1, metavar="N",
-                   help="repeated augmentation: each image N times per epoch, in different crops; 1 = off")
-    g.add_argument("--recipe", choices=RECIPES,
-                   help="deit: every option not given is DeiT's (AdamW, lr 5e-4 x batch / 512, 300 epochs, 5 warmup, "
-                        "cosine, smoothing 0.1, drop path 0.1, dropout 0.1 for the FF models, weight decay 0.05, "
-                        "mixup 0.8, cutmix 1.0, RandAugment rand-m9-mstd0.5-inc1, random erasing 0.25, "
-                        "repeated augmentation 3)")
+    g.add_argument(
+        "--aa",
+        type=randaugment_config,
+        metavar="CONFIG",
+        help="RandAugment where the images are decoded, e.g. rand-m9-mstd0.5-inc1 (DeiT's)",
+    )
+    g.add_argument(
+        "--reprob",
+        type=probability,
+        default=0.0,
+        metavar="P",
+        help="random erasing: probability per image (on the device, after normalisation)",
+    )
+    g.add_argument(
+        "--mixup",
+        type=non_negative_float,
+        default=0.0,
+        metavar="ALPHA",
+        help="mixup with Beta(ALPHA, ALPHA) weights; the loss takes soft targets",
+    )
+    g.add_argument(
+        "--cutmix",
+        type=non_negative_float,
+        default=0.0,
+        metavar="ALPHA",
+        help="cutmix with Beta(ALPHA, ALPHA) box areas; with --mixup too, one of the two per batch",
+    )
+    g.add_argument(
+        "--mixup-prob", type=probability, default=1.0, metavar="P", help="probability of mixing a batch at all"
+    )
+    g.add_argument(
+        "--mixup-switch-prob",
+        type=probability,
+        default=0.5,
+        metavar="P",
+        help="with both --mixup and --cutmix: probability of cutmix for a batch",
+    )
+    g.add_argument(
+        "--repeated-aug",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="repeated augmentation: each image N times per epoch, in different crops; 1 = off",
+    )
+    g.add_argument(
+        "--recipe",
+        choices=RECIPES,
+        help="deit: every option not given is DeiT's (AdamW, lr 5e-4 x batch / 512, 300 epochs, 5 warmup, "
+        "cosine, smoothing 0.1, drop path 0.1, dropout 0.1 for the FF models, weight decay 0.05, "
+        "mixup 0.8, cutmix 1.0, RandAugment rand-m9-mstd0.5-inc1, random erasing 0.25, "
+        "repeated augmentation 3)",
+    )
 
     g = p.add_argument_group("optimization")
     g.add_argument("-b", "--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE, help="images per step")
     g.add_argument("--epochs", type=positive_int, default=DEFAULT_EPOCHS, help="passes over the training set")
     g.add_argument("--opt", default=DEFAULT_OPT, choices=sorted(OPTIMIZERS), help="optimizer")
-    g.add_argument("--lr", type=non_negative_float,
-                   help="peak learning rate (default: " + ", ".join(f"{k} {v[0]:g}" for k, v in OPT_DEFAULTS.items())
-                        + ")")
-    g.add_argument("--scale-lr", action="store_true",
-                   help="DeiT's rule: the effective learning rate is lr * batch_size / 512")
+    g.add_argument(
+        "--lr",
+        type=non_negative_float,
+        help="peak learning rate (default: " + ", ".join(f"{k} {v[0]:g}" for k, v in OPT_DEFAULTS.items()) + ")",
+    )
+    g.add_argument(
+        "--scale-lr", action="store_true", help="DeiT's rule: the effective learning rate is lr * batch_size / 512"
+    )
     g.add_argument("--momentum", type=fraction, default=0.9, help="SGD momentum")
     g.add_argument("--nesterov", action="store_true", help="Nesterov momentum for SGD")
-    g.add_argument("--weight-decay", type=non_negative_float,
-                   help="weight decay, not on 1-D parameters or the class token (default: "
-                        + ", ".join(f"{k} {v[1]:g}" for k, v in OPT_DEFAULTS.items()) + ")")
-    g.add_argument("--clip-grad", type=non_negative_float, default=0.0, metavar="NORM",
-                   help="clip the global gradient norm to NORM; 0 turns clipping off")
+    g.add_argument(
+        "--weight-decay",
+        type=non_negative_float,
+        help="weight decay, not on 1-D parameters or the class token (default: "
+        + ", ".join(f"{k} {v[1]:g}" for k, v in OPT_DEFAULTS.items())
+        + ")",
+    )
+    g.add_argument(
+        "--clip-grad",
+        type=non_negative_float,
+        default=0.0,
+        metavar="NORM",
+        help="clip the global gradient norm to NORM; 0 turns clipping off",
+    )
     g.add_argument("--smoothing", type=fraction, default=DEFAULT_SMOOTHING, help="label smoothing")
 
     g = p.add_argument_group("learning-rate schedule")
-    g.add_argument("--sched", default="cosine", choices=LRSchedule.KINDS,
-                   help="after warmup: cosine to --min-lr, step decay, or constant; evaluated every step")
-    g.add_argument("--warmup-epochs", type=non_negative_float, default=DEFAULT_WARMUP_EPOCHS,
-                   help="linear warmup from --warmup-lr (fractions allowed)")
+    g.add_argument(
+        "--sched",
+        default="cosine",
+        choices=LRSchedule.KINDS,
+        help="after warmup: cosine to --min-lr, step decay, or constant; evaluated every step",
+    )
+    g.add_argument(
+        "--warmup-epochs",
+        type=non_negative_float,
+        default=DEFAULT_WARMUP_EPOCHS,
+        help="linear warmup from --warmup-lr (fractions allowed)",
+    )
     g.add_argument("--warmup-lr", type=non_negative_float, default=1e-6, help="learning rate at step 0")
     g.add_argument("--min-lr", type=non_negative_float, default=1e-5, help="the cosine's final learning rate")
     g.add_argument("--decay-epochs", type=positive_float, default=30.0, help="step schedule: epochs per decay")
@@ -196,27 +318,53 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=non_negative_int, default=0, help="seeds weights, data order, augmentation, dropout")
     g.add_argument("--gpu", action="store_true", help="train on the GPU with CuPy (same as --device gpu)")
     g.add_argument("--device", type=device_name, default="cpu", help="cpu, gpu or cuda:N")
-    g.add_argument("--tf32", action="store_true",
-                   help="GPU: let float32 matrix products use TF32 tensor cores (Ampere and newer; about 1e-3 "
-                        "relative error per product, as PyTorch's allow_tf32)")
-    g.add_argument("--amp", action="store_true",
-                   help="GPU: mixed precision, as PyTorch's autocast + GradScaler: float16 forward and backward, "
-                        "float32 master weights and optimizer, dynamic loss scaling (a step whose gradient "
-                        "overflows is skipped; the log and metrics.jsonl count them). Without a GPU it is ignored "
-                        "with a warning (NumPy has no fast float16 matrix product); not under mpirun. As --tf32, "
-                        "a resumed run uses it only when given again")
-    g.add_argument("--output", default=None, metavar="DIR",
-                   help="run directory (default: runs/<date>-<time>-<model>, or the resumed run's directory)")
-    g.add_argument("--resume", default=None, metavar="DIR_OR_FILE",
-                   help="continue a run from its last.npz (or the given checkpoint): weights, optimizer, "
-                        "epoch, step, schedule and random state; its arguments apply unless given again")
-    g.add_argument("--pretrained", default=None, metavar="FILE",
-                   help="start from these weights (.pth, .npz or .safetensors): the architecture is the file's "
-                        "unless --model is given; --num-classes K starts a new head for fine-tuning")
-    g.add_argument("--eval-only", action="store_true",
-                   help="evaluate (the --resume checkpoint, or the --pretrained weights) and exit")
-    g.add_argument("--log-interval", type=positive_int, default=50, metavar="STEPS",
-                   help="progress line every STEPS steps when the output is not a terminal")
+    g.add_argument(
+        "--tf32",
+        action="store_true",
+        help="GPU: let float32 matrix products use TF32 tensor cores (Ampere and newer; about 1e-3 "
+        "relative error per product, as PyTorch's allow_tf32)",
+    )
+    g.add_argument(
+        "--amp",
+        action="store_true",
+        help="GPU: mixed precision, as PyTorch's autocast + GradScaler: float16 forward and backward, "
+        "float32 master weights and optimizer, dynamic loss scaling (a step whose gradient "
+        "overflows is skipped; the log and metrics.jsonl count them). Without a GPU it is ignored "
+        "with a warning (NumPy has no fast float16 matrix product); not under mpirun. As --tf32, "
+        "a resumed run uses it only when given again",
+    )
+    g.add_argument(
+        "--output",
+        default=None,
+        metavar="DIR",
+        help="run directory (default: runs/<date>-<time>-<model>, or the resumed run's directory)",
+    )
+    g.add_argument(
+        "--resume",
+        default=None,
+        metavar="DIR_OR_FILE",
+        help="continue a run from its last.npz (or the given checkpoint): weights, optimizer, "
+        "epoch, step, schedule and random state; its arguments apply unless given again",
+    )
+    g.add_argument(
+        "--pretrained",
+        default=None,
+        metavar="FILE",
+        help="start from these weights (.pth, .npz or .safetensors): the architecture is the file's "
+        "unless --model is given; --num-classes K starts a new head for fine-tuning",
+    )
+    g.add_argument(
+        "--eval-only",
+        action="store_true",
+        help="evaluate (the --resume checkpoint, or the --pretrained weights) and exit",
+    )
+    g.add_argument(
+        "--log-interval",
+        type=positive_int,
+        default=50,
+        metavar="STEPS",
+        help="progress line every STEPS steps when the output is not a terminal",
+    )
     return p
 
 

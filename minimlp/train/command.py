@@ -14,15 +14,15 @@ from typing import Any
 
 import numpy as np
 
-from minimlp.kernels.amp import MixedPrecision
 from minimlp.backend import get_backend
-from minimlp.kernels.threads import num_threads
 from minimlp.data.loader import BadImagesWarning, LoaderDataset, LoaderError, TooManyBadImagesError, default_workers
 from minimlp.evaluate import evaluate
-from minimlp.kernels.gpu import BatchFeed
 from minimlp.io.checkpoint import Checkpoint
 from minimlp.io.files import CheckpointError
 from minimlp.io.weights import WeightsFile, load_pretrained, open_weights, preset_name
+from minimlp.kernels.amp import MixedPrecision
+from minimlp.kernels.gpu import BatchFeed
+from minimlp.kernels.threads import num_threads
 from minimlp.models.registry import create_model, model_config, model_from_config
 from minimlp.optim import LRSchedule, create_optimizer, scale_lr
 from minimlp.parallel import ddp, mpi
@@ -57,8 +57,9 @@ def _quiet(message: str) -> None:
     """The log of ranks other than 0."""
 
 
-def input_size(args: argparse.Namespace, explicit: set[str], checkpoint: Checkpoint | None,
-               pretrained: WeightsFile | None) -> int:
+def input_size(
+    args: argparse.Namespace, explicit: set[str], checkpoint: Checkpoint | None, pretrained: WeightsFile | None
+) -> int:
     """The model's input size, which the datasets crop to: known before the model is built."""
     if checkpoint is not None:
         return checkpoint.meta["model"]["img_size"]
@@ -69,18 +70,30 @@ def input_size(args: argparse.Namespace, explicit: set[str], checkpoint: Checkpo
     return model_config(args.model).img_size
 
 
-def build_model(args: argparse.Namespace, explicit: set[str], checkpoint: Checkpoint | None,
-                pretrained: WeightsFile | None, train_set: Any, log: Callable[[str], None]) -> Any:
+def build_model(
+    args: argparse.Namespace,
+    explicit: set[str],
+    checkpoint: Checkpoint | None,
+    pretrained: WeightsFile | None,
+    train_set: Any,
+    log: Callable[[str], None],
+) -> Any:
     """The model to train: the checkpoint's (resume), or a preset with the command line's changes,
     then the --pretrained weights (the architecture is the file's unless --model is given)."""
     if checkpoint is not None:
         model = model_from_config(checkpoint.meta["model"], device=args.device, seed=args.seed)
         model.load_state_dict(checkpoint.params)
         return model
-    overrides = dict(img_size=args.img_size, patch_size=args.patch_size, embed_dim=args.embed_dim,
-                     depth=args.depth, in_chans=args.in_chans or train_set.image_shape[0],
-                     num_classes=args.num_classes or len(train_set.classes), drop_rate=args.drop,
-                     drop_path_rate=args.drop_path)
+    overrides = dict(
+        img_size=args.img_size,
+        patch_size=args.patch_size,
+        embed_dim=args.embed_dim,
+        depth=args.depth,
+        in_chans=args.in_chans or train_set.image_shape[0],
+        num_classes=args.num_classes or len(train_set.classes),
+        drop_rate=args.drop,
+        drop_path_rate=args.drop_path,
+    )
     if pretrained is not None and "model" not in explicit:
         config = {**pretrained.config(), **{k: v for k, v in overrides.items() if v is not None}}
         args.model = preset_name(config) or args.model
@@ -95,8 +108,10 @@ def build_model(args: argparse.Namespace, explicit: set[str], checkpoint: Checkp
 
 def check_model_fits_data(model: Any, train_set: Any, pretrained: WeightsFile | None) -> None:
     if tuple(model.expected_input_shape()) != tuple(train_set.image_shape):
-        raise TrainingError(f"{model.describe()} expects images {model.expected_input_shape()}, the dataset gives "
-                            f"{train_set.image_shape}; set --img-size / --in-chans to match")
+        raise TrainingError(
+            f"{model.describe()} expects images {model.expected_input_shape()}, the dataset gives "
+            f"{train_set.image_shape}; set --img-size / --in-chans to match"
+        )
     K = len(train_set.classes)
     if model.config.num_classes != K:
         hint = f"; --num-classes {K} starts a new head for fine-tuning" if pretrained is not None else ""
@@ -123,13 +138,21 @@ def start_backend(args: argparse.Namespace, world: mpi.World, log: Callable[[str
 
         gpu.set_tf32(True)  # before the first float32 product
     if args.amp and not backend.is_gpu:
-        warnings.warn("--amp needs a GPU (NumPy has no fast float16 matrix product); training in float32",
-                      RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            "--amp needs a GPU (NumPy has no fast float16 matrix product); training in float32",
+            RuntimeWarning,
+            stacklevel=3,
+        )
     if args.amp and backend.is_gpu and world.active:
-        raise mpi.DistributedError("--amp trains in one process only: the gradient sum over the ranks has "
-                                   "no loss scaling yet; run without --amp under mpirun", usage=True)
-    threads = (f"; {num_threads()} threads for elementwise kernels, BLAS threads: "
-               f"{os.environ.get('OPENBLAS_NUM_THREADS', 'the library default')}")
+        raise mpi.DistributedError(
+            "--amp trains in one process only: the gradient sum over the ranks has "
+            "no loss scaling yet; run without --amp under mpirun",
+            usage=True,
+        )
+    threads = (
+        f"; {num_threads()} threads for elementwise kernels, BLAS threads: "
+        f"{os.environ.get('OPENBLAS_NUM_THREADS', 'the library default')}"
+    )
     log(f"backend: {backend.reason}" + ("" if backend.is_gpu else threads))
     return backend
 
@@ -139,15 +162,16 @@ def mixed_precision(model: Any, checkpoint: Checkpoint | None, log: Callable[[st
     mixed = MixedPrecision(model)
     if checkpoint is not None and checkpoint.meta.get("amp"):
         mixed.scaler.load_state_dict(checkpoint.meta["amp"])  # the loss scale carries on
-    log(f"mixed precision: float16 forward and backward, float32 master weights and optimizer, "
-        f"loss scale {mixed.scaler.scale:g}")
+    log(
+        f"mixed precision: float16 forward and backward, float32 master weights and optimizer, "
+        f"loss scale {mixed.scaler.scale:g}"
+    )
     return mixed
 
 
 def make_run_dir(args: argparse.Namespace, checkpoint: Checkpoint | None, world: mpi.World) -> Path:
     """--output, the resumed run's directory, or a new one under runs/; rank 0 chooses and creates it."""
-    run_dir = Path(args.output) if args.output else (checkpoint.path.parent if checkpoint
-                                                      else new_run_dir(args.model))
+    run_dir = Path(args.output) if args.output else (checkpoint.path.parent if checkpoint else new_run_dir(args.model))
     run_dir = Path(world.from_main(str(run_dir)))  # rank 0's choice; only rank 0 writes there
     if world.is_main:
         with writing(run_dir, run_dir):
@@ -159,23 +183,48 @@ def describe_augmentation(args: argparse.Namespace, train_set: Any, augment: Dev
     """The training augmentation in words: the dataset's, the device's, repeated augmentation."""
     if args.no_aug:
         return "off (--no-aug)"
-    return ", ".join(filter(None, [getattr(train_set, "augmentation", "the dataset default"), augment.describe(),
-                                   f"repeated augmentation x{args.repeated_aug}" if args.repeated_aug > 1 else ""]))
+    return ", ".join(
+        filter(
+            None,
+            [
+                getattr(train_set, "augmentation", "the dataset default"),
+                augment.describe(),
+                f"repeated augmentation x{args.repeated_aug}" if args.repeated_aug > 1 else "",
+            ],
+        )
+    )
 
 
-def check_same_job(world: mpi.World, args: argparse.Namespace, model: Any, optimizer: Any, state: RunState,
-                   train_set: Any, train_idx: np.ndarray, eval_idx: np.ndarray) -> None:
+def check_same_job(
+    world: mpi.World,
+    args: argparse.Namespace,
+    model: Any,
+    optimizer: Any,
+    state: RunState,
+    train_set: Any,
+    train_idx: np.ndarray,
+    eval_idx: np.ndarray,
+) -> None:
     """Every rank must run the same job: compare what each built, and name what differs."""
-    world.check_same(argument=vars(args), model=model.config_dict(),
-                     data={"training images": len(train_idx), "evaluation images": len(eval_idx),
-                           "classes": train_set.classes},
-                     state={"step": state.step, "parameters": mpi.checksum(model.store.flat_params),
-                            "optimizer": [mpi.checksum(a) for a in optimizer.state.values()]})
+    world.check_same(
+        argument=vars(args),
+        model=model.config_dict(),
+        data={"training images": len(train_idx), "evaluation images": len(eval_idx), "classes": train_set.classes},
+        state={
+            "step": state.step,
+            "parameters": mpi.checksum(model.store.flat_params),
+            "optimizer": [mpi.checksum(a) for a in optimizer.state.values()],
+        },
+    )
 
 
-def run(argv: list[str] | None = None, *, on_step: Callable[[RunState], bool | None] | None = None,
-        on_epoch_end: Callable[[dict[str, Any]], bool | None] | None = None,
-        log: Callable[[str], None] = print) -> RunResult:
+def run(
+    argv: list[str] | None = None,
+    *,
+    on_step: Callable[[RunState], bool | None] | None = None,
+    on_epoch_end: Callable[[dict[str, Any]], bool | None] | None = None,
+    log: Callable[[str], None] = print,
+) -> RunResult:
     """Train as ``python -m minimlp.train argv`` would, and return what happened.
 
     Hooks (for tests and scripts): ``on_step(state)`` runs after every optimizer step and
@@ -186,8 +235,9 @@ def run(argv: list[str] | None = None, *, on_step: Callable[[RunState], bool | N
     """
     args, explicit = parse_args(argv)
     if args.output and Path(args.output).exists() and not Path(args.output).is_dir():
-        raise RunDirError(f"--output {args.output} is a file; the run directory must be a directory (new or "
-                          "existing)", usage=True)
+        raise RunDirError(
+            f"--output {args.output} is a file; the run directory must be a directory (new or existing)", usage=True
+        )
     world = mpi.world()  # under mpirun: this rank's place in the job (else one process)
     if not world.is_main:
         log = _quiet  # only rank 0 logs
@@ -208,22 +258,34 @@ def run(argv: list[str] | None = None, *, on_step: Callable[[RunState], bool | N
         model = build_model(args, explicit, checkpoint, pretrained, train_set, log)
         check_model_fits_data(model, train_set, pretrained)
         c = model.config
-        log(f"model: {args.model}, {model.describe()}, patch {c.patch_size}, dim {c.embed_dim}, depth {c.depth}: "
-            f"{model.num_params():,} parameters")
+        log(
+            f"model: {args.model}, {model.describe()}, patch {c.patch_size}, dim {c.embed_dim}, depth {c.depth}: "
+            f"{model.num_params():,} parameters"
+        )
         train_idx = fixed_subset(len(train_set), args.train_num_samples, salt=1)
         eval_idx = fixed_subset(len(eval_set), args.eval_num_samples, salt=2)
         log(f"data: {train_set.describe()}; training on {len(train_idx)}, evaluating on {len(eval_idx)}")
 
         # -- optimizer and schedule ------------------------------------------------------
         optimizer, lr, weight_decay = make_optimizer(args, model)
-        schedule = LRSchedule(args.sched, lr, args.epochs, args.warmup_epochs, args.warmup_lr, args.min_lr,
-                              args.decay_epochs, args.decay_rate)
+        schedule = LRSchedule(
+            args.sched,
+            lr,
+            args.epochs,
+            args.warmup_epochs,
+            args.warmup_lr,
+            args.min_lr,
+            args.decay_epochs,
+            args.decay_rate,
+        )
         steps_per_epoch = math.ceil(len(train_idx) / args.batch_size)
         augment = DeviceAugment.from_args(args, c.num_classes)
-        log(f"optimizer: {args.opt} {optimizer.hyperparameters()}; schedule: {args.sched}, "
+        log(
+            f"optimizer: {args.opt} {optimizer.hyperparameters()}; schedule: {args.sched}, "
             f"{args.warmup_epochs:g} warmup epochs, {args.epochs} epochs x {steps_per_epoch} steps of "
             f"{args.batch_size}; label smoothing {args.smoothing:g}, "
-            f"augmentation: {describe_augmentation(args, train_set, augment)}")
+            f"augmentation: {describe_augmentation(args, train_set, augment)}"
+        )
 
         state = RunState()
         if checkpoint is not None:
@@ -237,22 +299,45 @@ def run(argv: list[str] | None = None, *, on_step: Callable[[RunState], bool | N
         eval_batch = max(args.batch_size, 256)
         if procs > 1:
             parallel = DataParallel(model, procs, eval_batch, seed=world.rank_seed(args.seed))
-            log(f"data parallel: every batch is split over {procs} worker processes of one thread each"
-                + (f"; {workers} decoding process(es)" if isinstance(train_set, LoaderDataset) else ""))
+            log(
+                f"data parallel: every batch is split over {procs} worker processes of one thread each"
+                + (f"; {workers} decoding process(es)" if isinstance(train_set, LoaderDataset) else "")
+            )
         if world.active:  # the ranks' shards of each batch; gradients summed over the ranks
             mpi.per_rank_batch(args.batch_size, world.size)  # refuses a batch that does not split evenly
             parallel = ddp.DistributedDataParallel(world, model, parallel, seed=args.seed)
             log(f"{parallel.describe()}; a batch of {args.batch_size} is {args.batch_size // world.size} per rank")
         if args.eval_only:
             result = evaluate(parallel or model, eval_set, eval_batch, eval_idx, world=world)
-            log(f"eval: loss {result.loss:.4f}  top-1 {result.top1:.2f}%"
-                + (f"  top-5 {result.top5:.2f}%" if result.top5 is not None else ""))
+            log(
+                f"eval: loss {result.loss:.4f}  top-1 {result.top1:.2f}%"
+                + (f"  top-5 {result.top5:.2f}%" if result.top5 is not None else "")
+            )
             return RunResult(run_dir, "evaluated", [], model, state, result)
-        loop = Run(args=args, model=model, optimizer=optimizer, schedule=schedule, state=state, train_set=train_set,
-                   eval_set=eval_set, train_idx=train_idx, eval_idx=eval_idx, eval_batch=eval_batch,
-                   steps_per_epoch=steps_per_epoch, lr=lr, weight_decay=weight_decay, checkpoint=checkpoint,
-                   run_dir=run_dir, augment=augment, workers=workers, world=world, log=log, parallel=parallel,
-                   mixed=mixed, feed=BatchFeed() if backend.is_gpu else None)
+        loop = Run(
+            args=args,
+            model=model,
+            optimizer=optimizer,
+            schedule=schedule,
+            state=state,
+            train_set=train_set,
+            eval_set=eval_set,
+            train_idx=train_idx,
+            eval_idx=eval_idx,
+            eval_batch=eval_batch,
+            steps_per_epoch=steps_per_epoch,
+            lr=lr,
+            weight_decay=weight_decay,
+            checkpoint=checkpoint,
+            run_dir=run_dir,
+            augment=augment,
+            workers=workers,
+            world=world,
+            log=log,
+            parallel=parallel,
+            mixed=mixed,
+            feed=BatchFeed() if backend.is_gpu else None,
+        )
         with warnings.catch_warnings():  # the epoch summary names undecodable files (once, not every pass)
             warnings.simplefilter("ignore", BadImagesWarning)
             return train(loop, on_step, on_epoch_end)

@@ -34,13 +34,37 @@ from minimlp.data import Dataset, open_dataset
 from minimlp.data.augment import MixupCutmix, RandomErasing, deit_recipe, recipe_lr, repeated_augmentation_indices
 from minimlp.data.loader import default_workers
 
-__all__ = ["RECIPES", "apply_recipe", "open_datasets", "loader_workers", "epoch_order", "fixed_subset",
-           "DeviceAugment", "new_bad_files"]
+__all__ = [
+    "RECIPES",
+    "apply_recipe",
+    "open_datasets",
+    "loader_workers",
+    "epoch_order",
+    "fixed_subset",
+    "DeviceAugment",
+    "new_bad_files",
+]
 
 # Which of deit_recipe()'s entries are trainer options, under the trainer's names.
-RECIPE_ARGS = ("opt", "weight_decay", "epochs", "sched", "warmup_epochs", "warmup_lr", "min_lr", "smoothing",
-               "drop_path", "drop", "mixup", "cutmix", "mixup_prob", "mixup_switch_prob", "aa", "reprob",
-               "repeated_aug")
+RECIPE_ARGS = (
+    "opt",
+    "weight_decay",
+    "epochs",
+    "sched",
+    "warmup_epochs",
+    "warmup_lr",
+    "min_lr",
+    "smoothing",
+    "drop_path",
+    "drop",
+    "mixup",
+    "cutmix",
+    "mixup_prob",
+    "mixup_switch_prob",
+    "aa",
+    "reprob",
+    "repeated_aug",
+)
 RECIPES = ("deit",)
 
 
@@ -77,28 +101,49 @@ def loader_workers(requested: int | None, is_gpu: bool) -> int:
 
 def dataset_options(args: argparse.Namespace, split: str) -> dict[str, Any]:
     """The image options the command line set, for ``open_dataset`` (unset ones are left out)."""
-    options = {"subset": args.subset, "num_classes": args.num_classes, "class_seed": args.class_seed,
-               "per_class": args.per_class if split == "train" else None,
-               "randaugment": args.aa if split == "train" and not args.no_aug else None,
-               "crop_pct": args.crop_pct, "train_crop": args.train_crop}
+    options = {
+        "subset": args.subset,
+        "num_classes": args.num_classes,
+        "class_seed": args.class_seed,
+        "per_class": args.per_class if split == "train" else None,
+        "randaugment": args.aa if split == "train" and not args.no_aug else None,
+        "crop_pct": args.crop_pct,
+        "train_crop": args.train_crop,
+    }
     return {k: v for k, v in options.items() if v is not None}
 
 
 def open_datasets(args: argparse.Namespace, img_size: int, workers: int) -> tuple[Dataset, Dataset]:
     """The training and validation splits the command line names; the caller closes both."""
-    train_set = open_dataset(args.dataset, "train", data_dir=args.data_dir, download=args.download,
-                             workers=workers, img_size=img_size, **dataset_options(args, "train"))
+    train_set = open_dataset(
+        args.dataset,
+        "train",
+        data_dir=args.data_dir,
+        download=args.download,
+        workers=workers,
+        img_size=img_size,
+        **dataset_options(args, "train"),
+    )
     try:
-        eval_set = open_dataset(args.dataset, "val", data_dir=args.data_dir, download=args.download,
-                                workers=workers, img_size=img_size, **dataset_options(args, "val"))
+        eval_set = open_dataset(
+            args.dataset,
+            "val",
+            data_dir=args.data_dir,
+            download=args.download,
+            workers=workers,
+            img_size=img_size,
+            **dataset_options(args, "val"),
+        )
     except BaseException:
         train_set.close()
         raise
     if list(eval_set.classes) != list(train_set.classes):
         train_set.close()
         eval_set.close()
-        raise ValueError(f"the validation split has other classes than the training split ({len(eval_set.classes)} "
-                         f"vs {len(train_set.classes)}); both must come from the same class folders")
+        raise ValueError(
+            f"the validation split has other classes than the training split ({len(eval_set.classes)} "
+            f"vs {len(train_set.classes)}); both must come from the same class folders"
+        )
     return train_set, eval_set
 
 
@@ -130,8 +175,9 @@ class DeviceAugment:
         erase = RandomErasing(prob=args.reprob) if args.reprob > 0 else None
         mix = None
         if args.mixup > 0 or args.cutmix > 0:
-            mix = MixupCutmix(num_classes, args.mixup, args.cutmix, args.mixup_switch_prob, args.mixup_prob,
-                              args.smoothing)
+            mix = MixupCutmix(
+                num_classes, args.mixup, args.cutmix, args.mixup_switch_prob, args.mixup_prob, args.smoothing
+            )
         return cls(erase, mix)
 
     def describe(self) -> str:
@@ -140,13 +186,17 @@ class DeviceAugment:
             words.append(f"random erasing {self.erase.prob:g}")
         if self.mix is not None:
             m = self.mix
-            kinds = " / ".join(f"{name} {alpha:g}" for name, alpha in (("mixup", m.mixup_alpha),
-                                                                        ("cutmix", m.cutmix_alpha)) if alpha > 0)
+            kinds = " / ".join(
+                f"{name} {alpha:g}"
+                for name, alpha in (("mixup", m.mixup_alpha), ("cutmix", m.cutmix_alpha))
+                if alpha > 0
+            )
             words.append(f"{kinds} (p {m.prob:g}, soft targets)")
         return ", ".join(words)
 
-    def __call__(self, x: Any, labels: np.ndarray, rng: np.random.Generator, noise_rng: Any,
-                 smoothing: float) -> tuple[Any, Any, float]:
+    def __call__(
+        self, x: Any, labels: np.ndarray, rng: np.random.Generator, noise_rng: Any, smoothing: float
+    ) -> tuple[Any, Any, float]:
         """x (B, C, H, W) normalised on the device, labels (B,) -> (x, targets, smoothing for the loss).
 
         Targets are the labels, or (B, K) soft targets when mixup/cutmix is on; those already

@@ -16,13 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from minimlp.kernels.amp import MixedPrecision
 from minimlp.backend import to_numpy
 from minimlp.data import normalize
 from minimlp.evaluate import EvalResult, evaluate
-from minimlp.kernels.gpu import BatchFeed
 from minimlp.io.checkpoint import Checkpoint, make_meta, save_checkpoint
 from minimlp.kernels import cross_entropy_backward, cross_entropy_forward
+from minimlp.kernels.amp import MixedPrecision
+from minimlp.kernels.gpu import BatchFeed
 from minimlp.optim import LRSchedule, clip_grad_norm
 from minimlp.parallel.ddp import DistributedDataParallel
 from minimlp.parallel.mpi import World
@@ -96,8 +96,11 @@ class EpochTraining:
     seconds: float
 
 
-def train(run: Run, on_step: Callable[[RunState], bool | None] | None = None,
-          on_epoch_end: Callable[[dict[str, Any]], bool | None] | None = None) -> RunResult:
+def train(
+    run: Run,
+    on_step: Callable[[RunState], bool | None] | None = None,
+    on_epoch_end: Callable[[dict[str, Any]], bool | None] | None = None,
+) -> RunResult:
     """The epochs: train, evaluate, record, checkpoint (the second half of :func:`run`).
 
     ``on_step(state)`` and ``on_epoch_end(record)`` returning True stop the run as Ctrl-C does.
@@ -113,15 +116,19 @@ def train(run: Run, on_step: Callable[[RunState], bool | None] | None = None,
             if run.world.any(stop.requested):
                 return interrupted(run)
             eval_start = time.perf_counter()
-            result = evaluate(run.parallel or run.model, run.eval_set, run.eval_batch, run.eval_idx,
-                              should_stop=stop, world=run.world)
+            result = evaluate(
+                run.parallel or run.model, run.eval_set, run.eval_batch, run.eval_idx, should_stop=stop, world=run.world
+            )
             if result is None:
                 return interrupted(run)
             record = end_epoch(run, epoch, trained, result, time.perf_counter() - eval_start)
             if on_epoch_end is not None and on_epoch_end(record):
                 return interrupted(run)
-    best = (f"best top-1 {state.best_top1:.2f}% at epoch {state.best_epoch}" if state.best_epoch is not None
-            else "no epoch evaluated to a finite loss, so there is no best.npz")
+    best = (
+        f"best top-1 {state.best_top1:.2f}% at epoch {state.best_epoch}"
+        if state.best_epoch is not None
+        else "no epoch evaluated to a finite loss, so there is no best.npz"
+    )
     run.log(f"done: {best}; {format_duration(state.elapsed_s)} in all; checkpoints and curves in {run.run_dir}")
     return RunResult(run.run_dir, "done", run.metrics, run.model, state)
 
@@ -147,16 +154,27 @@ def open_run_dir(run: Run) -> None:
     run.log(f"run directory: {run_dir}")
 
 
-def train_epoch(run: Run, epoch: int, stop: StopRequest, on_step: Callable[[RunState], bool | None] | None
-                ) -> EpochTraining:
+def train_epoch(
+    run: Run, epoch: int, stop: StopRequest, on_step: Callable[[RunState], bool | None] | None
+) -> EpochTraining:
     """Train epoch ``epoch`` from where ``run.state`` is, until its end or a stop that every rank agrees on."""
     args, state, world, model = run.args, run.state, run.world, run.model
     order = epoch_order(run.train_idx, seed_for(args.seed, epoch, 0), args.repeated_aug)
     first = state.batch_in_epoch
-    batches = world.batches(run.train_set, order[first * args.batch_size:], args.batch_size, train=not args.no_aug,
-                            seed=seed_for(args.seed, epoch, first + 1))  # this rank's shard of each batch
-    bar = Progress(run.steps_per_epoch, f"epoch {epoch + 1}/{args.epochs}", args.log_interval, done=first,
-                   stream=world.progress_stream())
+    batches = world.batches(
+        run.train_set,
+        order[first * args.batch_size :],
+        args.batch_size,
+        train=not args.no_aug,
+        seed=seed_for(args.seed, epoch, first + 1),
+    )  # this rank's shard of each batch
+    bar = Progress(
+        run.steps_per_epoch,
+        f"epoch {epoch + 1}/{args.epochs}",
+        args.log_interval,
+        done=first,
+        stream=world.progress_stream(),
+    )
     lr = run.schedule(state.step / run.steps_per_epoch)
     totals = StepTotals(model.xp)
     # How often the step loop reads its sums back (see StepTotals): every step on NumPy, where
@@ -183,8 +201,11 @@ def train_epoch(run: Run, epoch: int, stop: StopRequest, on_step: Callable[[RunS
         if not ok:  # --amp: the float16 gradient overflowed; the loss scale was halved
             state.skipped += 1
             if run.mixed.scaler.scale < MIN_LOSS_SCALE:
-                raise Diverged(divergence_message(run.mixed.scaler.scale, state, epoch, run.steps_per_epoch, lr,
-                                                  run.run_dir, what="loss scale"))
+                raise Diverged(
+                    divergence_message(
+                        run.mixed.scaler.scale, state, epoch, run.steps_per_epoch, lr, run.run_dir, what="loss scale"
+                    )
+                )
         images_done = 0
         if totals.steps == sync_every or state.batch_in_epoch == run.steps_per_epoch:
             images_done = read_totals(totals, run, epoch, lr)
@@ -201,21 +222,31 @@ def train_epoch(run: Run, epoch: int, stop: StopRequest, on_step: Callable[[RunS
     return EpochTraining(lr, bar.images_per_second, bar.elapsed)
 
 
-def end_epoch(run: Run, epoch: int, trained: EpochTraining, result: EvalResult, eval_time: float
-              ) -> dict[str, Any]:
+def end_epoch(run: Run, epoch: int, trained: EpochTraining, result: EvalResult, eval_time: float) -> dict[str, Any]:
     """Record epoch ``epoch`` (evaluated as ``result``), advance the state, and save: its metrics record."""
     args, state, run_dir = run.args, run.state, run.run_dir
     bad = {**new_bad_files(run.train_set, run.bad_seen), **new_bad_files(run.eval_set, run.bad_seen)}
     if bad:
         shown = "\n  ".join(f"{path} ({reason})" for path, reason in list(bad.items())[:20])
-        run.log(f"skipped {len(bad)} file(s) that could not be decoded ({len(run.bad_seen)} in this run so far; "
-                f"each is left out of its batch):\n  {shown}" + ("\n  ..." if len(bad) > 20 else ""))
-    record = {"epoch": epoch + 1, "step": state.step,
-              "train_loss": state.loss_sum / max(1, state.seen),
-              "train_top1": 100.0 * state.correct / max(1, state.seen),
-              "eval_loss": result.loss, "eval_top1": result.top1, "eval_top5": result.top5,
-              "lr": trained.lr, "img_per_s": trained.images_per_second, "epoch_time_s": trained.seconds,
-              "eval_time_s": eval_time, "skipped_files": len(run.bad_seen), "elapsed_s": run.elapsed()}
+        run.log(
+            f"skipped {len(bad)} file(s) that could not be decoded ({len(run.bad_seen)} in this run so far; "
+            f"each is left out of its batch):\n  {shown}" + ("\n  ..." if len(bad) > 20 else "")
+        )
+    record = {
+        "epoch": epoch + 1,
+        "step": state.step,
+        "train_loss": state.loss_sum / max(1, state.seen),
+        "train_top1": 100.0 * state.correct / max(1, state.seen),
+        "eval_loss": result.loss,
+        "eval_top1": result.top1,
+        "eval_top5": result.top5,
+        "lr": trained.lr,
+        "img_per_s": trained.images_per_second,
+        "epoch_time_s": trained.seconds,
+        "eval_time_s": eval_time,
+        "skipped_files": len(run.bad_seen),
+        "elapsed_s": run.elapsed(),
+    }
     if run.mixed is not None:
         record.update(amp_skipped_steps=state.skipped, loss_scale=run.mixed.scaler.scale)
     record = json_record(record)  # a NaN evaluation loss becomes null
@@ -239,13 +270,19 @@ def end_epoch(run: Run, epoch: int, trained: EpochTraining, result: EvalResult, 
         with writing(run_dir / "curves.png", run_dir):
             plot_curves(run.metrics, run_dir / "curves.png")
     top5 = f"  top-5 {result.top5:.2f}%" if result.top5 is not None else ""
-    run.log(f"epoch {epoch + 1}/{args.epochs}: train loss {record['train_loss']:.4f}  "
-            f"eval loss {result.loss:.4f}  top-1 {result.top1:.2f}%{top5}  ({record['img_per_s']:.0f} img/s, "
-            f"epoch {format_duration(trained.seconds)}, eval {format_duration(eval_time)}, "
-            f"total {format_duration(record['elapsed_s'])})"
-            + (f"  [float16: {record['amp_skipped_steps']} step(s) skipped for overflow, loss scale "
-               f"{record['loss_scale']:g}]" if run.mixed is not None else "")
-            + ("  * best" if improved else ""))
+    run.log(
+        f"epoch {epoch + 1}/{args.epochs}: train loss {record['train_loss']:.4f}  "
+        f"eval loss {result.loss:.4f}  top-1 {result.top1:.2f}%{top5}  ({record['img_per_s']:.0f} img/s, "
+        f"epoch {format_duration(trained.seconds)}, eval {format_duration(eval_time)}, "
+        f"total {format_duration(record['elapsed_s'])})"
+        + (
+            f"  [float16: {record['amp_skipped_steps']} step(s) skipped for overflow, loss scale "
+            f"{record['loss_scale']:g}]"
+            if run.mixed is not None
+            else ""
+        )
+        + ("  * best" if improved else "")
+    )
     return record
 
 
@@ -255,15 +292,23 @@ def save(run: Run, path: Path) -> None:
         return
     args, state, model, optimizer = run.args, run.state, run.model, run.optimizer
     class_map = run.train_set.class_info() if hasattr(run.train_set, "class_info") else None
-    meta = make_meta(model.config_dict(), epoch=state.epoch, step=state.step, classes=run.train_set.classes,
-                     rng={"model": rng_state(model.rng), "data": {"seed": args.seed, "epoch": state.epoch,
-                                                                  "batch_in_epoch": state.batch_in_epoch}},
-                     args=vars(args),
-                     optimizer={"name": optimizer.name, "hyperparameters": optimizer.hyperparameters(),
-                                "step": optimizer.steps},
-                     data=data_transform(args, run.train_set, run.eval_set), class_map=class_map,
-                     run=dataclasses.asdict(state), metrics=run.metrics,
-                     **({"amp": run.mixed.scaler.state_dict()} if run.mixed is not None else {}))
+    meta = make_meta(
+        model.config_dict(),
+        epoch=state.epoch,
+        step=state.step,
+        classes=run.train_set.classes,
+        rng={
+            "model": rng_state(model.rng),
+            "data": {"seed": args.seed, "epoch": state.epoch, "batch_in_epoch": state.batch_in_epoch},
+        },
+        args=vars(args),
+        optimizer={"name": optimizer.name, "hyperparameters": optimizer.hyperparameters(), "step": optimizer.steps},
+        data=data_transform(args, run.train_set, run.eval_set),
+        class_map=class_map,
+        run=dataclasses.asdict(state),
+        metrics=run.metrics,
+        **({"amp": run.mixed.scaler.state_dict()} if run.mixed is not None else {}),
+    )
     with writing(path, run.run_dir):
         save_checkpoint(path, model.params, meta, optimizer.state_dict())
 
@@ -278,8 +323,10 @@ def interrupted(run: Run) -> RunResult:
     """Save where the run stopped (Ctrl-C, SIGUSR1, a hook) so that --resume continues it."""
     check_finite(run, run.state.epoch)
     save(run, run.run_dir / "last.npz")
-    run.log(f"stopped at epoch {run.state.epoch + 1}, step {run.state.step}; saved {run.run_dir / 'last.npz'}. "
-            f"Continue with: python -m minimlp.train --resume {run.run_dir}")
+    run.log(
+        f"stopped at epoch {run.state.epoch + 1}, step {run.state.step}; saved {run.run_dir / 'last.npz'}. "
+        f"Continue with: python -m minimlp.train --resume {run.run_dir}"
+    )
     return RunResult(run.run_dir, "interrupted", run.metrics, run.model, run.state)
 
 
@@ -354,15 +401,22 @@ def read_totals(totals: StepTotals, run: Run, epoch: int, lr: float) -> int:
         return 0
     steps, state = totals.steps, run.state
     loss_sum, correct, norm_sum = totals.read()
-    loss_sum, correct, count = run.world.sum(np.array([loss_sum, correct, totals.count]),
-                                             "summing the loss and accuracy")
+    loss_sum, correct, count = run.world.sum(
+        np.array([loss_sum, correct, totals.count]), "summing the loss and accuracy"
+    )
     totals.clear()
     if not math.isfinite(loss_sum):
-        raise Diverged(divergence_message(loss_sum / max(count, 1), state, epoch, run.steps_per_epoch, lr,
-                                          run.run_dir, steps=steps))
+        raise Diverged(
+            divergence_message(
+                loss_sum / max(count, 1), state, epoch, run.steps_per_epoch, lr, run.run_dir, steps=steps
+            )
+        )
     if not math.isfinite(norm_sum):
-        raise Diverged(divergence_message(norm_sum / steps, state, epoch, run.steps_per_epoch, lr, run.run_dir,
-                                          what="gradient norm", steps=steps))
+        raise Diverged(
+            divergence_message(
+                norm_sum / steps, state, epoch, run.steps_per_epoch, lr, run.run_dir, what="gradient norm", steps=steps
+            )
+        )
     state.loss_sum += float(loss_sum)
     state.correct += int(correct)
     state.seen += int(count)
@@ -438,8 +492,11 @@ class StopRequest:
         self.requested = True
         if self.announce:
             what = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-            print(f"\n{what}: stopping after this step and saving a resumable checkpoint "
-                  "(Ctrl-C again to quit at once)", file=sys.stderr, flush=True)
+            print(
+                f"\n{what}: stopping after this step and saving a resumable checkpoint (Ctrl-C again to quit at once)",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
@@ -451,25 +508,45 @@ class StopRequest:
             signal.signal(s, previous)
 
 
-def divergence_message(value: float, state: RunState, epoch: int, steps_per_epoch: int, lr: float, run_dir: Path,
-                       what: str = "loss", steps: int = 1) -> str:
+def divergence_message(
+    value: float,
+    state: RunState,
+    epoch: int,
+    steps_per_epoch: int,
+    lr: float,
+    run_dir: Path,
+    what: str = "loss",
+    steps: int = 1,
+) -> str:
     """Why the run stopped, after the step ``state.step``; ``steps`` > 1: somewhere in the last ``steps``
     steps (a GPU run reads its losses once per log interval)."""
     last = run_dir / "last.npz"
-    saved = (f"{last} still holds the last good state (epoch {state.epoch}); continue from it with "
-             f"--resume {run_dir} and a lower --lr" if last.is_file() else "no checkpoint had been written yet")
+    saved = (
+        f"{last} still holds the last good state (epoch {state.epoch}); continue from it with "
+        f"--resume {run_dir} and a lower --lr"
+        if last.is_file()
+        else "no checkpoint had been written yet"
+    )
     where = f"at step {state.step}" if steps == 1 else f"in one of steps {state.step - steps + 1}-{state.step}"
-    return (f"the {what} became {value} {where} (epoch {epoch + 1}, batch "
-            f"{state.batch_in_epoch}/{steps_per_epoch}, learning rate {lr:.3g}). The learning rate is most "
-            f"likely too high for this model and batch size: try --lr {lr / 4:.2g}, a longer --warmup-epochs, "
-            f"or --clip-grad 1.0. Nothing was saved after the failure: {saved}.")
+    return (
+        f"the {what} became {value} {where} (epoch {epoch + 1}, batch "
+        f"{state.batch_in_epoch}/{steps_per_epoch}, learning rate {lr:.3g}). The learning rate is most "
+        f"likely too high for this model and batch size: try --lr {lr / 4:.2g}, a longer --warmup-epochs, "
+        f"or --clip-grad 1.0. Nothing was saved after the failure: {saved}."
+    )
 
 
 def nonfinite_message(state: RunState, epoch: int, steps_per_epoch: int, run_dir: Path) -> str:
     last = run_dir / "last.npz"
-    saved = (f"{last} still holds the last good state (epoch {state.epoch}); continue from it with "
-             f"--resume {run_dir} and a lower --lr" if last.is_file() else "no checkpoint had been written yet")
-    return (f"the weights became non-finite at step {state.step} (epoch {epoch + 1}, batch "
-            f"{state.batch_in_epoch}/{steps_per_epoch}; its loss was finite, its update was not). The learning "
-            f"rate is most likely too high for this model and batch size: try a lower --lr, a longer "
-            f"--warmup-epochs, or --clip-grad 1.0. Nothing was saved after the failure: {saved}.")
+    saved = (
+        f"{last} still holds the last good state (epoch {state.epoch}); continue from it with "
+        f"--resume {run_dir} and a lower --lr"
+        if last.is_file()
+        else "no checkpoint had been written yet"
+    )
+    return (
+        f"the weights became non-finite at step {state.step} (epoch {epoch + 1}, batch "
+        f"{state.batch_in_epoch}/{steps_per_epoch}; its loss was finite, its update was not). The learning "
+        f"rate is most likely too high for this model and batch size: try a lower --lr, a longer "
+        f"--warmup-epochs, or --clip-grad 1.0. Nothing was saved after the failure: {saved}."
+    )

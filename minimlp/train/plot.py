@@ -20,8 +20,16 @@ from dataclasses import dataclass, field
 from PIL import Image, ImageDraw, ImageFont
 
 # A colour-blind-friendly palette (Okabe and Ito).
-COLORS = ((0, 114, 178), (213, 94, 0), (0, 158, 115), (204, 121, 167), (230, 159, 0), (86, 180, 233),
-          (0, 0, 0), (240, 228, 66))
+COLORS = (
+    (0, 114, 178),
+    (213, 94, 0),
+    (0, 158, 115),
+    (204, 121, 167),
+    (230, 159, 0),
+    (86, 180, 233),
+    (0, 0, 0),
+    (240, 228, 66),
+)
 BACKGROUND, INK, GRID = (255, 255, 255), (30, 30, 30), (225, 225, 225)
 
 
@@ -88,8 +96,7 @@ def _draw_panel(draw: ImageDraw.ImageDraw, font, panel: Panel, box: tuple[int, i
     yt = nice_ticks(min(ys), max(ys)) if ys else [0.0, 1.0]
 
     def to_px(x: float, y: float) -> tuple[float, float]:
-        return (x0 + (x - xt[0]) / (xt[-1] - xt[0]) * (x1 - x0),
-                y1 - (y - yt[0]) / (yt[-1] - yt[0]) * (y1 - y0))
+        return (x0 + (x - xt[0]) / (xt[-1] - xt[0]) * (x1 - x0), y1 - (y - yt[0]) / (yt[-1] - yt[0]) * (y1 - y0))
 
     for value in xt:
         px = to_px(value, yt[0])[0]
@@ -150,8 +157,13 @@ def plot_curves(metrics: Sequence[dict], path: str | os.PathLike) -> str:
         points = [(float(m["epoch"]), float(m[key])) for m in metrics if m.get(key) is not None]
         return [Series(label, [x for x, _ in points], [y for _, y in points])] if points else []
 
-    loss = Panel("loss", "epoch", "loss", series("train_loss", "train") + series("eval_loss", "eval"),
-                 legend="upper right")
-    accuracy = Panel("accuracy", "epoch", "%", series("train_top1", "train top-1")
-                     + series("eval_top1", "eval top-1") + series("eval_top5", "eval top-5"))
+    loss = Panel(
+        "loss", "epoch", "loss", series("train_loss", "train") + series("eval_loss", "eval"), legend="upper right"
+    )
+    accuracy = Panel(
+        "accuracy",
+        "epoch",
+        "%",
+        series("train_top1", "train top-1") + series("eval_top1", "eval top-1") + series("eval_top5", "eval top-5"),
+    )
     return line_chart([loss, accuracy], path)

@@ -21,8 +21,9 @@ def format_duration(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
-def print_warning(message: Any, category: type, filename: str, lineno: int, file: Any = None,
-                  line: str | None = None) -> None:
+def print_warning(
+    message: Any, category: type, filename: str, lineno: int, file: Any = None, line: str | None = None
+) -> None:
     """A ``warnings.showwarning`` for the commands: one plain line (a left-out file, an empty class folder)."""
     print(f"warning: {message}", file=sys.stderr)
 
@@ -30,8 +31,9 @@ def print_warning(message: Any, category: type, filename: str, lineno: int, file
 class Progress:
     """``bar = Progress(total, "epoch 1/10")``; ``bar.update(images=B, loss=..., lr=...)``; ``bar.close()``."""
 
-    def __init__(self, total: int, prefix: str, interval: int = 50, stream: IO[str] | None = None,
-                 done: int = 0, width: int = 24) -> None:
+    def __init__(
+        self, total: int, prefix: str, interval: int = 50, stream: IO[str] | None = None, done: int = 0, width: int = 24
+    ) -> None:
         self.total, self.prefix, self.interval, self.width = total, prefix, max(1, interval), width
         self.stream = stream or sys.stderr
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
@@ -65,8 +67,9 @@ class Progress:
         if "lr" in self.fields:
             parts.append(f"lr {self.fields['lr']:.2e}")
         parts.append(f"{self.images_per_second:.0f} img/s")
-        parts.append(f"ETA {format_duration(self.eta())}" if self.done < self.total
-                     else f"in {format_duration(self.elapsed)}")
+        parts.append(
+            f"ETA {format_duration(self.eta())}" if self.done < self.total else f"in {format_duration(self.elapsed)}"
+        )
         return "  ".join(parts)
 
     def update(self, images: int = 0, **fields: Any) -> None:

@@ -116,11 +116,14 @@ def read_metrics(path: Path, before_epoch: int | None = None, required: tuple[st
         except json.JSONDecodeError as exc:
             if number == len(lines):  # no newline after it: cut off mid-write
                 break
-            raise TrainingError(f"{path}, line {number}: not a JSON record ({exc.msg}); delete the line or the "
-                                "file to resume") from None
+            raise TrainingError(
+                f"{path}, line {number}: not a JSON record ({exc.msg}); delete the line or the file to resume"
+            ) from None
         if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
-            raise TrainingError(f"{path}, line {number}: not an epoch's record (no integer 'epoch'); delete the "
-                                "line or the file to resume")
+            raise TrainingError(
+                f"{path}, line {number}: not an epoch's record (no integer 'epoch'); delete the "
+                "line or the file to resume"
+            )
         missing = [k for k in required if k not in record]
         if missing:
             raise TrainingError(f"{path}, line {number}: missing {', '.join(missing)}")
@@ -140,10 +143,11 @@ def writing(path: Path, run_dir: Path) -> Iterator[None]:
         yield
     except OSError as exc:
         reason = exc.strerror or str(exc)
-        hint = (f"; continue with --resume {run_dir} once it can be written" if (run_dir / "last.npz").is_file()
-                else "")
-        raise RunDirError(f"cannot write {path}: {reason}. Nothing saved before is lost (each file is replaced "
-                          f"only once its new version is complete){hint}") from None
+        hint = f"; continue with --resume {run_dir} once it can be written" if (run_dir / "last.npz").is_file() else ""
+        raise RunDirError(
+            f"cannot write {path}: {reason}. Nothing saved before is lost (each file is replaced "
+            f"only once its new version is complete){hint}"
+        ) from None
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -184,8 +188,10 @@ def resume_checkpoint(args: argparse.Namespace, explicit: set[str]) -> Checkpoin
         if key not in explicit and key not in NOT_RESUMED and hasattr(args, key):
             problem = argument_problem(actions.get(key), value)
             if problem:
-                raise CheckpointError(f"{checkpoint.path}: the run's argument {key} = {value!r} is invalid "
-                                      f"({problem}); give --{key.replace('_', '-')} on the command line")
+                raise CheckpointError(
+                    f"{checkpoint.path}: the run's argument {key} = {value!r} is invalid "
+                    f"({problem}); give --{key.replace('_', '-')} on the command line"
+                )
             setattr(args, key, value)  # ... unless given again on this command line
     return checkpoint
 
@@ -203,7 +209,8 @@ def check_run_records(checkpoint: Checkpoint) -> None:
         if not isinstance(meta.get(key, {}), dict):
             refuse(f"its {key!r} record is a {type(meta[key]).__name__}, not a dict")
     if not isinstance(meta.get("metrics", []), list) or not all(
-            isinstance(m, dict) and isinstance(m.get("epoch"), int) for m in meta.get("metrics", [])):
+        isinstance(m, dict) and isinstance(m.get("epoch"), int) for m in meta.get("metrics", [])
+    ):
         refuse("its 'metrics' record is not a list of epoch records")
     fields = {f.name: f.type for f in dataclasses.fields(RunState)}
     run = meta.get("run", {})
@@ -214,16 +221,23 @@ def check_run_records(checkpoint: Checkpoint) -> None:
         kind = int if fields[name].startswith("int") else (int, float)
         if value is None and "None" in fields[name]:
             continue
-        if (isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value)
-                or value < 0):
+        if isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value) or value < 0:
             refuse(f"its 'run' record has {name} = {value!r}, not a non-negative {fields[name]}")
     if not all(np.isfinite(a).all() for a in checkpoint.params.values()):
-        raise CheckpointError(f"{path}: its weights are not finite (saved by a run that diverged); resume from an "
-                              "earlier checkpoint, such as best.npz")
+        raise CheckpointError(
+            f"{path}: its weights are not finite (saved by a run that diverged); resume from an "
+            "earlier checkpoint, such as best.npz"
+        )
 
 
-def restore_state(checkpoint: Checkpoint, model: Any, optimizer: Any, args: argparse.Namespace,
-                  steps_per_epoch: int, log: Callable[[str], None]) -> RunState:
+def restore_state(
+    checkpoint: Checkpoint,
+    model: Any,
+    optimizer: Any,
+    args: argparse.Namespace,
+    steps_per_epoch: int,
+    log: Callable[[str], None],
+) -> RunState:
     """Where the checkpoint's run stopped: its RunState, optimizer state and dropout RNG."""
     state = RunState(**checkpoint.meta.get("run", {}))
     opt_meta = checkpoint.meta.get("optimizer", {})
@@ -239,8 +253,10 @@ def restore_state(checkpoint: Checkpoint, model: Any, optimizer: Any, args: argp
             raise CheckpointError(f"{checkpoint.path}: its 'rng' record is not a generator state ({exc})") from None
     else:  # no exportable state (CuPy): a fresh stream, still a function of seed and step
         model.seed(seed_for(args.seed, state.step, 3))
-    log(f"resumed from {checkpoint.path}: epoch {state.epoch}, step {state.step}"
-        + (f", batch {state.batch_in_epoch}/{steps_per_epoch}" if state.batch_in_epoch else ""))
+    log(
+        f"resumed from {checkpoint.path}: epoch {state.epoch}, step {state.step}"
+        + (f", batch {state.batch_in_epoch}/{steps_per_epoch}" if state.batch_in_epoch else "")
+    )
     return state
 
 
@@ -252,9 +268,14 @@ def data_transform(args: argparse.Namespace, train_set: Any, eval_set: Any) -> d
     (x / 255 - mean) / std per channel.
     """
     crop_pct = getattr(eval_set, "crop_pct", None)
-    return {"name": args.dataset or "auto", "mean": list(train_set.mean), "std": list(train_set.std),
-            "image_shape": list(train_set.image_shape), "crop_pct": None if crop_pct is None else float(crop_pct),
-            "interpolation": "bicubic"}
+    return {
+        "name": args.dataset or "auto",
+        "mean": list(train_set.mean),
+        "std": list(train_set.std),
+        "image_shape": list(train_set.image_shape),
+        "crop_pct": None if crop_pct is None else float(crop_pct),
+        "interpolation": "bicubic",
+    }
 
 
 def checkpoint_step(path: Path) -> int | None:

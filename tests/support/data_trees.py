@@ -21,8 +21,9 @@ EMPTY_WNID = "n03000684"  # chain saw: a train folder with no images
 SIZES = ((160, 120), (96, 144), (200, 90), (128, 128), (300, 225))
 
 
-def build_tree(root: Path, train_per_class: int = 5, val_per_class: int = 2, awkward: bool = True,
-               seed: int = 0) -> dict[str, Path]:
+def build_tree(
+    root: Path, train_per_class: int = 5, val_per_class: int = 2, awkward: bool = True, seed: int = 0
+) -> dict[str, Path]:
     rng = np.random.default_rng(seed)
     n = 0
     for split, count in (("train", train_per_class), ("val", val_per_class)):

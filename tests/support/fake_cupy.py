@@ -170,24 +170,29 @@ def _call(fn: Any, args: tuple, kwargs: dict, convert=_operand) -> Any:
     return _wrap(fn(*args, **kwargs))
 
 
-_IMPLICIT = ("Implicit conversion to a NumPy array is not allowed. "
-             "Please use `.get()` to construct a NumPy array explicitly.")
+_IMPLICIT = (
+    "Implicit conversion to a NumPy array is not allowed. Please use `.get()` to construct a NumPy array explicitly."
+)
 
 
 def _implicit(a: ndarray, what: str) -> np.ndarray:
     """The host value behind float(d), int(d), ...: refused, or (not strict) read and counted as CuPy does."""
     if STATE.strict:
-        raise TypeError(f"{what} of a device array would copy it to the host implicitly (a hidden host "
-                        "sync on a GPU); read it explicitly with .get(), .item() or cupy.asnumpy()")
+        raise TypeError(
+            f"{what} of a device array would copy it to the host implicitly (a hidden host "
+            "sync on a GPU); read it explicitly with .get(), .item() or cupy.asnumpy()"
+        )
     _count_sync()
     return a._a
 
 
 # Methods of cupy.ndarray that behave as NumPy's and that minimlp (or its tests) use.
-_METHODS = frozenset("""
+_METHODS = frozenset(
+    """
     reshape transpose swapaxes astype copy ravel flatten squeeze view sum mean max min argmax argmin
     all any var std prod cumsum clip dot fill repeat take argsort sort nonzero round
-""".split())
+""".split()
+)
 _ATTRIBUTES = frozenset("shape dtype ndim size nbytes itemsize strides flags".split())
 
 
@@ -224,8 +229,9 @@ class ndarray:  # noqa: N801  (CuPy's name)
         return Device(0)
 
     # Explicit transfers.
-    def get(self, stream: Any = None, order: str = "C", out: np.ndarray | None = None,
-            blocking: bool = True) -> np.ndarray:
+    def get(
+        self, stream: Any = None, order: str = "C", out: np.ndarray | None = None, blocking: bool = True
+    ) -> np.ndarray:
         _count_sync()
         if out is not None:
             np.copyto(out, self._a)
@@ -315,22 +321,40 @@ def _binary(np_func: Any, reflected: bool = False, inplace: bool = False) -> Any
     return op
 
 
-for _name, _func in {"add": np.add, "sub": np.subtract, "mul": np.multiply, "truediv": np.true_divide,
-                     "floordiv": np.floor_divide, "mod": np.remainder, "pow": np.power, "matmul": np.matmul,
-                     "and": np.bitwise_and, "or": np.bitwise_or, "xor": np.bitwise_xor,
-                     "lshift": np.left_shift, "rshift": np.right_shift}.items():
+for _name, _func in {
+    "add": np.add,
+    "sub": np.subtract,
+    "mul": np.multiply,
+    "truediv": np.true_divide,
+    "floordiv": np.floor_divide,
+    "mod": np.remainder,
+    "pow": np.power,
+    "matmul": np.matmul,
+    "and": np.bitwise_and,
+    "or": np.bitwise_or,
+    "xor": np.bitwise_xor,
+    "lshift": np.left_shift,
+    "rshift": np.right_shift,
+}.items():
     setattr(ndarray, f"__{_name}__", _binary(_func))
     setattr(ndarray, f"__r{_name}__", _binary(_func, reflected=True))
     setattr(ndarray, f"__i{_name}__", _binary(_func, inplace=True))
-for _name, _func in {"lt": np.less, "le": np.less_equal, "eq": np.equal, "ne": np.not_equal,
-                     "gt": np.greater, "ge": np.greater_equal}.items():
+for _name, _func in {
+    "lt": np.less,
+    "le": np.less_equal,
+    "eq": np.equal,
+    "ne": np.not_equal,
+    "gt": np.greater,
+    "ge": np.greater_equal,
+}.items():
     setattr(ndarray, f"__{_name}__", _binary(_func))
 for _name, _func in {"neg": np.negative, "pos": np.positive, "abs": np.absolute, "invert": np.invert}.items():
     setattr(ndarray, f"__{_name}__", lambda self, f=_func: _wrap(f(self._a)))
 
 
-def asnumpy(a: Any, stream: Any = None, order: str = "C", out: np.ndarray | None = None,
-            blocking: bool = True) -> np.ndarray:
+def asnumpy(
+    a: Any, stream: Any = None, order: str = "C", out: np.ndarray | None = None, blocking: bool = True
+) -> np.ndarray:
     if isinstance(a, ndarray):
         return a.get(out=out, order=order)
     if out is not None:
@@ -347,18 +371,39 @@ def get_array_module(*args: Any) -> types.ModuleType:
 # Module-level functions: NumPy's, on device arrays.  Creation functions accept host data
 # (an upload); the others refuse host arrays.
 # --------------------------------------------------------------------------------------
-_CREATION = frozenset("asarray array ascontiguousarray empty empty_like zeros zeros_like ones ones_like full "
-                      "full_like arange linspace eye".split())
-_FUNCTIONS = _CREATION | frozenset("""
+_CREATION = frozenset(
+    "asarray array ascontiguousarray empty empty_like zeros zeros_like ones ones_like full "
+    "full_like arange linspace eye".split()
+)
+_FUNCTIONS = _CREATION | frozenset(
+    """
     exp log log1p expm1 sqrt square tanh sin cos abs absolute sign negative reciprocal power
     add subtract multiply divide true_divide maximum minimum fmax fmin where clip isfinite isnan isinf
     logical_and logical_or logical_not greater greater_equal less less_equal equal not_equal
     dot matmul concatenate stack broadcast_to transpose reshape swapaxes moveaxis expand_dims squeeze
     sum mean max amax min amin argmax argmin argsort sort cumsum prod any all count_nonzero copyto
     floor ceil rint round
-""".split())
-_DTYPES = ("float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
-           "uint64", "bool_", "dtype", "newaxis", "pi", "inf", "nan")
+""".split()
+)
+_DTYPES = (
+    "float16",
+    "float32",
+    "float64",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+    "bool_",
+    "dtype",
+    "newaxis",
+    "pi",
+    "inf",
+    "nan",
+)
 
 
 def _module_function(name: str) -> Any:
@@ -395,8 +440,9 @@ class Generator:
     def uniform(self, low: float = 0.0, high: float = 1.0, size: Any = None, dtype: Any = np.float64) -> Any:
         return _wrap(np.asarray(self._rng.uniform(low, high, size)).astype(dtype))
 
-    def integers(self, low: int, high: int | None = None, size: Any = None, dtype: Any = np.int64,
-                 endpoint: bool = False) -> Any:
+    def integers(
+        self, low: int, high: int | None = None, size: Any = None, dtype: Any = np.int64, endpoint: bool = False
+    ) -> Any:
         return _wrap(np.asarray(self._rng.integers(low, high, size, dtype=dtype, endpoint=endpoint)))
 
     def beta(self, a: float, b: float, size: Any = None, dtype: Any = np.float64) -> Any:
@@ -566,8 +612,14 @@ def _runtime_module() -> types.ModuleType:
     def get_device_properties(device: int) -> dict[str, Any]:
         _check_device(device)
         major, minor = STATE.compute_capability[:-1], STATE.compute_capability[-1]
-        return {"name": DEVICE_NAME.encode(), "totalGlobalMem": 1 << 30, "major": int(major),
-                "minor": int(minor), "multiProcessorCount": 1, "clockRate": 1_000_000}
+        return {
+            "name": DEVICE_NAME.encode(),
+            "totalGlobalMem": 1 << 30,
+            "major": int(major),
+            "minor": int(minor),
+            "multiProcessorCount": 1,
+            "clockRate": 1_000_000,
+        }
 
     m.getDeviceProperties = get_device_properties
     return _strict(m)
@@ -591,6 +643,7 @@ def _cuda_module() -> types.ModuleType:
 # --------------------------------------------------------------------------------------
 def _strict(module: types.ModuleType) -> types.ModuleType:
     """Make a missing attribute an AttributeError that says the stand-in lacks it."""
+
     def missing(name: str) -> Any:
         raise AttributeError(f"the CuPy stand-in does not model {module.__name__}.{name}")
 
@@ -631,8 +684,7 @@ def _build_modules() -> dict[str, types.ModuleType]:
     core = _strict(types.ModuleType("cupy._core"))
     core.__path__ = []
     linalg = _strict(types.ModuleType("cupy._core._routines_linalg"))
-    linalg.set_compute_type = lambda dtype, compute_type: STATE.compute_types.__setitem__(np.dtype(dtype),
-                                                                                        compute_type)
+    linalg.set_compute_type = lambda dtype, compute_type: STATE.compute_types.__setitem__(np.dtype(dtype), compute_type)
     linalg.get_compute_type = lambda dtype: STATE.compute_types.get(np.dtype(dtype), 1)
     core._routines_linalg = linalg
     cupy._core = core
@@ -649,10 +701,19 @@ def _build_modules() -> dict[str, types.ModuleType]:
     scipy.special = _strict(special)
     cupyx.scipy = _strict(scipy)
     _strict(cupyx)
-    return {"cupy": cupy, "cupy.random": cupy.random, "cupy.cuda": cupy.cuda,
-            "cupy.cuda.runtime": cupy.cuda.runtime, "cupy.cuda.compiler": cupy.cuda.compiler,
-            "cupy.cuda.nvrtc": cupy.cuda.nvrtc, "cupy._core": core, "cupy._core._routines_linalg": linalg,
-            "cupyx": cupyx, "cupyx.scipy": scipy, "cupyx.scipy.special": special}
+    return {
+        "cupy": cupy,
+        "cupy.random": cupy.random,
+        "cupy.cuda": cupy.cuda,
+        "cupy.cuda.runtime": cupy.cuda.runtime,
+        "cupy.cuda.compiler": cupy.cuda.compiler,
+        "cupy.cuda.nvrtc": cupy.cuda.nvrtc,
+        "cupy._core": core,
+        "cupy._core._routines_linalg": linalg,
+        "cupyx": cupyx,
+        "cupyx.scipy": scipy,
+        "cupyx.scipy.special": special,
+    }
 
 
 def _is_cupy_module(name: str) -> bool:  # CuPy's modules, and minimlp's that import CuPy at the top
@@ -691,4 +752,3 @@ def uninstall(saved: dict[str, Any]) -> None:
         parent, _, child = name.rpartition(".")
         if parent in sys.modules:
             setattr(sys.modules[parent], child, module)
-

@@ -23,11 +23,36 @@ from support.fake_cupy import CompileException, _unsupported, _wrap, ndarray
 # --------------------------------------------------------------------------------------
 # User kernels: CuPy's parameter lists and typing, and the kernel bodies read as C.
 # --------------------------------------------------------------------------------------
-_C_TYPES = {"float": np.float32, "double": np.float64, "float16": np.float16, "half": np.float16,
-            "int": np.int32, "long long": np.int64, "bool": np.bool_, "unsigned int": np.uint32,
-            "signed char": np.int8, "unsigned char": np.uint8, "short": np.int16, "long": np.int64}
-_DTYPE_NAMES = {"float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16",
-                "uint32", "uint64", "bool", "complex64", "complex128"}
+_C_TYPES = {
+    "float": np.float32,
+    "double": np.float64,
+    "float16": np.float16,
+    "half": np.float16,
+    "int": np.int32,
+    "long long": np.int64,
+    "bool": np.bool_,
+    "unsigned int": np.uint32,
+    "signed char": np.int8,
+    "unsigned char": np.uint8,
+    "short": np.int16,
+    "long": np.int64,
+}
+_DTYPE_NAMES = {
+    "float16",
+    "float32",
+    "float64",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+    "bool",
+    "complex64",
+    "complex128",
+}
 
 
 class ParameterInfo:
@@ -44,8 +69,9 @@ class ParameterInfo:
         self.is_const = is_const
         if type_name in _DTYPE_NAMES:
             self.dtype = np.dtype(type_name)
-            self.ctype = {np.float32: "float", np.float64: "double", np.float16: "float16",
-                          np.bool_: "bool"}.get(self.dtype.type, type_name)
+            self.ctype = {np.float32: "float", np.float64: "double", np.float16: "float16", np.bool_: "bool"}.get(
+                self.dtype.type, type_name
+            )
         elif type_name.isidentifier():
             self.dtype, self.ctype = None, type_name
         else:
@@ -87,8 +113,10 @@ def _param_dtype(p: ParameterInfo, types_: dict[str, np.dtype]) -> np.dtype:
 
 def _kernel_args(args: tuple, nin: int, nargs: int, name: str) -> tuple[list, list]:
     if len(args) not in (nin, nargs):
-        raise TypeError(f"Wrong number of arguments for {name!r}. It must be either {nin} or {nargs} "
-                        f"(with outputs), but given {len(args)}.")
+        raise TypeError(
+            f"Wrong number of arguments for {name!r}. It must be either {nin} or {nargs} "
+            f"(with outputs), but given {len(args)}."
+        )
     converted = []
     for a in args:
         if isinstance(a, ndarray):
@@ -109,9 +137,18 @@ class _Indexer:
 
 
 class ElementwiseKernel:
-    def __init__(self, in_params: str, out_params: str, operation: str, name: str = "kernel",
-                 reduce_dims: bool = True, preamble: str = "", no_return: bool = False,
-                 return_tuple: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        in_params: str,
+        out_params: str,
+        operation: str,
+        name: str = "kernel",
+        reduce_dims: bool = True,
+        preamble: str = "",
+        no_return: bool = False,
+        return_tuple: bool = False,
+        **kwargs: Any,
+    ) -> None:
         if preamble or kwargs.get("loop_prep") or kwargs.get("after_loop"):
             raise NotImplementedError("the CuPy stand-in does not model kernel preambles or loop code")
         self.in_params, self.out_params = _params(in_params, True), _params(out_params, False)
@@ -119,8 +156,13 @@ class ElementwiseKernel:
         self.nin, self.nout, self.nargs = len(self.in_params), len(self.out_params), len(self.params)
         self.operation, self.name = operation, name
         self.no_return, self.return_tuple = no_return, return_tuple
-        self._program = _Program(operation, [p.name for p in self.in_params], [p.name for p in self.out_params],
-                                 self.name, {p.ctype for p in self.params})
+        self._program = _Program(
+            operation,
+            [p.name for p in self.in_params],
+            [p.name for p in self.out_params],
+            self.name,
+            {p.ctype for p in self.params},
+        )
 
     def __call__(self, *args: Any, size: int | None = None, stream: Any = None, block_size: int = 128) -> Any:
         if size is not None or any(p.raw for p in self.params):
@@ -152,9 +194,20 @@ def _as_param(a: Any, dtype: np.dtype) -> Any:
 
 
 class ReductionKernel:
-    def __init__(self, in_params: str, out_params: str, map_expr: str, reduce_expr: str, post_map_expr: str,
-                 identity: Any, name: str = "reduce_kernel", reduce_type: str | None = None,
-                 reduce_dims: bool = True, preamble: str = "", options: tuple = ()) -> None:
+    def __init__(
+        self,
+        in_params: str,
+        out_params: str,
+        map_expr: str,
+        reduce_expr: str,
+        post_map_expr: str,
+        identity: Any,
+        name: str = "reduce_kernel",
+        reduce_type: str | None = None,
+        reduce_dims: bool = True,
+        preamble: str = "",
+        options: tuple = (),
+    ) -> None:
         if preamble:
             raise NotImplementedError("the CuPy stand-in does not model kernel preambles")
         self.in_params, self.out_params = _params(in_params, True), _params(out_params, False)
@@ -166,8 +219,9 @@ class ReductionKernel:
         self.reduce_type = self.out_params[0].ctype if reduce_type is None else reduce_type
         self._reducer = _reducer(reduce_expr)
 
-    def __call__(self, *args: Any, out: Any = None, axis: Any = None, keepdims: bool = False,
-                 stream: Any = None) -> Any:
+    def __call__(
+        self, *args: Any, out: Any = None, axis: Any = None, keepdims: bool = False, stream: Any = None
+    ) -> Any:
         in_args, out_args = _kernel_args(args, self.nin, self.nargs, self.name)
         if out is not None:
             if self.nout != 1:
@@ -181,16 +235,21 @@ class ReductionKernel:
         if not arrays:
             raise ValueError("Loop size is undecided.")
         shape = np.broadcast_shapes(*(a.shape for a in arrays))
-        in_args = [np.broadcast_to(a, shape) if isinstance(a, np.ndarray) and a.shape != shape else a
-                   for a in in_args]
+        in_args = [np.broadcast_to(a, shape) if isinstance(a, np.ndarray) and a.shape != shape else a for a in in_args]
         types_ = _decide_types(self.in_params, self.out_params, in_args, out_args)
         ndim = len(shape)
-        axes = tuple(range(ndim)) if axis is None else tuple(
-            a % ndim if -ndim <= a < ndim else _axis_error(a, ndim) for a in np.atleast_1d(axis).tolist())
+        axes = (
+            tuple(range(ndim))
+            if axis is None
+            else tuple(a % ndim if -ndim <= a < ndim else _axis_error(a, ndim) for a in np.atleast_1d(axis).tolist())
+        )
         reduce_axis = tuple(sorted(set(axes)))
         out_axis = tuple(i for i in range(ndim) if i not in reduce_axis)
-        out_shape = tuple(1 if i in reduce_axis else n for i, n in enumerate(shape)) if keepdims else tuple(
-            shape[i] for i in out_axis)
+        out_shape = (
+            tuple(1 if i in reduce_axis else n for i, n in enumerate(shape))
+            if keepdims
+            else tuple(shape[i] for i in out_axis)
+        )
         out_dtypes = [_param_dtype(p, types_) for p in self.out_params]
         if out_args:
             for a in out_args:
@@ -207,9 +266,11 @@ class ReductionKernel:
         sizes = {"_in_ind": _Indexer(math.prod(shape)), "_out_ind": _Indexer(math.prod(out_shape))}
         if cub is not None:
             map_expr, post_map_expr, in_names, out_names, sizes = _cub_rewrite(
-                self.name, map_expr, post_map_expr, in_names, out_names, cub, shape)
-        env = {n: _as_param(a, _param_dtype(p, types_))
-               for n, p, a in zip(in_names, self.in_params, in_args, strict=True)}
+                self.name, map_expr, post_map_expr, in_names, out_names, cub, shape
+            )
+        env = {
+            n: _as_param(a, _param_dtype(p, types_)) for n, p, a in zip(in_names, self.in_params, in_args, strict=True)
+        }
         type_names = frozenset({p.ctype for p in self.in_params + self.out_params} | {self.reduce_type})
         mapped = _program(map_expr, (*env, *sizes), (), self.name, type_names, True).value({**env, **sizes}, types_)
         mapped = np.broadcast_to(np.asarray(mapped), shape).astype(reduce_dtype)
@@ -250,8 +311,9 @@ def _reducer(reduce_expr: str) -> Any:
 CUB_REDUCE_SIZE_THRESHOLD = 128
 
 
-def _cub_plan(in_args: list, out_args: list, shape: tuple, reduce_axis: tuple,
-              out_axis: tuple) -> dict[str, Any] | None:
+def _cub_plan(
+    in_args: list, out_args: list, shape: tuple, reduce_axis: tuple, out_axis: tuple
+) -> dict[str, Any] | None:
     accelerators = os.environ.get("CUPY_ACCELERATORS", "cub").split(",")
     if "cub" not in accelerators or len(in_args) != 1 or len(out_args) != 1:
         return None
@@ -274,8 +336,9 @@ def _cub_plan(in_args: list, out_args: list, shape: tuple, reduce_axis: tuple,
     return {"segment_size": segment, "full": not out_axis}
 
 
-def _cub_rewrite(name: str, map_expr: str, post_map_expr: str, in_names: list, out_names: list,
-                 cub: dict[str, Any], shape: tuple) -> tuple[str, str, list, list, dict]:
+def _cub_rewrite(
+    name: str, map_expr: str, post_map_expr: str, in_names: list, out_names: list, cub: dict[str, Any], shape: tuple
+) -> tuple[str, str, list, list, dict]:
     """CuPy's plain string replacements, in CuPy's order; the CUB kernel has no _in_ind/_out_ind."""
     if not cub["full"] and "mean" in name:
         post_map_expr = post_map_expr.replace("_in_ind.size()", "_segment_size")
@@ -303,8 +366,10 @@ def _cub_rewrite(name: str, map_expr: str, post_map_expr: str, in_names: list, o
 # Arithmetic follows C's types: float with float stays float32, a double literal makes
 # double, float16 with float gives float (CuPy's float16 converts to float).
 # --------------------------------------------------------------------------------------
-_TOKEN = re.compile(r"\s*(?:(?P<num>(?:\d+\.\d*|\.\d+|\d+)(?:[eE][+-]?\d+)?[fF]?)|(?P<id>[A-Za-z_]\w*)"
-                    r"|(?P<op>[-+*/%(),.=]))")
+_TOKEN = re.compile(
+    r"\s*(?:(?P<num>(?:\d+\.\d*|\.\d+|\d+)(?:[eE][+-]?\d+)?[fF]?)|(?P<id>[A-Za-z_]\w*)"
+    r"|(?P<op>[-+*/%(),.=]))"
+)
 _TYPE_WORDS = {"const", "unsigned", "signed", "long", "short"}
 
 
@@ -341,6 +406,7 @@ def _erf64(x: Any) -> Any:
 
 def _overloaded(fn: Any) -> Any:
     """A C++ overloaded math function (exp, log, ...): the result has the argument's float type."""
+
     def call(*xs: Any) -> Any:
         arrays = [np.asarray(x) for x in xs]
         dtype = np.result_type(*arrays)
@@ -351,23 +417,42 @@ def _overloaded(fn: Any) -> Any:
 
 
 _C_FUNCTIONS = {
-    "expf": _float_fn(np.exp, np.float32), "logf": _float_fn(np.log, np.float32),
-    "sqrtf": _float_fn(np.sqrt, np.float32), "rsqrtf": _float_fn(lambda x: 1 / np.sqrt(x), np.float32),
-    "tanhf": _float_fn(np.tanh, np.float32), "fabsf": _float_fn(np.abs, np.float32),
-    "erff": _float_fn(_erf64, np.float32), "erfcf": _float_fn(_erfc64, np.float32),
-    "fmaxf": _float_fn(np.fmax, np.float32), "fminf": _float_fn(np.fmin, np.float32),
-    "exp": _overloaded(np.exp), "log": _overloaded(np.log), "sqrt": _overloaded(np.sqrt),
-    "rsqrt": _overloaded(lambda x: 1 / np.sqrt(x)), "tanh": _overloaded(np.tanh), "erf": _overloaded(_erf64),
-    "erfc": _overloaded(_erfc64), "abs": _overloaded(np.abs), "fabs": _overloaded(np.abs),
-    "max": np.maximum, "min": np.minimum,
+    "expf": _float_fn(np.exp, np.float32),
+    "logf": _float_fn(np.log, np.float32),
+    "sqrtf": _float_fn(np.sqrt, np.float32),
+    "rsqrtf": _float_fn(lambda x: 1 / np.sqrt(x), np.float32),
+    "tanhf": _float_fn(np.tanh, np.float32),
+    "fabsf": _float_fn(np.abs, np.float32),
+    "erff": _float_fn(_erf64, np.float32),
+    "erfcf": _float_fn(_erfc64, np.float32),
+    "fmaxf": _float_fn(np.fmax, np.float32),
+    "fminf": _float_fn(np.fmin, np.float32),
+    "exp": _overloaded(np.exp),
+    "log": _overloaded(np.log),
+    "sqrt": _overloaded(np.sqrt),
+    "rsqrt": _overloaded(lambda x: 1 / np.sqrt(x)),
+    "tanh": _overloaded(np.tanh),
+    "erf": _overloaded(_erf64),
+    "erfc": _overloaded(_erfc64),
+    "abs": _overloaded(np.abs),
+    "fabs": _overloaded(np.abs),
+    "max": np.maximum,
+    "min": np.minimum,
 }
 
 
 class _Program:
     """A kernel body (statements) or a map expression, checked for undefined names up front."""
 
-    def __init__(self, text: str, inputs: list[str], outputs: list[str], kernel: str, type_names: set[str],
-                 expression: bool = False) -> None:
+    def __init__(
+        self,
+        text: str,
+        inputs: list[str],
+        outputs: list[str],
+        kernel: str,
+        type_names: set[str],
+        expression: bool = False,
+    ) -> None:
         self.kernel, self.inputs, self.outputs = kernel, set(inputs), set(outputs)
         self.type_names = set(type_names) | set(_C_TYPES)
         self.defined = set(inputs) | set(outputs)
@@ -425,8 +510,17 @@ class _Program:
         return self.run(env, {}, types_)
 
     def run(self, env: dict[str, Any], outputs: dict[str, np.ndarray], types_: dict[str, np.dtype]) -> Any:
-        scope = {**env, **outputs, **_C_FUNCTIONS, "_cast": _cast, "_div": _c_div, "_t": types_,
-                 "_dt": _c_dtype, "_f32": np.float32, "_f64": np.float64}
+        scope = {
+            **env,
+            **outputs,
+            **_C_FUNCTIONS,
+            "_cast": _cast,
+            "_div": _c_div,
+            "_t": types_,
+            "_dt": _c_dtype,
+            "_f32": np.float32,
+            "_f64": np.float64,
+        }
         result = None
         for target, declared, code in self.statements:
             result = eval(code, {"__builtins__": {}}, scope)  # noqa: S307  (translated from the kernel text)
@@ -444,8 +538,9 @@ class _Program:
 
 
 @functools.cache
-def _program(text: str, inputs: tuple, outputs: tuple, kernel: str, type_names: frozenset,
-             expression: bool) -> _Program:
+def _program(
+    text: str, inputs: tuple, outputs: tuple, kernel: str, type_names: frozenset, expression: bool
+) -> _Program:
     """A translated program, made once per kernel text and argument names (as CuPy caches kernels)."""
     return _Program(text, list(inputs), list(outputs), kernel, set(type_names), expression)
 

@@ -31,12 +31,12 @@ class Zip(NamedTuple):
 
 def read_zip(data: bytes) -> Zip:
     end = data.rindex(END)
-    count, size, offset = struct.unpack("<HII", data[end + 10:end + 20])
+    count, size, offset = struct.unpack("<HII", data[end + 10 : end + 20])
     records, pos = [], offset
     for _ in range(count):
-        name_len, extra_len, comment_len = struct.unpack("<HHH", data[pos + 28:pos + 34])
+        name_len, extra_len, comment_len = struct.unpack("<HHH", data[pos + 28 : pos + 34])
         n = 46 + name_len + extra_len + comment_len
-        records.append(bytearray(data[pos:pos + n]))
+        records.append(bytearray(data[pos : pos + n]))
         pos += n
     return Zip(data[:offset], records)
 
@@ -49,13 +49,13 @@ def write_zip(z: Zip) -> bytes:
 
 def record_name(record: bytes) -> str:
     (name_len,) = struct.unpack("<H", record[28:30])
-    return record[46:46 + name_len].decode("utf-8", "replace")
+    return record[46 : 46 + name_len].decode("utf-8", "replace")
 
 
 def renamed(record: bytes, name: str) -> bytearray:
     """The same directory record (same data) under another name."""
     (name_len,) = struct.unpack("<H", record[28:30])
-    new = bytearray(record[:46]) + name.encode() + record[46 + name_len:]
+    new = bytearray(record[:46]) + name.encode() + record[46 + name_len :]
     new[28:30] = struct.pack("<H", len(name.encode()))
     return new
 
@@ -91,9 +91,17 @@ def pth_laughs_to_reduce(path: Path, levels: int = 30) -> Path:
 def pth_huge_size_tuple(path: Path, dims: int = 45_000) -> Path:
     """A tensor whose size and stride are ``dims`` integers of 2**62 each (just under 1 MB)."""
     big = 2**62
-    obj = Call(Global("torch._utils", "_rebuild_tensor_v2"),
-               (tensor("0", "float32", 4, (1,)).args[0], 0, (big,) * dims, (big,) * dims, False,
-                Call(Global("collections", "OrderedDict"), ())))
+    obj = Call(
+        Global("torch._utils", "_rebuild_tensor_v2"),
+        (
+            tensor("0", "float32", 4, (1,)).args[0],
+            0,
+            (big,) * dims,
+            (big,) * dims,
+            False,
+            Call(Global("collections", "OrderedDict"), ()),
+        ),
+    )
     return _pth_with_pickle(path, dumps({"x": obj}), {"0": b"\x00" * 16})
 
 
@@ -161,8 +169,7 @@ def st_huge_shape(path: Path) -> Path:
 
 def st_many_dims(path: Path) -> Path:
     """A one-element tensor of 100 dimensions (NumPy allows 64)."""
-    return write_safetensors_raw(path, {"x": {"dtype": "F32", "shape": [1] * 100, "data_offsets": [0, 4]}},
-                                 b"\x00" * 4)
+    return write_safetensors_raw(path, {"x": {"dtype": "F32", "shape": [1] * 100, "data_offsets": [0, 4]}}, b"\x00" * 4)
 
 
 def _ff_state() -> dict[str, np.ndarray]:
@@ -230,11 +237,26 @@ def npz_overlapping_entries(path: Path, copies: int = 2000, kilobytes: int = 256
 
 def npz_enormous_config(path: Path) -> Path:
     """A 1 KB minimlp weights file whose stored config describes a 20,000-wide FF-ViT."""
-    meta = {"format": FORMAT, "version": VERSION,
-            "model": {"arch": "ffvit", "img_size": 224, "patch_size": 16, "in_chans": 3, "num_classes": 1000,
-                      "embed_dim": 20_000, "depth": 12}}
-    np.savez(path, **{"params/cls_token": np.zeros((1, 1, 8), np.float32),
-                      "meta": np.frombuffer(json.dumps(meta).encode(), np.uint8)})
+    meta = {
+        "format": FORMAT,
+        "version": VERSION,
+        "model": {
+            "arch": "ffvit",
+            "img_size": 224,
+            "patch_size": 16,
+            "in_chans": 3,
+            "num_classes": 1000,
+            "embed_dim": 20_000,
+            "depth": 12,
+        },
+    }
+    np.savez(
+        path,
+        **{
+            "params/cls_token": np.zeros((1, 1, 8), np.float32),
+            "meta": np.frombuffer(json.dumps(meta).encode(), np.uint8),
+        },
+    )
     return path
 
 
@@ -248,23 +270,28 @@ class Attack(NamedTuple):
 ATTACKS = {
     "pth: million-deep tuple as a dict key (1 MB)": Attack(pth_deep_tuple_key, ".pth", "load_weights", "nested more"),
     "pth: T=(T,T) 28 levels as a dict key": Attack(pth_shared_tuple_key, ".pth", "load_weights", "elements"),
-    "pth: T=(T,T) 64 levels as a dict key": Attack(lambda p: pth_shared_tuple_key(p, 64), ".pth", "load_weights",
-                                                   "elements"),
+    "pth: T=(T,T) 64 levels as a dict key": Attack(
+        lambda p: pth_shared_tuple_key(p, 64), ".pth", "load_weights", "elements"
+    ),
     "pth: billion-laughs list passed to REDUCE": Attack(pth_laughs_to_reduce, ".pth", "load_weights", "elements"),
     "pth: tensor size of 45,000 ints of 2**62": Attack(pth_huge_size_tuple, ".pth", "load_weights", "dimensions"),
     "pth: 20 MB pickle of empty dicts": Attack(pth_empty_dicts, ".pth", "load_weights", "objects"),
     "pth: duplicate data.pkl entries": Attack(pth_duplicate_entries, ".pth", "load_weights", "two entries"),
-    "pth: 2000 zip entries sharing one 256 KB storage": Attack(pth_overlapping_entries, ".pth", "load_weights",
-                                                              "more bytes than"),
+    "pth: 2000 zip entries sharing one 256 KB storage": Attack(
+        pth_overlapping_entries, ".pth", "load_weights", "more bytes than"
+    ),
     "safetensors: JSON nested 100,000 deep": Attack(st_deep_json, ".safetensors", "load_weights", "nested"),
     "safetensors: shape [0, 2**62, 2**62]": Attack(st_huge_shape, ".safetensors", "load_weights", "too large"),
     "safetensors: 100 dimensions": Attack(st_many_dims, ".safetensors", "load_weights", "dimensions"),
-    "safetensors: 0-d cls_token (no config)": Attack(st_scalar_cls_token, ".safetensors", "model_from_checkpoint",
-                                                     "cls_token"),
-    "safetensors: 1-D patch embedding (no config)": Attack(st_flat_patch_embed, ".safetensors",
-                                                           "model_from_checkpoint", "patch_embed.proj.weight"),
+    "safetensors: 0-d cls_token (no config)": Attack(
+        st_scalar_cls_token, ".safetensors", "model_from_checkpoint", "cls_token"
+    ),
+    "safetensors: 1-D patch embedding (no config)": Attack(
+        st_flat_patch_embed, ".safetensors", "model_from_checkpoint", "patch_embed.proj.weight"
+    ),
     "npz: header claiming 10**12 elements": Attack(npz_huge_claim, ".npz", "load_weights", "bytes"),
     "npz: 300 KB deflated, 300 MB inflated": Attack(npz_bomb, ".npz", "load_weights", "inflate"),
-    "npz: 1 KB file, config of a 20,000-wide model": Attack(npz_enormous_config, ".npz", "model_from_checkpoint",
-                                                            "model config"),
+    "npz: 1 KB file, config of a 20,000-wide model": Attack(
+        npz_enormous_config, ".npz", "model_from_checkpoint", "model config"
+    ),
 }

@@ -119,9 +119,16 @@ def dumps(obj: Any) -> bytes:
 
 
 ORDERED_DICT = Global("collections", "OrderedDict")
-STORAGE_TYPES = {"float32": "FloatStorage", "float64": "DoubleStorage", "float16": "HalfStorage",
-                 "bfloat16": "BFloat16Storage", "int64": "LongStorage", "int32": "IntStorage",
-                 "uint8": "ByteStorage", "bool": "BoolStorage"}
+STORAGE_TYPES = {
+    "float32": "FloatStorage",
+    "float64": "DoubleStorage",
+    "float16": "HalfStorage",
+    "bfloat16": "BFloat16Storage",
+    "int64": "LongStorage",
+    "int32": "IntStorage",
+    "uint8": "ByteStorage",
+    "bool": "BoolStorage",
+}
 
 
 def storage(key: str, dtype: str, numel: int) -> PersId:
@@ -131,9 +138,11 @@ def storage(key: str, dtype: str, numel: int) -> PersId:
 def tensor(key: str, dtype: str, numel: int, size: tuple, stride: tuple | None = None, offset: int = 0) -> Call:
     """A ``_rebuild_tensor_v2`` call, as torch pickles a tensor (contiguous strides by default)."""
     if stride is None:
-        stride = tuple(int(np.prod(size[i + 1:])) for i in range(len(size)))
-    return Call(Global("torch._utils", "_rebuild_tensor_v2"),
-                (storage(key, dtype, numel), offset, tuple(size), tuple(stride), False, Call(ORDERED_DICT, ())))
+        stride = tuple(int(np.prod(size[i + 1 :])) for i in range(len(size)))
+    return Call(
+        Global("torch._utils", "_rebuild_tensor_v2"),
+        (storage(key, dtype, numel), offset, tuple(size), tuple(stride), False, Call(ORDERED_DICT, ())),
+    )
 
 
 def state_dict(arrays: dict[str, np.ndarray], key_prefix: str = "") -> tuple[Any, dict[str, bytes]]:
@@ -147,8 +156,14 @@ def state_dict(arrays: dict[str, np.ndarray], key_prefix: str = "") -> tuple[Any
     return Build(ODict(items), {"_metadata": ODict({"": {"version": 1}})}), storages
 
 
-def write_pth(path, obj: Any = None, storages: dict[str, bytes] | None = None, prefix: str = "archive",
-              byteorder: str | None = "little", pickle_bytes: bytes | None = None) -> None:
+def write_pth(
+    path,
+    obj: Any = None,
+    storages: dict[str, bytes] | None = None,
+    prefix: str = "archive",
+    byteorder: str | None = "little",
+    pickle_bytes: bytes | None = None,
+) -> None:
     """Write the zip layout of torch.save: <prefix>/data.pkl, byteorder, data/<key>, version."""
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
         zf.writestr(f"{prefix}/data.pkl", pickle_bytes if pickle_bytes is not None else dumps(obj))

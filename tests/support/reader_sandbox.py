@@ -56,16 +56,27 @@ class Outcome(NamedTuple):
         return self.outcome
 
 
-def read_in_child(path: str | os.PathLike, reader: str = "load_weights", memory_mb: int = 1000,
-                  timeout: float = 20, root: str | os.PathLike = ROOT) -> Outcome:
+def read_in_child(
+    path: str | os.PathLike,
+    reader: str = "load_weights",
+    memory_mb: int = 1000,
+    timeout: float = 20,
+    root: str | os.PathLike = ROOT,
+) -> Outcome:
     """Run ``minimlp.io.weights.<reader>(path)`` in a child process under the given limits.
 
     ``root`` is the minimlp checkout to import (another one measures how it fares).
     """
     env = {**os.environ, "PYTHONPATH": str(root), "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
     try:
-        done = subprocess.run([sys.executable, "-c", _CHILD, str(path), reader, str(memory_mb)], env=env, cwd=root,
-                              capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run(
+            [sys.executable, "-c", _CHILD, str(path), reader, str(memory_mb)],
+            env=env,
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
     except subprocess.TimeoutExpired:
         return Outcome("timeout", f"still running after {timeout:g} s")
     if done.returncode < 0:

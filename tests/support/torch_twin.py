@@ -54,8 +54,17 @@ class PosEncoding(nn.Module):
 
 
 class TwinFFViT(nn.Module):
-    def __init__(self, img_size=224, patch_size=16, in_chans=3, num_classes=1000, embed_dim=192, depth=12,
-                 patch_mlp_dim=None, pos_grid=None) -> None:
+    def __init__(
+        self,
+        img_size=224,
+        patch_size=16,
+        in_chans=3,
+        num_classes=1000,
+        embed_dim=192,
+        depth=12,
+        patch_mlp_dim=None,
+        pos_grid=None,
+    ) -> None:
         super().__init__()
         grid = img_size // patch_size
         tokens = grid * grid + 1

@@ -60,15 +60,26 @@ class ViTBlock(nn.Module):
 
 
 class TwinViT(nn.Module):
-    def __init__(self, img_size=224, patch_size=16, in_chans=3, num_classes=1000, embed_dim=192, depth=12,
-                 num_heads=3, feature_mixer="mlp", feature_num_heads=1) -> None:
+    def __init__(
+        self,
+        img_size=224,
+        patch_size=16,
+        in_chans=3,
+        num_classes=1000,
+        embed_dim=192,
+        depth=12,
+        num_heads=3,
+        feature_mixer="mlp",
+        feature_num_heads=1,
+    ) -> None:
         super().__init__()
         tokens = (img_size // patch_size) ** 2 + 1
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, tokens, embed_dim))
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
-        self.blocks = nn.ModuleList(ViTBlock(embed_dim, num_heads, tokens, feature_mixer, feature_num_heads)
-                                    for _ in range(depth))
+        self.blocks = nn.ModuleList(
+            ViTBlock(embed_dim, num_heads, tokens, feature_mixer, feature_num_heads) for _ in range(depth)
+        )
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.head = nn.Linear(embed_dim, num_classes)
 
