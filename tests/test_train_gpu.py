@@ -187,3 +187,15 @@ def test_amp_counts_skipped_steps_and_resumes_with_the_saved_loss_scale(tmp_path
     a, b = load_checkpoint(tmp_path / "straight" / "last.npz"), load_checkpoint(tmp_path / "split" / "last.npz")
     assert all(np.array_equal(a.params[k], b.params[k]) for k in a.params)
     assert a.meta["amp"] == b.meta["amp"]
+
+
+def test_bench_gpu_tf32_without_a_usable_gpu_falls_back_to_numpy(monkeypatch, capsys):
+    from minimlp import bench
+
+    for name, module in broken_cupy().items():
+        monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.setattr(backend, "_warned", set())
+    monkeypatch.delenv("CUPY_TF32", raising=False)
+    tiny = ["--model", "ff_fmnist", "--embed-dim", "16", "--depth", "1", "-b", "4", "--steps", "1", "--rounds", "1"]
+    result = bench.run(bench.parse_args(["--gpu", "--tf32", "--procs", "1", "--warmup", "1", *tiny]))
+    assert result["device"] == "cpu" and not result["tf32"]

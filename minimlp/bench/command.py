@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from minimlp import backend
+from minimlp.backend import get_backend
 from minimlp.bench.flops import count_flops, ffvit_flops
 from minimlp.bench.report import format_summary, format_table, summarise_runs
 from minimlp.bench.runners import MinimlpRunner, TorchRunner, summarise, timed_rounds
@@ -138,7 +139,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     threads = args.threads or cpu_threads.num_threads()
     cpu_threads.set_num_threads(threads)
     blas_threads = cpu_threads.blas_threads(threads)
-    if args.tf32:
+    if args.tf32 and get_backend(device).is_gpu:  # first the backend: an unusable GPU means NumPy, one warning
         from minimlp.kernels import gpu
 
         gpu.set_tf32(True)  # before the first float32 product
