@@ -197,5 +197,6 @@ def test_bench_gpu_tf32_without_a_usable_gpu_falls_back_to_numpy(monkeypatch, ca
     monkeypatch.setattr(backend, "_warned", set())
     monkeypatch.delenv("CUPY_TF32", raising=False)
     tiny = ["--model", "ff_fmnist", "--embed-dim", "16", "--depth", "1", "-b", "4", "--steps", "1", "--rounds", "1"]
-    result = bench.run(bench.parse_args(["--gpu", "--tf32", "--procs", "1", "--warmup", "1", *tiny]))
+    with pytest.warns(RuntimeWarning, match="falling back to NumPy"):
+        result = bench.run(bench.parse_args(["--gpu", "--tf32", "--procs", "1", "--warmup", "1", *tiny]))
     assert result["device"] == "cpu" and not result["tf32"]
