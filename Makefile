@@ -1,4 +1,5 @@
 # make test       set up a virtual environment from requirements.txt and run every test
+# make lint       ruff's lint and format checks (requirements-lint.txt), as CI runs them
 # make train      set up, then train the Fashion-MNIST preset (the main job)
 #                 (extra flags: make train ARGS="--epochs 5 --output runs/short")
 # make bench      the CPU benchmark against PyTorch eager (needs torch in the environment)
@@ -9,7 +10,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: test setup train fmnist-data mpi-setup clean bench gpu-check
+.PHONY: test lint setup train fmnist-data mpi-setup clean bench gpu-check
 
 setup: $(VENV)/.installed
 
@@ -21,6 +22,14 @@ $(VENV)/.installed: requirements.txt
 
 test: setup
 	$(PY) -m pytest
+
+lint: $(VENV)/.lint-installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+$(VENV)/.lint-installed: requirements-lint.txt | $(VENV)/.installed
+	$(PY) -m pip install --quiet -r requirements-lint.txt
+	touch $@
 
 # Fashion-MNIST comes from Debian's dataset-fashion-mnist package when we may install it;
 # otherwise the trainer says how to get the files (or downloads them with ARGS=--download).
@@ -63,7 +72,7 @@ mpi-setup: setup
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
 
-# The README's CPU tables: minimlp and PyTorch eager side by side, in alternating rounds.
+# The README's performance table: minimlp and PyTorch eager side by side, in alternating rounds.
 BENCH_PY ?= $(PY)
 bench: setup
 	$(BENCH_PY) -m minimlp.bench --model ff_fmnist -b 128 --compare torch --steps 50 --rounds 5
@@ -71,14 +80,14 @@ bench: setup
 
 # GPU check, for a machine with a GPU, CuPy and (for the comparison) a CUDA build of
 # PyTorch in GPU_PY (default: python3 as found; nothing is installed, since a GPU machine
-# may have no network).  python -m minimlp.gpu_check records the versions, runs kernel
+# may have no network).  python -m minimlp.bench.gpu_check records the versions, runs kernel
 # smoke tests against float64, ff_tiny (batch 128) and ff_base (batch 64) against PyTorch
 # eager in float32, TF32 and float16, then the tests marked gpu; each step in its own
 # process with its own time limit, all within 8 minutes.  It leaves two files in
 # GPU_CHECK_DIR: gpu-check.tar.gz (every log and JSON) and summary.txt, the table it
-# prints last.  GPU_CHECK_ARGS passes options (python -m minimlp.gpu_check --help).
+# prints last.  GPU_CHECK_ARGS passes options (python -m minimlp.bench.gpu_check --help).
 GPU_PY ?= $(PYTHON)
 GPU_CHECK_DIR ?= gpu-check
 GPU_CHECK_ARGS ?=
 gpu-check:
-	$(GPU_PY) -m minimlp.gpu_check --out $(GPU_CHECK_DIR) $(GPU_CHECK_ARGS)
+	$(GPU_PY) -m minimlp.bench.gpu_check --out $(GPU_CHECK_DIR) $(GPU_CHECK_ARGS)

@@ -44,8 +44,12 @@ class LessonItem(pytest.Item):
     def runtest(self) -> None:
         with tempfile.TemporaryDirectory(prefix=f"minimlp-{self.path.stem}-") as tmp:
             workdir = Path(tmp)
-            proc = subprocess.run([sys.executable, str(LESSONS_DIR / "run.py"), str(self.path), "--workdir", tmp],
-                                  capture_output=True, text=True, timeout=300)
+            proc = subprocess.run(
+                [sys.executable, str(LESSONS_DIR / "run.py"), str(self.path), "--workdir", tmp],
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
             if proc.returncode == EXIT_SKIP:
                 pytest.skip(proc.stderr.strip())
             if proc.returncode != 0:
@@ -53,15 +57,17 @@ class LessonItem(pytest.Item):
             for name in figures_of(self.path.read_text(encoding="utf-8")):
                 drawn, committed = workdir / name, LESSONS_DIR / "figures" / name
                 assert drawn.exists(), f"{self.path.name} shows figures/{name} but its code did not draw {name}"
-                assert committed.exists(), f"figures/{name} is not committed (python lessons/run.py "\
-                                           f"{self.path.name} --update-figures)"
+                assert committed.exists(), (
+                    f"figures/{name} is not committed (python lessons/run.py {self.path.name} --update-figures)"
+                )
                 a = np.asarray(Image.open(drawn).convert("RGB"), dtype=np.float64)
                 b = np.asarray(Image.open(committed).convert("RGB"), dtype=np.float64)
                 assert a.shape == b.shape, f"figures/{name}: drawn {a.shape}, committed {b.shape}"
                 diff = float(np.abs(a - b).mean())
                 assert diff <= FIGURE_TOLERANCE, (
                     f"figures/{name} differs from what {self.path.name} draws now (mean difference {diff:.1f}); "
-                    f"if the lesson changed on purpose: python lessons/run.py {self.path.name} --update-figures")
+                    f"if the lesson changed on purpose: python lessons/run.py {self.path.name} --update-figures"
+                )
 
     def repr_failure(self, excinfo):
         if isinstance(excinfo.value, LessonFailed):

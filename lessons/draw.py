@@ -13,8 +13,15 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-COLORS = {"blue": (31, 119, 180), "orange": (255, 127, 14), "green": (44, 160, 44), "red": (214, 39, 40),
-          "grey": (127, 127, 127), "purple": (148, 103, 189), "black": (0, 0, 0)}
+COLORS = {
+    "blue": (31, 119, 180),
+    "orange": (255, 127, 14),
+    "green": (44, 160, 44),
+    "red": (214, 39, 40),
+    "grey": (127, 127, 127),
+    "purple": (148, 103, 189),
+    "black": (0, 0, 0),
+}
 
 
 def _font() -> ImageFont.ImageFont:
@@ -29,8 +36,21 @@ def _tick_text(value: float, log: bool) -> str:
     return f"{value:.3g}"
 
 
-def curves(path, lines, xlim, ylim, xgrid=(), ygrid=(), logx=False, logy=False, size=(640, 400),
-           xlabel="", ylabel="", legend="upper right", marks=()):
+def curves(
+    path,
+    lines,
+    xlim,
+    ylim,
+    xgrid=(),
+    ygrid=(),
+    logx=False,
+    logy=False,
+    size=(640, 400),
+    xlabel="",
+    ylabel="",
+    legend="upper right",
+    marks=(),
+):
     """Draw ``lines`` into a PNG at ``path``; return the image.
 
     ``lines`` holds ``(xs, ys, colour)`` or ``(xs, ys, colour, label)``; labelled lines go in
@@ -109,7 +129,7 @@ def heatmaps(path, maps, cols, scale=10, pad=4):
         rgb = (255 * rgb).round().astype(np.uint8).repeat(scale, axis=0).repeat(scale, axis=1)
         r, c = divmod(i, cols)
         top, left = pad + r * (h * scale + pad), pad + c * (w * scale + pad)
-        canvas[top:top + h * scale, left:left + w * scale] = rgb
+        canvas[top : top + h * scale, left : left + w * scale] = rgb
     img = Image.fromarray(canvas)
     img.save(path)
     return img

@@ -138,8 +138,10 @@ def run_lesson(path: Path, workdir: Path) -> None:
                 except unittest.SkipTest:
                     raise
                 except BaseException as exc:
-                    raise LessonError(f"{shown(source)}:{block.line}: block {index} of {len(runnable)} failed "
-                                      f"({type(exc).__name__}: {exc})") from exc
+                    raise LessonError(
+                        f"{shown(source)}:{block.line}: block {index} of {len(runnable)} failed "
+                        f"({type(exc).__name__}: {exc})"
+                    ) from exc
     finally:
         os.chdir(previous)
 
@@ -147,13 +149,23 @@ def run_lesson(path: Path, workdir: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run one lesson's code blocks in order.")
     parser.add_argument("lesson", help="number (03), file name (03_gelu.md) or path")
-    parser.add_argument("--workdir", type=Path, help="where the lesson runs and writes its pictures "
-                        "(default: a new temporary directory, kept)")
-    parser.add_argument("--update-figures", action="store_true",
-                        help="copy the pictures the lesson shows into lessons/figures/")
-    parser.add_argument("--exercise", nargs="?", const="", metavar="FILE", type=str,
-                        help="check your answer to the lesson's coded exercise instead of running the lesson "
-                             "(default FILE: lessons/exercises/NN_name.py)")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        help="where the lesson runs and writes its pictures (default: a new temporary directory, kept)",
+    )
+    parser.add_argument(
+        "--update-figures", action="store_true", help="copy the pictures the lesson shows into lessons/figures/"
+    )
+    parser.add_argument(
+        "--exercise",
+        nargs="?",
+        const="",
+        metavar="FILE",
+        type=str,
+        help="check your answer to the lesson's coded exercise instead of running the lesson "
+        "(default FILE: lessons/exercises/NN_name.py)",
+    )
     args = parser.parse_args(argv)
     # Lessons work on small arrays, for which a multi-threaded BLAS spends more time
     # waking threads than multiplying (on a busy machine, ten times more).

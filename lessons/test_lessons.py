@@ -16,8 +16,9 @@ RUN_PY = str(LESSONS_DIR / "run.py")
 
 
 def run(path: Path, workdir: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, RUN_PY, str(path), "--workdir", str(workdir)],
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, RUN_PY, str(path), "--workdir", str(workdir)], capture_output=True, text=True, timeout=60
+    )
 
 
 def is_appendix(path: Path) -> bool:
@@ -45,8 +46,9 @@ def test_lesson_shape(path):
 CORE_WORDS = 2500
 
 
-@pytest.mark.parametrize("path", [p for p in lesson_paths() if not is_appendix(p) and p.name[:2] not in ("11", "12")],
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", [p for p in lesson_paths() if not is_appendix(p) and p.name[:2] not in ("11", "12")], ids=lambda p: p.name
+)
 def test_core_lessons_are_short(path):
     """Everything before the exercise, code included, in words as `wc -w` counts them."""
     text = path.read_text(encoding="utf-8")
@@ -78,8 +80,9 @@ def test_no_run_block_needs_a_visible_reason():
 
 def test_failure_names_the_lesson_file_and_line(tmp_path):
     lesson = tmp_path / "99_broken.md"
-    lesson.write_text("# Broken\n\n```python\nx = 1\n```\n\nProse.\n\n"
-                      "```python\ny = x + 1\nassert y == 3, 'two'\n```\n")
+    lesson.write_text(
+        "# Broken\n\n```python\nx = 1\n```\n\nProse.\n\n```python\ny = x + 1\nassert y == 3, 'two'\n```\n"
+    )
     proc = run(lesson, tmp_path)
     assert proc.returncode == 1
     assert proc.stderr.startswith(f"{lesson}:10: block 2 of 2 failed (AssertionError: two)")
@@ -89,8 +92,10 @@ def test_failure_names_the_lesson_file_and_line(tmp_path):
 
 def test_blocks_share_a_namespace_and_run_in_the_workdir(tmp_path):
     lesson = tmp_path / "98_ok.md"
-    lesson.write_text("# Ok\n\n```python\nimport minimlp\nn = 2\n```\n\n"
-                      "```text\nnot code\n```\n\n```python\nopen('out.txt', 'w').write(str(n))\n```\n")
+    lesson.write_text(
+        "# Ok\n\n```python\nimport minimlp\nn = 2\n```\n\n"
+        "```text\nnot code\n```\n\n```python\nopen('out.txt', 'w').write(str(n))\n```\n"
+    )
     workdir = tmp_path / "work"
     proc = run(lesson, workdir)
     assert proc.returncode == 0, proc.stderr

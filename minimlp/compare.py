@@ -40,14 +40,22 @@ import numpy as np
 
 from minimlp.io.files import atomic_write
 from minimlp.models import FFViTConfig, MixerConfig, create_model, model_config
-from minimlp.plot import Panel, Series, line_chart
+from minimlp.train.plot import Panel, Series, line_chart
+from minimlp.train.state import read_metrics
 
 DEFAULT_MODELS = ("ff_fmnist", "vit_fmnist", "mixer_fmnist")
-METRIC_FIELDS = ("epoch", "train_loss", "eval_loss", "eval_top1", "eval_top5", "lr", "img_per_s", "elapsed_s")
 # Trainer options that change the model; read so that the parameter counts in the table
 # are those of the models actually trained.
-MODEL_OPTIONS = {"--img-size": int, "--patch-size": int, "--in-chans": int, "--num-classes": int,
-                 "--embed-dim": int, "--depth": int, "--num-heads": int, "--mlp-ratio": float}
+MODEL_OPTIONS = {
+    "--img-size": int,
+    "--patch-size": int,
+    "--in-chans": int,
+    "--num-classes": int,
+    "--embed-dim": int,
+    "--depth": int,
+    "--num-heads": int,
+    "--mlp-ratio": float,
+}
 
 
 def family(name: str) -> str:
@@ -68,14 +76,22 @@ def count_params(name: str, overrides: dict[str, Any] | None = None) -> int:
 
 def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(
-        prog="python -m minimlp.compare", allow_abbrev=False,
+        prog="python -m minimlp.compare",
+        allow_abbrev=False,
         description="Train the FF-only, attention and Mixer models on the same data and budget, then "
-                    "tabulate and plot them. Options not listed here go unchanged to python -m minimlp.train.")
+        "tabulate and plot them. Options not listed here go unchanged to python -m minimlp.train.",
+    )
     parser.add_argument("--output", default="runs/compare", help="directory for the runs, table and plot")
-    parser.add_argument("--models", default=",".join(DEFAULT_MODELS),
-                        help=f"comma-separated presets to compare (default: {','.join(DEFAULT_MODELS)})")
-    parser.add_argument("--no-train", action="store_true",
-                        help="do not train: make the table and plot from the runs already in --output")
+    parser.add_argument(
+        "--models",
+        default=",".join(DEFAULT_MODELS),
+        help=f"comma-separated presets to compare (default: {','.join(DEFAULT_MODELS)})",
+    )
+    parser.add_argument(
+        "--no-train",
+        action="store_true",
+        help="do not train: make the table and plot from the runs already in --output",
+    )
     args, train_argv = parser.parse_known_args(argv)
     if any(a == "--model" or a.startswith("--model=") for a in train_argv):
         parser.error("--model is set for each run by compare; choose the models with --models")
@@ -99,8 +115,9 @@ def model_overrides(train_argv: Sequence[str]) -> dict[str, Any]:
     return {k: v for k, v in vars(known).items() if v is not None}
 
 
-def train_all(models: Sequence[str], output: Path, train_argv: Sequence[str],
-              train_main: Callable[[list[str]], Any] | None = None) -> None:
+def train_all(
+    models: Sequence[str], output: Path, train_argv: Sequence[str], train_main: Callable[[list[str]], Any] | None = None
+) -> None:
     """Train each model with the same arguments and its own output directory."""
     if train_main is None:
         from minimlp.train import main as train_main
@@ -109,28 +126,16 @@ def train_all(models: Sequence[str], output: Path, train_argv: Sequence[str],
         print(f"[compare] {i}/{len(models)}: training {name} into {run_dir}", flush=True)
         status = train_main([*train_argv, "--model", name, "--output", str(run_dir)])
         if isinstance(status, int) and status != 0:
-            raise SystemExit(f"training {name} failed with exit status {status}; "
-                             f"the runs finished before it are kept in {output}")
+            raise SystemExit(
+                f"training {name} failed with exit status {status}; the runs finished before it are kept in {output}"
+            )
 
 
-def read_metrics(path: str | os.PathLike) -> list[dict[str, float]]:
-    """The per-epoch rows of a run's metrics.jsonl, with clear errors for bad files."""
-    path = Path(path)
+def run_metrics(path: Path) -> list[dict[str, Any]]:
+    """The per-epoch rows of a run's metrics.jsonl (read as the trainer reads it), with clear errors."""
     if not path.is_file():
         raise FileNotFoundError(f"no metrics at {path}: train the model first (or drop --no-train)")
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}, line {number}: not valid JSON ({err.msg})") from err
-            missing = [k for k in ("epoch", "eval_top1", "elapsed_s") if k not in row]
-            if missing:
-                raise ValueError(f"{path}, line {number}: missing {', '.join(missing)}")
-            rows.append(row)
+    rows = read_metrics(path, required=("eval_top1", "elapsed_s"))
     if not rows:
         raise ValueError(f"{path} holds no epochs yet: the run stopped before its first evaluation")
     return rows
@@ -166,13 +171,24 @@ def _fmt(value: Any, spec: str) -> str:
 
 
 def markdown_table(summaries: Sequence[dict[str, Any]]) -> str:
-    lines = ["| model | family | params | epochs | best top-1 (%) | final top-1 (%) | final top-5 (%) "
-             "| eval loss | images/s (median) | wall time (s) |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "| model | family | params | epochs | best top-1 (%) | final top-1 (%) | final top-5 (%) "
+        "| eval loss | images/s (median) | wall time (s) |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for s in summaries:
-        cells = [f"`{s['model']}`", s["family"], f"{s['params']:,}", str(s["epochs"]),
-                 _fmt(s["best_top1"], ".2f"), _fmt(s["final_top1"], ".2f"), _fmt(s["final_top5"], ".2f"),
-                 _fmt(s["final_eval_loss"], ".4f"), _fmt(s["img_per_s"], ",.0f"), _fmt(s["wall_s"], ",.0f")]
+        cells = [
+            f"`{s['model']}`",
+            s["family"],
+            f"{s['params']:,}",
+            str(s["epochs"]),
+            _fmt(s["best_top1"], ".2f"),
+            _fmt(s["final_top1"], ".2f"),
+            _fmt(s["final_top5"], ".2f"),
+            _fmt(s["final_eval_loss"], ".4f"),
+            _fmt(s["img_per_s"], ",.0f"),
+            _fmt(s["wall_s"], ",.0f"),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -185,9 +201,13 @@ def plot_runs(runs: dict[str, list[dict[str, Any]]], summaries: Sequence[dict[st
         top1 = _percent([float(r["eval_top1"]) for r in rows])
         by_epoch.append(Series(label, [float(r["epoch"]) for r in rows], top1))
         by_time.append(Series(label, [float(r["elapsed_s"]) for r in rows], top1))
-    return line_chart([Panel("eval top-1 against epochs", "epoch", "top-1 (%)", by_epoch),
-                       Panel("eval top-1 against wall-clock time", "seconds", "top-1 (%)", by_time,
-                             x_from_zero=True)], path)
+    return line_chart(
+        [
+            Panel("eval top-1 against epochs", "epoch", "top-1 (%)", by_epoch),
+            Panel("eval top-1 against wall-clock time", "seconds", "top-1 (%)", by_time, x_from_zero=True),
+        ],
+        path,
+    )
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -197,22 +217,33 @@ def _write_atomic(path: Path, text: str) -> None:
 
 def machine() -> dict[str, Any]:
     """Where the table was made (the runs' own logs say which backend each trainer used)."""
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__}
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+    }
 
 
-def report(models: Sequence[str], output: Path, overrides: dict[str, Any] | None = None,
-           train_argv: Sequence[str] = ()) -> list[dict[str, Any]]:
+def report(
+    models: Sequence[str], output: Path, overrides: dict[str, Any] | None = None, train_argv: Sequence[str] = ()
+) -> list[dict[str, Any]]:
     """Read every run and write comparison.md, comparison.json and comparison.png."""
-    runs = {name: read_metrics(output / name / "metrics.jsonl") for name in models}
+    runs = {name: run_metrics(output / name / "metrics.jsonl") for name in models}
     summaries = [summarize(name, runs[name], overrides) for name in models]
     host = machine()
     options = " ".join(train_argv) or "(the trainer's defaults)"
-    table = (markdown_table(summaries) + f"\nTrainer options, the same for every model: `{options}`.  "
-             f"Made on {host['platform']}, {host['cpu_count']} CPUs, NumPy {host['numpy']}.\n")
+    table = (
+        markdown_table(summaries) + f"\nTrainer options, the same for every model: `{options}`.  "
+        f"Made on {host['platform']}, {host['cpu_count']} CPUs, NumPy {host['numpy']}.\n"
+    )
     _write_atomic(output / "comparison.md", table)
-    _write_atomic(output / "comparison.json", json.dumps(
-        {"models": summaries, "trainer_options": list(train_argv), "machine": host, "runs": runs}, indent=2) + "\n")
+    _write_atomic(
+        output / "comparison.json",
+        json.dumps({"models": summaries, "trainer_options": list(train_argv), "machine": host, "runs": runs}, indent=2)
+        + "\n",
+    )
     plot_runs(runs, summaries, output / "comparison.png")
     return summaries
 

@@ -28,17 +28,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m minimlp.convert",
         description="Convert model weights between PyTorch .pth (read only), minimlp .npz and .safetensors. "
-                    "The input format is detected from the file's content; the output format from OUT's "
-                    "extension. Nothing in the input is executed: .pth files are read without PyTorch and "
-                    "without pickle.",
+        "The input format is detected from the file's content; the output format from OUT's "
+        "extension. Nothing in the input is executed: .pth files are read without PyTorch and "
+        "without pickle.",
         epilog="Writing .pth is not supported: a .pth is a pickle, which torch.load runs as code. "
-               "PyTorch users can read the .safetensors output with safetensors.torch.load_file(path).")
+        "PyTorch users can read the .safetensors output with safetensors.torch.load_file(path).",
+    )
     parser.add_argument("input", metavar="IN", help="a .pth (PyTorch >= 1.6 zip format), .npz or .safetensors file")
     parser.add_argument("output", metavar="OUT", help="the file to write: .npz or .safetensors")
-    parser.add_argument("--ema", action="store_true",
-                        help="from a DeiT training checkpoint, take the EMA weights (model_ema) instead of model")
-    parser.add_argument("--format", choices=sorted(set(WRITABLE.values())),
-                        help="output format, when OUT's extension does not say it")
+    parser.add_argument(
+        "--ema",
+        action="store_true",
+        help="from a DeiT training checkpoint, take the EMA weights (model_ema) instead of model",
+    )
+    parser.add_argument(
+        "--format", choices=sorted(set(WRITABLE.values())), help="output format, when OUT's extension does not say it"
+    )
     return parser
 
 
@@ -61,8 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     values = sum(int(a.size) for a in state.values())
     arch = preset_name(out_meta["model"]) if "model" in out_meta else None
     described = f"{arch}, " if arch else ""
-    print(f"{args.input} ({fmt}{', EMA' if args.ema else ''}) -> {args.output} ({out_fmt}): "
-          f"{described}{len(state)} tensors, {values:,} values")
+    print(
+        f"{args.input} ({fmt}{', EMA' if args.ema else ''}) -> {args.output} ({out_fmt}): "
+        f"{described}{len(state)} tensors, {values:,} values"
+    )
     return 0
 
 

@@ -31,8 +31,7 @@ import numpy as np
 
 from minimlp.backend import to_numpy
 from minimlp.data import Dataset, normalize, open_dataset
-from minimlp.loss import cross_entropy_forward
-from minimlp.progress import print_warning
+from minimlp.kernels import cross_entropy_forward
 
 __all__ = ["EvalResult", "evaluate", "main"]
 
@@ -52,15 +51,21 @@ class EvalResult:
             return 100.0 * self.class_correct / self.class_total
 
 
-def evaluate(model: Any, dataset: Dataset, batch_size: int = 256, indices: np.ndarray | None = None,
-             should_stop: Callable[[], bool] | None = None, label_map: np.ndarray | None = None,
-             world: Any = None) -> EvalResult | None:
+def evaluate(
+    model: Any,
+    dataset: Dataset,
+    batch_size: int = 256,
+    indices: np.ndarray | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    label_map: np.ndarray | None = None,
+    world: Any = None,
+) -> EvalResult | None:
     """Run ``model`` over ``dataset`` (or ``indices`` of it) without augmentation.
 
     ``label_map[k]`` is the model output that dataset label k stands for (default: k itself);
     leave out the samples it maps to -1.  Returns None when ``should_stop()`` turns true
     between batches (Ctrl-C in the trainer).
-    ``world`` (a :class:`minimlp.distributed.World`, under mpirun): each rank evaluates its
+    ``world`` (a :class:`minimlp.parallel.mpi.World`, under mpirun): each rank evaluates its
     share of the images and the sums are added over the ranks, so every rank returns the
     whole result; ``should_stop`` is then not consulted (the ranks must agree on stopping,
     which the trainer does between steps).
@@ -95,12 +100,18 @@ def evaluate(model: Any, dataset: Dataset, batch_size: int = 256, indices: np.nd
     if world is not None and world.size > 1:  # the sums over every rank's share
         totals = world.sum(np.concatenate([[loss_sum, correct1, correct5, seen], class_correct, class_total]))
         loss_sum, (correct1, correct5, seen) = float(totals[0]), (int(t) for t in totals[1:4])
-        class_correct, class_total = totals[4:4 + K].astype(np.int64), totals[4 + K:].astype(np.int64)
+        class_correct, class_total = totals[4 : 4 + K].astype(np.int64), totals[4 + K :].astype(np.int64)
     if seen == 0:
         raise ValueError("nothing to evaluate: the dataset (or the index subset) is empty")
     top5 = 100.0 * correct5 / seen if K > 5 else None
-    return EvalResult(loss=loss_sum / seen, top1=100.0 * correct1 / seen, top5=top5, num_samples=seen,
-                      class_correct=class_correct, class_total=class_total)
+    return EvalResult(
+        loss=loss_sum / seen,
+        top1=100.0 * correct1 / seen,
+        top5=top5,
+        num_samples=seen,
+        class_correct=class_correct,
+        class_total=class_total,
+    )
 
 
 def format_per_class(result: EvalResult, classes: list[str]) -> str:
@@ -110,8 +121,9 @@ def format_per_class(result: EvalResult, classes: list[str]) -> str:
     lines = [f"  {'class':<{width}}  top-1 %   samples"]
     for k in shown:
         acc = result.per_class()[k]
-        lines.append(f"  {classes[k]:<{width}}  {'     -' if math.isnan(acc) else f'{acc:6.2f}'}   "
-                     f"{result.class_total[k]:7d}")
+        lines.append(
+            f"  {classes[k]:<{width}}  {'     -' if math.isnan(acc) else f'{acc:6.2f}'}   {result.class_total[k]:7d}"
+        )
     if len(shown) < len(classes):
         lines.append(f"  ({len(classes) - len(shown)} of the model's {len(classes)} classes have no images here)")
     return "\n".join(lines)
@@ -129,22 +141,39 @@ def crop_pct(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m minimlp.evaluate", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--checkpoint", "--pretrained", dest="checkpoint", required=True, metavar="FILE",
-                   help="a minimlp checkpoint (best.npz, last.npz) or any weights file minimlp reads (.pth, "
-                        ".safetensors, .npz); both names are the same option")
+    p = argparse.ArgumentParser(
+        prog="python -m minimlp.evaluate",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--checkpoint",
+        "--pretrained",
+        dest="checkpoint",
+        required=True,
+        metavar="FILE",
+        help="a minimlp checkpoint (best.npz, last.npz) or any weights file minimlp reads (.pth, "
+        ".safetensors, .npz); both names are the same option",
+    )
     p.add_argument("--ema", action="store_true", help="a DeiT training checkpoint's EMA weights (model_ema)")
     p.add_argument("--dataset", default=None, help="dataset name or directory (default: the checkpoint's)")
     p.add_argument("--data-dir", default=None, metavar="DIR", help="where the data is (default: the checkpoint's)")
-    p.add_argument("--crop-pct", type=crop_pct, default=None,
-                   help="image data: resize to img_size / PCT, center-crop img_size (default: the checkpoint's, "
-                        "else 0.875)")
+    p.add_argument(
+        "--crop-pct",
+        type=crop_pct,
+        default=None,
+        help="image data: resize to img_size / PCT, center-crop img_size (default: the checkpoint's, else 0.875)",
+    )
     p.add_argument("-b", "--batch-size", type=int, default=256, help="images per forward pass")
     p.add_argument("--gpu", action="store_true", help="run on the GPU (CuPy), same as --device gpu")
     p.add_argument("--device", default="cpu", help="cpu, gpu or cuda:N")
-    p.add_argument("-j", "--workers", type=int, default=None,
-                   help="processes that decode image files (default: one per core, at most 8)")
+    p.add_argument(
+        "-j",
+        "--workers",
+        type=int,
+        default=None,
+        help="processes that decode image files (default: one per core, at most 8)",
+    )
     return p
 
 
@@ -163,6 +192,8 @@ def open_eval_data(args: argparse.Namespace, meta: dict[str, Any], img_size: int
 
 
 def main(argv: list[str] | None = None) -> int:
+    from minimlp.train.progress import print_warning  # here: the trainer imports this module
+
     with warnings.catch_warnings():  # restores showwarning afterwards
         warnings.showwarning = print_warning
         return _main(argv)
@@ -177,8 +208,9 @@ def _main(argv: list[str] | None) -> int:
     if args.batch_size < 1:
         build_parser().error(f"--batch-size must be positive, got {args.batch_size}")
     try:
-        model, info = model_from_checkpoint(args.checkpoint, device="gpu" if args.gpu else args.device,
-                                            use_ema=args.ema)
+        model, info = model_from_checkpoint(
+            args.checkpoint, device="gpu" if args.gpu else args.device, use_ema=args.ema
+        )
     except (FileNotFoundError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -202,8 +234,10 @@ def _main(argv: list[str] | None) -> int:
             return 2
         indices = np.flatnonzero(mapping[dataset.labels] >= 0)
         epoch = f"epoch {meta['epoch']}, " if "epoch" in meta else ""
-        print(f"checkpoint: {info.source} ({info.format}{', EMA' if info.ema else ''}, {epoch}"
-              f"{model.num_params():,} parameters, {K} classes)")
+        print(
+            f"checkpoint: {info.source} ({info.format}{', EMA' if info.ema else ''}, {epoch}"
+            f"{model.num_params():,} parameters, {K} classes)"
+        )
         print(f"data: {dataset.describe()}")
         if len(indices) < len(dataset):
             print(f"note: {len(dataset) - len(indices)} images of classes the model does not know are left out")
@@ -214,13 +248,18 @@ def _main(argv: list[str] | None) -> int:
         try:
             result = evaluate(model, dataset, args.batch_size, indices, label_map=mapping)
         except MemoryError as exc:
-            print(f"error: a batch of {args.batch_size} images does not fit in memory with this model ({exc}); "
-                  f"use a smaller --batch-size", file=sys.stderr)
+            print(
+                f"error: a batch of {args.batch_size} images does not fit in memory with this model ({exc}); "
+                f"use a smaller --batch-size",
+                file=sys.stderr,
+            )
             return 2
     elapsed = time.perf_counter() - start
     top5 = f"  top-5 {result.top5:.2f}%" if result.top5 is not None else ""
-    print(f"top-1 {result.top1:.2f}%{top5}  loss {result.loss:.4f}  "
-          f"({result.num_samples} images in {elapsed:.1f} s, {result.num_samples / elapsed:.0f} img/s)")
+    print(
+        f"top-1 {result.top1:.2f}%{top5}  loss {result.loss:.4f}  "
+        f"({result.num_samples} images in {elapsed:.1f} s, {result.num_samples / elapsed:.0f} img/s)"
+    )
     print(format_per_class(result, classes))
     return 0
 

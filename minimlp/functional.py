@@ -17,11 +17,11 @@ on the first axis of a (T, B·D) matrix, so both are single 2-D matrix products 
 data where it lies, with no transpose and no copy (lesson 7).  ``linear_*`` and
 ``layernorm_*`` therefore take an ``axis``: -1 (features) or 0 (tokens).
 
-Speed.  Each op is written plainly, once, for NumPy and CuPy alike.  Where a fused kernel
-computes the same thing faster (:mod:`minimlp.fused`: float32 on the CPU, CuPy on the
-GPU), the op hands its arrays over to it; float64 always runs the plain code below, so
-the gradient checks prove the plain versions and the tests compare the fused ones with
-them.  ``@timed`` marks each op's category for the benchmark's time breakdown.
+Speed.  Each op is written plainly, once, for NumPy and CuPy alike, and nothing here is
+about speed.  The layers call the same ops through :mod:`minimlp.kernels`, which runs a
+fused kernel where one computes the same thing faster (float32 on the CPU, CuPy on the
+GPU) and the op below otherwise; the gradient checks prove the ops below and the tests
+compare every kernel with them.
 """
 
 from __future__ import annotations
@@ -31,45 +31,17 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from minimlp import fused
-from minimlp.backend import array_module, erfc
-from minimlp.profiling import timed
-
-Array = Any  # a NumPy or CuPy ndarray
+from minimlp.backend import Array, array_module, erfc
 
 
 # --------------------------------------------------------------------------------------
 # Linear: y = W x + b along one axis.  Lesson 2.
 # --------------------------------------------------------------------------------------
-def _matmul(a: Array, b: Array) -> Array:
-    """a @ b; float32 on the CPU goes to fused.matmul, which spreads it over the cores."""
-    if fused.applies_matmul(a, b):
-        return fused.matmul(a, b)
-    return a @ b
-
-
-def _add_bias(y2: Array, b: Array, axis: int) -> None:
-    """y2 += b, for the (M, O) (axis -1) or (O, M) (axis 0) matrix of a linear layer."""
-    if fused.applies(y2):
-        fused.add_bias(y2, b, axis)
-    else:
-        y2 += b if axis == -1 else b[:, None]
-
-
-def _add_bias_grad(dy2: Array, db: Array, axis: int) -> None:
-    """db += dy2 summed over the positions: its rows (axis -1) or its columns (axis 0)."""
-    if fused.applies(dy2):
-        fused.bias_backward(dy2, db, axis)
-    else:
-        db += dy2.sum(axis=0 if axis == -1 else 1)
-
-
 class LinearCache(NamedTuple):
     x: Array
     axis: int
 
 
-@timed("matmul")
 def linear_forward(x: Array, w: Array, b: Array | None, axis: int = -1) -> tuple[Array, LinearCache]:
     """Apply a linear map with weight ``w`` (O, I) (PyTorch layout) along ``axis``.
 
@@ -78,37 +50,38 @@ def linear_forward(x: Array, w: Array, b: Array | None, axis: int = -1) -> tuple
     """
     if axis == -1:
         x2 = x.reshape(-1, x.shape[-1])  # (M, I)
-        y = _matmul(x2, w.T)  # (M, O); w.T is a view, which BLAS reads as a transposed matrix
+        y = x2 @ w.T  # (M, O); w.T is a view, which BLAS reads as a transposed matrix
         if b is not None:
-            _add_bias(y, b, axis)
+            y += b
         return y.reshape(*x.shape[:-1], w.shape[0]), LinearCache(x, axis)
     if axis == 0:
         x2 = x.reshape(x.shape[0], -1)  # (I, M)
-        y = _matmul(w, x2)  # (O, M)
+        y = w @ x2  # (O, M)
         if b is not None:
-            _add_bias(y, b, axis)
+            y += b[:, None]
         return y.reshape(w.shape[0], *x.shape[1:]), LinearCache(x, axis)
     raise ValueError(f"linear acts on axis -1 or 0, got {axis}")
 
 
-@timed("matmul")
-def linear_backward(dy: Array, cache: LinearCache, w: Array, dw: Array, db: Array | None,
-                    input_grad: bool = True) -> Array | None:
-    """Add dL/dW into ``dw`` and dL/db into ``db``; return dL/dx (None if not wanted)."""
+def linear_backward(
+    dy: Array, cache: LinearCache, w: Array, dw: Array, db: Array | None, input_grad: bool = True
+) -> Array | None:
+    """Add dL/dW into ``dw`` and dL/db into ``db``; return dL/dx, or None with
+    ``input_grad=False`` (the image under the patch embedding needs none)."""
     x = cache.x
     if cache.axis == -1:
         dy2 = dy.reshape(-1, dy.shape[-1])  # (M, O)
         x2 = x.reshape(-1, x.shape[-1])  # (M, I)
-        dw += _matmul(dy2.T, x2)  # (O, I)
+        dw += dy2.T @ x2  # (O, I)
         if db is not None:
-            _add_bias_grad(dy2, db, -1)
-        return _matmul(dy2, w).reshape(x.shape) if input_grad else None  # (M, I)
+            db += dy2.sum(axis=0)  # summed over the M positions
+        return (dy2 @ w).reshape(x.shape) if input_grad else None  # (M, I)
     dy2 = dy.reshape(dy.shape[0], -1)  # (O, M)
     x2 = x.reshape(x.shape[0], -1)  # (I, M)
-    dw += _matmul(dy2, x2.T)  # (O, I)
+    dw += dy2 @ x2.T  # (O, I)
     if db is not None:
-        _add_bias_grad(dy2, db, 0)
-    return _matmul(w.T, dy2).reshape(x.shape) if input_grad else None  # (I, M)
+        db += dy2.sum(axis=1)
+    return (w.T @ dy2).reshape(x.shape) if input_grad else None  # (I, M)
 
 
 # --------------------------------------------------------------------------------------
@@ -119,62 +92,37 @@ _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 
 class GeluCache(NamedTuple):
-    dgelu: Array | None  # GELU'(x) = Φ(x) + x φ(x); computed in forward, where Φ is at hand
-    x: Array | None = None  # the input instead, from a forward that skipped the derivative
+    dgelu: Array  # GELU'(x) = Φ(x) + x φ(x); computed in forward, where Φ is at hand
 
 
-@timed("gelu")
 def gelu_forward(x: Array) -> tuple[Array, GeluCache]:
-    if fused.applies(x):
-        h, g = fused.gelu(x)
-        return h, GeluCache(g)
     xp = array_module(x)
     cdf = 0.5 * erfc(-x * _INV_SQRT2)  # Φ(x), through erfc: accurate for x << 0 too
     pdf = xp.exp(-0.5 * x * x) * _INV_SQRT_2PI  # φ(x)
     return x * cdf, GeluCache(cdf + x * pdf)
 
 
-@timed("gelu")
-def gelu_backward(dout: Array, cache: GeluCache, out: Array | None = None) -> Array:
-    """dL/dx = dout * GELU'(x), written into ``out`` if given (``out`` may be ``dout``)."""
-    dgelu = cache.dgelu if cache.dgelu is not None else gelu_forward(cache.x)[1].dgelu
-    if fused.applies(dout):
-        return fused.gelu_backward(dout, dgelu, out)
-    xp = array_module(dout)
-    return xp.multiply(dout, dgelu, out=out)
+def gelu_backward(dout: Array, cache: GeluCache) -> Array:
+    """dL/dx = dout * GELU'(x)."""
+    return dout * cache.dgelu
 
 
 # --------------------------------------------------------------------------------------
-# A linear layer followed by GELU: the first half of every feed-forward layer.  The plain
-# version is the two ops above; the fused one adds the bias inside the GELU pass, so the
-# largest activation of the model is read and written once instead of three times.
+# A linear layer followed by GELU: the first half of every feed-forward layer, and the
+# one pair that :mod:`minimlp.kernels` fuses (the bias goes inside the GELU pass there).
 # --------------------------------------------------------------------------------------
-def linear_gelu_forward(x: Array, w: Array, b: Array, axis: int = -1,
-                        need_grad: bool = True) -> tuple[Array, tuple[LinearCache, GeluCache]]:
-    """GELU(linear(x)): returns (h, (linear cache, GELU cache)).
-
-    ``need_grad=False`` (evaluation) lets the fused path keep GELU's input instead of its
-    derivative, which it then skips; a backward pass still works, computing it then.
-    """
-    if fused.applies(x) and b is not None:
-        y, c_lin = linear_forward(x, w, None, axis)  # the product alone; the bias goes into the GELU pass
-        if not need_grad:
-            h, z = fused.bias_gelu_inference(y, b, axis)
-            return h, (c_lin, GeluCache(None, z))
-        h, dgelu = fused.bias_gelu(y, b, axis)
-        return h, (c_lin, GeluCache(dgelu))
+def linear_gelu_forward(x: Array, w: Array, b: Array, axis: int = -1) -> tuple[Array, tuple[LinearCache, GeluCache]]:
+    """GELU(linear(x)): returns (h, (linear cache, GELU cache))."""
     y, c_lin = linear_forward(x, w, b, axis)
     h, c_act = gelu_forward(y)
     return h, (c_lin, c_act)
 
 
-def linear_gelu_backward(dh: Array, cache: tuple[LinearCache, GeluCache], w: Array, dw: Array, db: Array,
-                         input_grad: bool = True, owns_dh: bool = False) -> Array | None:
-    """Backward of :func:`linear_gelu_forward`.  ``owns_dh=True`` lets it overwrite ``dh``."""
+def linear_gelu_backward(
+    dh: Array, cache: tuple[LinearCache, GeluCache], w: Array, dw: Array, db: Array, input_grad: bool = True
+) -> Array | None:
+    """Backward of :func:`linear_gelu_forward`."""
     c_lin, c_act = cache
-    if owns_dh and fused.applies(dh) and db is not None and c_act.dgelu is not None:
-        dy = fused.bias_gelu_backward(dh, c_act.dgelu, db, c_lin.axis)  # also adds the bias gradient
-        return linear_backward(dy, c_lin, w, dw, None, input_grad)
     dy = gelu_backward(dh, c_act)
     return linear_backward(dy, c_lin, w, dw, db, input_grad)
 
@@ -195,7 +143,6 @@ def _along(v: Array, axis: int, ndim: int) -> Array:
     return v.reshape(v.shape[0], *([1] * (ndim - 1)))
 
 
-@timed("layernorm")
 def layernorm_forward(x: Array, w: Array, b: Array, axis: int = -1, eps: float = 1e-6) -> tuple[Array, LayerNormCache]:
     """Normalise x to zero mean and unit variance along ``axis``, then scale and shift.
 
@@ -203,9 +150,6 @@ def layernorm_forward(x: Array, w: Array, b: Array, axis: int = -1, eps: float =
     normalises each feature channel over the T tokens (the patch branch of this model).
     eps sits inside the square root, as in PyTorch.
     """
-    if fused.applies(x) and x.ndim >= 2 and axis in (-1, 0, x.ndim - 1):
-        y, xhat, rstd = fused.layernorm(x, w, b, 0 if axis == 0 else -1, eps)
-        return y, LayerNormCache(xhat, rstd, axis)
     xp = array_module(x)
     mean = x.mean(axis=axis, keepdims=True)
     xc = x - mean
@@ -216,29 +160,22 @@ def layernorm_forward(x: Array, w: Array, b: Array, axis: int = -1, eps: float =
     return y, LayerNormCache(xhat, rstd, axis)
 
 
-@timed("layernorm")
 def layernorm_backward(dy: Array, cache: LayerNormCache, w: Array, dw: Array, db: Array) -> Array:
     xhat, rstd, axis = cache
-    if fused.applies(dy) and fused.applies(xhat) and dy.ndim >= 2 and axis in (-1, 0, dy.ndim - 1):
-        return fused.layernorm_backward(dy, xhat, rstd, w, dw, db, 0 if axis == 0 else -1)
     other = tuple(i for i in range(dy.ndim) if i != axis % dy.ndim)  # axes summed for dw, db
     dw += (dy * xhat).sum(axis=other)
     db += dy.sum(axis=other)
     dxhat = dy * _along(w, axis, dy.ndim)
     # d/dx of (x - mean) * rstd, through both the mean and the variance:
-    return (dxhat - dxhat.mean(axis=axis, keepdims=True)
-            - xhat * (dxhat * xhat).mean(axis=axis, keepdims=True)) * rstd
+    return (dxhat - dxhat.mean(axis=axis, keepdims=True) - xhat * (dxhat * xhat).mean(axis=axis, keepdims=True)) * rstd
 
 
 # --------------------------------------------------------------------------------------
 # Residual connections: out = out + x, in place.  The caller passes as ``out`` an array it
 # owns (a branch's fresh output), so the sum needs no new memory.
 # --------------------------------------------------------------------------------------
-@timed("residual")
 def add_inplace(out: Array, x: Array) -> Array:
     """out += x; returns out."""
-    if fused.applies(out) and fused.applies(x) and out.shape == x.shape:
-        return fused.add_(out, x)
     out += x
     return out
 
@@ -256,7 +193,6 @@ def _uniform_dtype(dtype: Any) -> Any:
     return "float32" if dtype == "float16" else dtype
 
 
-@timed("dropout")
 def dropout_forward(x: Array, p: float, rng: Any, train: bool) -> tuple[Array, MaskCache]:
     """Zero each element with probability p and scale the rest by 1/(1-p) (inverted dropout)."""
     if not train or p == 0.0:
@@ -266,7 +202,6 @@ def dropout_forward(x: Array, p: float, rng: Any, train: bool) -> tuple[Array, M
     return x * mask, MaskCache(mask)
 
 
-@timed("dropout")
 def drop_path_forward(x: Array, p: float, rng: Any, train: bool, batch_axis: int = 1) -> tuple[Array, MaskCache]:
     """Drop a whole residual branch for a random subset of samples (stochastic depth).
 
@@ -282,7 +217,6 @@ def drop_path_forward(x: Array, p: float, rng: Any, train: bool, batch_axis: int
     return x * mask, MaskCache(mask)
 
 
-@timed("dropout")
 def mask_backward(dout: Array, cache: MaskCache) -> Array:
     """Backward of dropout and of drop path: the same mask, applied to the gradient."""
     return dout if cache.mask is None else dout * cache.mask
@@ -296,12 +230,10 @@ dropout_backward = drop_path_backward = mask_backward
 # In the (T, B, D) layout the model needs none; this is the paper's view of the block,
 # used to hand features to users as (B, T, D) and by the lessons.
 # --------------------------------------------------------------------------------------
-@timed("copies")
 def transpose_forward(x: Array, axes: tuple[int, ...]) -> tuple[Array, tuple[int, ...]]:
     return x.transpose(axes), axes
 
 
-@timed("copies")
 def transpose_backward(dout: Array, axes: tuple[int, ...]) -> Array:
     inverse = tuple(sorted(range(len(axes)), key=axes.__getitem__))
     return dout.transpose(inverse)
@@ -311,7 +243,6 @@ def transpose_backward(dout: Array, axes: tuple[int, ...]) -> Array:
 # Patch embedding: a P×P convolution with stride P is a linear map on flattened patches.
 # Lesson 1.
 # --------------------------------------------------------------------------------------
-@timed("copies")
 def patchify(x: Array, patch_size: int) -> Array:
     """(B, C, H, W) -> (N, B, C·P·P): patches in row-major grid order, each flattened in
     (C, P, P) order, which is how a (D, C, P, P) convolution weight flattens."""
@@ -322,7 +253,6 @@ def patchify(x: Array, patch_size: int) -> Array:
     return x.reshape((H // P) * (W // P), B, C * P * P)  # copies: the one im2col copy
 
 
-@timed("copies")
 def unpatchify(patches: Array, image_shape: tuple[int, int, int, int], patch_size: int) -> Array:
     """The inverse of :func:`patchify`: (N, B, C·P·P) -> (B, C, H, W)."""
     B, C, H, W = image_shape
@@ -345,8 +275,9 @@ def patch_embed_forward(x: Array, w: Array, b: Array) -> tuple[Array, PatchEmbed
     return y, PatchEmbedCache(lin, x.shape)
 
 
-def patch_embed_backward(dy: Array, cache: PatchEmbedCache, w: Array, dw: Array, db: Array,
-                         input_grad: bool = True) -> Array | None:
+def patch_embed_backward(
+    dy: Array, cache: PatchEmbedCache, w: Array, dw: Array, db: Array, input_grad: bool = True
+) -> Array | None:
     D, P = w.shape[0], w.shape[-1]
     # dw.reshape is a view, so the gradient lands in dw.  The image needs no gradient
     # when training, which saves the largest matrix product of this layer.
@@ -357,9 +288,9 @@ def patch_embed_backward(dy: Array, cache: PatchEmbedCache, w: Array, dw: Array,
 # --------------------------------------------------------------------------------------
 # Class token and learned positional embedding.
 # --------------------------------------------------------------------------------------
-@timed("copies")
-def tokens_forward(patch_tokens: Array, cls_token: Array, pos_embed: Array,
-                   cls_pos_embed: Array | None = None) -> Array:
+def tokens_forward(
+    patch_tokens: Array, cls_token: Array, pos_embed: Array, cls_pos_embed: Array | None = None
+) -> Array:
     """Prepend the class token and add positional embeddings.
 
     patch_tokens (N, B, D); cls_token (1, 1, D).  Two ways to store the positions:
@@ -380,7 +311,6 @@ def tokens_forward(patch_tokens: Array, cls_token: Array, pos_embed: Array,
     return x
 
 
-@timed("copies")
 def tokens_backward(dx: Array, dcls_token: Array, dpos_embed: Array, dcls_pos_embed: Array | None = None) -> Array:
     """Add the embedding gradients; return the gradient of the patch tokens (N, B, D).
 
@@ -427,7 +357,6 @@ class ResizeCache(NamedTuple):
     ww: Array  # (Wout, Win): the map along the columns
 
 
-@timed("copies")
 def resize_bilinear_forward(x: Array, size: tuple[int, int]) -> tuple[Array, ResizeCache]:
     """x (..., Hin, Win) -> (..., Hout, Wout), resized bilinearly over its last two axes.
 
@@ -443,7 +372,6 @@ def resize_bilinear_forward(x: Array, size: tuple[int, int]) -> tuple[Array, Res
     return y, ResizeCache(wh, ww)
 
 
-@timed("copies")
 def resize_bilinear_backward(dy: Array, cache: ResizeCache) -> Array:
     """dy (..., Hout, Wout) -> dx (..., Hin, Win): y = Wh x Wwᵀ is linear, so dx = Whᵀ dy Ww.
 
@@ -456,13 +384,11 @@ def resize_bilinear_backward(dy: Array, cache: ResizeCache) -> Array:
 # --------------------------------------------------------------------------------------
 # Class-token pooling: the classifier reads token 0 only.
 # --------------------------------------------------------------------------------------
-@timed("copies")
 def cls_pool_forward(x: Array) -> tuple[Array, tuple[int, ...]]:
     """(T, B, D) -> (B, D)."""
     return x[0], x.shape
 
 
-@timed("copies")
 def cls_pool_backward(dout: Array, shape: tuple[int, ...]) -> Array:
     xp = array_module(dout)
     dx = xp.zeros(shape, dtype=dout.dtype)
@@ -591,8 +517,15 @@ class AttentionCache(NamedTuple):
     scale: float
 
 
-def attention_forward(q: Array, k: Array, v: Array, scale: float | None = None, attn_drop: float = 0.0,
-                      rng: Any = None, train: bool = False) -> tuple[Array, AttentionCache]:
+def attention_forward(
+    q: Array,
+    k: Array,
+    v: Array,
+    scale: float | None = None,
+    attn_drop: float = 0.0,
+    rng: Any = None,
+    train: bool = False,
+) -> tuple[Array, AttentionCache]:
     """Scaled dot-product attention, softmax(q kᵀ · scale) v, batched over leading axes.
 
     q, k, v (..., S, d) -> (..., S, d); scale defaults to 1/sqrt(d).  Row i of the

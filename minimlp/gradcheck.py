@@ -13,9 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from minimlp.backend import array_module, to_numpy
-
-Array = Any
+from minimlp.backend import Array, array_module, to_numpy
 
 
 def numerical_gradient(f: Callable[[], float], x: Array, h: float = 1e-6) -> np.ndarray:
@@ -55,8 +53,9 @@ def rel_error(a: Array, b: Array, floor: float = 0.0) -> float:
     return float(np.abs(a - b).max() / scale)
 
 
-def check_model_gradients(model: Any, x: Array, dlogits: Array, h: float = 1e-6,
-                          names: list[str] | None = None) -> dict[str, float]:
+def check_model_gradients(
+    model: Any, x: Array, dlogits: Array, h: float = 1e-6, names: list[str] | None = None
+) -> dict[str, float]:
     """Relative error of every parameter gradient, and of the input gradient ("input").
 
     The scalar checked is sum(logits * dlogits), whose gradient w.r.t. the logits is
@@ -83,8 +82,10 @@ def check_model_gradients(model: Any, x: Array, dlogits: Array, h: float = 1e-6,
     model.zero_grad()
     logits, cache = run()
     dx = model.backward(dlogits, cache)
-    pairs = {name: (model.grads[name], numerical_gradient(f, model.params[name], h))
-             for name in (names if names is not None else list(model.params))}
+    pairs = {
+        name: (model.grads[name], numerical_gradient(f, model.params[name], h))
+        for name in (names if names is not None else list(model.params))
+    }
     pairs["input"] = (dx, numerical_gradient(f, x, h))
     scale = max(float(np.abs(to_numpy(a)).max(initial=0.0)) for a, _ in pairs.values())
     return {name: rel_error(a, n, floor=1e-3 * scale) for name, (a, n) in pairs.items()}

@@ -1,7 +1,8 @@
-"""Layers: parameters and gradients by name, with the math delegated to ``functional``.
+"""Layers: parameters and gradients by name, with the math delegated to the ops.
 
 A layer knows which parameters it owns and calls the matching ``<op>_forward`` /
-``<op>_backward`` pair.  It never stores a cache: ``forward(x, ...)`` returns
+``<op>_backward`` pair through :mod:`minimlp.kernels`, which runs a fast kernel where one
+applies and the plain op of :mod:`minimlp.functional` otherwise.  It never stores a cache: ``forward(x, ...)`` returns
 ``(out, cache)`` and ``backward(dout, cache)`` returns the input gradient, adding the
 parameter gradients into ``grads``.
 
@@ -23,10 +24,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from minimlp import functional as F
-from minimlp.backend import Backend
+from minimlp import kernels
+from minimlp.backend import Array, Backend
 
-Array = Any
 Init = Callable[[np.random.Generator, tuple[int, ...]], np.ndarray]
 
 
@@ -121,8 +121,10 @@ class ParameterStore:
         needed = total * (8 + np.dtype(dtype).itemsize)  # the float64 draw and the parameters (gradients: zero pages)
         free = available_memory()
         if free is not None and needed > free:
-            raise MemoryError(f"a model of {total:,} parameters needs {needed / 2**30:.1f} GiB to build, and "
-                              f"{free / 2**30:.1f} GiB of memory is available")
+            raise MemoryError(
+                f"a model of {total:,} parameters needs {needed / 2**30:.1f} GiB to build, and "
+                f"{free / 2**30:.1f} GiB of memory is available"
+            )
         self.num_decay = sum(math.prod(s.shape) for s in ordered if s.decay)
         host = np.empty(total, dtype=np.float64)
         offsets = {}
@@ -148,19 +150,27 @@ class ParameterStore:
 class Linear:
     """y = W x + b along ``axis`` (-1: features of each token; 0: tokens of each feature)."""
 
-    def __init__(self, store: ParameterStore, name: str, in_features: int, out_features: int,
-                 axis: int = -1, init: Init | None = None, bias_init: Init | None = None) -> None:
+    def __init__(
+        self,
+        store: ParameterStore,
+        name: str,
+        in_features: int,
+        out_features: int,
+        axis: int = -1,
+        init: Init | None = None,
+        bias_init: Init | None = None,
+    ) -> None:
         self.store, self.axis = store, axis
         self.w = store.add(f"{name}.weight", (out_features, in_features), init or trunc_normal(0.02))
         self.b = store.add(f"{name}.bias", (out_features,), bias_init or constant(0.0))
 
-    def forward(self, x: Array) -> tuple[Array, F.LinearCache]:
+    def forward(self, x: Array) -> tuple[Array, kernels.LinearCache]:
         p = self.store.params
-        return F.linear_forward(x, p[self.w], p[self.b], self.axis)
+        return kernels.linear_forward(x, p[self.w], p[self.b], self.axis)
 
-    def backward(self, dout: Array, cache: F.LinearCache, input_grad: bool = True) -> Array | None:
+    def backward(self, dout: Array, cache: kernels.LinearCache, input_grad: bool = True) -> Array | None:
         p, g = self.store.params, self.store.grads
-        return F.linear_backward(dout, cache, p[self.w], g[self.w], g[self.b], input_grad)
+        return kernels.linear_backward(dout, cache, p[self.w], g[self.w], g[self.b], input_grad)
 
 
 class LayerNorm:
@@ -171,13 +181,13 @@ class LayerNorm:
         self.w = store.add(f"{name}.weight", (dim,), constant(1.0))
         self.b = store.add(f"{name}.bias", (dim,), constant(0.0))
 
-    def forward(self, x: Array) -> tuple[Array, F.LayerNormCache]:
+    def forward(self, x: Array) -> tuple[Array, kernels.LayerNormCache]:
         p = self.store.params
-        return F.layernorm_forward(x, p[self.w], p[self.b], self.axis, self.eps)
+        return kernels.layernorm_forward(x, p[self.w], p[self.b], self.axis, self.eps)
 
-    def backward(self, dout: Array, cache: F.LayerNormCache) -> Array:
+    def backward(self, dout: Array, cache: kernels.LayerNormCache) -> Array:
         p, g = self.store.params, self.store.grads
-        return F.layernorm_backward(dout, cache, p[self.w], g[self.w], g[self.b])
+        return kernels.layernorm_backward(dout, cache, p[self.w], g[self.w], g[self.b])
 
 
 class MlpCache(NamedTuple):
@@ -198,8 +208,15 @@ class Mlp:
     that replaces attention).
     """
 
-    def __init__(self, store: ParameterStore, name: str, in_features: int, hidden_features: int,
-                 axis: int = -1, drop: float = 0.0) -> None:
+    def __init__(
+        self,
+        store: ParameterStore,
+        name: str,
+        in_features: int,
+        hidden_features: int,
+        axis: int = -1,
+        drop: float = 0.0,
+    ) -> None:
         self.fc1 = Linear(store, f"{name}.fc1", in_features, hidden_features, axis)
         self.fc2 = Linear(store, f"{name}.fc2", hidden_features, in_features, axis)
         self.drop = drop
@@ -207,19 +224,19 @@ class Mlp:
     def forward(self, x: Array, train: bool = False, rng: Any = None) -> tuple[Array, MlpCache]:
         p, fc1 = self.fc1.store.params, self.fc1
         # (..., H): fc1, then GELU; outside training the GELU derivative waits until a backward asks for it
-        h, (c_fc1, c_act) = F.linear_gelu_forward(x, p[fc1.w], p[fc1.b], fc1.axis, need_grad=train)
-        h, c_drop1 = F.dropout_forward(h, self.drop, rng, train)
+        h, (c_fc1, c_act) = kernels.linear_gelu_forward(x, p[fc1.w], p[fc1.b], fc1.axis, need_grad=train)
+        h, c_drop1 = kernels.dropout_forward(h, self.drop, rng, train)
         y, c_fc2 = self.fc2.forward(h)  # (..., in)
-        y, c_drop2 = F.dropout_forward(y, self.drop, rng, train)
+        y, c_drop2 = kernels.dropout_forward(y, self.drop, rng, train)
         return y, MlpCache(c_fc1, c_act, c_drop1, c_fc2, c_drop2)
 
     def backward(self, dy: Array, cache: MlpCache) -> Array:
-        dy = F.dropout_backward(dy, cache.drop2)
+        dy = kernels.dropout_backward(dy, cache.drop2)
         dh = self.fc2.backward(dy, cache.fc2)
-        dh = F.dropout_backward(dh, cache.drop1)
+        dh = kernels.dropout_backward(dh, cache.drop1)
         p, g, fc1 = self.fc1.store.params, self.fc1.store.grads, self.fc1
         # dh is a fresh array made just above, so the GELU backward may overwrite it.
-        return F.linear_gelu_backward(dh, (cache.fc1, cache.gelu), p[fc1.w], g[fc1.w], g[fc1.b], owns_dh=True)
+        return kernels.linear_gelu_backward(dh, (cache.fc1, cache.gelu), p[fc1.w], g[fc1.w], g[fc1.b], owns_dh=True)
 
 
 class PatchEmbed:
@@ -231,22 +248,22 @@ class PatchEmbed:
         self.w = store.add(f"{name}.weight", (embed_dim, in_chans, patch_size, patch_size), uniform_fan_in(fan_in))
         self.b = store.add(f"{name}.bias", (embed_dim,), uniform_fan_in(fan_in))
 
-    def forward(self, x: Array) -> tuple[Array, F.PatchEmbedCache]:
+    def forward(self, x: Array) -> tuple[Array, kernels.PatchEmbedCache]:
         p = self.store.params
-        return F.patch_embed_forward(x, p[self.w], p[self.b])  # (N, B, D)
+        return kernels.patch_embed_forward(x, p[self.w], p[self.b])  # (N, B, D)
 
-    def backward(self, dout: Array, cache: F.PatchEmbedCache, input_grad: bool = True) -> Array | None:
+    def backward(self, dout: Array, cache: kernels.PatchEmbedCache, input_grad: bool = True) -> Array | None:
         p, g = self.store.params, self.store.grads
-        return F.patch_embed_backward(dout, cache, p[self.w], g[self.w], g[self.b], input_grad)
+        return kernels.patch_embed_backward(dout, cache, p[self.w], g[self.w], g[self.b], input_grad)
 
 
 class AttentionLayerCache(NamedTuple):
     """What :meth:`Attention.backward` needs from the forward pass."""
 
-    qkv: F.LinearCache  # the qkv projection's input
-    attn: F.AttentionCache  # q, k, v and the attention probabilities
-    proj: F.LinearCache  # the output projection's input (the merged heads)
-    drop: F.MaskCache  # dropout after the projection
+    qkv: kernels.LinearCache  # the qkv projection's input
+    attn: kernels.AttentionCache  # q, k, v and the attention probabilities
+    proj: kernels.LinearCache  # the output projection's input (the merged heads)
+    drop: kernels.MaskCache  # dropout after the projection
 
 
 class Attention:
@@ -259,8 +276,16 @@ class Attention:
     ``{name}.proj`` (E, E), E = ``dim``; the qkv rows are ordered (q, k, v) × heads.
     """
 
-    def __init__(self, store: ParameterStore, name: str, dim: int, num_heads: int, axis: int = -1,
-                 attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
+    def __init__(
+        self,
+        store: ParameterStore,
+        name: str,
+        dim: int,
+        num_heads: int,
+        axis: int = -1,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+    ) -> None:
         if num_heads < 1 or dim % num_heads:
             raise ValueError(f"{name}: {num_heads} heads do not divide the embedding size {dim}")
         self.qkv = Linear(store, f"{name}.qkv", dim, 3 * dim, axis)
@@ -271,19 +296,19 @@ class Attention:
 
     def forward(self, x: Array, train: bool = False, rng: Any = None) -> tuple[Array, AttentionLayerCache]:
         qkv, c_qkv = self.qkv.forward(x)  # (T, B, 3D), or (3T, B, D) for axis=0
-        q, k, v = F.split_heads_forward(qkv, self.num_heads, self.axis)  # each (B, h, S, d)
-        ctx, c_attn = F.attention_forward(q, k, v, self.scale, self.attn_drop, rng, train)  # (B, h, S, d)
-        y = F.merge_heads_forward(ctx, self.axis)  # back to x's shape
+        q, k, v = kernels.split_heads_forward(qkv, self.num_heads, self.axis)  # each (B, h, S, d)
+        ctx, c_attn = kernels.attention_forward(q, k, v, self.scale, self.attn_drop, rng, train)  # (B, h, S, d)
+        y = kernels.merge_heads_forward(ctx, self.axis)  # back to x's shape
         y, c_proj = self.proj.forward(y)
-        y, c_drop = F.dropout_forward(y, self.proj_drop, rng, train)
+        y, c_drop = kernels.dropout_forward(y, self.proj_drop, rng, train)
         return y, AttentionLayerCache(c_qkv, c_attn, c_proj, c_drop)
 
     def backward(self, dy: Array, cache: AttentionLayerCache) -> Array:
-        dy = F.dropout_backward(dy, cache.drop)
+        dy = kernels.dropout_backward(dy, cache.drop)
         dctx = self.proj.backward(dy, cache.proj)
-        dctx = F.merge_heads_backward(dctx, self.num_heads, self.axis)  # (B, h, S, d)
-        dq, dk, dv = F.attention_backward(dctx, cache.attn)
-        dqkv = F.split_heads_backward(dq, dk, dv, self.axis)
+        dctx = kernels.merge_heads_backward(dctx, self.num_heads, self.axis)  # (B, h, S, d)
+        dq, dk, dv = kernels.attention_backward(dctx, cache.attn)
+        dqkv = kernels.split_heads_backward(dq, dk, dv, self.axis)
         return self.qkv.backward(dqkv, cache.qkv)
 
 
@@ -314,15 +339,15 @@ class PreNormBlock:
         for norm, mixer in self.branches:
             h, c_norm = norm.forward(x)
             h, c_mix = mixer.forward(h, train, rng)
-            h, c_path = F.drop_path_forward(h, self.drop_path, rng, train)
-            x = F.add_inplace(h, x)  # x + h, into h: the branch output is a fresh array
+            h, c_path = kernels.drop_path_forward(h, self.drop_path, rng, train)
+            x = kernels.add_inplace(h, x)  # x + h, into h: the branch output is a fresh array
             caches.append(BranchCache(c_norm, c_mix, c_path))
         return x, caches
 
     def backward(self, dx: Array, caches: list[BranchCache]) -> Array:
         # x_out = x + branch(x): the gradient flows both ways round each residual.
         for (norm, mixer), cache in zip(reversed(self.branches), reversed(caches), strict=True):
-            dh = F.drop_path_backward(dx, cache.path)
+            dh = kernels.drop_path_backward(dx, cache.path)
             dh = mixer.backward(dh, cache.mixer)
-            dx = F.add_inplace(norm.backward(dh, cache.norm), dx)  # into the fresh LayerNorm gradient
+            dx = kernels.add_inplace(norm.backward(dh, cache.norm), dx)  # into the fresh LayerNorm gradient
         return dx

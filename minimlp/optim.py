@@ -35,9 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from minimlp.backend import array_module, to_numpy
-
-Array = Any
+from minimlp.backend import Array, array_module, to_numpy
 
 __all__ = ["Optimizer", "SGD", "AdamW", "create_optimizer", "clip_grad_norm", "LRSchedule", "scale_lr"]
 
@@ -55,8 +53,9 @@ class Optimizer:
 
     def __init__(self, params: Array, grads: Array, num_decay: int, lr: float, weight_decay: float = 0.0) -> None:
         if params.shape != grads.shape or params.ndim != 1:
-            raise ValueError(f"params and grads must be flat buffers of one shape, "
-                             f"got {params.shape} and {grads.shape}")
+            raise ValueError(
+                f"params and grads must be flat buffers of one shape, got {params.shape} and {grads.shape}"
+            )
         if not 0 <= num_decay <= params.size:
             raise ValueError(f"num_decay must lie in [0, {params.size}], got {num_decay}")
         if lr < 0 or weight_decay < 0:
@@ -98,8 +97,10 @@ class Optimizer:
             raise ValueError(f"{self.name} state does not match: missing {missing}, unexpected {unexpected}")
         for name, value in state.items():
             if tuple(np.shape(value)) != tuple(self.state[name].shape):
-                raise ValueError(f"{self.name} state {name!r} has shape {np.shape(value)}, "
-                                 f"the model needs {tuple(self.state[name].shape)}")
+                raise ValueError(
+                    f"{self.name} state {name!r} has shape {np.shape(value)}, "
+                    f"the model needs {tuple(self.state[name].shape)}"
+                )
             xp = array_module(self.state[name])
             self.state[name][...] = xp.asarray(value, dtype=self.state[name].dtype)
         self.steps = int(steps)
@@ -111,8 +112,16 @@ class SGD(Optimizer):
     name = "sgd"
     state_names = ("momentum_buffer",)
 
-    def __init__(self, params: Array, grads: Array, num_decay: int, lr: float, momentum: float = 0.9,
-                 nesterov: bool = False, weight_decay: float = 0.0) -> None:
+    def __init__(
+        self,
+        params: Array,
+        grads: Array,
+        num_decay: int,
+        lr: float,
+        momentum: float = 0.9,
+        nesterov: bool = False,
+        weight_decay: float = 0.0,
+    ) -> None:
         if not 0 <= momentum < 1:
             raise ValueError(f"momentum must lie in [0, 1), got {momentum}")
         if nesterov and momentum == 0:
@@ -144,8 +153,16 @@ class AdamW(Optimizer):
     name = "adamw"
     state_names = ("exp_avg", "exp_avg_sq")
 
-    def __init__(self, params: Array, grads: Array, num_decay: int, lr: float,
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.05) -> None:
+    def __init__(
+        self,
+        params: Array,
+        grads: Array,
+        num_decay: int,
+        lr: float,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.05,
+    ) -> None:
         if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1) or eps <= 0:
             raise ValueError(f"betas must lie in [0, 1) and eps be positive, got {betas}, {eps}")
         self.betas, self.eps = (float(betas[0]), float(betas[1])), float(eps)
@@ -217,13 +234,24 @@ class LRSchedule:
 
     KINDS = ("cosine", "step", "constant")
 
-    def __init__(self, kind: str, lr: float, epochs: float, warmup_epochs: float = 0.0, warmup_lr: float = 1e-6,
-                 min_lr: float = 1e-5, decay_epochs: float = 30.0, decay_rate: float = 0.1) -> None:
+    def __init__(
+        self,
+        kind: str,
+        lr: float,
+        epochs: float,
+        warmup_epochs: float = 0.0,
+        warmup_lr: float = 1e-6,
+        min_lr: float = 1e-5,
+        decay_epochs: float = 30.0,
+        decay_rate: float = 0.1,
+    ) -> None:
         if kind not in self.KINDS:
             raise ValueError(f"unknown schedule {kind!r}; choose one of {', '.join(self.KINDS)}")
         if epochs <= 0 or warmup_epochs < 0 or decay_epochs <= 0:
-            raise ValueError(f"epochs and decay_epochs must be positive and warmup_epochs non-negative, "
-                             f"got {epochs}, {decay_epochs}, {warmup_epochs}")
+            raise ValueError(
+                f"epochs and decay_epochs must be positive and warmup_epochs non-negative, "
+                f"got {epochs}, {decay_epochs}, {warmup_epochs}"
+            )
         self.kind, self.lr, self.epochs = kind, float(lr), float(epochs)
         self.warmup_epochs, self.warmup_lr, self.min_lr = float(warmup_epochs), float(warmup_lr), float(min_lr)
         self.decay_epochs, self.decay_rate = float(decay_epochs), float(decay_rate)
@@ -240,5 +268,7 @@ class LRSchedule:
         return self.lr
 
     def config(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("kind", "lr", "epochs", "warmup_epochs", "warmup_lr", "min_lr",
-                                              "decay_epochs", "decay_rate")}
+        return {
+            k: getattr(self, k)
+            for k in ("kind", "lr", "epochs", "warmup_epochs", "warmup_lr", "min_lr", "decay_epochs", "decay_rate")
+        }

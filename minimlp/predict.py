@@ -46,8 +46,9 @@ def load_image(path: str | Path, channels: int, size: int, crop_pct: float = 1.0
     return pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)  # (C, H, W)
 
 
-def checkpoint_transform(meta: dict[str, Any] | None, channels: int) -> tuple[tuple[float, ...], tuple[float, ...],
-                                                                              float]:
+def checkpoint_transform(
+    meta: dict[str, Any] | None, channels: int
+) -> tuple[tuple[float, ...], tuple[float, ...], float]:
     """(mean, std, crop_pct) of a checkpoint's evaluation transform; the paper's for files without one."""
     data = (meta or {}).get("data")
     if data:
@@ -69,9 +70,15 @@ def predict(model: Any, images_u8: np.ndarray, mean: tuple[float, ...], std: tup
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m minimlp.predict", description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", "--pretrained", dest="checkpoint", required=True, metavar="FILE",
-                   help="a minimlp checkpoint (.npz) or any weights file minimlp reads (.pth, .safetensors); "
-                        "both names are the same option")
+    p.add_argument(
+        "--checkpoint",
+        "--pretrained",
+        dest="checkpoint",
+        required=True,
+        metavar="FILE",
+        help="a minimlp checkpoint (.npz) or any weights file minimlp reads (.pth, .safetensors); "
+        "both names are the same option",
+    )
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format Pillow reads)")
     p.add_argument("--ema", action="store_true", help="a DeiT training checkpoint's EMA weights (model_ema)")
     p.add_argument("--top", type=int, default=5, help="how many classes to show per image (default: 5)")

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from minimlp import fused
+from minimlp import kernels
 
 
 def _cupy_or_none():
@@ -40,9 +40,9 @@ def device(xp):
 @pytest.fixture
 def plain_kernels():
     """Run a test on the reference (unfused) ops, restoring the setting afterwards."""
-    previous = fused.set_enabled(False)
+    previous = kernels.set_enabled(False)
     yield
-    fused.set_enabled(previous)
+    kernels.set_enabled(previous)
 
 
 def to_np(a):
@@ -60,8 +60,10 @@ def fmnist_dir():
 
     directory = find_data_dir()
     if directory is None:
-        message = ("the Fashion-MNIST files are not installed (apt-get install dataset-fashion-mnist, "
-                   "or python -m minimlp.train --download)")
+        message = (
+            "the Fashion-MNIST files are not installed (apt-get install dataset-fashion-mnist, "
+            "or python -m minimlp.train --download)"
+        )
         if REQUIRE_DATA:
             pytest.fail(message + "; MINIMLP_REQUIRE_DATA=1 demands them")
         pytest.skip(message)
@@ -76,13 +78,13 @@ REQUIRE_CUPY = os.environ.get("MINIMLP_REQUIRE_CUPY") == "1"
 
 @pytest.fixture
 def fake_cupy(monkeypatch):
-    """CuPy replaced by the strict NumPy-backed stand-in of tests/fake_cupy.py, with one "GPU".
+    """CuPy replaced by the strict NumPy-backed stand-in of tests/support/fake_cupy.py, with one "GPU".
 
     minimlp then takes every GPU code path (``get_backend("gpu")`` picks it); the fixture
     yields the stand-in module (its ``host_syncs()`` counts explicit device -> host reads)
     and restores whatever CuPy modules were imported before.
     """
-    import fake_cupy as standin
+    from support import fake_cupy as standin
 
     from minimlp import backend
 

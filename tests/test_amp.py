@@ -11,8 +11,8 @@ import pytest
 from conftest import CUPY, to_np
 
 import minimlp
-from minimlp.amp import LossScaler, MixedPrecision
 from minimlp.gradcheck import rel_error
+from minimlp.kernels.amp import LossScaler, MixedPrecision
 from minimlp.loss import cross_entropy_backward, cross_entropy_forward
 
 CONFIG = dict(img_size=16, patch_size=4, in_chans=3, embed_dim=16, depth=2, num_classes=5)
@@ -115,7 +115,7 @@ def test_float16_gradients_match_float32_on_the_gpu():
 @pytest.mark.gpu
 @cupy_only
 def test_batch_uploader_delivers_every_batch_in_order():
-    from minimlp.gpu import BatchUploader
+    from minimlp.kernels.gpu import BatchUploader
 
     rng = np.random.default_rng(0)
     batches = [rng.integers(0, 256, (4, 3, 8, 8), dtype=np.uint8) for _ in range(5)]
@@ -136,7 +136,7 @@ def test_batch_uploader_delivers_every_batch_in_order():
 @pytest.mark.gpu
 @cupy_only
 def test_tf32_can_be_switched_on_and_off():
-    from minimlp.gpu import set_tf32
+    from minimlp.kernels.gpu import set_tf32
 
     a = CUPY.asarray(np.random.default_rng(0).standard_normal((256, 256)), dtype=CUPY.float32)
     exact = a.astype(CUPY.float64) @ a.astype(CUPY.float64)
@@ -154,7 +154,7 @@ def test_tf32_can_be_switched_on_and_off():
 
 
 # --------------------------------------------------------------------------------------
-# The same on the CuPy stand-in (tests/fake_cupy.py): no implicit reads from the device.
+# The same on the CuPy stand-in (tests/support/fake_cupy.py): no implicit reads from the device.
 # --------------------------------------------------------------------------------------
 def test_mixed_precision_reads_one_flag_per_step_from_the_device(fake_cupy):
     """Whether the step overflowed decides on the host whether the optimizer steps: one read, no more."""
@@ -183,7 +183,7 @@ def test_dropout_and_drop_path_on_float16_device_arrays(fake_cupy):
 
 
 def test_batch_feed_uploads_one_batch_ahead_in_order(fake_cupy):
-    from minimlp.gpu import BatchFeed
+    from minimlp.kernels.gpu import BatchFeed
 
     rng = np.random.default_rng(0)
     shapes = [4, 4, 4, 2, 0]  # full batches, a short last one, a rank's empty share (mpirun)

@@ -19,8 +19,14 @@ from minimlp.layers import Attention, ParameterStore
 def test_softmax(xp):
     rng = np.random.default_rng(0)
     x = rand(xp, rng, 2, 3, 5) * 3
-    check(xp, lambda: F.softmax_forward(x)[0],
-          lambda d: {"x": F.softmax_backward(d, F.softmax_forward(x)[1])}, {"x": x}, x.shape, rng)
+    check(
+        xp,
+        lambda: F.softmax_forward(x)[0],
+        lambda d: {"x": F.softmax_backward(d, F.softmax_forward(x)[1])},
+        {"x": x},
+        x.shape,
+        rng,
+    )
 
 
 @pytest.mark.parametrize("attn_drop", [0.0, 0.3])
@@ -60,15 +66,22 @@ def test_head_layout_changes(xp, axis):
     merged = F.merge_heads_forward(q, axis)
     first_third = qkv[..., : h * d] if axis == -1 else qkv[: h * d]
     assert bool((merged == first_third).all())
-    check(xp, lambda: F.merge_heads_forward(q, axis), lambda dout: {"q": F.merge_heads_backward(dout, h, axis)},
-          {"q": q}, merged.shape, rng)
+    check(
+        xp,
+        lambda: F.merge_heads_forward(q, axis),
+        lambda dout: {"q": F.merge_heads_backward(dout, h, axis)},
+        {"q": q},
+        merged.shape,
+        rng,
+    )
 
 
 def test_mean_pool(xp):
     rng = np.random.default_rng(3)
     x = rand(xp, rng, 5, 3, 4)
-    check(xp, lambda: F.mean_pool_forward(x)[0],
-          lambda d: {"x": F.mean_pool_backward(d, x.shape)}, {"x": x}, (3, 4), rng)
+    check(
+        xp, lambda: F.mean_pool_forward(x)[0], lambda d: {"x": F.mean_pool_backward(d, x.shape)}, {"x": x}, (3, 4), rng
+    )
 
 
 def test_tokens_with_one_position_table(xp):
@@ -219,5 +232,5 @@ def test_attention_over_tokens_commutes_with_token_permutations(seed):
 def test_attention_keeps_samples_apart(seed, batch):
     x = np.random.default_rng(seed).standard_normal((6, batch, 5))
     together = ATTN_TOKENS.forward(x)[0]
-    alone = np.concatenate([ATTN_TOKENS.forward(x[:, i:i + 1])[0] for i in range(batch)], axis=1)
+    alone = np.concatenate([ATTN_TOKENS.forward(x[:, i : i + 1])[0] for i in range(batch)], axis=1)
     assert rel_error(together, alone) < 1e-12

@@ -1,5 +1,5 @@
-"""The backend: erf/erfc accuracy, the GPU fallback, and the fused float32 kernels
-against the plain reference versions."""
+"""The backend: erf/erfc accuracy, the GPU fallback; the fused float32 GELU against the
+plain version, and the thread, BLAS and memory settings of the speed layer."""
 
 from __future__ import annotations
 
@@ -12,14 +12,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minimlp import backend, fused
+from minimlp import backend, kernels
 from minimlp import functional as F
 from minimlp.backend import erf, erfc, get_backend
+from minimlp.kernels import cpu, threads
 
 
 def test_erf_matches_math_to_float64_rounding():
-    x = np.concatenate([np.linspace(-6, 6, 4001), np.linspace(6, 26.5, 2001),
-                        [-0.46875, 0.46875, -4.0, 4.0, 0.0, 1e-300, -27.0, 27.0]])
+    x = np.concatenate(
+        [np.linspace(-6, 6, 4001), np.linspace(6, 26.5, 2001), [-0.46875, 0.46875, -4.0, 4.0, 0.0, 1e-300, -27.0, 27.0]]
+    )
     ref_erf = np.array([math.erf(v) for v in x])
     ref_erfc = np.array([math.erfc(v) for v in x])
     assert np.abs(erf(x) - ref_erf).max() < 4e-16
@@ -48,6 +50,7 @@ def _cupy_with_its_erf(monkeypatch) -> None:
         def f(x):
             loop = np.float64 if x.dtype == np.float16 else x.dtype
             return backend._erf_erfc_numpy(np.asarray(x, loop))[which].view(_DeviceArray)
+
         return f
 
     special = types.ModuleType("cupyx.scipy.special")
@@ -105,8 +108,14 @@ def test_install_hints_name_every_wheel_cupy_needs(monkeypatch):
     monkeypatch.setitem(sys.modules, "cupy", None)  # import cupy fails, as where it is not installed
     cupy, reason = backend._cupy_or_reason()
     assert cupy is None
-    for wheel in ('"cupy-cuda12x[ctk]"', '"cupy-cuda13x[ctk]"', "nvidia-cuda-nvrtc-cu12", "nvidia-cuda-runtime-cu12",
-                  "nvidia-cublas-cu12", "nvidia-curand-cu12"):
+    for wheel in (
+        '"cupy-cuda12x[ctk]"',
+        '"cupy-cuda13x[ctk]"',
+        "nvidia-cuda-nvrtc-cu12",
+        "nvidia-cuda-runtime-cu12",
+        "nvidia-cublas-cu12",
+        "nvidia-curand-cu12",
+    ):
         assert wheel in reason
     assert "nvidia-nccl-cu12" in backend.NCCL_INSTALL and "nvidia-nccl-cu13" in backend.NCCL_INSTALL
     pyproject = (Path(__file__).parents[1] / "pyproject.toml").read_text(encoding="utf-8")
@@ -136,10 +145,11 @@ def gelu_reference(x64):
 
 
 def test_fused_gelu_float32_accuracy():
-    x = np.concatenate([np.linspace(-15, 15, 200_001), -np.geomspace(1e-20, 15, 2001),
-                        np.geomspace(1e-20, 15, 2001), [0.0, -0.0]]).astype(np.float32)
-    assert fused.applies(x)
-    h, g = fused.gelu(x)
+    x = np.concatenate(
+        [np.linspace(-15, 15, 200_001), -np.geomspace(1e-20, 15, 2001), np.geomspace(1e-20, 15, 2001), [0.0, -0.0]]
+    ).astype(np.float32)
+    assert kernels.applies(x)
+    h, g = cpu.gelu(x)
     assert h.dtype == g.dtype == np.float32
     x64 = x.astype(np.float64)
     h64, g64 = gelu_reference(x64)
@@ -154,12 +164,8 @@ def test_fused_gelu_float32_accuracy():
 def test_fused_gelu_matches_plain_version():
     rng = np.random.default_rng(0)
     x = (rng.standard_normal((3, 70_000)) * 3).astype(np.float32)  # several pieces, several threads
-    h_fast, c_fast = F.gelu_forward(x)
-    previous = fused.set_enabled(False)
-    try:
-        h_ref, c_ref = F.gelu_forward(x)
-    finally:
-        fused.set_enabled(previous)
+    h_fast, c_fast = kernels.gelu_forward(x)
+    h_ref, c_ref = F.gelu_forward(x)
     assert np.abs(h_fast - h_ref).max() < 1e-6 and np.abs(c_fast.dgelu - c_ref.dgelu).max() < 1e-6
 
 
@@ -168,7 +174,7 @@ def test_parallel_chunks_reraises_kernel_errors():
         raise RuntimeError("kernel failed")
 
     with pytest.raises(RuntimeError, match="kernel failed"):
-        backend.parallel_chunks(bad, np.zeros(200_000, np.float32))
+        threads.parallel_chunks(bad, np.zeros(200_000, np.float32))
 
 
 @pytest.mark.gpu
@@ -176,24 +182,25 @@ def test_fused_gelu_cupy_matches_float64(xp):
     if xp is np:
         pytest.skip("CuPy kernel")
     x = xp.linspace(-10, 10, 100_001, dtype=xp.float32)
-    h, g = fused.gelu(x)
+    h, c = kernels.gelu_forward(x)
+    g = c.dgelu
     h64, g64 = gelu_reference(x.get().astype(np.float64))
     assert np.abs(h.get() - h64).max() < 1e-5 and np.abs(g.get() - g64).max() < 1e-5
 
 
 def test_keep_freed_memory_can_be_turned_off(monkeypatch):
     monkeypatch.setenv("MINIMLP_KEEP_MEMORY", "0")
-    assert backend.keep_freed_memory() is False
+    assert threads.keep_freed_memory() is False
     monkeypatch.delenv("MINIMLP_KEEP_MEMORY")
-    assert backend.keep_freed_memory() in (True, False)  # True on Linux with glibc
+    assert threads.keep_freed_memory() in (True, False)  # True on Linux with glibc
 
 
 def test_blas_threads_reports_and_sets():
-    before = backend.blas_threads()
+    before = threads.blas_threads()
     if before is None:
         pytest.skip("NumPy's BLAS is not OpenBLAS")
     try:
-        assert backend.blas_threads(1) == 1
+        assert threads.blas_threads(1) == 1
     finally:
-        backend.blas_threads(before)
-    assert backend.blas_threads() == before
+        threads.blas_threads(before)
+    assert threads.blas_threads() == before

@@ -12,12 +12,33 @@ import numpy as np
 import pytest
 
 import minimlp
-from minimlp import backend, bench, profiling
+from minimlp import bench
+from minimlp.kernels import threads
+from minimlp.kernels import timing as profiling
 from minimlp.models import model_config
 
-TINY = ["--model", "ff_fmnist", "--depth", "2", "--embed-dim", "16", "-b", "4",
-        "--steps", "2", "--warmup", "1", "--rounds", "2", "--profile-steps", "1", "--peak-size", "256",
-        "--procs", "1"]  # in this process; test_bench_over_worker_processes takes the trainer's default
+TINY = [
+    "--model",
+    "ff_fmnist",
+    "--depth",
+    "2",
+    "--embed-dim",
+    "16",
+    "-b",
+    "4",
+    "--steps",
+    "2",
+    "--warmup",
+    "1",
+    "--rounds",
+    "2",
+    "--profile-steps",
+    "1",
+    "--peak-size",
+    "256",
+    "--procs",
+    "1",
+]  # in this process; test_bench_over_worker_processes takes the trainer's default
 
 
 def hand_count(img, patch, chans, dim, depth, classes):
@@ -46,8 +67,17 @@ def test_flop_count_equals_hand_count():
 def test_flop_count_includes_the_attention_products(feature_mixer):
     """q kᵀ and softmax(·) v are matrix products too: 2·S·S·d FLOPs each per head."""
     img, patch, chans, dim, depth, classes = 16, 4, 3, 8, 2, 5
-    model = minimlp.create_model("deit_tiny", img_size=img, patch_size=patch, in_chans=chans, embed_dim=dim,
-                                 depth=depth, num_heads=2, num_classes=classes, feature_mixer=feature_mixer)
+    model = minimlp.create_model(
+        "deit_tiny",
+        img_size=img,
+        patch_size=patch,
+        in_chans=chans,
+        embed_dim=dim,
+        depth=depth,
+        num_heads=2,
+        num_classes=classes,
+        feature_mixer=feature_mixer,
+    )
     n = (img // patch) ** 2
     t = n + 1
 
@@ -136,19 +166,20 @@ def test_bench_compares_with_torch(capsys):
     check_sane(result, "torch")
     assert result["logits_max_abs_diff"] < 1e-4  # the same function, in float32
     assert result["ratio"]["train"] == pytest.approx(
-        result["minimlp"]["train"]["images_per_s"] / result["torch"]["train"]["images_per_s"])
+        result["minimlp"]["train"]["images_per_s"] / result["torch"]["train"]["images_per_s"]
+    )
     assert len(result["ratio"]["train_per_round"]) == 2
     assert result["threads"]["torch"] == 1 and result["threads"]["elementwise"] == 1
-    assert backend.num_threads() == threads_before  # the process's settings are restored
+    assert threads.num_threads() == threads_before  # the process's settings are restored
 
 
-threads_before = backend.num_threads()
+threads_before = threads.num_threads()
 
 
 def test_compare_torch_without_torch_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)  # import torch now fails, as where it is not installed
-    monkeypatch.delitem(sys.modules, "minimlp.bench_torch", raising=False)
-    monkeypatch.delattr(minimlp, "bench_torch", raising=False)
+    monkeypatch.delitem(sys.modules, "minimlp.bench.torch_baseline", raising=False)
+    monkeypatch.delattr(minimlp.bench, "torch_baseline", raising=False)
     with pytest.raises(SystemExit, match="needs PyTorch"):
         bench.main([*TINY, "--compare", "torch"])
 

@@ -43,9 +43,16 @@ def small_model():
 # --------------------------------------------------------------------------------------
 def test_round_trip_and_layout(tmp_path):
     model = small_model()
-    meta = make_meta(model.config_dict(), epoch=2, step=40, classes=["a", "b"], rng={"model": {"x": 1}},
-                     args={"lr": 0.1}, optimizer={"name": "sgd", "hyperparameters": {"lr": 0.1}, "step": 40},
-                     extra_field=[1, 2])
+    meta = make_meta(
+        model.config_dict(),
+        epoch=2,
+        step=40,
+        classes=["a", "b"],
+        rng={"model": {"x": 1}},
+        args={"lr": 0.1},
+        optimizer={"name": "sgd", "hyperparameters": {"lr": 0.1}, "step": 40},
+        extra_field=[1, 2],
+    )
     path = save_checkpoint(tmp_path / "c.npz", model.params, meta, {"momentum_buffer": np.ones(model.num_params())})
     with np.load(path, allow_pickle=False) as z:  # the documented layout, readable by NumPy alone
         assert "params/blocks.0.mlp2.fc1.weight" in z.files and "optimizer/momentum_buffer" in z.files
@@ -156,8 +163,11 @@ def test_bad_meta_records_are_refused(tmp_path, load):
     save_checkpoint(tmp_path / "v9.npz", model.params, {**meta, "version": 9})
     with pytest.raises(CheckpointError, match="version 9 is newer"):
         load(tmp_path / "v9.npz")
-    np.savez(tmp_path / "new.npz", meta=encode_meta({"format": "minimlp-checkpoint", "version": 99}),
-             **{"params/w": np.ones(2)})
+    np.savez(
+        tmp_path / "new.npz",
+        meta=encode_meta({"format": "minimlp-checkpoint", "version": 99}),
+        **{"params/w": np.ones(2)},
+    )
     with pytest.raises(CheckpointError, match="version 99.*newer minimlp"):
         load(tmp_path / "new.npz")
     save_checkpoint(tmp_path / "other.npz", model.params, {**meta, "format": "something-else"})
@@ -259,10 +269,13 @@ def test_write_killed_midway_keeps_the_previous_file(tmp_path, suffix):
 # Bounded: every .npz entry is checked against the zip directory before it is inflated
 # --------------------------------------------------------------------------------------
 def test_npy_headers_must_account_for_their_entry(tmp_path):
-    from hostile_files import npy_header, npz_huge_claim
+    from support.hostile_files import npy_header, npz_huge_claim
 
-    with pytest.raises(CheckpointError, match=r"claim\.npz: entry 'w\.npy': its header describes float32 "
-                                              r"\(1000000000000,\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"claim\.npz: entry 'w\.npy': its header describes float32 "
+        r"\(1000000000000,\)",
+    ):
         load_weights(npz_huge_claim(tmp_path / "claim.npz"))
     for shape, fragment in [((2**62, 2**62), "too large"), ((1,) * 40, "40 dimensions"), ((-1,), "negative")]:
         with zipfile.ZipFile(tmp_path / "shape.npz", "w") as zf:
@@ -274,7 +287,7 @@ def test_npy_headers_must_account_for_their_entry(tmp_path):
 def test_deflated_npz_loads_but_a_zip_bomb_is_refused_before_inflating(tmp_path):
     import tracemalloc
 
-    from hostile_files import npz_bomb
+    from support.hostile_files import npz_bomb
 
     state = small_model().state_dict()
     np.savez_compressed(tmp_path / "small.npz", **state)
@@ -299,7 +312,7 @@ def test_fortran_order_and_big_endian_arrays_load_as_np_load_reads_them(tmp_path
 
 
 def test_duplicate_overlapping_and_exotic_zip_entries_are_refused(tmp_path):
-    from hostile_files import npy_header, npz_overlapping_entries, read_zip, write_zip
+    from support.hostile_files import npy_header, npz_overlapping_entries, read_zip, write_zip
 
     with zipfile.ZipFile(tmp_path / "dup.npz", "w") as zf, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # zipfile warns about the duplicate name it writes
@@ -321,8 +334,9 @@ def test_duplicate_overlapping_and_exotic_zip_entries_are_refused(tmp_path):
         load_weights(tmp_path / "size.npz")
 
 
-@pytest.mark.parametrize("text", [b"[" * 100_000 + b"]" * 100_000, b'{"format": ' + b"9" * 5000 + b"}"],
-                         ids=["nested", "long-integer"])
+@pytest.mark.parametrize(
+    "text", [b"[" * 100_000 + b"]" * 100_000, b'{"format": ' + b"9" * 5000 + b"}"], ids=["nested", "long-integer"]
+)
 def test_meta_json_that_json_cannot_parse_safely_is_refused(tmp_path, text):
     np.savez(tmp_path / "meta.npz", meta=np.frombuffer(text, np.uint8), **{"params/w": np.ones(2)})
     with pytest.raises(CheckpointError, match=r"meta\.npz: the 'meta' record is not valid JSON"):

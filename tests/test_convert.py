@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pth_craft import Build, Global, NewObj, state_dict, write_pth
+from support.pth_craft import Build, Global, NewObj, state_dict, write_pth
 
 import minimlp
 from minimlp.convert import main
@@ -26,8 +26,12 @@ def pth(tmp_path):
     weights, storages = state_dict(model.state_dict())
     ema_obj, ema_storages = state_dict(ema, key_prefix="ema")
     args = Build(NewObj(Global("argparse", "Namespace"), ()), {"model": "linear_tiny"})
-    write_pth(tmp_path / "checkpoint.pth", {"model": weights, "model_ema": ema_obj, "epoch": 9, "args": args},
-              {**storages, **ema_storages}, prefix="checkpoint")
+    write_pth(
+        tmp_path / "checkpoint.pth",
+        {"model": weights, "model_ema": ema_obj, "epoch": 9, "args": args},
+        {**storages, **ema_storages},
+        prefix="checkpoint",
+    )
     return tmp_path / "checkpoint.pth", model.state_dict(), ema
 
 
@@ -85,8 +89,9 @@ def test_refusals_are_clear_and_write_nothing(pth, tmp_path, capsys):
 
 
 def test_help_runs_as_a_module():
-    run = subprocess.run([sys.executable, "-m", "minimlp.convert", "--help"], capture_output=True, text=True,
-                         cwd=ROOT, timeout=60)
+    run = subprocess.run(
+        [sys.executable, "-m", "minimlp.convert", "--help"], capture_output=True, text=True, cwd=ROOT, timeout=60
+    )
     assert run.returncode == 0
     for fragment in ("IN", "OUT", "--ema", ".safetensors", "Writing .pth is not supported"):
         assert fragment in run.stdout
@@ -96,18 +101,22 @@ def test_help_runs_as_a_module():
 # timm's ViT/DeiT and MLP-Mixer checkpoints: convert writes the config the shapes imply,
 # so evaluate and predict rebuild the model from the converted file alone.
 # --------------------------------------------------------------------------------------
-TIMM = {  # timm's names; minimlp's comparison models use them (test_compare_models checks the names)
-    "vit": ("deit_tiny", dict(img_size=16, patch_size=8, in_chans=3, num_classes=3, embed_dim=128, depth=2,
-                              num_heads=2)),  # 64 features per head, as every timm ViT/DeiT
-    "attention-only": ("attn_only_tiny", dict(img_size=16, patch_size=8, in_chans=3, num_classes=3, embed_dim=64,
-                                              depth=1, num_heads=1)),
+TIMM = {  # timm's names; minimlp's comparison models use them (test_vit_and_mixer checks the names)
+    "vit": (
+        "deit_tiny",
+        dict(img_size=16, patch_size=8, in_chans=3, num_classes=3, embed_dim=128, depth=2, num_heads=2),
+    ),  # 64 features per head, as every timm ViT/DeiT
+    "attention-only": (
+        "attn_only_tiny",
+        dict(img_size=16, patch_size=8, in_chans=3, num_classes=3, embed_dim=64, depth=1, num_heads=1),
+    ),
     "mixer": ("mixer_s16", dict(img_size=16, patch_size=4, in_chans=3, num_classes=3, embed_dim=8, depth=2)),
 }
 
 
 @pytest.mark.parametrize("family", list(TIMM))
 def test_timm_checkpoints_convert_with_their_config_and_evaluate_and_predict_alone(tmp_path, capsys, family):
-    from data_trees import WNIDS, build_tree
+    from support.data_trees import WNIDS, build_tree
 
     from minimlp.data.transforms import DEFAULT_CROP_PCT, IMAGENET_MEAN, IMAGENET_STD
     from minimlp.evaluate import main as evaluate_main
@@ -129,8 +138,12 @@ def test_timm_checkpoints_convert_with_their_config_and_evaluate_and_predict_alo
     assert {k: v for k, v in meta["model"].items() if k != "arch"}.items() <= vars(reference.config).items()
 
     build_tree(tmp_path / "tree", train_per_class=0, val_per_class=2, awkward=False)
-    assert evaluate_main(["--checkpoint", str(tmp_path / "w.safetensors"), "--data-dir", str(tmp_path / "tree"),
-                          "-j", "0"]) == 0
+    assert (
+        evaluate_main(
+            ["--checkpoint", str(tmp_path / "w.safetensors"), "--data-dir", str(tmp_path / "tree"), "-j", "0"]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert f"(safetensors, {reference.num_params():,} parameters, 3 classes)" in out and "top-1" in out
 
@@ -141,7 +154,7 @@ def test_timm_checkpoints_convert_with_their_config_and_evaluate_and_predict_alo
     probs = predict(reference, pixels, IMAGENET_MEAN, IMAGENET_STD)  # (2, 3)
     for i, path in enumerate(images):
         start = lines.index(str(path))
-        shown = [float(line.split("%")[0]) for line in lines[start + 1:start + 4]]
+        shown = [float(line.split("%")[0]) for line in lines[start + 1 : start + 4]]
         np.testing.assert_allclose(shown, 100 * np.sort(probs[i])[::-1], atol=0.006)
 
 

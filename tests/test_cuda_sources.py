@@ -21,7 +21,7 @@ compile, on arrays whose memory is never touched:
 
 Each distinct source is then compiled with NVRTC to machine code, as CuPy compiles it for
 an A100 (sm_80) and an H100/H200 (sm_90), in every dtype the kernel is used with.  The
-calls below are the ones ``minimlp/fused_cuda.py`` makes, at the feature widths that switch
+calls below are the ones ``minimlp/kernels/cuda.py`` makes, at the feature widths that switch
 paths (D = 96 takes the plain reduction, 128 and up take CUB) and over both LayerNorm axes.
 The tests marked gpu check what the kernels compute.
 """
@@ -55,8 +55,10 @@ def _cupy_compiler():
         nvrtc.getVersion()  # loads the NVRTC library
         assemble_cupy_compiler_options(())  # finds CUDA's headers
     except Exception as exc:  # ImportError, a missing NVRTC library, RuntimeError for the headers
-        message = (f"CuPy, NVRTC and CUDA's headers are needed to compile the kernels ({exc}); "
-                   "pip install -r requirements-gpu-ci.txt")
+        message = (
+            f"CuPy, NVRTC and CUDA's headers are needed to compile the kernels ({exc}); "
+            "pip install -r requirements-gpu-ci.txt"
+        )
         if REQUIRE_CUPY:
             pytest.fail(message + "; MINIMLP_REQUIRE_CUPY=1 demands them", pytrace=False)
         pytest.skip(message)
@@ -84,9 +86,11 @@ def _sources_instead_of_compiling(cupy, accelerator, cub_reduction, kernel, redu
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(cupy.cuda.compiler, "_compile_module_with_cache", hand_back)
-        for module, name in ((kernel, "_get_elementwise_kernel"),
-                             (reduction, "_ReductionKernel_get_cached_function"),
-                             (cub_reduction, "_SimpleCubReductionKernel_get_cached_function")):
+        for module, name in (
+            (kernel, "_get_elementwise_kernel"),
+            (reduction, "_ReductionKernel_get_cached_function"),
+            (cub_reduction, "_SimpleCubReductionKernel_get_cached_function"),
+        ):
             mp.setattr(module, name, getattr(module, name).__wrapped__)  # without the device lookup
         previous = accelerator.get_reduction_accelerators()
         accelerator.set_reduction_accelerators(["cub"])  # CuPy's default on CUDA (CUPY_ACCELERATORS unset)
@@ -97,7 +101,7 @@ def _sources_instead_of_compiling(cupy, accelerator, cub_reduction, kernel, redu
 
 
 class Writer:
-    """Calls kernels the way ``fused_cuda`` does and collects the sources CuPy writes."""
+    """Calls kernels the way ``minimlp.kernels.cuda`` does and collects the sources CuPy writes."""
 
     def __init__(self, cupy, reduction_module, names):
         self.cupy, self.reduction = cupy, reduction_module
@@ -132,20 +136,25 @@ class Writer:
         out_param = kernel.out_params[0]
         out = self.array(out_shape, out_param.dtype if out_param.dtype is not None else ins[0].dtype)
         call = f"{'x'.join(map(str, shape))} {args[0].dtype} axis={axis}"
-        self._record(kernel, call, lambda: kernel._call(ins, [out], shape, axis, None, keepdims,
-                                                        kernel.reduce_dims, 0, None, True, True))
+        self._record(
+            kernel,
+            call,
+            lambda: kernel._call(ins, [out], shape, axis, None, keepdims, kernel.reduce_dims, 0, None, True, True),
+        )
 
     def elementwise(self, kernel, *args):
         """``kernel(*args)``: ElementwiseKernel.__call__ after its device lookup."""
         cupy = self.cupy
-        ins, outs = list(args[:kernel.nin]), list(args[kernel.nin:])
+        ins, outs = list(args[: kernel.nin]), list(args[kernel.nin :])
         arrays = [a for a in ins if isinstance(a, cupy.ndarray)]
         shape = np.broadcast_shapes(*(a.shape for a in arrays))
         in_types, out_types, type_map = kernel._decide_params_type(
-            tuple(a.dtype if isinstance(a, cupy.ndarray) else None for a in ins), tuple(a.dtype for a in outs))
+            tuple(a.dtype if isinstance(a, cupy.ndarray) else None for a in ins), tuple(a.dtype for a in outs)
+        )
         outs = outs or [self.array(shape, t) for t in out_types]
-        ins = [cupy.broadcast_to(a, shape) if isinstance(a, cupy.ndarray) else cupy._core._scalar.CScalar(a)
-               for a in ins]
+        ins = [
+            cupy.broadcast_to(a, shape) if isinstance(a, cupy.ndarray) else cupy._core._scalar.CScalar(a) for a in ins
+        ]
         infos = self._reduced_arginfos(ins + outs, in_types + out_types, shape)
         call = f"{'x'.join(map(str, shape))} {arrays[0].dtype}"
         self._record(kernel, call, lambda: kernel._get_elementwise_kernel(0, infos, type_map))
@@ -165,14 +174,15 @@ class Writer:
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(self.reduction, "_ReductionKernel_get_cached_function", look)
             with contextlib.suppress(_Source):
-                probe._call(list(args), [self.array((), np.float32)], shape, None, None, False, True, 0, None,
-                            False, True)
+                probe._call(
+                    list(args), [self.array((), np.float32)], shape, None, None, False, True, 0, None, False, True
+                )
         arginfos = seen[0]  # the arguments, the output q, the index over the arguments, ...
-        return arginfos[:len(args)] + arginfos[len(args) + 1:len(args) + 2]
+        return arginfos[: len(args)] + arginfos[len(args) + 1 : len(args) + 2]
 
 
 def write_all_sources(w: Writer, fc) -> None:
-    """Every kernel call ``fused_cuda`` makes, over the dtypes and shapes it meets."""
+    """Every kernel call ``minimlp.kernels.cuda`` makes, over the dtypes and shapes it meets."""
     ln, ce = fc._ln_kernels(1e-6), fc._ce_kernels()
     for dtype in (np.float32, np.float16):
         for D in FEATURE_WIDTHS:
@@ -194,8 +204,9 @@ def write_all_sources(w: Writer, fc) -> None:
                 w.elementwise(ln["dx"], x, w2, x, stat, stat, stat)
                 # bias_gelu, bias_gelu_inference (the bias runs along the last axis or the first)
                 w.elementwise(fc._bias_gelu_kernel(), x, bv if red == 1 else bv[:, None], x, w.array(x.shape, dtype))
-                w.elementwise(fc._bias_gelu_value_kernel(), x, bv if red == 1 else bv[:, None], x,
-                              w.array(x.shape, dtype))
+                w.elementwise(
+                    fc._bias_gelu_value_kernel(), x, bv if red == 1 else bv[:, None], x, w.array(x.shape, dtype)
+                )
         w.elementwise(fc._gelu_kernel(), w.array((4, TOKENS, 192), dtype))
     # Cross-entropy: float32 logits only (mixed precision casts them up before the loss).
     for B, K in ((128, 10), (64, 1000)):
@@ -210,21 +221,21 @@ def write_all_sources(w: Writer, fc) -> None:
 @pytest.fixture(scope="module")
 def variants():
     modules = _cupy_compiler()
-    from minimlp import fused_cuda
+    from minimlp.kernels import cuda
 
-    names = [k.name for k in fused_cuda.all_kernels()]
+    names = [k.name for k in cuda.all_kernels()]
     w = Writer(modules[0], modules[4], names)
     with _sources_instead_of_compiling(*modules):
-        write_all_sources(w, fused_cuda)
+        write_all_sources(w, cuda)
     return w.variants
 
 
 def _kernel_names():
     try:
-        from minimlp import fused_cuda
+        from minimlp.kernels import cuda
     except Exception:  # no CuPy: one placeholder, which the fixture skips
         return ["kernels"]
-    return [k.name for k in fused_cuda.all_kernels()]
+    return [k.name for k in cuda.all_kernels()]
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -233,7 +244,7 @@ def test_kernel_compiles(variants, name, arch):
     from cupy.cuda import compiler
     from cupy_backends.cuda.libs import nvrtc
 
-    assert variants[name], f"{name}: no call of this kernel is exercised here; add the calls fused_cuda makes"
+    assert variants[name], f"{name}: no call of this kernel is exercised here; add the calls kernels.cuda makes"
     # What CuPy adds for a device of this compute capability (cupy/cuda/compiler.py), and NVRTC's
     # precompiled headers, which CuPy uses with CUPY_NVRTC_USE_PCH=1: CUB's headers are then
     # parsed once, not once per source (a few times faster).
@@ -246,9 +257,10 @@ def test_kernel_compiles(variants, name, arch):
             compiler._NVRTCProgram(v.source, f"{name}.cu", method="cubin").compile(v.options + added)
         except compiler.CompileException as exc:
             failures.append(f"on CuPy's {v.path} path (calls: {'; '.join(v.calls)}):\n{exc}")
-            body = v.source[v.source.find("typedef"):]
-    assert not failures, (f"kernel {name} does not compile for sm_{arch} "
-                          + "\n".join(failures) + f"\n--- the last source ---\n{body}")
+            body = v.source[v.source.find("typedef") :]
+    assert not failures, (
+        f"kernel {name} does not compile for sm_{arch} " + "\n".join(failures) + f"\n--- the last source ---\n{body}"
+    )
 
 
 def test_cub_path_is_exercised(variants):
@@ -261,25 +273,30 @@ def test_cub_path_is_exercised(variants):
 
 
 # --------------------------------------------------------------------------------------
-# The naming rule of fused_cuda, checked on the kernels' text (no NVRTC needed).
+# The naming rule of kernels/cuda.py, checked on the kernels' text (no NVRTC needed).
 # --------------------------------------------------------------------------------------
 _CUPY_NAMES = {"in0", "out0", "a", "b", "i", "T"}
 
 
 def test_parameter_names_survive_cupys_renaming():
     _cupy_compiler()
-    from minimlp import fused_cuda
+    from minimlp.kernels import cuda
 
-    for k in fused_cuda.all_kernels():
-        if isinstance(k, fused_cuda.cupy.ElementwiseKernel):
+    for k in cuda.all_kernels():
+        if isinstance(k, cuda.cupy.ElementwiseKernel):
             texts = [k.operation]
         else:  # what the CUB path makes of a "mean" kernel's final expression, and the rest
-            texts = [k.map_expr, k.post_map_expr.replace("_in_ind.size()", "_segment_size")
-                     .replace("_out_ind.size()", "1.0")]
+            texts = [
+                k.map_expr,
+                k.post_map_expr.replace("_in_ind.size()", "_segment_size").replace("_out_ind.size()", "1.0"),
+            ]
         words = set(re.findall(r"[A-Za-z_]\w*", " ".join(texts)))
         for p in k.in_params + k.out_params:
-            assert p.name not in _CUPY_NAMES and not p.name.startswith("_"), \
+            assert p.name not in _CUPY_NAMES and not p.name.startswith("_"), (
                 f"{k.name}: parameter {p.name!r} is a name CuPy uses itself"
+            )
             clashes = sorted(word for word in words if p.name in word and word != p.name)
-            assert not clashes, (f"{k.name}: parameter {p.name!r} is part of {clashes}; CuPy renames parameters "
-                                 "by plain text replacement, so it would rewrite those too")
+            assert not clashes, (
+                f"{k.name}: parameter {p.name!r} is part of {clashes}; CuPy renames parameters "
+                "by plain text replacement, so it would rewrite those too"
+            )

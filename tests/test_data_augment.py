@@ -199,8 +199,9 @@ def test_operation_semantics_at_the_extremes():
     assert (added == np.where(pixels < 128, np.minimum(pixels + 110, 255), pixels)).all()
     for name in ("Rotate", "ShearX", "TranslateYRel", "BrightnessIncreasing"):
         assert (np.asarray(augment.apply_op(name, img, 0.0, rng, fill)) == pixels).all()
-    moved = np.asarray(augment.apply_op("TranslateXRel", Image.fromarray(pixels.astype(np.uint8)), 1.0,
-                                        np.random.default_rng(1), fill))
+    moved = np.asarray(
+        augment.apply_op("TranslateXRel", Image.fromarray(pixels.astype(np.uint8)), 1.0, np.random.default_rng(1), fill)
+    )
     assert (moved == fill).all(axis=2).any()  # uncovered pixels take the fill colour
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from data_trees import WNIDS, build_tree
+from support.data_trees import WNIDS, build_tree
 
 from minimlp import prepare as prepare_cli
 from minimlp.data import cache_writer
@@ -76,7 +76,7 @@ def test_records_are_the_resized_source_pixels(cache):
     slot = read_header(out)["max_long"] * 24 * 3
     for i in (0, len(paths) - 1):
         h, w = shapes[i]
-        record = images[i * slot:i * slot + h * w * 3].reshape(h, w, 3)
+        record = images[i * slot : i * slot + h * w * 3].reshape(h, w, 3)
         np.testing.assert_array_equal(record, load_record(paths[i], 24, square=False))
         undrafted = resize_for_cache(open_rgb(paths[i]), 24, square=False)  # decoded at full size
         assert undrafted.shape == record.shape
@@ -183,8 +183,12 @@ def test_an_interrupted_prepare_resumes_to_the_same_cache(tree, tmp_path, monkey
     calls.clear()
     logs = []
     quiet_prepare(root, out, 24, chunk=4, log=logs.append)
-    assert calls == [("train_images.u8", 2), ("train_images.u8", 3), ("val_images.u8", 0),
-                     ("val_images.u8", 1)]  # finished chunks are not redone
+    assert calls == [
+        ("train_images.u8", 2),
+        ("train_images.u8", 3),
+        ("val_images.u8", 0),
+        ("val_images.u8", 1),
+    ]  # finished chunks are not redone
     assert any("continuing" in line for line in logs)
     reference, _ = cache
     for split in ("train", "val"):
@@ -225,7 +229,7 @@ def test_evaluation_from_a_cache_stored_at_size_over_crop_pct_is_a_plain_crop(tr
             h, w = ds.shapes[record_index]
             record = ds.reader.record((int(record_index), int(h), int(w)))
             top, left = int(round((h - 16) / 2)), int(round((w - 16) / 2))
-            np.testing.assert_array_equal(image.transpose(1, 2, 0), record[top:top + 16, left:left + 16])
+            np.testing.assert_array_equal(image.transpose(1, 2, 0), record[top : top + 16, left : left + 16])
 
 
 def write_downsampled(root: Path, side: int, counts: dict[str, list[int]], seed: int = 0) -> dict[str, list]:
@@ -280,3 +284,17 @@ def test_pickled_downsampled_batches_are_refused(tmp_path):
     (tmp_path / "train_data_batch_1").write_bytes(b"\x80\x04pickled")
     with pytest.raises(ValueError, match="never"):
         detect(tmp_path)
+
+
+def test_a_cache_takes_the_folders_options_object(cache):
+    from minimlp.data.base import ImageOptions
+
+    out, _ = cache
+    options = ImageOptions(workers=0, subset="n02979186,n01440764", holdout=0.3, draft=False)  # last two: unused
+    with (
+        open_prepared(out, "val", 16, options) as by_object,
+        open_prepared(out, "val", 16, workers=0, subset="n02979186,n01440764") as by_keywords,
+    ):
+        assert by_object.classes == by_keywords.classes and (by_object.labels == by_keywords.labels).all()
+    with pytest.raises(TypeError, match="unknown image dataset option.*crop_size"):
+        open_prepared(out, "val", 16, crop_size=3)

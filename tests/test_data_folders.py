@@ -8,9 +8,10 @@ import warnings
 
 import numpy as np
 import pytest
-from data_trees import EMPTY_WNID, WNIDS, build_tree
+from support.data_trees import EMPTY_WNID, WNIDS, build_tree
 
 from minimlp.data import classes, folders
+from minimlp.data.base import ImageOptions
 from minimlp.data.classes import SUBSETS, ClassMap, cap_samples, imagenet_table, select_classes
 from minimlp.data.folders import DataLayoutWarning, detect, list_split, open_folder_dataset
 
@@ -208,7 +209,7 @@ def test_folder_dataset_protocol(tree):
     assert ds.mean == (0.485, 0.456, 0.406) and ds.std == (0.229, 0.224, 0.225)
     assert ds.labels.dtype == np.int64 and ds.class_info()["wnids"] == WNIDS
     order = np.array([5, 0, 3])
-    (images, labels), = list(ds.batches(order, 8, train=False, seed=0))
+    ((images, labels),) = list(ds.batches(order, 8, train=False, seed=0))
     assert images.shape == (3, 3, 40, 40) and images.dtype == np.uint8
     assert (labels == ds.labels[order]).all()
     ds.close()
@@ -229,3 +230,22 @@ def test_a_val_only_tree_keeps_imagenet_indices(tmp_path):
     paths, labels, cmap = list_split(root, "val")
     assert len(cmap) == 1000 and sorted(set(labels.tolist())) == [0, 217, 482]  # indices of the full ImageNet list
     assert [cmap.wnids[k] for k in labels] == [p.rsplit("/", 2)[1] for p in paths]
+
+
+def test_the_openers_share_one_options_object(tree):
+    """Image folders and prepared caches take the same ImageOptions, as an object or as keywords."""
+    root, _ = tree
+    options = ImageOptions(workers=0, subset=",".join(WNIDS))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataLayoutWarning)
+        by_object = open_folder_dataset(root, "val", 40, options)
+        by_keywords = open_folder_dataset(root, "val", 40, workers=0, subset=",".join(WNIDS))
+        narrowed = open_folder_dataset(root, "val", 40, options, subset=WNIDS[0])
+        with pytest.raises(TypeError, match="unknown image dataset option.*holdout_fraction"):
+            open_folder_dataset(root, "val", 40, holdout_fraction=0.2)
+        with pytest.raises(ValueError, match="train_crop='crop' applies to a prepared cache only"):
+            open_folder_dataset(root, "val", 40, options, train_crop="crop")
+    assert by_object.paths == by_keywords.paths and (by_object.labels == by_keywords.labels).all()
+    assert narrowed.wnids == WNIDS[:1]
+    for ds in (by_object, by_keywords, narrowed):
+        ds.close()

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from data_trees import WNIDS, build_tree
+from support.data_trees import WNIDS, build_tree
 
 from minimlp import evaluate, layers
 from minimlp import prepare as prepare_cli
 from minimlp.data.cache import load_record, open_prepared, read_header
-from minimlp.data.cache_writer import prepare, read_manifest
+from minimlp.data.cache_writer import read_manifest
 from minimlp.data.folders import DataLayoutWarning, list_split, open_folder_dataset
 from minimlp.data.synthetic import photo_like
 from minimlp.io.weights import save_weights
@@ -173,9 +173,30 @@ def test_train_and_evaluate_on_odd_names_with_a_strict_utf8_stdout(tree, tmp_pat
     (tree / "train" / WNIDS[0] / os.fsdecode(b"bad\xe9.JPEG")).write_bytes(b"not a jpeg")
     stdout = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="strict", write_through=True)
     monkeypatch.setattr(sys, "stdout", stdout)
-    argv = ["--data-dir", str(tree), "--model", "ff_tiny", "--img-size", "16", "--patch-size", "8", "--embed-dim",
-            "16", "--depth", "1", "-b", "8", "--epochs", "1", "--procs", "1", "-j", "0", "--output",
-            str(tmp_path / "run")]
+    argv = [
+        "--data-dir",
+        str(tree),
+        "--model",
+        "ff_tiny",
+        "--img-size",
+        "16",
+        "--patch-size",
+        "8",
+        "--embed-dim",
+        "16",
+        "--depth",
+        "1",
+        "-b",
+        "8",
+        "--epochs",
+        "1",
+        "--procs",
+        "1",
+        "-j",
+        "0",
+        "--output",
+        str(tmp_path / "run"),
+    ]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert train.run(argv, log=print).status == "done"

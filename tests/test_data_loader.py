@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fake_readers import NoiseReader, item_value
+from support.fake_readers import NoiseReader, item_value
 
 from minimlp.data.loader import BadImagesWarning, BatchLoader, LoaderError, TooManyBadImagesError
 
@@ -132,11 +132,12 @@ def test_ctrl_c_stops_workers_and_frees_shared_memory(tmp_path, where):
     script = tmp_path / "run.py"
     pids = tmp_path / "pids.txt"
     decode_time, step_time = (0.2, 0.0) if where == "waiting for a batch" else (0.0, 0.3)
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import sys, time
         sys.path[:0] = {[str(Path(__file__).parent), str(Path(__file__).parent.parent)]!r}
         import numpy as np
-        from fake_readers import NoiseReader
+        from support.fake_readers import NoiseReader
         from minimlp.data.loader import BatchLoader
 
         if __name__ == "__main__":
@@ -149,7 +150,8 @@ def test_ctrl_c_stops_workers_and_frees_shared_memory(tmp_path, where):
                     open({str(pids)!r}, "w").write(" ".join(str(p.pid) for p in pool.procs) + "\\n"
                                                    + " ".join(s.name for s in pool.slots))
                     print("ready", flush=True)
-    """))
+    """)
+    )
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "ready"
     proc.send_signal(signal.SIGINT)

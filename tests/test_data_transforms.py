@@ -7,10 +7,10 @@ import math
 
 import numpy as np
 import pytest
-from data_trees import build_tree
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
+from support.data_trees import build_tree
 
 from minimlp.data import transforms
 from minimlp.data.synthetic import photo_like
@@ -72,8 +72,9 @@ def test_random_resized_crop_box_is_inside_and_within_the_ratio(width, height, s
 
 def test_random_resized_crop_box_area_distribution():
     rng = np.random.default_rng(0)
-    areas = [w * h / (500 * 375) for _, _, w, h in (transforms.random_resized_crop_box(500, 375, rng)
-                                                    for _ in range(4000))]
+    areas = [
+        w * h / (500 * 375) for _, _, w, h in (transforms.random_resized_crop_box(500, 375, rng) for _ in range(4000))
+    ]
     assert 0.08 * 0.95 <= min(areas) and max(areas) <= 1.0
     assert 0.40 < np.mean(areas) < 0.60  # uniform in [0.08, 1] minus the tries that did not fit
 

@@ -31,13 +31,13 @@ import numpy as np
 import pytest
 
 import minimlp
-from minimlp import distributed
 from minimlp.data import ArrayDataset
-from minimlp.ddp import DistributedDataParallel, gradient_buckets, notify_after_block_backward
 from minimlp.evaluate import evaluate
 from minimlp.io.checkpoint import load_checkpoint
 from minimlp.loss import cross_entropy_backward, cross_entropy_forward
-from minimlp.sharding import rank_indices, shard_bounds, shard_weight
+from minimlp.parallel import mpi
+from minimlp.parallel.ddp import DistributedDataParallel, gradient_buckets, notify_after_block_backward
+from minimlp.parallel.sharding import rank_indices, shard_bounds, shard_weight
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -62,18 +62,18 @@ def test_rank_indices_split_every_batch_without_overlap(world_size):
     assert sorted(np.concatenate(parts).tolist()) == list(range(50)), "every image once, over all ranks"
     per_rank = B // world_size
     for s, start in enumerate(range(0, 50, B)):  # step s: the ranks' shards make up batch s
-        batch = order[start:start + B]
-        shards = [p[s * per_rank:(s + 1) * per_rank] for p in parts]
+        batch = order[start : start + B]
+        shards = [p[s * per_rank : (s + 1) * per_rank] for p in parts]
         assert np.array_equal(np.concatenate(shards), batch)
 
 
 def test_uneven_batch_size_is_refused_with_alternatives():
-    assert distributed.per_rank_batch(96, 8) == 12
-    with pytest.raises(distributed.DistributedError, match=r"100 does not split evenly over 8 ranks.*-b 96 or -b 104"):
-        distributed.per_rank_batch(100, 8)
+    assert mpi.per_rank_batch(96, 8) == 12
+    with pytest.raises(mpi.DistributedError, match=r"100 does not split evenly over 8 ranks.*-b 96 or -b 104"):
+        mpi.per_rank_batch(100, 8)
 
 
-class FakeWorld(distributed.World):
+class FakeWorld(mpi.World):
     """Rank ``rank`` of ``size`` in one process; ``sum`` returns preset totals (the other
     ranks' parts), so the per-rank code can be checked without MPI."""
 
@@ -92,9 +92,9 @@ class FakeWorld(distributed.World):
     def check_replicas(self, params, step):
         pass
 
-    shard = distributed.MPIWorld.shard
-    batches = distributed.MPIWorld.batches
-    rank_seed = distributed.MPIWorld.rank_seed
+    shard = mpi.MPIWorld.shard
+    batches = mpi.MPIWorld.batches
+    rank_seed = mpi.MPIWorld.rank_seed
 
 
 @pytest.mark.parametrize("rows", [13, 1])  # 13 rows: 7 + 6; 1 row: rank 1 has none
@@ -132,8 +132,13 @@ def test_world_batches_give_each_rank_its_shard_and_pad_empty_steps():
 def test_sharded_evaluation_sums_to_the_whole():
     model = minimlp.create_model("ff_fmnist", embed_dim=16, depth=2, patch_size=7, seed=0)
     rng = np.random.default_rng(1)
-    data = ArrayDataset(rng.integers(0, 255, (23, 1, 28, 28), dtype=np.uint8), rng.integers(0, 10, 23),
-                        [str(k) for k in range(10)], (0.5,), (0.25,))
+    data = ArrayDataset(
+        rng.integers(0, 255, (23, 1, 28, 28), dtype=np.uint8),
+        rng.integers(0, 10, 23),
+        [str(k) for k in range(10)],
+        (0.5,),
+        (0.25,),
+    )
     whole = evaluate(model, data, batch_size=8)
     parts = [FakeWorld(r, 3) for r in range(3)]
     for world in parts:
@@ -142,7 +147,7 @@ def test_sharded_evaluation_sums_to_the_whole():
     K = 10
     assert totals[3] == 23 and totals[1] == whole.top1 * 23 / 100 and totals[2] == whole.top5 * 23 / 100
     assert totals[0] / 23 == pytest.approx(whole.loss, rel=1e-6)
-    assert np.array_equal(totals[4:4 + K], whole.class_correct) and np.array_equal(totals[4 + K:], whole.class_total)
+    assert np.array_equal(totals[4 : 4 + K], whole.class_correct) and np.array_equal(totals[4 + K :], whole.class_total)
 
 
 # --------------------------------------------------------------------------------------
@@ -159,8 +164,10 @@ def test_buckets_cover_the_gradients_once_and_are_final_when_launched(name):
     assert all(len(b.ranges) == 2 for b in buckets[:-1]), "a group of blocks is two contiguous ranges"
     snapshots = {}
     for bucket in buckets[:-1]:
+
         def snapshot(bucket=bucket):
             snapshots[bucket.after_block] = [model.store.flat_grads[lo:hi].copy() for lo, hi in bucket.ranges]
+
         notify_after_block_backward(model, bucket.after_block, snapshot)
     rng = np.random.default_rng(0)
     model.store.flat_params += 0.02 * rng.standard_normal(model.num_params()).astype(np.float32)  # no zero head
@@ -203,17 +210,26 @@ def test_nccl_path_launches_each_bucket_once_in_order_on_a_side_stream(monkeypat
             log.append(f"{self.name} synchronizes")
 
     compute, base = Stream("compute"), 4096
-    nccl = SimpleNamespace(NCCL_FLOAT32=7, NCCL_FLOAT64=8, NCCL_FLOAT16=6, NCCL_SUM=0,
-                           groupStart=lambda: log.append("group"), groupEnd=lambda: log.append("end"))
+    nccl = SimpleNamespace(
+        NCCL_FLOAT32=7,
+        NCCL_FLOAT64=8,
+        NCCL_FLOAT16=6,
+        NCCL_SUM=0,
+        groupStart=lambda: log.append("group"),
+        groupEnd=lambda: log.append("end"),
+    )
     cuda = SimpleNamespace(Stream=Stream, get_current_stream=lambda: compute, nccl=nccl)
     monkeypatch.setitem(sys.modules, "cupy", SimpleNamespace(cuda=cuda, get_array_module=lambda *a: np))
     monkeypatch.setitem(sys.modules, "cupy.cuda", cuda)
-    comm = SimpleNamespace(allReduce=lambda send, recv, n, kind, op, stream: log.append(
-        ("sum", (send - base) // 4, n, send == recv, kind, stream)))
+    comm = SimpleNamespace(
+        allReduce=lambda send, recv, n, kind, op, stream: log.append(
+            ("sum", (send - base) // 4, n, send == recv, kind, stream)
+        )
+    )
     world = FakeWorld(0, 2)
     world.nccl_communicator = lambda: comm
     model = minimlp.create_model("ff_fmnist", depth=4, seed=0)
-    from minimlp.ddp import NcclGradients
+    from minimlp.parallel.ddp import NcclGradients
 
     gradients = NcclGradients(world, model, bucket_bytes=1)
     gradients.grads = SimpleNamespace(data=SimpleNamespace(ptr=base), itemsize=4)  # a device pointer
@@ -231,7 +247,7 @@ def test_nccl_path_launches_each_bucket_once_in_order_on_a_side_stream(monkeypat
     assert all(a[0] + a[1] == b[0] for a, b in zip(sums, sums[1:], strict=False)), "every element once"
     assert all(e[3:] == (True, 7, 99) for e in log if e[0] == "sum"), "in place, float32, on the side stream"
     first = log.index("group")
-    assert log[first - 2:first] == ["compute records", "side waits for compute's event"]
+    assert log[first - 2 : first] == ["compute records", "side waits for compute's event"]
     assert log[-3:] == ["side records", "compute waits for side's event", "compute synchronizes"]
     log.clear()
     gradients.begin()  # a rank with no images this step: no backward, every bucket still summed
@@ -243,33 +259,37 @@ def test_nccl_path_launches_each_bucket_once_in_order_on_a_side_stream(monkeypat
 # Start-up checks and launch detection
 # --------------------------------------------------------------------------------------
 def test_differences_between_ranks_are_named():
-    ranks = [{"argument --lr": 0.001, "model embed_dim": 16, "state parameters": 7},
-             {"argument --lr": 0.002, "model embed_dim": 16, "state parameters": 7},
-             {"argument --lr": 0.001, "model embed_dim": 32, "state parameters": 8}]
-    lines = distributed.describe_differences(ranks)
-    assert lines == ["  argument --lr: 0.001 on ranks 0, 2, 0.002 on rank 1",
-                     "  model embed_dim: 16 on ranks 0, 1, 32 on rank 2",
-                     "  state parameters: 7 on ranks 0, 1, 8 on rank 2"]
-    assert distributed.describe_differences(ranks[:1] * 3) == []
+    ranks = [
+        {"argument --lr": 0.001, "model embed_dim": 16, "state parameters": 7},
+        {"argument --lr": 0.002, "model embed_dim": 16, "state parameters": 7},
+        {"argument --lr": 0.001, "model embed_dim": 32, "state parameters": 8},
+    ]
+    lines = mpi.describe_differences(ranks)
+    assert lines == [
+        "  argument --lr: 0.001 on ranks 0, 2, 0.002 on rank 1",
+        "  model embed_dim: 16 on ranks 0, 1, 32 on rank 2",
+        "  state parameters: 7 on ranks 0, 1, 8 on rank 2",
+    ]
+    assert mpi.describe_differences(ranks[:1] * 3) == []
 
 
 def test_checksum_is_exact_and_order_free():
     a = np.random.default_rng(0).standard_normal(1000).astype(np.float32)
     b = a.copy()
     b[500] = np.nextafter(b[500], np.float32(np.inf))  # one ulp
-    assert distributed.checksum(a) == distributed.checksum(a.copy())
-    assert distributed.checksum(a) != distributed.checksum(b)
-    assert distributed.checksum(a[::-1].copy()) == distributed.checksum(a)
+    assert mpi.checksum(a) == mpi.checksum(a.copy())
+    assert mpi.checksum(a) != mpi.checksum(b)
+    assert mpi.checksum(a[::-1].copy()) == mpi.checksum(a)
 
 
 def test_launch_is_detected_and_missing_mpi4py_is_a_clear_error(monkeypatch):
-    assert not distributed.launched_by_mpi({"PATH": "/bin"})
-    assert distributed.launched_by_mpi({"OMPI_COMM_WORLD_SIZE": "2"})
-    assert distributed.launched_by_mpi({"PMI_SIZE": "4"})
+    assert not mpi.launched_by_mpi({"PATH": "/bin"})
+    assert mpi.launched_by_mpi({"OMPI_COMM_WORLD_SIZE": "2"})
+    assert mpi.launched_by_mpi({"PMI_SIZE": "4"})
     monkeypatch.setitem(sys.modules, "mpi4py", None)  # import mpi4py now fails
     monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "2")
-    with pytest.raises(distributed.DistributedError, match=r"OMPI_COMM_WORLD_SIZE=2.*pip install mpi4py"):
-        distributed.MPIWorld()
+    with pytest.raises(mpi.DistributedError, match=r"OMPI_COMM_WORLD_SIZE=2.*pip install mpi4py"):
+        mpi.MPIWorld()
 
 
 # --------------------------------------------------------------------------------------
@@ -281,8 +301,11 @@ REQUIRE_MPI = os.environ.get("MINIMLP_REQUIRE_MPI") == "1"
 @pytest.fixture(scope="module")
 def mpirun():
     """The mpirun command line, or a skip (a failure with MINIMLP_REQUIRE_MPI=1) saying what to install."""
-    missing = [what for what, ok in (("Open MPI's mpirun", shutil.which("mpirun")),
-                                     ("mpi4py", importlib.util.find_spec("mpi4py"))) if not ok]
+    missing = [
+        what
+        for what, ok in (("Open MPI's mpirun", shutil.which("mpirun")), ("mpi4py", importlib.util.find_spec("mpi4py")))
+        if not ok
+    ]
     if missing:
         message = f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed (make mpi-setup)"
         if REQUIRE_MPI:
@@ -295,9 +318,15 @@ def mpirun():
 
 
 def mpi_env(**extra):
-    env = dict(os.environ, PYTHONPATH=str(REPO), OPENBLAS_NUM_THREADS="1", MINIMLP_NUM_THREADS="1",
-               MINIMLP_CHECK_REPLICAS="1", **extra)
-    for key in distributed.LAUNCHER_VARIABLES:  # pytest itself is no rank
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(REPO),
+        OPENBLAS_NUM_THREADS="1",
+        MINIMLP_NUM_THREADS="1",
+        MINIMLP_CHECK_REPLICAS="1",
+        **extra,
+    )
+    for key in mpi.LAUNCHER_VARIABLES:  # pytest itself is no rank
         env.pop(key, None)
     return env
 
@@ -311,9 +340,33 @@ def launch(command, timeout=60, **env):
 # 321 images in batches of 64: the last batch has one image, so rank 1 has none at that step;
 # 201 evaluation images split 100 / 101.  SGD, whose step is linear in the gradient (see
 # test_two_ranks_train_as_one_process_with_the_whole_batch).
-TINY = ["--train-num-samples", "321", "--eval-num-samples", "201", "-b", "64", "--patch-size", "7",
-        "--embed-dim", "16", "--depth", "2", "--no-aug", "--opt", "sgd", "--lr", "0.1", "--clip-grad", "1",
-        "--warmup-epochs", "0.5", "--log-interval", "3", "--workers", "1"]
+TINY = [
+    "--train-num-samples",
+    "321",
+    "--eval-num-samples",
+    "201",
+    "-b",
+    "64",
+    "--patch-size",
+    "7",
+    "--embed-dim",
+    "16",
+    "--depth",
+    "2",
+    "--no-aug",
+    "--opt",
+    "sgd",
+    "--lr",
+    "0.1",
+    "--clip-grad",
+    "1",
+    "--warmup-epochs",
+    "0.5",
+    "--log-interval",
+    "3",
+    "--workers",
+    "1",
+]
 
 
 def trainer(*args):
@@ -321,7 +374,7 @@ def trainer(*args):
 
 
 def job(scenario, *args):
-    return [sys.executable, str(REPO / "tests" / "mpi_job.py"), scenario, *args]
+    return [sys.executable, str(REPO / "tests" / "support" / "mpi_job.py"), scenario, *args]
 
 
 def test_two_ranks_train_as_one_process_with_the_whole_batch(mpirun, fmnist_dir, tmp_path):
@@ -337,14 +390,17 @@ def test_two_ranks_train_as_one_process_with_the_whole_batch(mpirun, fmnist_dir,
     two, seconds = launch([*mpirun, "-wdir", str(tmp_path / "a"), *rank, ":", "-wdir", str(tmp_path / "b"), *rank])
     assert two.returncode == 0, two.stderr
     assert sorted(p.name for p in (tmp_path / "a" / "run").iterdir()) == sorted(
-        p.name for p in (tmp_path / "one").iterdir())
+        p.name for p in (tmp_path / "one").iterdir()
+    )
     assert list((tmp_path / "b").iterdir()) == [], "rank 1 writes nothing"
     assert two.stdout.count("run directory:") == 1 and "2 MPI ranks on 1 node" in two.stdout
     assert "epoch 2/2 [" in two.stderr and two.stderr.count("epoch 2/2 [###") <= 2, "one progress bar"
     a, b = load_checkpoint(tmp_path / "one" / "last.npz"), load_checkpoint(tmp_path / "a" / "run" / "last.npz")
     diff = max(float(np.abs(a.params[k] - b.params[k]).max()) for k in a.params)
-    print(f"max |param(1 process, B=64) - param(2 ranks, B=32 each)| = {diff:.2e} after "
-          f"{a.meta['step']} steps; the 2-rank run took {seconds:.1f} s")
+    print(
+        f"max |param(1 process, B=64) - param(2 ranks, B=32 each)| = {diff:.2e} after "
+        f"{a.meta['step']} steps; the 2-rank run took {seconds:.1f} s"
+    )
     assert a.meta["step"] == b.meta["step"] == 12 and diff < 1e-6
     m1 = json.loads((tmp_path / "one" / "metrics.jsonl").read_text().splitlines()[-1])
     m2 = json.loads((tmp_path / "a" / "run" / "metrics.jsonl").read_text().splitlines()[-1])
@@ -369,8 +425,18 @@ def test_a_resumed_two_rank_run_continues_bit_for_bit(mpirun, fmnist_dir, tmp_pa
 
 def test_ranks_started_differently_are_stopped_naming_the_difference(mpirun, fmnist_dir, tmp_path):
     args = [*TINY, "--epochs", "1", "--data-dir", str(fmnist_dir), "--output", str(tmp_path / "run")]
-    done, seconds = launch([*mpirun, "-n", "1", *trainer(*args, "--lr", "0.1"), ":",
-                            "-n", "1", *trainer(*args, "--lr", "0.2", "--embed-dim", "32")])
+    done, seconds = launch(
+        [
+            *mpirun,
+            "-n",
+            "1",
+            *trainer(*args, "--lr", "0.1"),
+            ":",
+            "-n",
+            "1",
+            *trainer(*args, "--lr", "0.2", "--embed-dim", "32"),
+        ]
+    )
     assert done.returncode == 2, done.stderr  # a usage error
     err = done.stderr
     assert "the ranks were not started on the same job" in err
@@ -380,12 +446,15 @@ def test_ranks_started_differently_are_stopped_naming_the_difference(mpirun, fmn
     assert seconds < 30
 
 
-@pytest.mark.parametrize("scenario,message", [
-    ("error", r"rank 1 of 2 \(.*\): error: a deliberate error on rank 1\nstopping the whole job"),
-    ("crash", r"rank 1 of 2 \(.*\) failed:\nTraceback.*RuntimeError: a deliberate crash on rank 1"),
-    ("kill", r"rank 1 .*exited on signal 9"),
-    ("hang", r"rank 0 of 2 \(.*\): waited \d+ s in counting the images of step 3; another rank has probably died"),
-])
+@pytest.mark.parametrize(
+    "scenario,message",
+    [
+        ("error", r"rank 1 of 2 \(.*\): error: a deliberate error on rank 1\nstopping the whole job"),
+        ("crash", r"rank 1 of 2 \(.*\) failed:\nTraceback.*RuntimeError: a deliberate crash on rank 1"),
+        ("kill", r"rank 1 .*exited on signal 9"),
+        ("hang", r"rank 0 of 2 \(.*\): waited \d+ s in counting the images of step 3; another rank has probably died"),
+    ],
+)
 def test_a_failing_rank_takes_the_job_down_with_a_message(mpirun, fmnist_dir, tmp_path, scenario, message):
     args = [*TINY, "--epochs", "1", "--data-dir", str(fmnist_dir), "--output", str(tmp_path / "run")]
     done, seconds = launch([*mpirun, "-n", "2", *job(scenario, *args)], MINIMLP_COLLECTIVE_TIMEOUT="2")
@@ -398,17 +467,32 @@ def test_drifting_replicas_stop_every_rank(mpirun, fmnist_dir, tmp_path):
     args = [*TINY, "--epochs", "1", "--data-dir", str(fmnist_dir), "--output", str(tmp_path / "run")]
     done, _ = launch([*mpirun, "-n", "2", *job("drift", *args)])
     assert done.returncode == 1
-    assert "error: the model replicas have drifted apart before step 3: the parameters of rank 1 differ" \
-           in done.stderr
+    assert "error: the model replicas have drifted apart before step 3: the parameters of rank 1 differ" in done.stderr
     assert "MPI_ABORT" not in done.stderr, "every rank found it: a clean stop, no abort"
 
 
 def test_sigusr1_to_mpirun_stops_every_rank_with_a_resumable_checkpoint(mpirun, fmnist_dir, tmp_path):
     """Ctrl-C makes mpirun kill the job; SIGUSR1, which mpirun forwards, stops it cleanly."""
-    args = [*TINY, "--train-num-samples", "6400", "--epochs", "5", "--log-interval", "1",
-            "--data-dir", str(fmnist_dir), "--output", str(tmp_path / "run")]
-    process = subprocess.Popen([*mpirun, "-n", "2", *trainer(*args)], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True, env=mpi_env())
+    args = [
+        *TINY,
+        "--train-num-samples",
+        "6400",
+        "--epochs",
+        "5",
+        "--log-interval",
+        "1",
+        "--data-dir",
+        str(fmnist_dir),
+        "--output",
+        str(tmp_path / "run"),
+    ]
+    process = subprocess.Popen(
+        [*mpirun, "-n", "2", *trainer(*args)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=mpi_env(),
+    )
     lines = []
     try:
         for line in process.stderr:  # rank 0's progress: training has begun
@@ -424,3 +508,16 @@ def test_sigusr1_to_mpirun_stops_every_rank_with_a_resumable_checkpoint(mpirun, 
     assert err.count("SIGUSR1: stopping after this step") == 1
     state = load_checkpoint(tmp_path / "run" / "last.npz").meta["run"]
     assert 0 < state["step"] < 500 and state["batch_in_epoch"] == state["step"] % 100
+
+
+def test_one_seed_mixer_for_the_trainer_and_the_ranks():
+    """The epoch orders, augmentations, rank seeds and dropout streams all come from sharding.seed_for,
+    and give the seeds the trainer's and the ranks' mixers gave before they were one."""
+    from minimlp import train
+    from minimlp.parallel import ddp, sharding
+
+    assert train.seed_for is sharding.seed_for is mpi.seed_for is ddp.seed_for
+    assert not hasattr(mpi, "mixed_seed") and not hasattr(sharding, "ShardPlan")
+    assert sharding.seed_for(7, 1, 0x5EED) == 3202257886782682187  # a rank's seed
+    assert sharding.seed_for(0, 2, 1) == 7203126130259618810  # an epoch's augmentation
+    assert sharding.seed_for(3, 5, 2, 1) == 6113718104754760344

@@ -28,8 +28,8 @@ from minimlp.data.classes import imagenet_table
 from minimlp.data.synthetic import photo_like
 
 torch = pytest.importorskip("torch", reason="PyTorch is an optional test dependency")
-from no_torch import BLOCK_TORCH  # noqa: E402
-from torch_twin import TwinFFViT  # noqa: E402
+from support.no_torch import BLOCK_TORCH  # noqa: E402
+from support.torch_twin import TwinFFViT  # noqa: E402
 
 pytestmark = pytest.mark.torch
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,8 +102,9 @@ _WITHOUT_TORCH = BLOCK_TORCH + textwrap.dedent("""
 
 def run_without_torch(module: str, *argv: str) -> str:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    run = subprocess.run([sys.executable, "-c", _WITHOUT_TORCH, module, *argv], env=env, capture_output=True,
-                         text=True, timeout=300)
+    run = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_TORCH, module, *argv], env=env, capture_output=True, text=True, timeout=300
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     assert "torch modules loaded: []" in run.stdout
     return run.stdout
@@ -111,8 +112,15 @@ def run_without_torch(module: str, *argv: str) -> str:
 
 def test_evaluate_the_released_weights_with_the_papers_transform(released):
     d = released["dir"]
-    out = run_without_torch("minimlp.evaluate", "--pretrained", str(d / "linear-tiny-checkpoint.pth"),
-                            "--data-dir", str(d / "imagenet"), "-j", "0")
+    out = run_without_torch(
+        "minimlp.evaluate",
+        "--pretrained",
+        str(d / "linear-tiny-checkpoint.pth"),
+        "--data-dir",
+        str(d / "imagenet"),
+        "-j",
+        "0",
+    )
     assert "(pth, 7,676,332 parameters, 1000 classes)" in out
     assert "6 images, 1000 classes, 224 px" in out  # val/ alone: the 1000-class ImageNet indices
     # 3 of 6 in the top-1 class, one more in the top 5.
@@ -122,13 +130,14 @@ def test_evaluate_the_released_weights_with_the_papers_transform(released):
 
 def test_predict_matches_pytorch_top5_and_probabilities(released):
     d, order, probs = released["dir"], released["order"], released["probs"]
-    out = run_without_torch("minimlp.predict", "--pretrained", str(d / "linear-tiny-checkpoint.pth"),
-                            *map(str, released["images"]))
+    out = run_without_torch(
+        "minimlp.predict", "--pretrained", str(d / "linear-tiny-checkpoint.pth"), *map(str, released["images"])
+    )
     names = [c.name for c in imagenet_table()]
     blocks = out.split("torch modules loaded")[0].strip().split("\n")
     for i, path in enumerate(released["images"]):
         start = blocks.index(str(path))
-        rows = [re.fullmatch(r"\s*([\d.]+)%  (.+)", line).groups() for line in blocks[start + 1:start + 6]]
+        rows = [re.fullmatch(r"\s*([\d.]+)%  (.+)", line).groups() for line in blocks[start + 1 : start + 6]]
         assert [name for _, name in rows] == [names[k] for k in order[i, :5]], path.name
         for (shown, _), k in zip(rows, order[i, :5], strict=True):
             assert abs(float(shown) - 100 * probs[i, k]) < 0.011, (path.name, shown, 100 * probs[i, k])

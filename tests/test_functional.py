@@ -64,8 +64,14 @@ def test_linear_accumulates_and_skips_input_grad(xp):
 def test_gelu(xp, plain_kernels):
     rng = np.random.default_rng(2)
     x = rand(xp, rng, 4, 6) * 3
-    check(xp, lambda: F.gelu_forward(x)[0],
-          lambda d: {"x": F.gelu_backward(d, F.gelu_forward(x)[1])}, {"x": x}, x.shape, rng)
+    check(
+        xp,
+        lambda: F.gelu_forward(x)[0],
+        lambda d: {"x": F.gelu_backward(d, F.gelu_forward(x)[1])},
+        {"x": x},
+        x.shape,
+        rng,
+    )
 
 
 def test_gelu_values_match_erf_definition():
@@ -118,8 +124,14 @@ def test_transpose_round_trip(xp):
     y, cache = F.transpose_forward(x, axes)
     assert y.shape == (4, 2, 3)
     assert bool((F.transpose_backward(y, cache) == x).all())
-    check(xp, lambda: F.transpose_forward(x, axes)[0],
-          lambda d: {"x": F.transpose_backward(d, axes)}, {"x": x}, (4, 2, 3), rng)
+    check(
+        xp,
+        lambda: F.transpose_forward(x, axes)[0],
+        lambda d: {"x": F.transpose_backward(d, axes)},
+        {"x": x},
+        (4, 2, 3),
+        rng,
+    )
 
 
 def test_patchify_matches_convolution(xp):
@@ -132,7 +144,7 @@ def test_patchify_matches_convolution(xp):
     xn, wn, bn = (np.asarray(a.get() if hasattr(a, "get") else a) for a in (x, w, b))
     for i in range(H // P):
         for j in range(W // P):
-            patch = xn[:, :, i * P:(i + 1) * P, j * P:(j + 1) * P]
+            patch = xn[:, :, i * P : (i + 1) * P, j * P : (j + 1) * P]
             conv[:, :, i, j] = np.einsum("bcpq,dcpq->bd", patch, wn) + bn
     expected = conv.reshape(B, D, -1).transpose(2, 0, 1)  # row-major grid -> (N, B, D)
     assert rel_error(y, expected) < 1e-12
@@ -154,16 +166,26 @@ def test_patch_embed(xp):
 def test_tokens(xp):
     rng = np.random.default_rng(8)
     N, B, D = 6, 3, 4
-    t, cls, pos, cls_pos = (rand(xp, rng, N, B, D), rand(xp, rng, 1, 1, D),
-                            rand(xp, rng, 1, D, 2, 3), rand(xp, rng, 1, 1, D))
+    t, cls, pos, cls_pos = (
+        rand(xp, rng, N, B, D),
+        rand(xp, rng, 1, 1, D),
+        rand(xp, rng, 1, D, 2, 3),
+        rand(xp, rng, 1, 1, D),
+    )
 
     def grads(dout):
         d = {k: xp.zeros_like(v) for k, v in (("cls", cls), ("pos", pos), ("cls_pos", cls_pos))}
         d["t"] = F.tokens_backward(dout, d["cls"], d["pos"], d["cls_pos"])
         return d
 
-    check(xp, lambda: F.tokens_forward(t, cls, pos, cls_pos), grads,
-          {"t": t, "cls": cls, "pos": pos, "cls_pos": cls_pos}, (N + 1, B, D), rng)
+    check(
+        xp,
+        lambda: F.tokens_forward(t, cls, pos, cls_pos),
+        grads,
+        {"t": t, "cls": cls, "pos": pos, "cls_pos": cls_pos},
+        (N + 1, B, D),
+        rng,
+    )
 
 
 @pytest.mark.parametrize("size_in,size_out", [((4, 5), (2, 3)), ((2, 3), (5, 4)), ((3, 3), (3, 3)), ((1, 4), (3, 1))])
@@ -171,8 +193,14 @@ def test_resize_bilinear(xp, size_in, size_out):
     rng = np.random.default_rng(15)
     x = rand(xp, rng, 2, 3, *size_in)
     _, cache = F.resize_bilinear_forward(x, size_out)
-    check(xp, lambda: F.resize_bilinear_forward(x, size_out)[0],
-          lambda d: {"x": F.resize_bilinear_backward(d, cache)}, {"x": x}, (2, 3, *size_out), rng)
+    check(
+        xp,
+        lambda: F.resize_bilinear_forward(x, size_out)[0],
+        lambda d: {"x": F.resize_bilinear_backward(d, cache)},
+        {"x": x},
+        (2, 3, *size_out),
+        rng,
+    )
 
 
 def test_resize_bilinear_weights():
@@ -200,8 +228,17 @@ def test_resize_bilinear_at_the_same_size_is_exactly_the_identity(xp, n):
 
 
 @pytest.mark.torch
-@pytest.mark.parametrize("size_in,size_out", [((14, 14), (7, 7)), ((14, 14), (14, 14)), ((7, 7), (14, 14)),
-                                              ((5, 7), (3, 4)), ((3, 2), (8, 5)), ((14, 14), (10, 10))])
+@pytest.mark.parametrize(
+    "size_in,size_out",
+    [
+        ((14, 14), (7, 7)),
+        ((14, 14), (14, 14)),
+        ((7, 7), (14, 14)),
+        ((5, 7), (3, 4)),
+        ((3, 2), (8, 5)),
+        ((14, 14), (10, 10)),
+    ],
+)
 def test_resize_bilinear_matches_pytorch_interpolate(size_in, size_out):
     """Forward and backward against torch.nn.functional.interpolate(mode="bilinear", align_corners=False)."""
     torch = pytest.importorskip("torch", reason="PyTorch is an optional test dependency")
@@ -215,16 +252,16 @@ def test_resize_bilinear_matches_pytorch_interpolate(size_in, size_out):
     assert rel_error(F.resize_bilinear_backward(dy, cache), xt.grad.numpy()) < 1e-12
     # float32: PyTorch's own float32 arithmetic, to float32 rounding
     y32, _ = F.resize_bilinear_forward(x.astype(np.float32), size_out)
-    expected = torch.nn.functional.interpolate(torch.from_numpy(x.astype(np.float32)), size=size_out,
-                                               mode="bilinear", align_corners=False).numpy()
+    expected = torch.nn.functional.interpolate(
+        torch.from_numpy(x.astype(np.float32)), size=size_out, mode="bilinear", align_corners=False
+    ).numpy()
     assert y32.dtype == np.float32 and rel_error(y32, expected) < 1e-6
 
 
 def test_cls_pool(xp):
     rng = np.random.default_rng(9)
     x = rand(xp, rng, 5, 3, 4)
-    check(xp, lambda: F.cls_pool_forward(x)[0],
-          lambda d: {"x": F.cls_pool_backward(d, x.shape)}, {"x": x}, (3, 4), rng)
+    check(xp, lambda: F.cls_pool_forward(x)[0], lambda d: {"x": F.cls_pool_backward(d, x.shape)}, {"x": x}, (3, 4), rng)
 
 
 @pytest.mark.parametrize("target_kind,smoothing", [("labels", 0.0), ("labels", 0.1), ("soft", 0.0), ("soft", 0.2)])

@@ -1,4 +1,4 @@
-"""make gpu-check (python -m minimlp.gpu_check), dry-run end to end on the CuPy stand-in.
+"""make gpu-check (python -m minimlp.bench.gpu_check), dry-run end to end on the CuPy stand-in.
 
 Every step runs in a child process; a sitecustomize module on PYTHONPATH installs the
 stand-in in each of them, so the script meets "CuPy with one GPU" everywhere.  PyTorch
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from minimlp import gpu_check
+from minimlp.bench import gpu_check
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -28,31 +28,61 @@ def _standin_env(tmp_path: Path, strict: bool) -> dict[str, str]:
     site = tmp_path / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(
-        f"import sys\nsys.path[:0] = [{str(TESTS)!r}, {str(ROOT)!r}]\nimport fake_cupy\n"
-        f"fake_cupy.install()\nfake_cupy.set_strict({strict})\n")
+        f"import sys\nsys.path[:0] = [{str(TESTS)!r}, {str(ROOT)!r}]\nfrom support import fake_cupy\n"
+        f"fake_cupy.install()\nfake_cupy.set_strict({strict})\n"
+    )
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(ROOT)])}
 
 
 @pytest.mark.slow
 def test_gpu_check_dry_run_on_the_standin(tmp_path):
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "minimlp.gpu_check", "--out", str(out), "--budget", "240",
-           "--runs", "ff_tiny:2:2", "--smoke-batch", "2", "--smoke-img-size", "32",
-           "--bench-args", "--img-size 32 --patch-size 8 --depth 1 --warmup 1 --rounds 2 --peak-size 64 "
-                           "--profile-steps 1",
-           "--pytest-args", "tests/test_backend.py"]
-    proc = subprocess.run(cmd, cwd=ROOT, env=_standin_env(tmp_path, strict=True), capture_output=True, text=True,
-                          timeout=300)
+    cmd = [
+        sys.executable,
+        "-m",
+        "minimlp.bench.gpu_check",
+        "--out",
+        str(out),
+        "--budget",
+        "240",
+        "--runs",
+        "ff_tiny:2:2",
+        "--smoke-batch",
+        "2",
+        "--smoke-img-size",
+        "32",
+        "--bench-args",
+        "--img-size 32 --patch-size 8 --depth 1 --warmup 1 --rounds 2 --peak-size 64 --profile-steps 1",
+        "--pytest-args",
+        "tests/test_backend.py",
+    ]
+    proc = subprocess.run(
+        cmd, cwd=ROOT, env=_standin_env(tmp_path, strict=True), capture_output=True, text=True, timeout=300
+    )
     assert sorted(p.name for p in out.iterdir()) == ["gpu-check.tar.gz", "summary.txt"]  # <= 8 files back
     with tarfile.open(out / "gpu-check.tar.gz") as tar:
         names = {Path(n).name for n in tar.getnames()}
         summary = json.load(tar.extractfile("gpu-check/summary.json"))
-    assert {"env.json", "steps.json", "summary.txt", "smoke-float32.json", "pytest--m-gpu.log",
-            "bench-ff_tiny-float16.log"} <= names
+    assert {
+        "env.json",
+        "steps.json",
+        "summary.txt",
+        "smoke-float32.json",
+        "pytest--m-gpu.log",
+        "bench-ff_tiny-float16.log",
+    } <= names
     assert summary["environment"]["cupy"]["gpu"] == "CuPy stand-in (NumPy)"
     steps = {s["step"]: s["status"] for s in summary["steps"]}
-    assert list(steps) == ["environment", "smoke float32", "smoke tf32", "smoke float16", "bench ff_tiny float32",
-                           "bench ff_tiny tf32", "bench ff_tiny float16", "pytest -m gpu"]
+    assert list(steps) == [
+        "environment",
+        "smoke float32",
+        "smoke tf32",
+        "smoke float16",
+        "bench ff_tiny float32",
+        "bench ff_tiny tf32",
+        "bench ff_tiny float16",
+        "pytest -m gpu",
+    ]
     assert proc.stdout.rstrip().splitlines()[-1].startswith("logs and JSON:")  # the table comes last
     assert "step" in proc.stdout and "status" in proc.stdout
     assert set(steps.values()) == {"ok"} and proc.returncode == 0, proc.stdout
@@ -63,14 +93,15 @@ def test_gpu_check_dry_run_on_the_standin(tmp_path):
     if importlib.util.find_spec("torch") is not None:  # compared with PyTorch on the CPU
         assert all(r["logits_max_abs_diff"] < 5e-2 for r in runs.values())
 
+
 def test_a_hanging_step_is_killed_at_its_limit_and_the_run_goes_on(tmp_path):
     start = time.monotonic()
-    record = gpu_check.run_step("hang", [sys.executable, "-c", "import time; print('waiting'); time.sleep(60)"],
-                                timeout=2, work=tmp_path)
+    record = gpu_check.run_step(
+        "hang", [sys.executable, "-c", "import time; print('waiting'); time.sleep(60)"], timeout=2, work=tmp_path
+    )
     assert record["status"] == "timeout" and time.monotonic() - start < 10
     assert (tmp_path / "hang.log").read_text().startswith("waiting")
-    crashed = gpu_check.run_step("crash", [sys.executable, "-c", "raise SystemExit('boom')"], timeout=30,
-                                 work=tmp_path)
+    crashed = gpu_check.run_step("crash", [sys.executable, "-c", "raise SystemExit('boom')"], timeout=30, work=tmp_path)
     assert crashed["status"] == "failed" and crashed["note"] == "boom"
     assert gpu_check.run_step("late", [sys.executable, "-c", "pass"], timeout=1, work=tmp_path)["status"] == "skipped"
 
@@ -97,11 +128,28 @@ def test_the_budget_holds_when_a_step_would_overrun_it(tmp_path):
     budget; the run still packs everything and prints its table."""
     out = tmp_path / "out"
     start = time.monotonic()
-    cmd = [sys.executable, "-m", "minimlp.gpu_check", "--out", str(out), "--budget", "25", "--precisions", "float32",
-           "--runs", "ff_tiny:2:2", "--smoke-batch", "2", "--smoke-img-size", "32",
-           "--bench-args", "--img-size 32 --patch-size 8 --depth 1 --peak-size 8192"]
-    proc = subprocess.run(cmd, cwd=ROOT, env=_standin_env(tmp_path, strict=True), capture_output=True, text=True,
-                          timeout=120)
+    cmd = [
+        sys.executable,
+        "-m",
+        "minimlp.bench.gpu_check",
+        "--out",
+        str(out),
+        "--budget",
+        "25",
+        "--precisions",
+        "float32",
+        "--runs",
+        "ff_tiny:2:2",
+        "--smoke-batch",
+        "2",
+        "--smoke-img-size",
+        "32",
+        "--bench-args",
+        "--img-size 32 --patch-size 8 --depth 1 --peak-size 8192",
+    ]
+    proc = subprocess.run(
+        cmd, cwd=ROOT, env=_standin_env(tmp_path, strict=True), capture_output=True, text=True, timeout=120
+    )
     assert time.monotonic() - start < 25 + 15
     with tarfile.open(out / "gpu-check.tar.gz") as tar:
         steps = {s["step"]: s["status"] for s in json.load(tar.extractfile("gpu-check/steps.json"))}

@@ -1,4 +1,4 @@
-"""The GPU code path, run on the CuPy stand-in (tests/fake_cupy.py) where there is no GPU.
+"""The GPU code path, run on the CuPy stand-in (tests/support/fake_cupy.py) where there is no GPU.
 
 First the stand-in itself: it must refuse what CuPy refuses (and the implicit host
 conversions CuPy allows but pays a sync for), count explicit reads, and reproduce CuPy's
@@ -14,9 +14,8 @@ import sys
 import numpy as np
 import pytest
 
-from minimlp import backend, fused
-from minimlp import functional as F
-from minimlp.loss import cross_entropy_backward, cross_entropy_forward
+from minimlp import backend, kernels
+from minimlp.kernels import cross_entropy_backward, cross_entropy_forward
 from minimlp.models import create_model
 
 
@@ -68,8 +67,14 @@ def test_host_arrays_are_refused_in_device_operations_but_scalars_and_uploads_wo
 
     x = cupy.ones((2, 3), dtype=cupy.float32)
     host = np.ones(3, np.float32)
-    for op in (lambda: x + host, lambda: host * x, lambda: cupy.multiply(x, host), lambda: np.add(x, host),
-               lambda: cupy.exp(host), lambda: x + np.ones(())):
+    for op in (
+        lambda: x + host,
+        lambda: host * x,
+        lambda: cupy.multiply(x, host),
+        lambda: np.add(x, host),
+        lambda: cupy.exp(host),
+        lambda: x + np.ones(()),
+    ):
         with pytest.raises(TypeError, match="Unsupported type"):
             op()
     assert (x * np.float32(2) + 1.5).dtype == np.float32  # scalars are weak, as in CuPy 14 (NEP 50)
@@ -165,14 +170,22 @@ def test_c_arithmetic_types(fake_cupy):
     a, b = k(cupy.ones(1, np.float32))
     assert a.get()[0] == 0.1 and b.get()[0] == np.float64(np.float32(0.1)) != 0.1
     # Integer division truncates.
-    r = cupy.ReductionKernel("T x", "float32 m", "x", "a + b", "m = a / (_in_ind.size() / _out_ind.size())", "0",
-                             "div")(cupy.ones((2, 3), np.float32), axis=1)
+    r = cupy.ReductionKernel(
+        "T x", "float32 m", "x", "a + b", "m = a / (_in_ind.size() / _out_ind.size())", "0", "div"
+    )(cupy.ones((2, 3), np.float32), axis=1)
     assert r.get().tolist() == [1.0, 1.0]
 
 
 def _mean_kernel(cupy, name, out):
-    return cupy.ReductionKernel("T x", f"float32 {out}", "(float)x", "a + b",
-                                f"{out} = a / ((float)(_in_ind.size() / _out_ind.size()))", "0", name)
+    return cupy.ReductionKernel(
+        "T x",
+        f"float32 {out}",
+        "(float)x",
+        "a + b",
+        f"{out} = a / ((float)(_in_ind.size() / _out_ind.size()))",
+        "0",
+        name,
+    )
 
 
 def test_reduction_outside_cub_computes_the_mean(fake_cupy):
@@ -208,8 +221,15 @@ def test_cub_kernel_has_no_indexers_unless_named_mean(fake_cupy, monkeypatch):
     with pytest.raises(fake_cupy.CompileException, match="_in_ind"):  # CUB's kernel has no _in_ind
         _mean_kernel(cupy, "demo_average", "mu")(x, axis=1)
     # ... two inputs, or CUB turned off: the generic kernel, where the indexers exist.
-    two = cupy.ReductionKernel("T x, T w", "float32 mu", "(float)x * (float)w", "a + b",
-                               "mu = a / ((float)(_in_ind.size() / _out_ind.size()))", "0", "demo_average2")
+    two = cupy.ReductionKernel(
+        "T x, T w",
+        "float32 mu",
+        "(float)x * (float)w",
+        "a + b",
+        "mu = a / ((float)(_in_ind.size() / _out_ind.size()))",
+        "0",
+        "demo_average2",
+    )
     np.testing.assert_allclose(two(x, x, axis=1).get(), 1.0)
     monkeypatch.setenv("CUPY_ACCELERATORS", "")
     np.testing.assert_allclose(_mean_kernel(cupy, "demo_average", "mu")(x, axis=1).get(), 1.0)
@@ -237,13 +257,13 @@ def _host(a):
 
 
 def _both_paths(fn):
-    """fn() with the fused kernels, then with the plain ops (as host float64 arrays)."""
+    """fn() with the fast kernels, then with their plain twins (as host float64 arrays)."""
     fast = fn()
-    previous = fused.set_enabled(False)
+    previous = kernels.set_enabled(False)
     try:
         plain = fn()
     finally:
-        fused.set_enabled(previous)
+        kernels.set_enabled(previous)
     return [_host(a) for a in fast], [_host(a) for a in plain]
 
 
@@ -264,8 +284,8 @@ def test_fused_layernorm_matches_plain(fake_cupy, shape, axis, dtype):
     def run():
         X, W, B, DY = (_device(a, dtype) for a in (x, w, b, dy))
         dW, dB = _device(np.zeros(n), dtype), _device(np.zeros(n), dtype)
-        y, cache = F.layernorm_forward(X, W, B, axis)
-        dx = F.layernorm_backward(DY, cache, W, dW, dB)
+        y, cache = kernels.layernorm_forward(X, W, B, axis)
+        dx = kernels.layernorm_backward(DY, cache, W, dW, dB)
         assert y.dtype == dx.dtype == dtype
         return y, dx, dW, dB
 
@@ -289,14 +309,14 @@ def test_fused_linear_gelu_matches_plain(fake_cupy, axis, dtype):
     def run():
         X, W, B, DH = (_device(a, dtype) for a in (x, w, b, dh))
         grads = [(_device(np.zeros(w.shape), dtype), _device(np.zeros(hidden), dtype)) for _ in range(3)]
-        h, cache = F.linear_gelu_forward(X, W, B, axis)
-        dx = F.linear_gelu_backward(DH, cache, W, *grads[0])
-        dx_owned = F.linear_gelu_backward(DH.copy(), cache, W, *grads[1], owns_dh=True)  # in place, db fused
-        h_eval, cache_eval = F.linear_gelu_forward(X, W, B, axis, need_grad=False)  # GELU' left for later
-        dx_eval = F.linear_gelu_backward(DH, cache_eval, W, *grads[2])
-        total = F.add_inplace(h.copy(), h_eval)
-        g, gcache = F.gelu_forward(X)
-        dg = F.gelu_backward(X, gcache)
+        h, cache = kernels.linear_gelu_forward(X, W, B, axis)
+        dx = kernels.linear_gelu_backward(DH, cache, W, *grads[0])
+        dx_owned = kernels.linear_gelu_backward(DH.copy(), cache, W, *grads[1], owns_dh=True)  # in place, db fused
+        h_eval, cache_eval = kernels.linear_gelu_forward(X, W, B, axis, need_grad=False)  # GELU' left for later
+        dx_eval = kernels.linear_gelu_backward(DH, cache_eval, W, *grads[2])
+        total = kernels.add_inplace(h.copy(), h_eval)
+        g, gcache = kernels.gelu_forward(X)
+        dg = kernels.gelu_backward(X, gcache)
         outputs = [h, dx, dx_owned, h_eval, dx_eval, total, g, dg, *(a for pair in grads for a in pair)]
         assert all(a.dtype == dtype for a in outputs)  # no float64 creeping in
         return outputs
@@ -333,9 +353,11 @@ def _step_grads(device, overrides, x, q):
     return backend.to_numpy(loss), backend.to_numpy(logits), {k: backend.to_numpy(g) for k, g in model.grads.items()}
 
 
-@pytest.mark.parametrize("overrides, targets", [(dict(img_size=32, patch_size=8), "labels"),
-                                                (dict(img_size=32, patch_size=8), "soft"), (dict(), "soft")],
-                         ids=["32px-labels", "32px-soft", "224px-soft"])
+@pytest.mark.parametrize(
+    "overrides, targets",
+    [(dict(img_size=32, patch_size=8), "labels"), (dict(img_size=32, patch_size=8), "soft"), (dict(), "soft")],
+    ids=["32px-labels", "32px-soft", "224px-soft"],
+)
 def test_ff_tiny_step_on_the_gpu_path_matches_the_cpu(fake_cupy, overrides, targets):
     """Labels, or soft targets (B, K) as mixup gives them; D = 192 takes CuPy's CUB path in LayerNorm."""
     rng = np.random.default_rng(4)
@@ -374,7 +396,7 @@ def test_without_a_usable_gpu_the_standin_fails_as_the_cuda_runtime_does(fake_cu
 
 def test_batch_uploader_round_trips_on_the_standin(fake_cupy):
     """Pinned host buffers, a side stream and events: what the uploader asks of CuPy is there."""
-    from minimlp.gpu import BatchUploader
+    from minimlp.kernels.gpu import BatchUploader
 
     batches = [np.full((2, 1, 4, 4), i, np.uint8) for i in range(4)]
     uploader = BatchUploader((2, 1, 4, 4))

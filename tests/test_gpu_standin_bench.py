@@ -11,8 +11,29 @@ from minimlp import backend, bench
 from minimlp.models import create_model
 
 # ff_tiny at a small image size and depth: D = 192, so LayerNorm's mean takes CuPy's CUB path.
-SMALL = ["--gpu", "--model", "ff_tiny", "--img-size", "32", "--patch-size", "8", "--depth", "2",
-         "-b", "2", "--steps", "2", "--warmup", "1", "--rounds", "2", "--peak-size", "64", "--profile-steps", "1"]
+SMALL = [
+    "--gpu",
+    "--model",
+    "ff_tiny",
+    "--img-size",
+    "32",
+    "--patch-size",
+    "8",
+    "--depth",
+    "2",
+    "-b",
+    "2",
+    "--steps",
+    "2",
+    "--warmup",
+    "1",
+    "--rounds",
+    "2",
+    "--peak-size",
+    "64",
+    "--profile-steps",
+    "1",
+]
 
 
 @pytest.mark.parametrize("precision", [[], ["--tf32"], ["--dtype", "float16"]], ids=["float32", "tf32", "float16"])
@@ -49,12 +70,24 @@ def test_host_syncs_per_step_counts_every_read(fake_cupy, monkeypatch):
 
 
 def test_summary_reports_syncs_memory_and_logit_difference(tmp_path, capsys):
-    run = {"model": "ff_tiny", "batch_size": 128, "device": "gpu", "dtype": "float16", "tf32": False,
-           "machine": {"gpu": "H200"}, "threads": {"procs": 1}, "matmul_peak_gflops": {"minimlp": 900e3},
-           "minimlp": {"train": {"images_per_s": 5000.0, "gflops": 4e4, "fraction_of_peak": 0.05},
-                       "memory": {"peak_mb": 2048.0}, "host_syncs_per_step": 0.0},
-           "torch": {"train": {"images_per_s": 4000.0, "fraction_of_peak": 0.04}, "memory": {"peak_mb": 3072.0}},
-           "ratio": {"train": 1.25, "forward": 1.1, "train_per_round": [1.2, 1.3]}, "logits_max_abs_diff": 3e-3}
+    run = {
+        "model": "ff_tiny",
+        "batch_size": 128,
+        "device": "gpu",
+        "dtype": "float16",
+        "tf32": False,
+        "machine": {"gpu": "H200"},
+        "threads": {"procs": 1},
+        "matmul_peak_gflops": {"minimlp": 900e3},
+        "minimlp": {
+            "train": {"images_per_s": 5000.0, "gflops": 4e4, "fraction_of_peak": 0.05},
+            "memory": {"peak_mb": 2048.0},
+            "host_syncs_per_step": 0.0,
+        },
+        "torch": {"train": {"images_per_s": 4000.0, "fraction_of_peak": 0.04}, "memory": {"peak_mb": 3072.0}},
+        "ratio": {"train": 1.25, "forward": 1.1, "train_per_round": [1.2, 1.3]},
+        "logits_max_abs_diff": 3e-3,
+    }
     (tmp_path / "bench-ff_tiny-float16.json").write_text(json.dumps(run))
     summary = bench.main(["--summary", str(tmp_path)])
     row = summary["runs"][0]
@@ -66,8 +99,29 @@ def test_summary_reports_syncs_memory_and_logit_difference(tmp_path, capsys):
 
 def test_cpu_runs_report_no_host_syncs():
     """On the CPU nothing waits for a device; the figure is left out rather than shown as 0."""
-    args = ["--model", "ff_fmnist", "--depth", "1", "--embed-dim", "16", "-b", "2", "--steps", "1", "--warmup", "0",
-            "--rounds", "1", "--profile-steps", "0", "--peak-size", "64", "--procs", "1", "--json"]
+    args = [
+        "--model",
+        "ff_fmnist",
+        "--depth",
+        "1",
+        "--embed-dim",
+        "16",
+        "-b",
+        "2",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        "--rounds",
+        "1",
+        "--profile-steps",
+        "0",
+        "--peak-size",
+        "64",
+        "--procs",
+        "1",
+        "--json",
+    ]
     result = bench.main(args)
     assert "host_syncs_per_step" not in result["minimlp"]
     assert np.isfinite(result["minimlp"]["train"]["images_per_s"])

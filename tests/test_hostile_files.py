@@ -1,14 +1,14 @@
-"""Hostile weights files (tests/hostile_files.py): each is refused with one line naming the
+"""Hostile weights files (tests/support/hostile_files.py): each is refused with one line naming the
 file, in a few seconds and a few hundred MB, by the readers and by every command.
 
-The readers run in a child process with its address space capped (reader_sandbox.py), so
+The readers run in a child process with its address space capped (support/reader_sandbox.py), so
 a reader that crashes, stalls or fills memory fails its test instead of the test run.
 """
 
 from __future__ import annotations
 
 import pytest
-from hostile_files import (
+from support.hostile_files import (
     ATTACKS,
     npz_enormous_config,
     npz_huge_claim,
@@ -16,7 +16,7 @@ from hostile_files import (
     st_deep_json,
     st_scalar_cls_token,
 )
-from reader_sandbox import read_in_child
+from support.reader_sandbox import read_in_child
 
 from minimlp import convert, evaluate, predict, train
 
@@ -36,21 +36,31 @@ def test_hostile_file_is_refused_in_bounded_time_and_memory(tmp_path, name):
 
 def _argv(command: str, path, tmp_path) -> list[str]:
     run = ["--output", str(tmp_path / "run"), "--epochs", "1"]
-    return {"convert": [str(path), str(tmp_path / "out.safetensors")],
-            "evaluate": ["--checkpoint", str(path)],
-            "predict": ["--checkpoint", str(path), str(tmp_path / "image.png")],
-            "train --pretrained": ["--pretrained", str(path), *run],
-            "train --resume": ["--resume", str(path), *run]}[command]
+    return {
+        "convert": [str(path), str(tmp_path / "out.safetensors")],
+        "evaluate": ["--checkpoint", str(path)],
+        "predict": ["--checkpoint", str(path), str(tmp_path / "image.png")],
+        "train --pretrained": ["--pretrained", str(path), *run],
+        "train --resume": ["--resume", str(path), *run],
+    }[command]
 
 
-MAINS = {"convert": convert.main, "evaluate": evaluate.main, "predict": predict.main,
-         "train --pretrained": train.main, "train --resume": train.main}
+MAINS = {
+    "convert": convert.main,
+    "evaluate": evaluate.main,
+    "predict": predict.main,
+    "train --pretrained": train.main,
+    "train --resume": train.main,
+}
 # Files that failed fast before the readers were bounded (so that this test, run
 # in-process, fails rather than hangs on a reader that is not).
-CLI_FILES = {"0-d cls_token": (st_scalar_cls_token, ".safetensors"), "deep JSON": (st_deep_json, ".safetensors"),
-             "npz claiming 10**12 elements": (npz_huge_claim, ".npz"),
-             "huge stored config": (npz_enormous_config, ".npz"),
-             "duplicate data.pkl": (pth_duplicate_entries, ".pth")}
+CLI_FILES = {
+    "0-d cls_token": (st_scalar_cls_token, ".safetensors"),
+    "deep JSON": (st_deep_json, ".safetensors"),
+    "npz claiming 10**12 elements": (npz_huge_claim, ".npz"),
+    "huge stored config": (npz_enormous_config, ".npz"),
+    "duplicate data.pkl": (pth_duplicate_entries, ".pth"),
+}
 
 
 @pytest.mark.parametrize("command", list(MAINS))

@@ -26,8 +26,10 @@ def perturbed_model(device="cpu", seed=0, **overrides):
     return model
 
 
-@pytest.mark.parametrize("name,count", [("ff_tiny", 7_676_332), ("ff_base", 61_943_020),
-                                        ("linear_tiny", 7_676_332), ("linear_base", 61_943_020)])
+@pytest.mark.parametrize(
+    "name,count",
+    [("ff_tiny", 7_676_332), ("ff_base", 61_943_020), ("linear_tiny", 7_676_332), ("linear_base", 61_943_020)],
+)
 def test_parameter_counts(name, count):
     assert minimlp.create_model(name).num_params() == count
 
@@ -65,8 +67,11 @@ def test_whole_model_gradient_check_through_the_resized_grid(xp, device, pos_gri
     assert model.params["pos_encoding.pos_embed"].shape == (1, 8, pos_grid, pos_grid)
     rng = np.random.default_rng(3)
     # every parameter once; for the other sizes, those next to the resize
-    names = None if pos_grid == 3 else ["pos_encoding.pos_embed", "pos_encoding.cls_pos_embed", "cls_token",
-                                        "patch_embed.proj.bias"]
+    names = (
+        None
+        if pos_grid == 3
+        else ["pos_encoding.pos_embed", "pos_encoding.cls_pos_embed", "cls_token", "patch_embed.proj.bias"]
+    )
     errors = check_model_gradients(model, rng.standard_normal((3, 3, 8, 8)), rng.standard_normal((3, 5)), names=names)
     assert len(errors) == len(names or model.params) + 1  # and the input
     worst = max(errors, key=errors.get)
@@ -75,11 +80,11 @@ def test_whole_model_gradient_check_through_the_resized_grid(xp, device, pos_gri
 
 def test_a_grid_of_the_patch_grid_size_is_not_resized(monkeypatch):
     """At equal sizes the resize is the identity (tested in test_functional), so it is skipped."""
-    from minimlp import functional as F
+    from minimlp import kernels
 
     calls = []
-    original = F.resize_bilinear_forward
-    monkeypatch.setattr(F, "resize_bilinear_forward", lambda *a: calls.append(a) or original(*a))
+    original = kernels.resize_bilinear_forward
+    monkeypatch.setattr(kernels, "resize_bilinear_forward", lambda *a: calls.append(a) or original(*a))
     x = np.random.default_rng(0).standard_normal((2, 3, 8, 8))
     same = perturbed_model()
     explicit = perturbed_model(pos_grid=2)  # the patch grid, given explicitly: the same model
@@ -92,8 +97,13 @@ def test_a_grid_of_the_patch_grid_size_is_not_resized(monkeypatch):
 def test_released_names_and_shapes():
     model = minimlp.create_model("ff_tiny")
     p = model.params
-    assert list(p)[:5] == ["cls_token", "patch_embed.proj.weight", "patch_embed.proj.bias",
-                           "pos_encoding.pos_embed", "pos_encoding.cls_pos_embed"]
+    assert list(p)[:5] == [
+        "cls_token",
+        "patch_embed.proj.weight",
+        "patch_embed.proj.bias",
+        "pos_encoding.pos_embed",
+        "pos_encoding.cls_pos_embed",
+    ]
     assert p["patch_embed.proj.weight"].shape == (192, 3, 16, 16)
     assert p["pos_encoding.pos_embed"].shape == (1, 192, 14, 14)
     assert p["blocks.11.mlp1.fc1.weight"].shape == (768, 192)
@@ -147,8 +157,9 @@ def test_gradient_check_detects_a_wrong_backward(monkeypatch):
     model = perturbed_model()
     monkeypatch.setattr(F, "gelu_backward", lambda dout, cache: dout)
     rng = np.random.default_rng(2)
-    errors = check_model_gradients(model, rng.standard_normal((2, 3, 8, 8)), rng.standard_normal((2, 5)),
-                                   names=["blocks.0.mlp1.fc1.weight"])
+    errors = check_model_gradients(
+        model, rng.standard_normal((2, 3, 8, 8)), rng.standard_normal((2, 5)), names=["blocks.0.mlp1.fc1.weight"]
+    )
     assert errors["blocks.0.mlp1.fc1.weight"] > 0.01
 
 
@@ -250,11 +261,14 @@ def test_first_loss_is_log_k():
     assert abs(float(loss) - math.log(10)) < 0.1
 
 
-@pytest.mark.parametrize("name,size,overrides,lr", [
-    ("ff_tiny", 16, dict(embed_dim=32, depth=2), 0.1),
-    ("deit_tiny", 8, dict(embed_dim=16, depth=1, num_heads=2), 0.2),  # the comparison models too
-    ("mixer_s16", 8, dict(embed_dim=16, depth=1), 0.2),
-])
+@pytest.mark.parametrize(
+    "name,size,overrides,lr",
+    [
+        ("ff_tiny", 16, dict(embed_dim=32, depth=2), 0.1),
+        ("deit_tiny", 8, dict(embed_dim=16, depth=1, num_heads=2), 0.2),  # the comparison models too
+        ("mixer_s16", 8, dict(embed_dim=16, depth=1), 0.2),
+    ],
+)
 def test_tiny_batch_overfits(name, size, overrides, lr):
     model = minimlp.create_model(name, img_size=size, patch_size=4, in_chans=1, num_classes=4, seed=0, **overrides)
     rng = np.random.default_rng(0)

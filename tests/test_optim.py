@@ -174,11 +174,14 @@ def test_deit_scaling_rule():
 
 # -- parity with torch.optim -----------------------------------------------------------------
 @pytest.mark.torch
-@pytest.mark.parametrize("name,kwargs,torch_kwargs", [
-    ("sgd", dict(lr=0.05, momentum=0.9, weight_decay=1e-2), dict(momentum=0.9)),
-    ("sgd", dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-2), dict(momentum=0.9, nesterov=True)),
-    ("adamw", dict(lr=1e-2, weight_decay=0.05), dict(betas=(0.9, 0.999), eps=1e-8)),
-])
+@pytest.mark.parametrize(
+    "name,kwargs,torch_kwargs",
+    [
+        ("sgd", dict(lr=0.05, momentum=0.9, weight_decay=1e-2), dict(momentum=0.9)),
+        ("sgd", dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-2), dict(momentum=0.9, nesterov=True)),
+        ("adamw", dict(lr=1e-2, weight_decay=0.05), dict(betas=(0.9, 0.999), eps=1e-8)),
+    ],
+)
 def test_parity_with_torch_optim(name, kwargs, torch_kwargs):
     torch = pytest.importorskip("torch", reason="PyTorch is an optional test dependency")
     model = minimlp.create_model("ff_fmnist", embed_dim=8, depth=2, patch_size=7, dtype="float64")

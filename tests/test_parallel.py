@@ -11,7 +11,7 @@ from test_train import final_params, quick
 import minimlp
 from minimlp import train
 from minimlp.loss import cross_entropy_backward, cross_entropy_forward
-from minimlp.parallel import DataParallel
+from minimlp.parallel.workers import DataParallel
 
 
 def whole_batch(model, x, targets, smoothing):

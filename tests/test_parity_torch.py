@@ -10,7 +10,7 @@ import minimlp
 from minimlp.gradcheck import rel_error
 
 torch = pytest.importorskip("torch", reason="PyTorch is an optional test dependency")
-from torch_twin import TwinFFViT, assert_float64_parity  # noqa: E402
+from support.torch_twin import TwinFFViT, assert_float64_parity  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
@@ -60,7 +60,7 @@ def test_float32_logits_match_to_float32_rounding():
 
 
 def test_the_benchmarks_twin_takes_ff_large_with_its_resized_grid():
-    from minimlp.bench_torch import from_minimlp
+    from minimlp.bench.torch_baseline import from_minimlp
 
     model = minimlp.create_model("ff_large", embed_dim=8, depth=1, num_classes=5, seed=0)
     twin = from_minimlp(model)  # a strict load: the 14×14 grid must fit

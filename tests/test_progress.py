@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from minimlp import progress
+from minimlp.train import progress
 
 
 def test_speed_is_frozen_when_the_bar_closes(monkeypatch):

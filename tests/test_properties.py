@@ -9,7 +9,7 @@ import math
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_compare_models import MIXER64, VIT64
+from test_vit_and_mixer import MIXER64, VIT64
 
 import minimlp
 from minimlp import functional as F
@@ -32,7 +32,7 @@ def arrays(seed, *shape, scale=1.0):
 def test_batch_independence(seed, batch):
     x = arrays(seed, batch, 2, 8, 8)
     together, _ = MODEL64.forward(x)
-    alone = np.concatenate([MODEL64.forward(x[i:i + 1])[0] for i in range(batch)])
+    alone = np.concatenate([MODEL64.forward(x[i : i + 1])[0] for i in range(batch)])
     assert rel_error(together, alone) < 1e-12
 
 

@@ -28,8 +28,8 @@ from minimlp.io.torchfile import load_pth, load_torch_weights
 from minimlp.io.weights import load_weights
 
 torch = pytest.importorskip("torch", reason="PyTorch is an optional test dependency")
-from no_torch import BLOCK_TORCH  # noqa: E402
-from torch_twin import TwinFFViT  # noqa: E402
+from support.no_torch import BLOCK_TORCH  # noqa: E402
+from support.torch_twin import TwinFFViT  # noqa: E402
 
 pytestmark = pytest.mark.torch
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,12 +58,30 @@ def saved(tmp_path_factory):
     scheduler.step()
     ema = copy.deepcopy(twin)
     _perturb(ema, 3, scale=0.01)
-    args = argparse.Namespace(model="linear_tiny", batch_size=128, lr=5e-4, drop=0.1, drop_path=0.1,
-                              smoothing=0.1, output_dir="output", data_path="/data/imagenet", resume="",
-                              model_ema=True, betas=None, eval=False, input_size=224)
-    checkpoint = {"model": twin.state_dict(), "optimizer": optimizer.state_dict(),
-                  "lr_scheduler": scheduler.state_dict(), "epoch": 299, "model_ema": ema.state_dict(),
-                  "scaler": torch.amp.GradScaler("cpu").state_dict(), "args": args}
+    args = argparse.Namespace(
+        model="linear_tiny",
+        batch_size=128,
+        lr=5e-4,
+        drop=0.1,
+        drop_path=0.1,
+        smoothing=0.1,
+        output_dir="output",
+        data_path="/data/imagenet",
+        resume="",
+        model_ema=True,
+        betas=None,
+        eval=False,
+        input_size=224,
+    )
+    checkpoint = {
+        "model": twin.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "lr_scheduler": scheduler.state_dict(),
+        "epoch": 299,
+        "model_ema": ema.state_dict(),
+        "scaler": torch.amp.GradScaler("cpu").state_dict(),
+        "args": args,
+    }
     torch.save(twin.state_dict(), d / "linear-tiny.pth")
     torch.save(checkpoint, d / "checkpoint.pth")  # DeiT's name: entries live under "checkpoint/"
     x = np.random.default_rng(4).standard_normal((2, 3, 224, 224)).astype(np.float32)
@@ -112,8 +130,9 @@ _WITHOUT_TORCH = BLOCK_TORCH + textwrap.dedent("""
 def test_both_files_load_without_torch_and_match_pytorch_logits(saved):
     d = saved["dir"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    run = subprocess.run([sys.executable, "-c", _WITHOUT_TORCH, str(d)], env=env, capture_output=True, text=True,
-                         timeout=300)
+    run = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_TORCH, str(d)], env=env, capture_output=True, text=True, timeout=300
+    )
     assert run.returncode == 0, run.stderr
     info = json.loads((d / "out.json").read_text())
     assert info["torch_modules"] == []
@@ -173,8 +192,16 @@ def test_released_geometry_of_each_size_loads_and_matches_pytorch(tmp_path, patc
 
 def test_views_offsets_and_transposes_as_torch_writes_them(tmp_path):
     t = torch.randn(5, 6, generator=torch.Generator().manual_seed(0))
-    views = {"t": t, "transposed": t.T, "row": t[2], "column": t[:, 3], "block": t[1:, 2:], "strided": t[::2, ::3],
-             "expanded": t[0:1].expand(3, 6), "scalar": t[4, 5]}
+    views = {
+        "t": t,
+        "transposed": t.T,
+        "row": t[2],
+        "column": t[:, 3],
+        "block": t[1:, 2:],
+        "strided": t[::2, ::3],
+        "expanded": t[0:1].expand(3, 6),
+        "scalar": t[4, 5],
+    }
     torch.save(views, tmp_path / "views.pth")
     out = load_pth(tmp_path / "views.pth")
     for name, v in views.items():
@@ -182,10 +209,12 @@ def test_views_offsets_and_transposes_as_torch_writes_them(tmp_path):
         np.testing.assert_array_equal(out[name], v.numpy(), err_msg=name)
 
 
-@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float64", "int64", "int32", "int16", "int8", "uint8",
-                                   "bool", "complex64", "uint16"])
+@pytest.mark.parametrize(
+    "dtype",
+    ["float16", "bfloat16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool", "complex64", "uint16"],
+)
 def test_storage_dtypes_as_torch_writes_them(tmp_path, dtype):
-    t = (torch.randn(3, 4, generator=torch.Generator().manual_seed(1)) * 50)
+    t = torch.randn(3, 4, generator=torch.Generator().manual_seed(1)) * 50
     t = (t > 0) if dtype == "bool" else t.to(getattr(torch, dtype)) if dtype != "uint16" else t.abs().to(torch.uint16)
     torch.save({"x": t, "xT": t.T, "empty": t[:0]}, tmp_path / "t.pth")
     out = load_pth(tmp_path / "t.pth")

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hostile_files import read_zip, record_name, write_zip
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pth_craft import Build, Global, NewObj, state_dict, write_pth
+from support.hostile_files import read_zip, record_name, write_zip
+from support.pth_craft import Build, Global, NewObj, state_dict, write_pth
 
 import minimlp
 from minimlp.io.checkpoint import save_checkpoint, weights_meta
@@ -37,8 +37,11 @@ from minimlp.io.weights import open_weights
 
 BUDGET_S, BUDGET_MB = 2.0, 160
 # MINIMLP_FUZZ_EXAMPLES=5000 fuzzes longer than CI does.
-FUZZ = settings(max_examples=int(os.environ.get("MINIMLP_FUZZ_EXAMPLES", 150)), deadline=None,
-                suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=int(os.environ.get("MINIMLP_FUZZ_EXAMPLES", 150)),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 _DIR = Path(tempfile.mkdtemp(prefix="minimlp-fuzz-"))
 atexit.register(shutil.rmtree, _DIR, ignore_errors=True)
@@ -55,7 +58,8 @@ def _seed_files() -> dict[str, bytes]:
     args = Build(NewObj(Global("argparse", "Namespace"), ()), {"model": "linear_tiny", "lr": 0.001, "drop": [0.1]})
     write_pth(_DIR / "seed.pth", {"model": weights, "epoch": 3, "args": args}, storages, prefix="checkpoint")
     save_safetensors(_DIR / "seed.safetensors", state, {"format": "np"})
-    config = minimlp.create_model("ff_tiny", img_size=8, patch_size=4, num_classes=3, embed_dim=4, depth=1).config_dict()
+    model = minimlp.create_model("ff_tiny", img_size=8, patch_size=4, num_classes=3, embed_dim=4, depth=1)
+    config = model.config_dict()
     save_checkpoint(_DIR / "seed.npz", state, weights_meta({"model": config}))
     np.savez_compressed(_DIR / "deflated.npz", **state)  # a bare state dict, deflated
     return {name: (_DIR / name).read_bytes() for name in ("seed.pth", "seed.safetensors", "seed.npz", "deflated.npz")}
@@ -103,7 +107,7 @@ def byte_edits(draw, data: bytes) -> bytes:
         elif kind == "insert":
             out[pos:pos] = draw(st.binary(min_size=1, max_size=16))
         elif kind == "delete":
-            del out[pos:pos + draw(st.integers(1, 16))]
+            del out[pos : pos + draw(st.integers(1, 16))]
         elif kind == "truncate":
             del out[pos:]
     return bytes(out)
@@ -122,12 +126,12 @@ def directory_edits(draw, data: bytes) -> bytes:
             r[10:12] = struct.pack("<H", draw(st.sampled_from([0, 8, 12, 14, 99])))
         elif kind in ("compressed", "size", "offset"):
             at = {"compressed": 20, "size": 24, "offset": 42}[kind]
-            old = struct.unpack("<I", r[at:at + 4])[0]
+            old = struct.unpack("<I", r[at : at + 4])[0]
             new = draw(st.one_of(st.sampled_from(INTERESTING), st.integers(max(old - 64, 0), old + 64)))
-            r[at:at + 4] = struct.pack("<I", new % 2**32)
+            r[at : at + 4] = struct.pack("<I", new % 2**32)
         elif kind == "name":
             other = record_name(records[draw(st.integers(0, len(records) - 1))])
-            from hostile_files import renamed
+            from support.hostile_files import renamed
 
             records[i] = renamed(r, draw(st.sampled_from([other, other + "x", "", "a/b/c", "x.npy"])))
         elif kind == "copy":
@@ -180,14 +184,15 @@ def opcode_edits(draw) -> bytes:
 
 def _header_of(data: bytes) -> tuple[dict, bytes]:
     (n,) = struct.unpack("<Q", data[:8])
-    return json.loads(data[8:8 + n]), data[8 + n:]
+    return json.loads(data[8 : 8 + n]), data[8 + n :]
 
 
 ST_HEADER, ST_DATA = _header_of(SEEDS["seed.safetensors"])
-JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers(-2**64, 2**64) | st.floats(allow_nan=False)
-                           | st.text(max_size=8),
-                           lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner,
-                                                                                       max_size=3), max_leaves=12)
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**64), 2**64) | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    max_leaves=12,
+)
 
 
 @st.composite
@@ -204,8 +209,9 @@ def header_edits(draw) -> bytes:
         elif field == "dim":
             shape = entry["shape"]
             if shape:
-                shape[draw(st.integers(0, len(shape) - 1))] = draw(st.sampled_from(
-                    [0, 1, 3, 2**31, 2**62, 2**63, 2**64, -1]))
+                shape[draw(st.integers(0, len(shape) - 1))] = draw(
+                    st.sampled_from([0, 1, 3, 2**31, 2**62, 2**63, 2**64, -1])
+                )
         elif field == "extra":
             entry[draw(st.text(max_size=4))] = draw(JSON_VALUES)
         elif field == "metadata":

@@ -11,7 +11,7 @@ import zipfile
 
 import numpy as np
 import pytest
-from pth_craft import (
+from support.pth_craft import (
     ORDERED_DICT,
     Build,
     Call,
@@ -68,15 +68,18 @@ def test_views_sharing_one_storage_transposes_and_offsets(tmp_path):
     assert out["scalar"].shape == () and out["scalar"] == 11
     arrays = list(out.values())  # one array may own the storage's buffer; no two share memory
     assert all(a.flags.writeable for a in arrays)
-    assert not any(np.shares_memory(a, b) for i, a in enumerate(arrays) for b in arrays[i + 1:])
+    assert not any(np.shares_memory(a, b) for i, a in enumerate(arrays) for b in arrays[i + 1 :])
     out["matrix"][0, 0] = 100
     assert out["transposed"][0, 0] == 0
 
 
 @pytest.mark.parametrize("dtype", ["float16", "float64", "int64", "int32", "uint8", "bool"])
 def test_storage_dtypes(tmp_path, dtype):
-    values = (np.arange(6) % 2 == 1) if dtype == "bool" else (np.arange(6) * 7 - 3).astype(dtype) * (
-        0.5 if dtype.startswith("float") else 1)
+    values = (
+        (np.arange(6) % 2 == 1)
+        if dtype == "bool"
+        else (np.arange(6) * 7 - 3).astype(dtype) * (0.5 if dtype.startswith("float") else 1)
+    )
     values = values.astype(dtype)
     data = values.astype(np.dtype(dtype).newbyteorder("<")).tobytes()
     write_pth(tmp_path / "t.pth", {"x": tensor("0", dtype, 6, (2, 3))}, {"0": data})
@@ -96,8 +99,12 @@ def test_bfloat16_is_widened_to_float32(tmp_path):
 
 def test_big_endian_byteorder_record_is_honoured(tmp_path):
     values = np.array([[1.5, -2.0], [3.25, 1e-3]])
-    write_pth(tmp_path / "be.pth", {"x": tensor("0", "float64", 4, (2, 2), stride=(1, 2))},
-              {"0": values.T.astype(">f8").tobytes()}, byteorder="big")
+    write_pth(
+        tmp_path / "be.pth",
+        {"x": tensor("0", "float64", 4, (2, 2), stride=(1, 2))},
+        {"0": values.T.astype(">f8").tobytes()},
+        byteorder="big",
+    )
     out = load_pth(tmp_path / "be.pth")["x"]
     assert out.dtype == np.float64 and out.dtype.isnative
     np.testing.assert_array_equal(out, values)
@@ -106,8 +113,13 @@ def test_big_endian_byteorder_record_is_honoured(tmp_path):
 def test_old_style_long_integer_storage_keys_and_custom_folder(tmp_path):
     # torch 1.6-1.8 named storages by a memory address; the folder is the saved file's name.
     key = "94376543219872"
-    write_pth(tmp_path / "old.pth", {"w": tensor(key, "float32", 2, (2,))},
-              {key: np.array([4.0, 5.0], "<f4").tobytes()}, prefix="linear-tiny-checkpoint", byteorder=None)
+    write_pth(
+        tmp_path / "old.pth",
+        {"w": tensor(key, "float32", 2, (2,))},
+        {key: np.array([4.0, 5.0], "<f4").tobytes()},
+        prefix="linear-tiny-checkpoint",
+        byteorder=None,
+    )
     np.testing.assert_array_equal(load_pth(tmp_path / "old.pth")["w"], [4.0, 5.0])
 
 
@@ -115,11 +127,16 @@ def test_deit_checkpoint_values_and_namespace(tmp_path):
     weights, storages = state_dict({"head.bias": np.array([1.0, 2.0])})
     ema, _ = state_dict({"head.bias": np.array([1.0, 2.0])})
     obj = {
-        "model": weights, "model_ema": ema, "epoch": 299, "scaler": {"scale": 65536.0, "_growth_tracker": 0},
+        "model": weights,
+        "model_ema": ema,
+        "epoch": 299,
+        "scaler": {"scale": 65536.0, "_growth_tracker": 0},
         "lr_scheduler": {"base_values": [5e-4], "noise_range_t": None, "t_in_epochs": True},
         "optimizer": {"state": {}, "param_groups": [{"lr": 1e-5, "betas": (0.9, 0.999), "params": [0, 1]}]},
-        "args": Build(NewObj(Global("argparse", "Namespace"), ()),
-                      {"model": "linear_tiny", "lr": 5e-4, "drop": 0.1, "big": 2**70, "neg": -5}),
+        "args": Build(
+            NewObj(Global("argparse", "Namespace"), ()),
+            {"model": "linear_tiny", "lr": 5e-4, "drop": 0.1, "big": 2**70, "neg": -5},
+        ),
         "raw": Call(Global("_codecs", "encode"), ("\x00\xff", "latin1")),
         "device": Call(Global("torch", "device"), ("cuda", 0)),
     }
@@ -178,10 +195,19 @@ def test_pickle_calling_os_system_is_refused_and_nothing_runs(tmp_path):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("module, name", [("os", "system"), ("posix", "system"), ("builtins", "eval"),
-                                          ("builtins", "getattr"), ("subprocess", "Popen"),
-                                          ("torch", "load"), ("torch.nn.modules.linear", "Linear"),
-                                          ("numpy.core.multiarray", "_reconstruct")])
+@pytest.mark.parametrize(
+    "module, name",
+    [
+        ("os", "system"),
+        ("posix", "system"),
+        ("builtins", "eval"),
+        ("builtins", "getattr"),
+        ("subprocess", "Popen"),
+        ("torch", "load"),
+        ("torch.nn.modules.linear", "Linear"),
+        ("numpy.core.multiarray", "_reconstruct"),
+    ],
+)
 def test_globals_outside_the_allow_list_are_refused(tmp_path, module, name):
     marker = tmp_path / "pwned"
     write_pth(tmp_path / "evil.pth", {"x": Call(Global(module, name), (f"touch {marker}",))})
@@ -204,32 +230,35 @@ def test_stack_global_protocol_4_is_checked_too(tmp_path):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("obj, fragment", [
-    # BUILD may not set attributes on an allowed function or class (it would poison it).
-    (Build(REBUILD, {"__defaults__": (1,)}), "BUILD on a _Global"),
-    (Build(NewObj(Global("argparse", "Namespace"), ()), ({}, {"x": 1})), "only a dict is allowed"),
-    (Build([], {"x": 1}), "BUILD on a list"),
-    (Build(NewObj(Global("argparse", "Namespace"), ()), {"__class__": 1}), "plain names"),
-    # Items go only into lists and dicts.
-    (Raw(b"(t" + b"K\x01" + b"a"), "APPEND into a tuple"),
-    (Raw(b"]K\x01K\x02s"), "SETITEM on a list"),
-    (Raw(b"}]K\x01s"), "unhashable dict key"),
-    # Only allowed callables are called, only allowed classes instantiated.
-    (Call(storage("0", "float32", 1), ()), "not an allowed callable"),
-    (NewObj(REBUILD, ()), "not an allowed class"),
-    (Call(ORDERED_DICT, ([("a", 1)],)), "only rebuilt from no arguments"),
-    (Call(Global("_codecs", "encode"), ("x", "rot13")), "not a bytes literal"),
-    # Persistent ids are storages only.
-    (PersId(("module", "os", "x", "y")), "is not ('storage'"),
-    (PersId(("storage", REBUILD, "0", "cpu", 1)), "not a storage type"),
-    (PersId(("storage", Global("torch", "FloatStorage"), 0, "cpu", 1)), "malformed storage id"),
-    # Opcodes outside the small binary set (INST calls a class by name; PERSID is text).
-    (Raw(b"(ios\nsystem\n"), "opcode b'i'"),
-    (Raw(b"Pfoo\n"), "opcode b'P'"),
-    (Raw(b"h\x05"), "memo entry 5"),
-    (Raw(b"t"), "no MARK"),
-    (Raw(b"X\xff\x00\x00\x00ab"), "truncated data.pkl"),
-])
+@pytest.mark.parametrize(
+    "obj, fragment",
+    [
+        # BUILD may not set attributes on an allowed function or class (it would poison it).
+        (Build(REBUILD, {"__defaults__": (1,)}), "BUILD on a _Global"),
+        (Build(NewObj(Global("argparse", "Namespace"), ()), ({}, {"x": 1})), "only a dict is allowed"),
+        (Build([], {"x": 1}), "BUILD on a list"),
+        (Build(NewObj(Global("argparse", "Namespace"), ()), {"__class__": 1}), "plain names"),
+        # Items go only into lists and dicts.
+        (Raw(b"(t" + b"K\x01" + b"a"), "APPEND into a tuple"),
+        (Raw(b"]K\x01K\x02s"), "SETITEM on a list"),
+        (Raw(b"}]K\x01s"), "unhashable dict key"),
+        # Only allowed callables are called, only allowed classes instantiated.
+        (Call(storage("0", "float32", 1), ()), "not an allowed callable"),
+        (NewObj(REBUILD, ()), "not an allowed class"),
+        (Call(ORDERED_DICT, ([("a", 1)],)), "only rebuilt from no arguments"),
+        (Call(Global("_codecs", "encode"), ("x", "rot13")), "not a bytes literal"),
+        # Persistent ids are storages only.
+        (PersId(("module", "os", "x", "y")), "is not ('storage'"),
+        (PersId(("storage", REBUILD, "0", "cpu", 1)), "not a storage type"),
+        (PersId(("storage", Global("torch", "FloatStorage"), 0, "cpu", 1)), "malformed storage id"),
+        # Opcodes outside the small binary set (INST calls a class by name; PERSID is text).
+        (Raw(b"(ios\nsystem\n"), "opcode b'i'"),
+        (Raw(b"Pfoo\n"), "opcode b'P'"),
+        (Raw(b"h\x05"), "memo entry 5"),
+        (Raw(b"t"), "no MARK"),
+        (Raw(b"X\xff\x00\x00\x00ab"), "truncated data.pkl"),
+    ],
+)
 def test_crafted_pickles_are_refused(tmp_path, obj, fragment):
     write_pth(tmp_path / "evil.pth", obj, {"0": b"\x00" * 4})
     _refused(tmp_path / "evil.pth", fragment)
@@ -243,25 +272,31 @@ def test_build_cannot_poison_the_rebuild_function(tmp_path):
     np.testing.assert_array_equal(load_torch_weights(tmp_path / "good.pth")["w"], np.ones(3))
 
 
-@pytest.mark.parametrize("size, stride, offset, fragment", [
-    ((5,), (1,), 0, "reads past the end"),  # one element too many
-    ((2, 2), (3, 1), 0, "reads past the end"),  # stride walks off the end
-    ((4,), (1,), 1, "reads past the end"),  # offset pushes it off the end
-    ((1,), (1,), 4, "reads past the end"),  # offset alone
-    ((2,), (2**62,), 0, "reads past the end"),  # would wrap a 64-bit index
-    ((2**20, 2**20), (0, 0), 0, "far more than"),  # a memory bomb from one small storage
-    ((2**40, 2**40), (1, 1), 0, "too large for any array"),
-    ((1,) * 33, (1,) * 33, 0, "at most 32"),
-    ((-1,), (1,), 0, "negative"),
-    ((2,), (-1,), 1, "negative"),
-    ((1,), (1,), -1, "negative"),
-    ((2, 2), (1,), 0, "different lengths"),
-    ((2.0,), (1,), 0, "tuple of integers"),
-    ((True,), (1,), 0, "tuple of integers"),
-])
+@pytest.mark.parametrize(
+    "size, stride, offset, fragment",
+    [
+        ((5,), (1,), 0, "reads past the end"),  # one element too many
+        ((2, 2), (3, 1), 0, "reads past the end"),  # stride walks off the end
+        ((4,), (1,), 1, "reads past the end"),  # offset pushes it off the end
+        ((1,), (1,), 4, "reads past the end"),  # offset alone
+        ((2,), (2**62,), 0, "reads past the end"),  # would wrap a 64-bit index
+        ((2**20, 2**20), (0, 0), 0, "far more than"),  # a memory bomb from one small storage
+        ((2**40, 2**40), (1, 1), 0, "too large for any array"),
+        ((1,) * 33, (1,) * 33, 0, "at most 32"),
+        ((-1,), (1,), 0, "negative"),
+        ((2,), (-1,), 1, "negative"),
+        ((1,), (1,), -1, "negative"),
+        ((2, 2), (1,), 0, "different lengths"),
+        ((2.0,), (1,), 0, "tuple of integers"),
+        ((True,), (1,), 0, "tuple of integers"),
+    ],
+)
 def test_tensors_reading_outside_their_storage_are_refused(tmp_path, size, stride, offset, fragment):
-    write_pth(tmp_path / "oob.pth", {"x": tensor("0", "float32", 4, size, stride, offset)},
-              {"0": np.arange(4, dtype="<f4").tobytes()})
+    write_pth(
+        tmp_path / "oob.pth",
+        {"x": tensor("0", "float32", 4, size, stride, offset)},
+        {"0": np.arange(4, dtype="<f4").tobytes()},
+    )
     _refused(tmp_path / "oob.pth", fragment)
 
 
@@ -270,8 +305,9 @@ def test_storage_size_must_match_its_record(tmp_path):
     _refused(tmp_path / "big.pth", "should hold 1000 float32 elements (4000 bytes)", "has 16 bytes")
     write_pth(tmp_path / "missing.pth", {"x": tensor("7", "float32", 1, (1,))}, {})
     _refused(tmp_path / "missing.pth", "archive/data/7 is missing")
-    write_pth(tmp_path / "twice.pth", [tensor("0", "float32", 4, (4,)), tensor("0", "float64", 2, (2,))],
-              {"0": b"\x00" * 16})
+    write_pth(
+        tmp_path / "twice.pth", [tensor("0", "float32", 4, (4,)), tensor("0", "float64", 2, (2,))], {"0": b"\x00" * 16}
+    )
     _refused(tmp_path / "twice.pth", "referenced as 4 x float32 and as 2 x float64")
 
 
@@ -344,29 +380,33 @@ def test_entries_without_crc_are_read_raw(tmp_path):
             pos = -1
             while (pos := data.find(sig, pos + 1)) >= 0:
                 name_at = 30 if sig == b"PK\x03\x04" else 46
-                n = int.from_bytes(data[pos + (26 if sig == b"PK\x03\x04" else 28):][:2], "little")
-                if data[pos + name_at:pos + name_at + n] == info.filename.encode():
-                    data[pos + at:pos + at + 4] = b"\x00" * 4
+                n = int.from_bytes(data[pos + (26 if sig == b"PK\x03\x04" else 28) :][:2], "little")
+                if data[pos + name_at : pos + name_at + n] == info.filename.encode():
+                    data[pos + at : pos + at + 4] = b"\x00" * 4
     (tmp_path / "crc.pth").write_bytes(bytes(data))
     np.testing.assert_array_equal(load_torch_weights(tmp_path / "crc.pth")["w"], np.arange(6.0))
 
 
 # --------------------------------------------------------------------------------------
-# Bounded: what a small pickle can make the reader build (hostile_files.py has the
+# Bounded: what a small pickle can make the reader build (support/hostile_files.py has the
 # large attacks, read in a capped child process by test_hostile_files.py)
 # --------------------------------------------------------------------------------------
 def _nested(depth: int) -> bytes:
     return b"K\x00" + b"\x85" * depth  # ((((0,),),)...), depth levels
 
 
-@pytest.mark.parametrize("pickle_bytes, fragment", [
-    (b"\x80\x02}" + _nested(101) + b"Ns.", "nested more than 100 levels"),  # a dict key too deep to hash safely
-    (b"\x80\x02]" + b"](" * 101 + b"e" * 101 + b"a.", "nested more than 100"),
-    (b"\x80\x02}K\x00" + b"2\x86" * 21 + b"Ns.", "counting shared parts"),  # T = (T, T): 2**21 leaves
-    (b"\x80\x02]q\x00h\x00a.", "inside itself"),  # a list holding itself
-    (b"\x80\x02]q\x00]h\x00\x86q\x010h\x00K\x01a.", "changed after it was put inside"),  # ([L], ...) then L grows
-    (b"\x80\x02}q\x00h\x00\x85\x94" + b"0h\x00K\x01K\x02s.", "changed after it was put inside"),
-], ids=["deep-key", "deep-list", "shared-tuple", "self-cycle", "list-grows-after", "dict-grows-after"])
+@pytest.mark.parametrize(
+    "pickle_bytes, fragment",
+    [
+        (b"\x80\x02}" + _nested(101) + b"Ns.", "nested more than 100 levels"),  # a dict key too deep to hash safely
+        (b"\x80\x02]" + b"](" * 101 + b"e" * 101 + b"a.", "nested more than 100"),
+        (b"\x80\x02}K\x00" + b"2\x86" * 21 + b"Ns.", "counting shared parts"),  # T = (T, T): 2**21 leaves
+        (b"\x80\x02]q\x00h\x00a.", "inside itself"),  # a list holding itself
+        (b"\x80\x02]q\x00]h\x00\x86q\x010h\x00K\x01a.", "changed after it was put inside"),  # ([L], ...) then L grows
+        (b"\x80\x02}q\x00h\x00\x85\x94" + b"0h\x00K\x01K\x02s.", "changed after it was put inside"),
+    ],
+    ids=["deep-key", "deep-list", "shared-tuple", "self-cycle", "list-grows-after", "dict-grows-after"],
+)
 def test_nesting_sharing_and_cycles_are_bounded(tmp_path, pickle_bytes, fragment):
     write_pth(tmp_path / "nest.pth", pickle_bytes=pickle_bytes)
     _refused(tmp_path / "nest.pth", fragment)
@@ -399,8 +439,11 @@ def test_objects_are_bounded_by_the_pickle_size(tmp_path, monkeypatch):
 
 def test_messages_quote_bounded_reprs(tmp_path):
     laughs = b"]" + b"q\x010](h\x01h\x01e" * 16  # a list of the previous one twice: a 260 KB repr
-    write_pth(tmp_path / "sizes.pth", {"x": Call(REBUILD, (storage("0", "float32", 4), 0, Raw(laughs), (1, 1),
-                                                          False, Call(ORDERED_DICT, ())))}, {"0": b"\x00" * 16})
+    write_pth(
+        tmp_path / "sizes.pth",
+        {"x": Call(REBUILD, (storage("0", "float32", 4), 0, Raw(laughs), (1, 1), False, Call(ORDERED_DICT, ())))},
+        {"0": b"\x00" * 16},
+    )
     message = _refused(tmp_path / "sizes.pth", "must be a tuple of integers, got [[[[")
     assert len(message) < 400
     write_pth(tmp_path / "key.pth", {(("k" * 10_000,) * 50): "v"})  # a hashable but unreadably long key
@@ -410,14 +453,14 @@ def test_messages_quote_bounded_reprs(tmp_path):
 
 
 def test_duplicate_and_overlapping_zip_entries_are_refused(tmp_path):
-    from hostile_files import pth_duplicate_entries, pth_overlapping_entries
+    from support.hostile_files import pth_duplicate_entries, pth_overlapping_entries
 
     _refused(pth_duplicate_entries(tmp_path / "dup.pth"), "two entries named 'archive/data.pkl'")
     _refused(pth_overlapping_entries(tmp_path / "overlap.pth", copies=20, kilobytes=4), "more bytes than", "overlap")
 
 
 def test_zip_directory_claiming_more_bytes_than_the_file_is_refused(tmp_path):
-    from hostile_files import read_zip, record_name, write_zip
+    from support.hostile_files import read_zip, record_name, write_zip
 
     obj, storages = state_dict({"w": np.ones(4)})
     write_pth(tmp_path / "ok.pth", obj, storages)
@@ -437,8 +480,13 @@ def test_brief_reads_a_bounded_part_of_any_value():
     laughs: list = []
     for _ in range(60):
         laughs = [laughs, laughs]  # a repr of 2**60 brackets
-    values = [laughs, (1,) * 10**6, {"a": 2**100_000, "b": "x" * 10**6}, types.SimpleNamespace(x=laughs),
-              np.zeros((10**4, 10**4), np.uint8)]
+    values = [
+        laughs,
+        (1,) * 10**6,
+        {"a": 2**100_000, "b": "x" * 10**6},
+        types.SimpleNamespace(x=laughs),
+        np.zeros((10**4, 10**4), np.uint8),
+    ]
     for value in values:
         assert len(brief(value)) <= 84
     assert brief((1, "a", None)) == "(1, 'a', None)" and brief({"k": [1.5]}) == "{'k': [1.5]}"

@@ -17,8 +17,26 @@ from minimlp import evaluate, predict, train
 from minimlp.io.checkpoint import load_checkpoint
 
 # A tiny model on a few hundred images: each epoch takes a moment.
-QUICK = ["--procs", "1", "--train-num-samples", "320", "--eval-num-samples", "200", "-b", "64", "--patch-size", "7",
-         "--embed-dim", "16", "--depth", "2", "--log-interval", "2", "--warmup-epochs", "0.5"]
+QUICK = [
+    "--procs",
+    "1",
+    "--train-num-samples",
+    "320",
+    "--eval-num-samples",
+    "200",
+    "-b",
+    "64",
+    "--patch-size",
+    "7",
+    "--embed-dim",
+    "16",
+    "--depth",
+    "2",
+    "--log-interval",
+    "2",
+    "--warmup-epochs",
+    "0.5",
+]
 
 
 def quick(tmp_path, name, *extra, data_dir=None):
@@ -94,8 +112,9 @@ def test_diverging_loss_stops_and_keeps_the_last_checkpoint(tmp_path, fmnist_dir
     run_dir = tmp_path / "run"
     train.run(quick(tmp_path, "run", "--epochs", "1", data_dir=fmnist_dir))
     before = (run_dir / "last.npz").read_bytes()
-    code = train.main(["--resume", str(run_dir), "--procs", "1", "--epochs", "2", "--lr", "1e9",
-                       "--warmup-epochs", "0"])
+    code = train.main(
+        ["--resume", str(run_dir), "--procs", "1", "--epochs", "2", "--lr", "1e9", "--warmup-epochs", "0"]
+    )
     err = capsys.readouterr().err
     assert code == train.EXIT_FAILED
     # Step 6 (the first of epoch 2) takes the huge step; the loss that follows is not finite.
@@ -125,17 +144,20 @@ def test_crash_during_save_keeps_the_previous_checkpoint(tmp_path, fmnist_dir, m
     assert load_checkpoint(run_dir / "last.npz").meta["epoch"] == 1
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--lr", "-0.1"], "argument --lr: -0.1 must be >= 0.0"),
-    (["--opt", "adam"], "argument --opt: invalid choice: 'adam'"),
-    (["--epochs", "0"], "argument --epochs: 0 must be >= 1"),
-    (["-b", "many"], "argument -b/--batch-size: 'many' is not an integer"),
-    (["--smoothing", "1.5"], "argument --smoothing: 1.5 must be < 1.0"),
-    (["--lr", "nan"], "argument --lr: 'nan' is not a finite number"),
-    (["--device", "tpu"], "unknown device 'tpu'"),
-    (["--sched", "linear"], "argument --sched: invalid choice"),
-    (["--eval-only"], "--eval-only needs a checkpoint"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--lr", "-0.1"], "argument --lr: -0.1 must be >= 0.0"),
+        (["--opt", "adam"], "argument --opt: invalid choice: 'adam'"),
+        (["--epochs", "0"], "argument --epochs: 0 must be >= 1"),
+        (["-b", "many"], "argument -b/--batch-size: 'many' is not an integer"),
+        (["--smoothing", "1.5"], "argument --smoothing: 1.5 must be < 1.0"),
+        (["--lr", "nan"], "argument --lr: 'nan' is not a finite number"),
+        (["--device", "tpu"], "unknown device 'tpu'"),
+        (["--sched", "linear"], "argument --sched: invalid choice"),
+        (["--eval-only"], "--eval-only needs a checkpoint"),
+    ],
+)
 def test_bad_arguments_are_rejected(argv, message, capsys):
     with pytest.raises(SystemExit) as info:
         train.parse_args(argv)
@@ -146,14 +168,63 @@ def test_help_documents_every_flag(capsys):
     with pytest.raises(SystemExit):
         train.main(["--help"])
     text = capsys.readouterr().out
-    for flag in ("--model", "--img-size", "--patch-size", "--in-chans", "--embed-dim", "--depth", "--num-classes",
-                 "--dataset", "--data-dir", "--batch-size", "--epochs", "--opt", "--lr", "--momentum", "--nesterov",
-                 "--weight-decay", "--sched", "--warmup-epochs", "--warmup-lr", "--min-lr", "--smoothing", "--drop",
-                 "--drop-path", "--clip-grad", "--seed", "--gpu", "--device", "--output", "--resume", "--eval-only",
-                 "--train-num-samples", "--log-interval", "--workers", "--scale-lr", "--download", "--procs",
-                 "--subset", "--class-seed", "--per-class", "--crop-pct", "--train-crop", "--aa", "--reprob",
-                 "--mixup", "--cutmix", "--mixup-prob", "--mixup-switch-prob", "--repeated-aug", "--recipe",
-                 "--pretrained", "--eval-num-samples", "--no-aug", "--momentum", "--decay-epochs", "--decay-rate"):
+    for flag in (
+        "--model",
+        "--img-size",
+        "--patch-size",
+        "--in-chans",
+        "--embed-dim",
+        "--depth",
+        "--num-classes",
+        "--dataset",
+        "--data-dir",
+        "--batch-size",
+        "--epochs",
+        "--opt",
+        "--lr",
+        "--momentum",
+        "--nesterov",
+        "--weight-decay",
+        "--sched",
+        "--warmup-epochs",
+        "--warmup-lr",
+        "--min-lr",
+        "--smoothing",
+        "--drop",
+        "--drop-path",
+        "--clip-grad",
+        "--seed",
+        "--gpu",
+        "--device",
+        "--output",
+        "--resume",
+        "--eval-only",
+        "--train-num-samples",
+        "--log-interval",
+        "--workers",
+        "--scale-lr",
+        "--download",
+        "--procs",
+        "--subset",
+        "--class-seed",
+        "--per-class",
+        "--crop-pct",
+        "--train-crop",
+        "--aa",
+        "--reprob",
+        "--mixup",
+        "--cutmix",
+        "--mixup-prob",
+        "--mixup-switch-prob",
+        "--repeated-aug",
+        "--recipe",
+        "--pretrained",
+        "--eval-num-samples",
+        "--no-aug",
+        "--momentum",
+        "--decay-epochs",
+        "--decay-rate",
+    ):
         assert flag in text, flag
     parser = train.build_parser()
     undocumented = [a.option_strings for a in parser._actions if not a.help]
@@ -184,8 +255,12 @@ def test_evaluate_and_predict_commands(tmp_path, fmnist_dir, capsys):
     test = FashionMNIST("test", fmnist_dir)
     Image.fromarray(test.images[0, 0]).save(tmp_path / "a.png")
     Image.fromarray(test.images[1, 0]).convert("RGB").resize((56, 56)).save(tmp_path / "b.jpg")
-    assert predict.main(["--checkpoint", str(tmp_path / "run" / "best.npz"), str(tmp_path / "a.png"),
-                         str(tmp_path / "b.jpg")]) == 0
+    assert (
+        predict.main(
+            ["--checkpoint", str(tmp_path / "run" / "best.npz"), str(tmp_path / "a.png"), str(tmp_path / "b.jpg")]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert out.count("%") == 10 and "a.png" in out and "b.jpg" in out
     (tmp_path / "broken.png").write_bytes(b"not an image")

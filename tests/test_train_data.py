@@ -11,7 +11,8 @@ import pytest
 
 from minimlp import train
 from minimlp.data.augment import deit_recipe
-from minimlp.train_data import DeviceAugment, epoch_order, loader_workers
+from minimlp.optim import LRSchedule
+from minimlp.train.data import DeviceAugment, epoch_order, loader_workers
 
 
 def test_recipe_fills_what_the_command_line_left_unset():
@@ -19,8 +20,22 @@ def test_recipe_fills_what_the_command_line_left_unset():
     recipe = deit_recipe()
     assert args.lr == pytest.approx(5e-4 * 128 / 512)  # scaled to the batch size
     assert args.epochs == 3 and args.mixup == 0.0  # given: kept
-    for name in ("opt", "weight_decay", "warmup_epochs", "smoothing", "drop_path", "cutmix", "aa", "reprob",
-                 "repeated_aug", "mixup_prob", "mixup_switch_prob", "min_lr", "warmup_lr", "sched"):
+    for name in (
+        "opt",
+        "weight_decay",
+        "warmup_epochs",
+        "smoothing",
+        "drop_path",
+        "cutmix",
+        "aa",
+        "reprob",
+        "repeated_aug",
+        "mixup_prob",
+        "mixup_switch_prob",
+        "min_lr",
+        "warmup_lr",
+        "sched",
+    ):
         assert getattr(args, name) == recipe[name], name
     assert args.drop == 0.1  # the FF models' dropout
     vit, _ = train.parse_args(["--recipe", "deit", "--model", "deit_tiny", "--lr", "1e-3"])
@@ -33,7 +48,7 @@ def test_recipe_floor_stays_below_a_small_batch_peak():
     """At batch 8 the scaled peak (7.8e-6) is below DeiT's floor of 1e-5: the floor keeps its ratio."""
     args, _ = train.parse_args(["--recipe", "deit", "-b", "8"])
     assert args.min_lr == pytest.approx(args.lr / 50) and args.min_lr < args.lr
-    schedule = train.LRSchedule(args.sched, args.lr, args.epochs, args.warmup_epochs, args.warmup_lr, args.min_lr)
+    schedule = LRSchedule(args.sched, args.lr, args.epochs, args.warmup_epochs, args.warmup_lr, args.min_lr)
     peak_epoch = args.warmup_epochs
     assert all(schedule(e) <= schedule(peak_epoch) for e in np.linspace(peak_epoch, args.epochs, 50))
 
@@ -49,8 +64,7 @@ def test_epoch_order_is_a_function_of_the_seed_and_repeats_in_a_row():
 
 
 def _args(**kw):
-    base = dict(no_aug=False, reprob=0.0, mixup=0.0, cutmix=0.0, mixup_prob=1.0, mixup_switch_prob=0.5,
-                smoothing=0.1)
+    base = dict(no_aug=False, reprob=0.0, mixup=0.0, cutmix=0.0, mixup_prob=1.0, mixup_switch_prob=0.5, smoothing=0.1)
     return argparse.Namespace(**{**base, **kw})
 
 
@@ -75,34 +89,40 @@ def test_device_augment_gives_soft_targets_with_the_smoothing_inside():
 
 
 def test_loader_workers_leave_the_cpu_to_the_data_parallel_processes(monkeypatch):
-    monkeypatch.setattr("minimlp.train_data.default_workers", lambda: 6)
+    monkeypatch.setattr("minimlp.train.data.default_workers", lambda: 6)
     assert loader_workers(None, is_gpu=False) == 1
     assert loader_workers(None, is_gpu=True) == 6
     assert loader_workers(0, is_gpu=True) == 0 and loader_workers(3, is_gpu=False) == 3
 
 
-@pytest.mark.parametrize("flags,message", [
-    (["--subset", "imagenette"], "subset='imagenette': options of ImageNet-style data, not of Fashion-MNIST"),
-    (["--aa", "rand-m9-mstd0.5-inc1"], "randaugment="),
-    (["--num-classes", "5"], "Fashion-MNIST has 10 classes"),
-    (["--train-crop", "crop"], "train_crop='crop'"),
-])
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--subset", "imagenette"], "subset='imagenette': options of ImageNet-style data, not of Fashion-MNIST"),
+        (["--aa", "rand-m9-mstd0.5-inc1"], "randaugment="),
+        (["--num-classes", "5"], "Fashion-MNIST has 10 classes"),
+        (["--train-crop", "crop"], "train_crop='crop'"),
+    ],
+)
 def test_image_options_on_fashion_mnist_are_refused_by_name(flags, message, fmnist_dir, tmp_path, capsys):
     code = train.main(["--data-dir", str(fmnist_dir), "--procs", "1", "--output", str(tmp_path / "run"), *flags])
     assert code == train.EXIT_USAGE and message in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--aa", "rand-x9"], "argument --aa: unknown section 'x9'"),
-    (["--reprob", "1.5"], "argument --reprob: 1.5 must be <= 1.0"),
-    (["--repeated-aug", "0"], "argument --repeated-aug: 0 must be >= 1"),
-    (["--recipe", "vit"], "argument --recipe: invalid choice"),
-    (["--train-crop", "center"], "argument --train-crop: invalid choice"),
-    (["--class-seed", "1"], "--class-seed draws --num-classes K classes at random"),
-    (["--crop-pct", "0"], "argument --crop-pct: 0.0 must be > 0.0"),
-    (["--lr", "1e-4", "--min-lr", "1e-3"], "--min-lr 0.001 is above the peak --lr 0.0001"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--aa", "rand-x9"], "argument --aa: unknown section 'x9'"),
+        (["--reprob", "1.5"], "argument --reprob: 1.5 must be <= 1.0"),
+        (["--repeated-aug", "0"], "argument --repeated-aug: 0 must be >= 1"),
+        (["--recipe", "vit"], "argument --recipe: invalid choice"),
+        (["--train-crop", "center"], "argument --train-crop: invalid choice"),
+        (["--class-seed", "1"], "--class-seed draws --num-classes K classes at random"),
+        (["--crop-pct", "0"], "argument --crop-pct: 0.0 must be > 0.0"),
+        (["--lr", "1e-4", "--min-lr", "1e-3"], "--min-lr 0.001 is above the peak --lr 0.0001"),
+    ],
+)
 def test_bad_data_arguments_are_rejected(argv, message, capsys):
     with pytest.raises(SystemExit) as info:
         train.parse_args(argv)

@@ -26,8 +26,25 @@ from minimlp.io.checkpoint import load_checkpoint, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 # A tiny model; three steps per epoch, both epochs improve.
-TINY = ["--procs", "1", "--train-num-samples", "192", "--eval-num-samples", "100", "-b", "64", "--patch-size", "7",
-        "--embed-dim", "16", "--depth", "1", "--log-interval", "1", "--no-aug"]
+TINY = [
+    "--procs",
+    "1",
+    "--train-num-samples",
+    "192",
+    "--eval-num-samples",
+    "100",
+    "-b",
+    "64",
+    "--patch-size",
+    "7",
+    "--embed-dim",
+    "16",
+    "--depth",
+    "1",
+    "--log-interval",
+    "1",
+    "--no-aug",
+]
 
 
 def tiny(run_dir, data_dir, *extra):
@@ -36,6 +53,7 @@ def tiny(run_dir, data_dir, *extra):
 
 def strict_json_lines(path):
     """metrics.jsonl as strict JSON: NaN or Infinity is an error."""
+
     def refuse(name):
         raise ValueError(f"{name} is not JSON")
 
@@ -56,8 +74,9 @@ def test_weights_made_non_finite_by_an_epochs_last_step_are_never_saved(tmp_path
     before = snapshot(run_dir)
     # An epoch of 64 images is one step: epoch 2's loss is finite, its update (lr 5e38 halfway
     # down the cosine) overflows float32.
-    code = train.main(["--resume", str(run_dir), "--procs", "1", "--epochs", "2", "--lr", "1e39",
-                       "--warmup-epochs", "0"])
+    code = train.main(
+        ["--resume", str(run_dir), "--procs", "1", "--epochs", "2", "--lr", "1e39", "--warmup-epochs", "0"]
+    )
     err = capsys.readouterr().err
     assert code == train.EXIT_FAILED
     assert "the weights became non-finite at step 2 (epoch 2, batch 1/1; its loss was finite" in err, err
@@ -73,8 +92,9 @@ def test_weights_made_non_finite_by_an_epochs_last_step_are_never_saved(tmp_path
 def test_a_non_finite_evaluation_is_never_best_and_metrics_stay_json(tmp_path, fmnist_dir, capsys):
     run_dir = tmp_path / "run"
     # lr 1e30: the weights stay finite (about 1e30) but the logits overflow, so the evaluation loss is NaN.
-    result = train.run(tiny(run_dir, fmnist_dir, "--epochs", "1", "--train-num-samples", "64", "--lr", "1e30",
-                            "--warmup-epochs", "0"))
+    result = train.run(
+        tiny(run_dir, fmnist_dir, "--epochs", "1", "--train-num-samples", "64", "--lr", "1e30", "--warmup-epochs", "0")
+    )
     assert result.status == "done"
     assert all(np.isfinite(a).all() for a in load_checkpoint(run_dir / "last.npz").params.values())
     (record,) = strict_json_lines(run_dir / "metrics.jsonl")
@@ -133,8 +153,9 @@ def straight(tmp_path_factory, fmnist_dir):
 
 
 def killed_at(n, argv):
-    proc = subprocess.run([sys.executable, "-c", KILLER, str(n), *argv], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", KILLER, str(n), *argv], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode in (0, -signal.SIGKILL), proc.stderr
     return proc.returncode == -signal.SIGKILL
 
@@ -204,7 +225,7 @@ def test_a_second_ctrl_c_while_the_loader_stops_quits_cleanly(tmp_path, fmnist_d
         finally:
             os.kill(os.getpid(), signal.SIGINT)  # the second Ctrl-C
 
-    monkeypatch.setattr(train, "prefetch", prefetch)
+    monkeypatch.setattr("minimlp.train.loop.prefetch", prefetch)
     first = {"sent": False}
 
     def on_step(state):
@@ -213,7 +234,7 @@ def test_a_second_ctrl_c_while_the_loader_stops_quits_cleanly(tmp_path, fmnist_d
             os.kill(os.getpid(), signal.SIGINT)
 
     real_run = train.run
-    monkeypatch.setattr(train, "run", lambda argv: real_run(argv, on_step=on_step))
+    monkeypatch.setattr("minimlp.train.command.run", lambda argv: real_run(argv, on_step=on_step))
     code = train.main(tiny(tmp_path / "run", fmnist_dir, "--epochs", "1"))
     err = capsys.readouterr().err
     assert unraisable == [], [u.exc_value for u in unraisable]
@@ -223,10 +244,19 @@ def test_a_second_ctrl_c_while_the_loader_stops_quits_cleanly(tmp_path, fmnist_d
 def test_sigusr1_to_the_process_group_stops_with_a_checkpoint(tmp_path, fmnist_dir):
     """A batch system signals every process of the job: the --procs workers must outlive it."""
     run_dir = tmp_path / "run"
-    argv = [sys.executable, "-m", "minimlp.train", *tiny(run_dir, fmnist_dir, "--epochs", "1"), "--procs", "2",
-            "--train-num-samples", "20000"]
-    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)  # its own process group, as under a batch system
+    argv = [
+        sys.executable,
+        "-m",
+        "minimlp.train",
+        *tiny(run_dir, fmnist_dir, "--epochs", "1"),
+        "--procs",
+        "2",
+        "--train-num-samples",
+        "20000",
+    ]
+    proc = subprocess.Popen(
+        argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )  # its own process group, as under a batch system
     try:
         line = ""
         while "epoch 1/1 [" not in line:  # training has begun
@@ -246,10 +276,16 @@ def test_sigusr1_to_the_process_group_stops_with_a_checkpoint(tmp_path, fmnist_d
 def test_sigusr1_before_training_begins_quits_with_one_line(tmp_path, fmnist_dir):
     """While the run is still being set up (data, model, worker processes) there is nothing new
     to save: SIGUSR1 quits as Ctrl-C does, instead of killing the process without a word."""
-    argv = [sys.executable, "-m", "minimlp.train", *tiny(tmp_path / "run", fmnist_dir, "--epochs", "1"),
-            "--procs", "2"]
-    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    argv = [sys.executable, "-m", "minimlp.train", *tiny(tmp_path / "run", fmnist_dir, "--epochs", "1"), "--procs", "2"]
+    proc = subprocess.Popen(
+        argv,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     try:
         line = ""
         while not line.startswith("backend:"):  # the data, the model and the workers come next
@@ -270,7 +306,7 @@ def test_sigusr1_before_training_begins_quits_with_one_line(tmp_path, fmnist_dir
 def test_workers_started_under_a_signal_storm_survive(tmp_path):
     """Stop signals that arrive while the workers are still starting wait, and are ignored."""
     from minimlp.models.registry import create_model
-    from minimlp.parallel import DataParallel
+    from minimlp.parallel.workers import DataParallel
 
     model = create_model("ff_fmnist_small", patch_size=7, embed_dim=16, depth=1)
     previous = signal.signal(signal.SIGUSR1, lambda *a: None)
@@ -301,10 +337,12 @@ def test_output_naming_a_file_is_one_line(tmp_path, fmnist_dir, capsys):
 
 
 @pytest.mark.parametrize("name", ["args.json", "last.npz", "best.npz", "metrics.jsonl"])
-@pytest.mark.parametrize("code,reason", [(errno.ENOSPC, "No space left on device"),
-                                         (errno.EROFS, "Read-only file system")])
-def test_a_write_that_fails_is_one_line_and_loses_nothing(name, code, reason, tmp_path, fmnist_dir, monkeypatch,
-                                                          capsys):
+@pytest.mark.parametrize(
+    "code,reason", [(errno.ENOSPC, "No space left on device"), (errno.EROFS, "Read-only file system")]
+)
+def test_a_write_that_fails_is_one_line_and_loses_nothing(
+    name, code, reason, tmp_path, fmnist_dir, monkeypatch, capsys
+):
     run_dir = tmp_path / "run"
     train.run(tiny(run_dir, fmnist_dir, "--epochs", "1"))
     before = snapshot(run_dir)
@@ -384,15 +422,18 @@ def damage(meta, what):
         meta["rng"]["model"] = {"bit_generator": "PCG64", "state": "x"}
 
 
-@pytest.mark.parametrize("what,message", [
-    ("unknown run key", "its 'run' record has unknown keys ['warp_factor']"),
-    ("batch_size 0", "the run's argument batch_size = 0 is invalid (0 must be >= 1); give --batch-size"),
-    ("epochs ten", "the run's argument epochs = 'ten' is invalid ('ten' is not an integer)"),
-    ("no model", "no 'model' record"),
-    ("args a list", "its 'args' record is a list, not a dict"),
-    ("negative step", "its 'run' record has step = -5"),
-    ("rng garbage", "its 'rng' record is not a generator state"),
-])
+@pytest.mark.parametrize(
+    "what,message",
+    [
+        ("unknown run key", "its 'run' record has unknown keys ['warp_factor']"),
+        ("batch_size 0", "the run's argument batch_size = 0 is invalid (0 must be >= 1); give --batch-size"),
+        ("epochs ten", "the run's argument epochs = 'ten' is invalid ('ten' is not an integer)"),
+        ("no model", "no 'model' record"),
+        ("args a list", "its 'args' record is a list, not a dict"),
+        ("negative step", "its 'run' record has step = -5"),
+        ("rng garbage", "its 'rng' record is not a generator state"),
+    ],
+)
 def test_damaged_run_records_are_one_line(what, message, tmp_path, fmnist_dir, capsys):
     run_dir = tmp_path / "run"
     train.run(tiny(run_dir, fmnist_dir, "--epochs", "1"))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pth_craft import state_dict, write_pth
+from support.pth_craft import state_dict, write_pth
 
 import minimlp
 from minimlp.io.files import CheckpointError
@@ -105,8 +105,12 @@ def test_load_pretrained_is_strict_and_names_every_problem(tmp_path, model):
     with pytest.raises(CheckpointError) as info:
         load_pretrained(fresh, tmp_path / "bad.safetensors")
     message = str(info.value)
-    for fragment in ("bad.safetensors", "missing keys (1): blocks.1.norm2.bias",
-                     "unexpected keys (1): blocks.9.mlp1.fc1.weight", "norm.weight: checkpoint (7,) vs model (8,)"):
+    for fragment in (
+        "bad.safetensors",
+        "missing keys (1): blocks.1.norm2.bias",
+        "unexpected keys (1): blocks.9.mlp1.fc1.weight",
+        "norm.weight: checkpoint (7,) vs model (8,)",
+    ):
         assert fragment in message, message
 
 
@@ -192,8 +196,9 @@ def test_infer_config_from_shapes_and_preset_names(model):
 
 
 def test_patch_mlp_dim_and_mlp_ratio_are_inferred():
-    m = minimlp.create_model("ff_tiny", img_size=8, patch_size=4, embed_dim=6, depth=1, num_classes=2,
-                             mlp_ratio=2.0, patch_mlp_dim=7)
+    m = minimlp.create_model(
+        "ff_tiny", img_size=8, patch_size=4, embed_dim=6, depth=1, num_classes=2, mlp_ratio=2.0, patch_mlp_dim=7
+    )
     config = infer_config(m.state_dict())
     assert config["mlp_ratio"] == 2.0 and config["patch_mlp_dim"] == 7
 
@@ -201,8 +206,15 @@ def test_patch_mlp_dim_and_mlp_ratio_are_inferred():
 # --------------------------------------------------------------------------------------
 # A config is checked against the file's tensors before any model is allocated
 # --------------------------------------------------------------------------------------
-@pytest.mark.parametrize("key, shape", [("cls_token", ()), ("patch_embed.proj.weight", (8 * 3 * 4 * 4,)),
-                                        ("pos_encoding.pos_embed", (1, 8, 0, 0)), ("head.weight", (5,))])
+@pytest.mark.parametrize(
+    "key, shape",
+    [
+        ("cls_token", ()),
+        ("patch_embed.proj.weight", (8 * 3 * 4 * 4,)),
+        ("pos_encoding.pos_embed", (1, 8, 0, 0)),
+        ("head.weight", (5,)),
+    ],
+)
 def test_infer_config_refuses_tensors_of_the_wrong_rank(model, key, shape):
     state = model.state_dict()
     state[key] = np.zeros(shape, np.float32)
@@ -210,23 +222,26 @@ def test_infer_config_refuses_tensors_of_the_wrong_rank(model, key, shape):
         infer_config(state, "x.pth")
 
 
-@pytest.mark.parametrize("field, value, fragment", [
-    ("embed_dim", 20_000, "must lie in"),
-    ("depth", 100, "more blocks than the file has tensors"),
-    ("depth", "ten", "must be int"),
-    ("img_size", 16.0, "must be int"),
-    ("num_classes", True, "must be int"),
-    ("patch_size", -4, "must lie in"),
-    ("mlp_ratio", 1e12, "must lie in"),
-    ("patch_mlp_dim", [1], "must be None or int"),
-    ("dtype", "float32" * 100, "must be str"),
-    ("dtype", "complex128", "does not describe a model"),
-    ("drop_rate", 1.5, "does not describe a model"),
-    ("img_size", 18, "does not describe a model"),  # not a multiple of the patch size
-    ("embed_dim", 16, r"shape mismatches \(\d+\): cls_token: checkpoint \(1, 1, 8\) vs model \(1, 1, 16\)"),
-    ("depth", 1, r"unexpected keys \(12\): blocks\.1\."),
-    ("arch", "transformer-xl", "unknown architecture"),
-])
+@pytest.mark.parametrize(
+    "field, value, fragment",
+    [
+        ("embed_dim", 20_000, "must lie in"),
+        ("depth", 100, "more blocks than the file has tensors"),
+        ("depth", "ten", "must be int"),
+        ("img_size", 16.0, "must be int"),
+        ("num_classes", True, "must be int"),
+        ("patch_size", -4, "must lie in"),
+        ("mlp_ratio", 1e12, "must lie in"),
+        ("patch_mlp_dim", [1], "must be None or int"),
+        ("dtype", "float32" * 100, "must be str"),
+        ("dtype", "complex128", "does not describe a model"),
+        ("drop_rate", 1.5, "does not describe a model"),
+        ("img_size", 18, "does not describe a model"),  # not a multiple of the patch size
+        ("embed_dim", 16, r"shape mismatches \(\d+\): cls_token: checkpoint \(1, 1, 8\) vs model \(1, 1, 16\)"),
+        ("depth", 1, r"unexpected keys \(12\): blocks\.1\."),
+        ("arch", "transformer-xl", "unknown architecture"),
+    ],
+)
 def test_stored_config_is_checked_against_the_tensors(tmp_path, model, field, value, fragment):
     save_weights(tmp_path / "w.npz", model.state_dict(), {"model": {**model.config_dict(), field: value}})
     with pytest.raises(CheckpointError, match=rf"w\.npz: .*{fragment}") as info:
@@ -264,23 +279,40 @@ def test_no_config_or_a_bad_one_for_a_training_checkpoint(tmp_path, model):
 # --------------------------------------------------------------------------------------
 def released_shapes(patch: int, dim: int, depth: int, classes: int = 1000) -> dict[str, tuple[int, ...]]:
     T = 1 + (224 // patch) ** 2
-    shapes = {"cls_token": (1, 1, dim), "patch_embed.proj.weight": (dim, 3, patch, patch),
-              "patch_embed.proj.bias": (dim,), "pos_encoding.pos_embed": (1, dim, 14, 14),
-              "pos_encoding.cls_pos_embed": (1, 1, dim)}
+    shapes = {
+        "cls_token": (1, 1, dim),
+        "patch_embed.proj.weight": (dim, 3, patch, patch),
+        "patch_embed.proj.bias": (dim,),
+        "pos_encoding.pos_embed": (1, dim, 14, 14),
+        "pos_encoding.cls_pos_embed": (1, 1, dim),
+    }
     for i in range(depth):
         b = f"blocks.{i}"
-        shapes.update({f"{b}.mlp1.fc1.weight": (4 * dim, dim), f"{b}.mlp1.fc1.bias": (4 * dim,),
-                       f"{b}.mlp1.fc2.weight": (dim, 4 * dim), f"{b}.mlp1.fc2.bias": (dim,),
-                       f"{b}.norm1.weight": (dim,), f"{b}.norm1.bias": (dim,),
-                       f"{b}.mlp2.fc1.weight": (4 * T, T), f"{b}.mlp2.fc1.bias": (4 * T,),
-                       f"{b}.mlp2.fc2.weight": (T, 4 * T), f"{b}.mlp2.fc2.bias": (T,),
-                       f"{b}.norm2.weight": (T,), f"{b}.norm2.bias": (T,)})
+        shapes.update(
+            {
+                f"{b}.mlp1.fc1.weight": (4 * dim, dim),
+                f"{b}.mlp1.fc1.bias": (4 * dim,),
+                f"{b}.mlp1.fc2.weight": (dim, 4 * dim),
+                f"{b}.mlp1.fc2.bias": (dim,),
+                f"{b}.norm1.weight": (dim,),
+                f"{b}.norm1.bias": (dim,),
+                f"{b}.mlp2.fc1.weight": (4 * T, T),
+                f"{b}.mlp2.fc1.bias": (4 * T,),
+                f"{b}.mlp2.fc2.weight": (T, 4 * T),
+                f"{b}.mlp2.fc2.bias": (T,),
+                f"{b}.norm2.weight": (T,),
+                f"{b}.norm2.bias": (T,),
+            }
+        )
     shapes.update({"norm.weight": (dim,), "norm.bias": (dim,), "head.weight": (classes, dim), "head.bias": (classes,)})
     return shapes
 
 
-RELEASED = {"ff_tiny": (16, 192, 12, 7_676_332), "ff_base": (16, 768, 12, 61_943_020),
-            "ff_large": (32, 1024, 24, 206_363_576)}
+RELEASED = {
+    "ff_tiny": (16, 192, 12, 7_676_332),
+    "ff_base": (16, 768, 12, 61_943_020),
+    "ff_large": (32, 1024, 24, 206_363_576),
+}
 
 
 @pytest.mark.parametrize("name", list(RELEASED))
@@ -347,10 +379,13 @@ def test_a_7x7_grid_into_the_released_ff_large_layout_says_why(tmp_path):
         load_pretrained(model, tmp_path / "old.npz")
     msg = str(err.value)
     assert "pos_encoding.pos_embed: checkpoint (1, 8, 7, 7) vs model (1, 8, 14, 14)" in msg
-    assert ("the checkpoint keeps a 7x7 position grid and the model a 14x14 one (resized to its 7x7 patches "
-            "on every forward): build the model with pos_grid=7") in msg
-    load_pretrained(minimlp.create_model("ff_large", embed_dim=8, depth=2, num_classes=6, pos_grid=7),
-                    tmp_path / "old.npz")
+    assert (
+        "the checkpoint keeps a 7x7 position grid and the model a 14x14 one (resized to its 7x7 patches "
+        "on every forward): build the model with pos_grid=7"
+    ) in msg
+    load_pretrained(
+        minimlp.create_model("ff_large", embed_dim=8, depth=2, num_classes=6, pos_grid=7), tmp_path / "old.npz"
+    )
 
 
 @pytest.mark.parametrize("name", ["deit_tiny", "deit_small", "deit_base", "attn_only_tiny", "mixer_s16", "mixer_b16"])

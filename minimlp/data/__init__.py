@@ -20,8 +20,15 @@ from typing import Any
 from minimlp.data import fmnist
 from minimlp.data.base import ArrayDataset, Dataset, normalize
 
-__all__ = ["Dataset", "ArrayDataset", "normalize", "open_dataset", "register_dataset", "register_format",
-           "list_datasets"]
+__all__ = [
+    "Dataset",
+    "ArrayDataset",
+    "normalize",
+    "open_dataset",
+    "register_dataset",
+    "register_format",
+    "list_datasets",
+]
 
 Opener = Callable[..., Dataset]  # opener(split, data_dir=None, download=False, **options) -> Dataset
 
@@ -58,8 +65,13 @@ def detect_format(directory: str | os.PathLike) -> str | None:
     return None
 
 
-def open_dataset(name_or_path: str | None, split: str, data_dir: str | os.PathLike | None = None,
-                 download: bool = False, **options: Any) -> Dataset:
+def open_dataset(
+    name_or_path: str | None,
+    split: str,
+    data_dir: str | os.PathLike | None = None,
+    download: bool = False,
+    **options: Any,
+) -> Dataset:
     """Open ``split`` ("train" or "val") of a dataset given by name, or by a directory.
 
     ``name_or_path`` None or "auto": recognise ``data_dir`` from its contents; without
@@ -75,11 +87,18 @@ def open_dataset(name_or_path: str | None, split: str, data_dir: str | os.PathLi
         if data_dir and not download and not Path(data_dir).exists():
             raise FileNotFoundError(f"data directory {data_dir} does not exist")
         name = detect_format(data_dir) if data_dir else None
-        if (name is None and data_dir and not download and Path(data_dir).is_dir()
-                and len(fmnist.missing_files(Path(data_dir))) == len(fmnist.MD5)):
-            raise ValueError(f"{data_dir} holds no dataset minimlp knows: expected Fashion-MNIST's four files "
-                             f"({', '.join(fmnist.MD5)}), train/<class>/ and val/<class>/ folders (ImageNet), class "
-                             f"folders (ImageFolder), or a cache written by python -m minimlp.prepare")
+        if (
+            name is None
+            and data_dir
+            and not download
+            and Path(data_dir).is_dir()
+            and len(fmnist.missing_files(Path(data_dir))) == len(fmnist.MD5)
+        ):
+            raise ValueError(
+                f"{data_dir} holds no dataset minimlp knows: expected Fashion-MNIST's four files "
+                f"({', '.join(fmnist.MD5)}), train/<class>/ and val/<class>/ folders (ImageNet), class "
+                f"folders (ImageFolder), or a cache written by python -m minimlp.prepare"
+            )
         name = name or "fmnist"
     elif name_or_path in _DATASETS:
         name = name_or_path
@@ -89,21 +108,31 @@ def open_dataset(name_or_path: str | None, split: str, data_dir: str | os.PathLi
             raise ValueError(f"{name_or_path}: no known dataset layout (known: {', '.join(list_datasets())})")
         data_dir = name_or_path
     else:
-        raise ValueError(f"unknown dataset {name_or_path!r}; known: {', '.join(list_datasets())}, "
-                         "or a directory holding one")
+        raise ValueError(
+            f"unknown dataset {name_or_path!r}; known: {', '.join(list_datasets())}, or a directory holding one"
+        )
     return _DATASETS[name](split, data_dir=data_dir, download=download, **options)
 
 
 IMAGE_OPTIONS = ("subset", "class_seed", "per_class", "randaugment", "crop_pct", "train_crop")
 
 
-def _open_fmnist(split: str, data_dir: Any = None, download: bool = False, workers: int | None = 0,
-                 img_size: int | None = None, num_classes: int | None = None, **options: Any) -> Dataset:
+def _open_fmnist(
+    split: str,
+    data_dir: Any = None,
+    download: bool = False,
+    workers: int | None = 0,
+    img_size: int | None = None,
+    num_classes: int | None = None,
+    **options: Any,
+) -> Dataset:
     if img_size not in (None, 28):
         raise ValueError(f"Fashion-MNIST images are 28x28; the model asks for {img_size}x{img_size} (--img-size)")
     if num_classes not in (None, len(fmnist.CLASSES)):
-        raise ValueError(f"Fashion-MNIST has {len(fmnist.CLASSES)} classes; choosing {num_classes} of them "
-                         "(--num-classes) works for ImageNet-style data only")
+        raise ValueError(
+            f"Fashion-MNIST has {len(fmnist.CLASSES)} classes; choosing {num_classes} of them "
+            "(--num-classes) works for ImageNet-style data only"
+        )
     unknown = [f"{k}={options[k]!r}" for k in IMAGE_OPTIONS if options.get(k) is not None]
     if unknown:
         raise ValueError(f"{', '.join(unknown)}: options of ImageNet-style data, not of Fashion-MNIST")
@@ -111,8 +140,14 @@ def _open_fmnist(split: str, data_dir: Any = None, download: bool = False, worke
     return fmnist.open_fmnist(split, data_dir, download, **options)  # in memory: no workers needed
 
 
-def _open_images(split: str, data_dir: Any = None, download: bool = False, workers: int | None = None,
-                 img_size: int | None = None, **options: Any) -> Dataset:
+def _open_images(
+    split: str,
+    data_dir: Any = None,
+    download: bool = False,
+    workers: int | None = None,
+    img_size: int | None = None,
+    **options: Any,
+) -> Dataset:
     from minimlp.data.folders import open_image_dataset, recognise
 
     if data_dir is None:
@@ -122,8 +157,10 @@ def _open_images(split: str, data_dir: Any = None, download: bool = False, worke
     if img_size is None:
         raise ValueError("image folders are cropped to the model's input size; img_size is needed")
     if options.get("train_crop") not in (None, "rrc") and recognise(data_dir) != "prepared":
-        raise ValueError(f"train_crop={options['train_crop']!r} (--train-crop) applies to a prepared cache only; "
-                         f"{data_dir} holds image files, which are always cropped with RandomResizedCrop")
+        raise ValueError(
+            f"train_crop={options['train_crop']!r} (--train-crop) applies to a prepared cache only; "
+            f"{data_dir} holds image files, which are always cropped with RandomResizedCrop"
+        )
     options = {k: v for k, v in options.items() if k != "train_crop" or recognise(data_dir) == "prepared"}
     return open_image_dataset(data_dir, split, img_size, workers=workers, **options)
 

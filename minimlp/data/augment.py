@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
-from minimlp.backend import array_module
+from minimlp.backend import Array, array_module
 from minimlp.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
@@ -45,23 +45,51 @@ __all__ = [
     "recipe_lr",
 ]
 
-Array = Any
 
 # ------------------------------------------------------------------------------------------------
 # RandAugment
 
 INCREASING_OPS = (
-    "AutoContrast", "Equalize", "Invert", "Rotate", "PosterizeIncreasing", "SolarizeIncreasing", "SolarizeAdd",
-    "ColorIncreasing", "ContrastIncreasing", "BrightnessIncreasing", "SharpnessIncreasing", "ShearX", "ShearY",
-    "TranslateXRel", "TranslateYRel",
+    "AutoContrast",
+    "Equalize",
+    "Invert",
+    "Rotate",
+    "PosterizeIncreasing",
+    "SolarizeIncreasing",
+    "SolarizeAdd",
+    "ColorIncreasing",
+    "ContrastIncreasing",
+    "BrightnessIncreasing",
+    "SharpnessIncreasing",
+    "ShearX",
+    "ShearY",
+    "TranslateXRel",
+    "TranslateYRel",
 )
 ORIGINAL_OPS = (
-    "AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize", "SolarizeAdd", "Color", "Contrast",
-    "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel",
+    "AutoContrast",
+    "Equalize",
+    "Invert",
+    "Rotate",
+    "Posterize",
+    "Solarize",
+    "SolarizeAdd",
+    "Color",
+    "Contrast",
+    "Brightness",
+    "Sharpness",
+    "ShearX",
+    "ShearY",
+    "TranslateXRel",
+    "TranslateYRel",
 )
 MAX_LEVEL = 10.0
-_ENHANCERS = {"Color": ImageEnhance.Color, "Contrast": ImageEnhance.Contrast,
-              "Brightness": ImageEnhance.Brightness, "Sharpness": ImageEnhance.Sharpness}
+_ENHANCERS = {
+    "Color": ImageEnhance.Color,
+    "Contrast": ImageEnhance.Contrast,
+    "Brightness": ImageEnhance.Brightness,
+    "Sharpness": ImageEnhance.Sharpness,
+}
 
 
 def _signed(value: float, rng: np.random.Generator) -> float:
@@ -72,8 +100,14 @@ def _affine(img: Image.Image, matrix: tuple[float, ...], fill: tuple[int, ...]) 
     return img.transform(img.size, Image.Transform.AFFINE, matrix, resample=Image.Resampling.BICUBIC, fillcolor=fill)
 
 
-def apply_op(name: str, img: Image.Image, level: float, rng: np.random.Generator, fill: tuple[int, ...],
-             translate_pct: float = 0.45) -> Image.Image:
+def apply_op(
+    name: str,
+    img: Image.Image,
+    level: float,
+    rng: np.random.Generator,
+    fill: tuple[int, ...],
+    translate_pct: float = 0.45,
+) -> Image.Image:
     """One RandAugment operation at ``level`` in [0, 1] on an RGB image."""
     if name == "AutoContrast":
         return ImageOps.autocontrast(img)
@@ -135,13 +169,18 @@ class RandAugment:
         sections = config.strip().split("-")
         if sections[0] != "rand":
             raise ValueError(f"RandAugment config must start with 'rand', got {config!r}")
-        fields: dict[str, Any] = {"ops": ORIGINAL_OPS, "fill": tuple(round(255 * m) for m in mean),
-                                  "magnitude": MAX_LEVEL}
+        fields: dict[str, Any] = {
+            "ops": ORIGINAL_OPS,
+            "fill": tuple(round(255 * m) for m in mean),
+            "magnitude": MAX_LEVEL,
+        }
         for section in sections[1:]:
             match = re.fullmatch(r"(mstd|inc|m|n|p)([\d.]+)", section)
             if match is None:
-                raise ValueError(f"unknown section {section!r} in RandAugment config {config!r} "
-                                 f"(known: m<magnitude>, n<ops>, mstd<std>, inc<0|1>, p<prob>)")
+                raise ValueError(
+                    f"unknown section {section!r} in RandAugment config {config!r} "
+                    f"(known: m<magnitude>, n<ops>, mstd<std>, inc<0|1>, p<prob>)"
+                )
             key, value = match.groups()
             if key == "m":
                 fields["magnitude"] = float(value)
@@ -219,8 +258,11 @@ class MixupCutmix:
                 use_cutmix = True
             elif self.mixup_alpha <= 0:
                 raise ValueError("MixupCutmix needs mixup_alpha > 0 or cutmix_alpha > 0")
-            lam = float(rng.beta(self.cutmix_alpha, self.cutmix_alpha) if use_cutmix
-                        else rng.beta(self.mixup_alpha, self.mixup_alpha))
+            lam = float(
+                rng.beta(self.cutmix_alpha, self.cutmix_alpha)
+                if use_cutmix
+                else rng.beta(self.mixup_alpha, self.mixup_alpha)
+            )
         if lam < 1.0:
             if use_cutmix:
                 H, W = images.shape[2:]
@@ -322,8 +364,9 @@ class RandomErasing:
 # Repeated augmentation
 
 
-def repeated_augmentation_indices(num_samples: int, seed: int, repeats: int = 3, num_replicas: int = 1,
-                                  rank: int = 0) -> np.ndarray:
+def repeated_augmentation_indices(
+    num_samples: int, seed: int, repeats: int = 3, num_replicas: int = 1, rank: int = 0
+) -> np.ndarray:
     """One epoch's sample order with each image repeated ``repeats`` times in a row.
 
     Like DeiT's sampler: shuffle, repeat each index, split between ``num_replicas`` processes

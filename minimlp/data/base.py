@@ -12,15 +12,60 @@ interface; :func:`minimlp.data.open_dataset` picks one by name or by what a dire
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
-__all__ = ["Dataset", "ArrayDataset", "normalize", "shown"]
+__all__ = ["Dataset", "ArrayDataset", "ImageOptions", "normalize", "shown"]
 
 Batch = tuple[np.ndarray, np.ndarray]  # uint8 images (B, C, H, W), int64 labels (B,)
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageOptions:
+    """How a dataset of image files or a prepared cache is opened: which classes and images, how
+    they are decoded and augmented.  The openers take these as keywords; an unknown one is an error.
+
+    subset / num_classes / class_seed   which classes (see ``select_classes``); val gets the same ones
+    train_num_samples / per_class       caps on the train split (seeded by ``sample_seed``)
+    holdout                             ImageFolder trees without train/val: fraction of each class held out as val
+    workers                             decoding processes (None: one per core, at most 8; 0: in this process)
+    prefetch                            batches each decoding process prepares ahead
+    train_crop                          prepared caches: "rrc" (RandomResizedCrop) or "crop" (a plain random window)
+    scale, ratio, hflip, randaugment    the training augmentation (randaugment: e.g. "rand-m9-mstd0.5-inc1")
+    crop_pct                            the evaluation crop (None: the dataset's default)
+    draft                               image files: JPEG draft decoding (a speed setting)
+    max_bad                             image files: how many undecodable files a run tolerates (None: the default)
+    """
+
+    subset: str | None = None
+    num_classes: int | None = None
+    class_seed: int | None = None
+    train_num_samples: int | None = None
+    per_class: int | None = None
+    sample_seed: int = 0
+    holdout: float = 0.1
+    workers: int | None = None
+    prefetch: int = 2
+    train_crop: str = "rrc"
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    hflip: float = 0.5
+    crop_pct: float | None = None
+    randaugment: str | None = None
+    draft: bool = True
+    max_bad: int | None = None
+
+
+def image_options(options: ImageOptions | None, keywords: dict[str, Any]) -> ImageOptions:
+    """``options`` (or the defaults) with ``keywords`` replacing its fields; an unknown keyword is a TypeError."""
+    unknown = sorted(set(keywords) - {f.name for f in dataclasses.fields(ImageOptions)})
+    if unknown:
+        raise TypeError(f"unknown image dataset option(s): {', '.join(unknown)}")
+    return dataclasses.replace(options or ImageOptions(), **keywords)
 
 
 def shown(path: str | os.PathLike) -> str:
@@ -84,8 +129,16 @@ class ArrayDataset(Dataset):
     returns the augmented uint8 batch (same shape); it runs only when ``train`` is true.
     """
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, classes: list[str], mean: tuple[float, ...],
-                 std: tuple[float, ...], augment: Any = None, augmentation: str | None = None) -> None:
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        classes: list[str],
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        augment: Any = None,
+        augmentation: str | None = None,
+    ) -> None:
         if images.dtype != np.uint8 or images.ndim != 4:
             raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {images.shape}")
         if labels.shape != (images.shape[0],):
@@ -104,15 +157,16 @@ class ArrayDataset(Dataset):
         indices = np.asarray(indices, dtype=np.int64)
         rng = np.random.default_rng(seed)
         for start in range(0, len(indices), batch_size):
-            idx = indices[start:start + batch_size]
+            idx = indices[start : start + batch_size]
             images = self.images[idx]  # (B, C, H, W), a copy
             if train and self.augment is not None:
                 images = self.augment(images, rng)
             yield images, self.labels[idx]
 
 
-def normalize(images_u8: Any, mean: tuple[float, ...], std: tuple[float, ...], xp: Any = np,
-              dtype: Any = np.float32) -> Any:
+def normalize(
+    images_u8: Any, mean: tuple[float, ...], std: tuple[float, ...], xp: Any = np, dtype: Any = np.float32
+) -> Any:
     """uint8 (B, C, H, W) -> ``dtype`` on ``xp``'s device: (x / 255 - mean) / std per channel.
 
     The uint8 batch is moved first and converted there, so only one byte per pixel crosses

@@ -40,12 +40,14 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from minimlp.data import transforms
 from minimlp.data.augment import RandAugment
+from minimlp.data.base import ImageOptions, image_options
 from minimlp.data.classes import ClassMap, cap_samples, select_classes
 from minimlp.data.loader import LoaderDataset, default_workers
 from minimlp.data.transforms import DEFAULT_CROP_PCT, IMAGENET_MEAN
@@ -76,12 +78,19 @@ def max_long_side(size: int, square: bool) -> int:
 
 def split_paths(out: str | os.PathLike, split: str) -> dict[str, Path]:
     out = Path(out)
-    return {kind: out / f"{split}_{kind}{ext}" for kind, ext in
-            (("images", ".u8"), ("shapes", ".npy"), ("labels", ".npy"), ("files", ".txt"), ("done", ".npy"))}
+    return {
+        kind: out / f"{split}_{kind}{ext}"
+        for kind, ext in (
+            ("images", ".u8"),
+            ("shapes", ".npy"),
+            ("labels", ".npy"),
+            ("files", ".txt"),
+            ("done", ".npy"),
+        )
+    }
 
 
-def resize_for_cache(img: Image.Image, size: int, square: bool, full_size: tuple[int, int] | None = None
-                     ) -> np.ndarray:
+def resize_for_cache(img: Image.Image, size: int, square: bool, full_size: tuple[int, int] | None = None) -> np.ndarray:
     """An RGB image -> the stored record (h, w, 3) uint8 (see the module docstring for the geometry).
 
     ``full_size`` is the original (width, height) when ``img`` was decoded at a reduced (draft)
@@ -126,8 +135,10 @@ def read_header(out: str | os.PathLike) -> dict:
     except (OSError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path} is not a readable cache header ({exc}); prepare the cache again") from None
     if header.get("format") != FORMAT or header.get("version") != VERSION:
-        raise ValueError(f"{path} is not a {FORMAT} v{VERSION} header (found {header.get('format')} "
-                         f"v{header.get('version')}); prepare the cache again")
+        raise ValueError(
+            f"{path} is not a {FORMAT} v{VERSION} header (found {header.get('format')} "
+            f"v{header.get('version')}); prepare the cache again"
+        )
     return header
 
 
@@ -155,21 +166,25 @@ class CacheReader:
     def record(self, item: tuple[int, int, int]) -> np.ndarray:
         index, h, w = item
         start = index * self.slot_bytes
-        return self._images()[start:start + h * w * 3].reshape(h, w, 3)  # (h, w, 3), a view of the file
+        return self._images()[start : start + h * w * 3].reshape(h, w, 3)  # (h, w, 3), a view of the file
 
     def load(self, item: tuple[int, int, int], train: bool, rng: np.random.Generator) -> np.ndarray:
         pixels = self.record(item)
         if not train:
             h, w = pixels.shape[:2]
             left, top, right, bottom = transforms.center_crop_box(w, h, self.img_size, self.crop_pct)
-            if (right - left, bottom - top) == (self.img_size, self.img_size) and float(left).is_integer() \
-                    and float(top).is_integer():  # stored at size / crop_pct: a plain crop, no resampling
-                return pixels[int(top):int(top) + self.img_size, int(left):int(left) + self.img_size]
+            if (
+                (right - left, bottom - top) == (self.img_size, self.img_size)
+                and float(left).is_integer()
+                and float(top).is_integer()
+            ):  # stored at size / crop_pct: a plain crop, no resampling
+                return pixels[int(top) : int(top) + self.img_size, int(left) : int(left) + self.img_size]
             return transforms.eval_crop(Image.fromarray(pixels), self.img_size, self.crop_pct)
         if self.train_crop == "crop":
             return self._window(pixels, rng)
-        return transforms.train_crop(Image.fromarray(pixels), self.img_size, rng, self.scale, self.ratio, self.hflip,
-                                     self.randaugment)
+        return transforms.train_crop(
+            Image.fromarray(pixels), self.img_size, rng, self.scale, self.ratio, self.hflip, self.randaugment
+        )
 
     def _window(self, pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """A random img_size window (zero-padded where the record is smaller) + flip: pure memory copies."""
@@ -178,11 +193,11 @@ class CacheReader:
         if h < s or w < s:
             padded = np.zeros((max(h, s), max(w, s), 3), np.uint8)
             top, left = (padded.shape[0] - h) // 2, (padded.shape[1] - w) // 2
-            padded[top:top + h, left:left + w] = pixels
+            padded[top : top + h, left : left + w] = pixels
             pixels, h, w = padded, *padded.shape[:2]
         top = int(rng.integers(0, h - s + 1))
         left = int(rng.integers(0, w - s + 1))
-        window = pixels[top:top + s, left:left + s]
+        window = pixels[top : top + s, left : left + s]
         if rng.random() < self.hflip:
             window = window[:, ::-1]
         if self.randaugment is not None:
@@ -202,17 +217,35 @@ class CacheReader:
 class PreparedDataset(LoaderDataset):
     """A split of a prepared cache; its reader crops records of the memory-mapped file."""
 
-    def __init__(self, root: str | os.PathLike, split: str, img_size: int, header: dict, records: np.ndarray,
-                 labels: np.ndarray, class_map: ClassMap, reader: CacheReader, workers: int, prefetch: int = 2,
-                 augmentation: str = "none"):
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        split: str,
+        img_size: int,
+        header: dict,
+        records: np.ndarray,
+        labels: np.ndarray,
+        class_map: ClassMap,
+        reader: CacheReader,
+        workers: int,
+        prefetch: int = 2,
+        augmentation: str = "none",
+    ):
         self.root = Path(root)
         self.split = split
         self.header = header
         self.records = records  # (N,) indices into the split's slots
         self.shapes = np.load(split_paths(root, split)["shapes"], mmap_mode="r")
-        super().__init__(labels, class_map, reader, img_size, workers, prefetch,
-                         description=f"prepared cache {self.root} {split} (stored {header['geometry']} "
-                                     f"{header['size']} px)", augmentation=augmentation)
+        super().__init__(
+            labels,
+            class_map,
+            reader,
+            img_size,
+            workers,
+            prefetch,
+            description=f"prepared cache {self.root} {split} (stored {header['geometry']} {header['size']} px)",
+            augmentation=augmentation,
+        )
 
     def _items(self, indices: np.ndarray) -> list[tuple[int, int, int]]:
         records = self.records[indices]
@@ -221,67 +254,75 @@ class PreparedDataset(LoaderDataset):
 
 
 def open_prepared(
-    root: str | os.PathLike,
-    split: str,
-    img_size: int,
-    *,
-    subset: str | None = None,
-    num_classes: int | None = None,
-    class_seed: int | None = None,
-    train_num_samples: int | None = None,
-    per_class: int | None = None,
-    sample_seed: int = 0,
-    workers: int | None = None,
-    prefetch: int = 2,
-    train_crop: str = "rrc",
-    scale: tuple[float, float] = (0.08, 1.0),
-    ratio: tuple[float, float] = (3 / 4, 4 / 3),
-    hflip: float = 0.5,
-    crop_pct: float | None = None,
-    randaugment: str | None = None,
-    **ignored,
+    root: str | os.PathLike, split: str, img_size: int, options: ImageOptions | None = None, **keywords: Any
 ) -> PreparedDataset:
     """One split of a prepared cache, optionally narrowed further to a subset of its classes.
 
-    Options as for :func:`minimlp.data.folders.open_folder_dataset` (``holdout`` and ``draft`` mean
-    nothing here and are ignored); ``train_crop`` picks "rrc" or "crop" (see the module docstring).
-    ``crop_pct`` defaults to 0.875, and to 1 (the whole image) for square caches, which are whole
-    images already, as Downsampled ImageNet is evaluated.
+    ``options`` as for :func:`minimlp.data.folders.open_folder_dataset` (``holdout``, ``draft`` and
+    ``max_bad`` mean nothing here and are ignored); ``train_crop`` picks "rrc" or "crop" (see the module
+    docstring).  ``crop_pct`` defaults to 0.875, and to 1 (the whole image) for square caches, which are
+    whole images already, as Downsampled ImageNet is evaluated.
     """
+    o = image_options(options, keywords)
     root = Path(root)
     header = read_header(root)
     if split not in header["splits"]:
-        raise FileNotFoundError(f"the cache {root} has no {split} split (it holds {', '.join(header['splits'])}); "
-                                f"prepare it from a dataset that has one")
+        raise FileNotFoundError(
+            f"the cache {root} has no {split} split (it holds {', '.join(header['splits'])}); "
+            f"prepare it from a dataset that has one"
+        )
     info = header["splits"][split]
     if not info.get("complete"):
-        raise ValueError(f"the {split} split of the cache {root} is incomplete: rerun the same "
-                         f"python -m minimlp.prepare command to finish it")
-    if train_crop not in ("rrc", "crop"):
-        raise ValueError(f"train_crop must be 'rrc' or 'crop', got {train_crop!r}")
+        raise ValueError(
+            f"the {split} split of the cache {root} is incomplete: rerun the same "
+            f"python -m minimlp.prepare command to finish it"
+        )
+    if o.train_crop not in ("rrc", "crop"):
+        raise ValueError(f"train_crop must be 'rrc' or 'crop', got {o.train_crop!r}")
     paths = split_paths(root, split)
     stored_map = ClassMap.from_dict(header["classes"])
     shapes = np.load(paths["shapes"], mmap_mode="r")
     stored_labels = np.load(paths["labels"])
     valid = np.flatnonzero(shapes[:, 0] > 0)  # records whose source decoded
-    class_map = select_classes(stored_map.wnids, subset, num_classes, class_seed)
+    class_map = select_classes(stored_map.wnids, o.subset, o.num_classes, o.class_seed)
     labels = class_map.remap(stored_labels[valid])
     keep = labels >= 0
     records, labels = valid[keep], labels[keep]
-    if split == "train" and (per_class is not None or train_num_samples is not None):
-        chosen = cap_samples(labels, per_class, train_num_samples, sample_seed)
+    if split == "train" and (o.per_class is not None or o.train_num_samples is not None):
+        chosen = cap_samples(labels, o.per_class, o.train_num_samples, o.sample_seed)
         records, labels = records[chosen], labels[chosen]
     # Report class names of the original data set (the cache may itself be a subset).
-    class_map = ClassMap(class_map.wnids, class_map.names,
-                         tuple(stored_map.source_index[i] for i in class_map.source_index))
+    class_map = ClassMap(
+        class_map.wnids, class_map.names, tuple(stored_map.source_index[i] for i in class_map.source_index)
+    )
     slot_bytes = header["max_long"] * header["size"] * 3
+    crop_pct = o.crop_pct
     if crop_pct is None:
         crop_pct = 1.0 if header["geometry"] == "square" else DEFAULT_CROP_PCT
     crop_pct = transforms.check_crop_pct(crop_pct)
-    augment = RandAugment.from_config(randaugment, mean=IMAGENET_MEAN) if randaugment else None
-    reader = CacheReader(str(paths["images"]), slot_bytes, img_size, train_crop, tuple(scale), tuple(ratio), hflip,
-                         crop_pct, augment)
-    crop = "RandomResizedCrop + flip" if train_crop == "rrc" else "random crop + flip"
-    return PreparedDataset(root, split, img_size, header, records, labels, class_map, reader,
-                           workers=default_workers() if workers is None else workers, prefetch=prefetch,
-                           augmentation=crop + (f" + RandAugment {randaugment}" if randaugment else ""))
+    augment = RandAugment.from_config(o.randaugment, mean=IMAGENET_MEAN) if o.randaugment else None
+    reader = CacheReader(
+        str(paths["images"]),
+        slot_bytes,
+        img_size,
+        o.train_crop,
+        tuple(o.scale),
+        tuple(o.ratio),
+        o.hflip,
+        crop_pct,
+        augment,
+    )
+    crop = "RandomResizedCrop + flip" if o.train_crop == "rrc" else "random crop + flip"
+    return PreparedDataset(
+        root,
+        split,
+        img_size,
+        header,
+        records,
+        labels,
+        class_map,
+        reader,
+        workers=default_workers() if o.workers is None else o.workers,
+        prefetch=o.prefetch,
+        augmentation=crop + (f" + RandAugment {o.randaugment}" if o.randaugment else ""),
+    )

@@ -84,22 +84,39 @@ def _prepare_chunk(task: tuple) -> tuple[int, list[tuple[str, str]]]:
             bad.append((path, exc.reason))
             continue
         h, w = record.shape[:2]
-        images[index * slot_bytes:index * slot_bytes + h * w * 3] = record.reshape(-1)
+        images[index * slot_bytes : index * slot_bytes + h * w * 3] = record.reshape(-1)
         shapes[index] = (h, w)
     images.flush()
     shapes.flush()
     return chunk_id, bad
 
 
-def _options(root: Path, size: int, square: bool, subset, num_classes, class_seed, per_class, train_num_samples,
-             sample_seed) -> dict:
-    return {"source": str(root.resolve()), "size": size, "square": square, "subset": subset,
-            "num_classes": num_classes, "class_seed": class_seed, "per_class": per_class,
-            "train_num_samples": train_num_samples, "sample_seed": sample_seed}
+def _options(
+    root: Path, size: int, square: bool, subset, num_classes, class_seed, per_class, train_num_samples, sample_seed
+) -> dict:
+    return {
+        "source": str(root.resolve()),
+        "size": size,
+        "square": square,
+        "subset": subset,
+        "num_classes": num_classes,
+        "class_seed": class_seed,
+        "per_class": per_class,
+        "train_num_samples": train_num_samples,
+        "sample_seed": sample_seed,
+    }
 
 
-def _start_split(out: Path, header: dict, split: str, paths: list[str], labels: np.ndarray, slot_bytes: int,
-                 chunk: int | str, num_chunks: int | None = None) -> None:
+def _start_split(
+    out: Path,
+    header: dict,
+    split: str,
+    paths: list[str],
+    labels: np.ndarray,
+    slot_bytes: int,
+    chunk: int | str,
+    num_chunks: int | None = None,
+) -> None:
     """Create the split's files (pixels preallocated, sparse) and record the split in the header."""
     files = split_paths(out, split)
     n = len(paths)
@@ -147,13 +164,23 @@ def prepare(
     if (out / CACHE_HEADER).exists():
         header = read_header(out)
         if json.dumps(header["options"], sort_keys=True) != json.dumps(options, sort_keys=True):
-            raise ValueError(f"{out} holds a cache prepared with other options ({header['options']}); to make this "
-                             f"one, choose another OUT or delete {out}")
+            raise ValueError(
+                f"{out} holds a cache prepared with other options ({header['options']}); to make this "
+                f"one, choose another OUT or delete {out}"
+            )
         log(f"continuing the cache in {out}")
     else:
         out.mkdir(parents=True, exist_ok=True)
-        header = {"format": FORMAT, "version": VERSION, "geometry": "square" if square else "short", "size": size,
-                  "max_long": max_long_side(size, square), "options": options, "classes": None, "splits": {}}
+        header = {
+            "format": FORMAT,
+            "version": VERSION,
+            "geometry": "square" if square else "short",
+            "size": size,
+            "max_long": max_long_side(size, square),
+            "options": options,
+            "classes": None,
+            "splits": {},
+        }
     slot_bytes = header["max_long"] * size * 3
     workers = default_workers() if workers is None else workers
     if kind == "downsampled":
@@ -164,8 +191,9 @@ def prepare(
         files = split_paths(out, split)
         if info is None:
             try:
-                paths, labels, class_map = list_split(root, split, subset, num_classes, class_seed,
-                                                      train_num_samples, per_class, sample_seed)
+                paths, labels, class_map = list_split(
+                    root, split, subset, num_classes, class_seed, train_num_samples, per_class, sample_seed
+                )
             except FileNotFoundError as exc:
                 if split == "val":
                     log(f"no val split: {exc}")
@@ -182,13 +210,26 @@ def prepare(
             continue
         paths = read_manifest(files["files"])
         if len(paths) != info["count"]:
-            raise ValueError(f"{files['files']} lists {len(paths)} files where the cache holds {info['count']}; "
-                             f"it was changed or damaged: delete {out} and prepare again")
+            raise ValueError(
+                f"{files['files']} lists {len(paths)} files where the cache holds {info['count']}; "
+                f"it was changed or damaged: delete {out} and prepare again"
+            )
         done = np.load(files["done"], mmap_mode="r+")
         todo = [int(c) for c in np.flatnonzero(done == 0)]
         step = info["chunk"]
-        tasks = [(c, c * step, paths[c * step:(c + 1) * step], str(files["images"]), str(files["shapes"]),
-                  slot_bytes, size, square) for c in todo]
+        tasks = [
+            (
+                c,
+                c * step,
+                paths[c * step : (c + 1) * step],
+                str(files["images"]),
+                str(files["shapes"]),
+                slot_bytes,
+                size,
+                square,
+            )
+            for c in todo
+        ]
         log(f"{split}: {len(paths)} images, {len(todo)} of {len(done)} chunks to write with {workers} worker(s)")
         _run_chunks(tasks, done, workers, split, len(paths), log)
         shapes = np.load(files["shapes"], mmap_mode="r")
@@ -196,15 +237,17 @@ def prepare(
         info.update(complete=True, bad=len(bad))
         _write_header(out, header)
         if bad:
-            names = "\n  ".join(shown(p) for p in bad[:50]) + (f"\n  ... and {len(bad) - 50} more" if len(bad) > 50
-                                                                else "")
+            names = "\n  ".join(shown(p) for p in bad[:50]) + (
+                f"\n  ... and {len(bad) - 50} more" if len(bad) > 50 else ""
+            )
             log(f"{split}: {len(bad)} file(s) could not be decoded and are left out:\n  {names}")
         log(f"{split}: done, {len(paths) - len(bad)} images in {files['images']}")
     return header
 
 
-def _run_chunks(tasks: list[tuple], done: np.memmap, workers: int, split: str, total: int,
-                log: Callable[[str], None]) -> None:
+def _run_chunks(
+    tasks: list[tuple], done: np.memmap, workers: int, split: str, total: int, log: Callable[[str], None]
+) -> None:
     start = time.monotonic()
     written = 0
     last_report = start
@@ -217,8 +260,10 @@ def _run_chunks(tasks: list[tuple], done: np.memmap, workers: int, split: str, t
         now = time.monotonic()
         if now - last_report > 10 or written == remaining:
             rate = written / max(now - start, 1e-9)
-            log(f"{split}: {written}/{remaining} written this run, {rate:.0f} img/s, "
-                f"{(remaining - written) / max(rate, 1e-9) / 60:.1f} min left")
+            log(
+                f"{split}: {written}/{remaining} written this run, {rate:.0f} img/s, "
+                f"{(remaining - written) / max(rate, 1e-9) / 60:.1f} min left"
+            )
             last_report = now
 
     tasks_by_id = {t[0]: t for t in tasks}
@@ -248,6 +293,7 @@ def _run_chunks(tasks: list[tuple], done: np.memmap, workers: int, split: str, t
 
 def downsampled_files(root: Path) -> dict[str, list[Path]]:
     """{"train": the batches in batch order, "val": [val_data.npz]} (splits that exist)."""
+
     def batch_number(path: Path) -> int:
         return int(path.stem.rsplit("_", 1)[1])
 
@@ -274,8 +320,9 @@ def downsampled_size(root: Path) -> int:
     return side
 
 
-def _prepare_downsampled(root: Path, out: Path, header: dict, splits: tuple[str, ...],
-                         log: Callable[[str], None]) -> dict:
+def _prepare_downsampled(
+    root: Path, out: Path, header: dict, splits: tuple[str, ...], log: Callable[[str], None]
+) -> dict:
     """Copy the npz batches into the cache, one source file per chunk (resumable the same way)."""
     options = header["options"]
     size = header["size"]
@@ -283,8 +330,9 @@ def _prepare_downsampled(root: Path, out: Path, header: dict, splits: tuple[str,
     table = imagenet_table()
     devkit_to_index = np.zeros(1001, dtype=np.int64)
     devkit_to_index[[c.devkit_label for c in table]] = [c.index for c in table]  # devkit order -> sorted order
-    class_map = select_classes([c.wnid for c in table], options["subset"], options["num_classes"],
-                               options["class_seed"])
+    class_map = select_classes(
+        [c.wnid for c in table], options["subset"], options["num_classes"], options["class_seed"]
+    )
     header["classes"] = class_map.to_dict()
     sources = downsampled_files(root)
     for split in splits:
@@ -294,13 +342,17 @@ def _prepare_downsampled(root: Path, out: Path, header: dict, splits: tuple[str,
         files = split_paths(out, split)
         info = header["splits"].get(split)
         if info is None:
-            per_file = [class_map.remap(devkit_to_index[_load_npz(f, "labels").astype(np.int64)])
-                        for f in sources[split]]
+            per_file = [
+                class_map.remap(devkit_to_index[_load_npz(f, "labels").astype(np.int64)]) for f in sources[split]
+            ]
             labels = np.concatenate(per_file)
             keep = np.flatnonzero(labels >= 0)
             if split == "train" and (options["per_class"] is not None or options["train_num_samples"] is not None):
-                keep = keep[cap_samples(labels[keep], options["per_class"], options["train_num_samples"],
-                                        options["sample_seed"])]
+                keep = keep[
+                    cap_samples(
+                        labels[keep], options["per_class"], options["train_num_samples"], options["sample_seed"]
+                    )
+                ]
             offsets = np.cumsum([0] + [len(f) for f in per_file])
             file_of = np.searchsorted(offsets, keep, "right") - 1  # which source file each kept row is in
             names = [f"{sources[split][f].name}:{row - offsets[f]}" for f, row in zip(file_of, keep, strict=True)]
@@ -323,7 +375,7 @@ def _prepare_downsampled(root: Path, out: Path, header: dict, splits: tuple[str,
             mine = np.flatnonzero((keep >= start_row) & (keep < start_row + rows))  # records from this file
             if data is not None and len(mine):
                 block = data[keep[mine] - start_row].reshape(-1, 3, size, size).transpose(0, 2, 3, 1)  # (n, s, s, 3)
-                images[mine[0] * slot_bytes:(mine[-1] + 1) * slot_bytes] = block.reshape(-1)
+                images[mine[0] * slot_bytes : (mine[-1] + 1) * slot_bytes] = block.reshape(-1)
                 shapes[mine] = size
                 images.flush()
                 shapes.flush()

@@ -122,13 +122,17 @@ class ClassMap:
         all_sorted = sorted(all_wnids)
         position = {w: i for i, w in enumerate(all_sorted)}
         chosen_sorted = sorted(chosen) if chosen is not None else all_sorted
-        return cls(tuple(chosen_sorted), tuple(imagenet_name(w) for w in chosen_sorted),
-                   tuple(position[w] for w in chosen_sorted))
+        return cls(
+            tuple(chosen_sorted),
+            tuple(imagenet_name(w) for w in chosen_sorted),
+            tuple(position[w] for w in chosen_sorted),
+        )
 
     def remap(self, source_labels: np.ndarray) -> np.ndarray:
         """Labels among all found classes -> labels 0..K-1 of this map (-1 where not chosen)."""
-        lookup = np.full(max(max(self.source_index, default=-1), int(source_labels.max(initial=-1))) + 1, -1,
-                         dtype=np.int64)
+        lookup = np.full(
+            max(max(self.source_index, default=-1), int(source_labels.max(initial=-1))) + 1, -1, dtype=np.int64
+        )
         lookup[list(self.source_index)] = np.arange(len(self), dtype=np.int64)
         return lookup[source_labels]
 
@@ -144,15 +148,20 @@ def subset_wnids(subset: str) -> list[str]:
         return list(SUBSETS[key])
     path = Path(subset).expanduser()
     if path.is_file():
-        words = [line.split()[0] for line in path.read_text().splitlines()
-                 if line.strip() and not line.lstrip().startswith("#")]
+        words = [
+            line.split()[0]
+            for line in path.read_text().splitlines()
+            if line.strip() and not line.lstrip().startswith("#")
+        ]
         if not words:
             raise ValueError(f"subset file {path} lists no classes (one wnid per line expected)")
         return words
     if "," in subset or re.fullmatch(r"n\d{8}", subset.strip()):
         return [w.strip() for w in subset.split(",") if w.strip()]
-    raise ValueError(f"unknown subset {subset!r}: use one of {', '.join(SUBSETS)}, a comma-separated list of "
-                     f"wnids, or a file with one wnid per line")
+    raise ValueError(
+        f"unknown subset {subset!r}: use one of {', '.join(SUBSETS)}, a comma-separated list of "
+        f"wnids, or a file with one wnid per line"
+    )
 
 
 def select_classes(
@@ -179,8 +188,9 @@ def select_classes(
         missing = sorted(set(wanted) - set(available))
         if missing:
             shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
-            raise ValueError(f"subset {subset!r} needs {len(missing)} class folder(s) that are not in the data: "
-                             f"{shown}")
+            raise ValueError(
+                f"subset {subset!r} needs {len(missing)} class folder(s) that are not in the data: {shown}"
+            )
         chosen = sorted(wanted)
     if num_classes is not None:
         if not 0 < num_classes <= len(chosen):
@@ -193,16 +203,19 @@ def select_classes(
     return ClassMap.from_wnids(available, chosen)
 
 
-def cap_samples(labels: np.ndarray, per_class: int | None = None, total: int | None = None,
-                seed: int = 0) -> np.ndarray:
+def cap_samples(
+    labels: np.ndarray, per_class: int | None = None, total: int | None = None, seed: int = 0
+) -> np.ndarray:
     """Sorted indices keeping at most ``per_class`` samples of each class, then at most ``total`` overall (seeded)."""
     rng = np.random.default_rng(seed)
     keep = np.arange(len(labels))
     if per_class is not None:
         order = np.argsort(labels, kind="stable")  # indices grouped by class
         _, starts, counts = np.unique(labels[order], return_index=True, return_counts=True)
-        chosen = [order[s:s + c] if c <= per_class else rng.choice(order[s:s + c], size=per_class, replace=False)
-                  for s, c in zip(starts, counts, strict=True)]
+        chosen = [
+            order[s : s + c] if c <= per_class else rng.choice(order[s : s + c], size=per_class, replace=False)
+            for s, c in zip(starts, counts, strict=True)
+        ]
         keep = np.sort(np.concatenate(chosen)) if chosen else keep[:0]
     if total is not None and len(keep) > total:
         keep = np.sort(rng.choice(keep, size=total, replace=False))
@@ -227,8 +240,9 @@ def model_classes(meta: dict | None, num_classes: int) -> tuple[list[str], list[
     return [str(i) for i in range(num_classes)], None
 
 
-def label_map(data_wnids: list[str] | None, model_wnids: list[str] | None, data_classes: list[str],
-              num_outputs: int) -> np.ndarray:
+def label_map(
+    data_wnids: list[str] | None, model_wnids: list[str] | None, data_classes: list[str], num_outputs: int
+) -> np.ndarray:
     """(K_data,) int64: the model output that stands for each dataset label, -1 where the model has none.
 
     By wnid when both sides know them (a 1000-class model evaluated on an Imagenette tree, a
@@ -238,6 +252,8 @@ def label_map(data_wnids: list[str] | None, model_wnids: list[str] | None, data_
         position = {w: i for i, w in enumerate(model_wnids)}
         return np.array([position.get(w, -1) for w in data_wnids], dtype=np.int64)
     if len(data_classes) != num_outputs:
-        raise ValueError(f"the model has {num_outputs} outputs but the dataset {len(data_classes)} classes, and "
-                         f"without class wnids on both sides they cannot be matched")
+        raise ValueError(
+            f"the model has {num_outputs} outputs but the dataset {len(data_classes)} classes, and "
+            f"without class wnids on both sides they cannot be matched"
+        )
     return np.arange(num_outputs, dtype=np.int64)

@@ -13,10 +13,10 @@ another copy.  Without it, in order, in
 3. ``/usr/share/datasets/fashion-mnist`` (Debian's ``dataset-fashion-mnist`` package).
 
 A file whose header declares more data than it can hold, or which inflates past what its
-header declares, is refused before the rest is read.  When no folder has the files, ``download=True`` fetches them from the dataset's public mirror into
-``data_dir`` (or the cache), checking each file's MD5 before it takes the final name, so
-a cut or corrupted download never looks like data.  Without it the error says exactly how
-to get the files.
+header declares, is refused before the rest is read.  When no folder has the files,
+``download=True`` fetches them from the dataset's public mirror into ``data_dir`` (or the
+cache), checking each file's MD5 before it takes the final name, so a cut or corrupted
+download never looks like data.  Without it the error says exactly how to get the files.
 """
 
 from __future__ import annotations
@@ -36,18 +36,32 @@ import numpy as np
 from minimlp.data.base import ArrayDataset
 from minimlp.io.files import atomic_write
 
-__all__ = ["CLASSES", "FILES", "MD5", "MIRROR", "FashionMNIST", "read_idx", "search_dirs", "find_data_dir",
-           "download_fashion_mnist", "DatasetNotFound", "open_fmnist"]
+__all__ = [
+    "CLASSES",
+    "FILES",
+    "MD5",
+    "MIRROR",
+    "FashionMNIST",
+    "read_idx",
+    "search_dirs",
+    "find_data_dir",
+    "download_fashion_mnist",
+    "DatasetNotFound",
+    "open_fmnist",
+]
 
-CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-           "Ankle boot"]
+CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 # split -> (images file, labels file)
-FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-         "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
-MD5 = {"train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
-       "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
-       "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
-       "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310"}
+FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+MD5 = {
+    "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+    "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+    "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+    "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
+}
 MIRROR = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 SIZES = {"train": 60_000, "test": 10_000}
@@ -65,8 +79,9 @@ class DatasetNotFound(FileNotFoundError):
 # --------------------------------------------------------------------------------------
 # IDX files
 # --------------------------------------------------------------------------------------
-def read_idx(path: str | os.PathLike, magic: int | None = None,
-             shape: tuple[int | None, ...] | None = None) -> np.ndarray:
+def read_idx(
+    path: str | os.PathLike, magic: int | None = None, shape: tuple[int | None, ...] | None = None
+) -> np.ndarray:
     """Read an IDX file of uint8 (gzipped or not) into an array shaped by its header.
 
     Checks the magic number (type code 0x08 = uint8, and ``magic`` when given), the
@@ -87,15 +102,18 @@ def read_idx(path: str | os.PathLike, magic: int | None = None,
             if head[0] != 0 or head[1] != 0 or head[2] != 0x08 or not 1 <= head[3] <= 4:
                 raise ValueError(f"{path}: not a uint8 IDX file (magic number {found:#010x})")
             if magic is not None and found != magic:
-                raise ValueError(f"{path}: magic number {found} where {magic} was expected "
-                                 f"({'images' if magic == IMAGES_MAGIC else 'labels'} file swapped?)")
+                raise ValueError(
+                    f"{path}: magic number {found} where {magic} was expected "
+                    f"({'images' if magic == IMAGES_MAGIC else 'labels'} file swapped?)"
+                )
             ndim = head[3]
             dims = f.read(4 * ndim)
             if len(dims) < 4 * ndim:
                 raise ValueError(f"{path}: the header promises {ndim} dimensions but the file ends first")
-            found_shape = tuple(int.from_bytes(dims[4 * i: 4 * i + 4], "big") for i in range(ndim))
-            if shape is not None and (len(shape) != ndim or any(s not in (None, d) for s, d in
-                                                                 zip(shape, found_shape, strict=True))):
+            found_shape = tuple(int.from_bytes(dims[4 * i : 4 * i + 4], "big") for i in range(ndim))
+            if shape is not None and (
+                len(shape) != ndim or any(s not in (None, d) for s, d in zip(shape, found_shape, strict=True))
+            ):
                 wanted = "x".join("N" if s is None else str(s) for s in shape)
                 raise ValueError(f"{path}: the header says {found_shape}, where {wanted} was expected")
             expected = math.prod(found_shape)
@@ -103,18 +121,24 @@ def read_idx(path: str | os.PathLike, magic: int | None = None,
             header = 4 + 4 * ndim
             room = MAX_DEFLATE_RATIO * file_size if compressed else file_size - header
             if expected > room:
-                raise ValueError(f"{path}: header says {found_shape} = {expected} bytes of data, more than this "
-                                 f"{file_size}-byte file can hold; the file is truncated or damaged")
+                raise ValueError(
+                    f"{path}: header says {found_shape} = {expected} bytes of data, more than this "
+                    f"{file_size}-byte file can hold; the file is truncated or damaged"
+                )
             raw = f.read(expected)
             beyond = f.read(1)
     except (OSError, EOFError, zlib.error) as exc:  # gzip raises these for a truncated or non-gzip file
         raise ValueError(f"{path}: cannot read ({exc}); the file is damaged, delete it and fetch it again") from exc
     if len(raw) < expected:
-        raise ValueError(f"{path}: header says {found_shape} = {expected} bytes of data, the file holds "
-                         f"{len(raw)}; the file is truncated or damaged")
+        raise ValueError(
+            f"{path}: header says {found_shape} = {expected} bytes of data, the file holds "
+            f"{len(raw)}; the file is truncated or damaged"
+        )
     if beyond:
-        raise ValueError(f"{path}: the data runs past the {expected} bytes its header {found_shape} declares "
-                         f"(read no further); the file is damaged, delete it and fetch it again")
+        raise ValueError(
+            f"{path}: the data runs past the {expected} bytes its header {found_shape} declares "
+            f"(read no further); the file is damaged, delete it and fetch it again"
+        )
     return np.frombuffer(raw, dtype=np.uint8).reshape(found_shape)
 
 
@@ -169,18 +193,22 @@ def find_data_dir(data_dir: str | os.PathLike | None = None) -> Path | None:
 
 
 def not_found_message(data_dir: str | os.PathLike | None = None) -> str:
-    how = ("Get the files in one of these ways:\n"
-           "  sudo apt-get install dataset-fashion-mnist      (Debian/Ubuntu; installs into "
-           f"{SYSTEM_DIR})\n"
-           "  python -m minimlp.train --download               (downloads into "
-           f"{Path(data_dir) if data_dir else cache_dir()}, MD5-checked)\n"
-           f"  or fetch the four files from {MIRROR} into a directory and pass --data-dir DIR")
+    how = (
+        "Get the files in one of these ways:\n"
+        "  sudo apt-get install dataset-fashion-mnist      (Debian/Ubuntu; installs into "
+        f"{SYSTEM_DIR})\n"
+        "  python -m minimlp.train --download               (downloads into "
+        f"{Path(data_dir) if data_dir else cache_dir()}, MD5-checked)\n"
+        f"  or fetch the four files from {MIRROR} into a directory and pass --data-dir DIR"
+    )
     if data_dir:
         directory = Path(data_dir)
-        what = (f"it lacks {', '.join(missing_files(directory))}" if directory.is_dir() else "it does not exist")
-        return (f"Fashion-MNIST is not in {directory} (--data-dir): {what}. A folder named with --data-dir is the "
-                f"only one used; without --data-dir, minimlp looks in $MINIMLP_DATA, the per-user cache "
-                f"{cache_dir()} and {SYSTEM_DIR}.\n{how}")
+        what = f"it lacks {', '.join(missing_files(directory))}" if directory.is_dir() else "it does not exist"
+        return (
+            f"Fashion-MNIST is not in {directory} (--data-dir): {what}. A folder named with --data-dir is the "
+            f"only one used; without --data-dir, minimlp looks in $MINIMLP_DATA, the per-user cache "
+            f"{cache_dir()} and {SYSTEM_DIR}.\n{how}"
+        )
     searched = "\n".join(f"  {d}  ({why})" for d, why in search_dirs(data_dir))
     return f"Fashion-MNIST was not found. Looked for {', '.join(MD5)} in:\n{searched}\n{how}"
 
@@ -196,8 +224,12 @@ def md5sum(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def download_fashion_mnist(dest: str | os.PathLike | None = None, base_url: str | None = None, timeout: float = 60.0,
-             log: Callable[[str], None] = print) -> Path:
+def download_fashion_mnist(
+    dest: str | os.PathLike | None = None,
+    base_url: str | None = None,
+    timeout: float = 60.0,
+    log: Callable[[str], None] = print,
+) -> Path:
     """Fetch the four files into ``dest`` (default: the cache), MD5-checked; returns ``dest``.
 
     Files already there with the right MD5 are kept.  Each file is streamed into a temporary
@@ -221,9 +253,11 @@ def download_fashion_mnist(dest: str | os.PathLike | None = None, base_url: str 
                     digest.update(block)
                     out.write(block)
                 if digest.hexdigest() != expected:
-                    raise ValueError(f"{url}: MD5 {digest.hexdigest()} does not match the published {expected}; "
-                                     "the download is corrupt and was deleted. Try again, or install "
-                                     "dataset-fashion-mnist with apt-get")
+                    raise ValueError(
+                        f"{url}: MD5 {digest.hexdigest()} does not match the published {expected}; "
+                        "the download is corrupt and was deleted. Try again, or install "
+                        "dataset-fashion-mnist with apt-get"
+                    )
         except OSError as exc:
             raise OSError(f"could not download {url}: {exc}") from exc
     return dest
@@ -262,14 +296,22 @@ class FashionMNIST(ArrayDataset):
     epochs never recovers that; longer runs may want them.
     """
 
-    def __init__(self, split: str = "train", data_dir: str | os.PathLike | None = None, download: bool = False,
-                 pad: int = 0, flip: bool = False) -> None:
+    def __init__(
+        self,
+        split: str = "train",
+        data_dir: str | os.PathLike | None = None,
+        download: bool = False,
+        pad: int = 0,
+        flip: bool = False,
+    ) -> None:
         split = {"val": "test", "t10k": "test"}.get(split, split)
         if split not in FILES:
             raise ValueError(f"unknown Fashion-MNIST split {split!r}; use 'train' or 'test' ('val')")
         if data_dir and Path(data_dir).exists() and not Path(data_dir).is_dir():
-            raise ValueError(f"--data-dir {data_dir} is a file; give the folder that holds the four Fashion-MNIST "
-                             f"files ({', '.join(MD5)})")
+            raise ValueError(
+                f"--data-dir {data_dir} is a file; give the folder that holds the four Fashion-MNIST "
+                f"files ({', '.join(MD5)})"
+            )
         directory = find_data_dir(data_dir)
         if directory is None:
             if not download:
@@ -286,8 +328,9 @@ class FashionMNIST(ArrayDataset):
             raise ValueError(f"{directory}: label {labels.max()} in the {split} split; there are 10 classes")
         augment = (lambda x, rng: random_crop_flip(x, rng, pad, flip)) if (pad or flip) else None
         words = [f"random shifts of up to {pad} px"] * bool(pad) + ["horizontal flips"] * flip
-        super().__init__(images[:, None], labels.astype(np.int64), CLASSES, MEAN, STD, augment,
-                         ", ".join(words) or "none")
+        super().__init__(
+            images[:, None], labels.astype(np.int64), CLASSES, MEAN, STD, augment, ", ".join(words) or "none"
+        )
         self.split, self.directory = split, directory
 
     @staticmethod
@@ -298,6 +341,7 @@ class FashionMNIST(ArrayDataset):
         return f"Fashion-MNIST {self.split}: {len(self)} images of 1x28x28 from {self.directory}"
 
 
-def open_fmnist(split: str, data_dir: str | os.PathLike | None = None, download: bool = False,
-                **options: object) -> FashionMNIST:
+def open_fmnist(
+    split: str, data_dir: str | os.PathLike | None = None, download: bool = False, **options: object
+) -> FashionMNIST:
     return FashionMNIST(split, data_dir, download, **options)

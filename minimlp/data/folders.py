@@ -44,13 +44,14 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from minimlp.data import transforms
 from minimlp.data.augment import RandAugment
-from minimlp.data.base import shown
+from minimlp.data.base import ImageOptions, image_options, shown
 from minimlp.data.cache import CACHE_HEADER, open_prepared
 from minimlp.data.classes import ClassMap, cap_samples, imagenet_table, select_classes
 from minimlp.data.loader import LoaderDataset, default_workers
@@ -72,8 +73,13 @@ __all__ = [
 IMAGE_EXTENSIONS = {".jpeg", ".jpg", ".jpe", ".png", ".bmp", ".ppm", ".pgm", ".pbm", ".webp", ".tif", ".tiff", ".gif"}
 VAL_DIR_NAMES = ("val", "validation")
 # Label files for a flat val/ folder, looked for in ROOT and in ROOT/val.
-VAL_LABEL_FILES = ("LOC_val_solution.csv", "ILSVRC2012_validation_ground_truth.txt", "val_labels.txt", "val.txt",
-                   "labels.txt")
+VAL_LABEL_FILES = (
+    "LOC_val_solution.csv",
+    "ILSVRC2012_validation_ground_truth.txt",
+    "val_labels.txt",
+    "val.txt",
+    "labels.txt",
+)
 
 
 class DataLayoutWarning(UserWarning):
@@ -98,8 +104,10 @@ def _hidden(name: str) -> bool:
 
 
 def _unreadable(directory: str, exc: OSError) -> ValueError:
-    return ValueError(f"cannot read the folder {shown(directory)} ({exc.strerror or exc}): its images cannot be "
-                      f"listed; fix its permissions, or move it out of the dataset")
+    return ValueError(
+        f"cannot read the folder {shown(directory)} ({exc.strerror or exc}): its images cannot be "
+        f"listed; fix its permissions, or move it out of the dataset"
+    )
 
 
 class _Fence:
@@ -238,8 +246,10 @@ class ScanResult:
             _warn(f"class folder has no images: {shown(path)} (the class is kept so label indices do not shift)")
         for link, why in self.links:
             _warn(f"link not followed: {shown(link)} {why}")
-        for what, paths in (("reached twice (through links or hard links), counted once", self.repeats),
-                            ("in more than one class folder, so with no single label; left out", self.ambiguous)):
+        for what, paths in (
+            ("reached twice (through links or hard links), counted once", self.repeats),
+            ("in more than one class folder, so with no single label; left out", self.ambiguous),
+        ):
             if paths:
                 more = f" and {len(paths) - 5} more" if len(paths) > 5 else ""
                 _warn(f"{len(paths)} file(s) {what}: {', '.join(shown(p) for p in paths[:5])}{more}")
@@ -261,8 +271,9 @@ def _is_dir(entry: os.DirEntry) -> bool:
         return False
 
 
-def scan_class_folders(directory: str | os.PathLike, warn: bool = True,
-                       tree: str | os.PathLike | None = None) -> ScanResult:
+def scan_class_folders(
+    directory: str | os.PathLike, warn: bool = True, tree: str | os.PathLike | None = None
+) -> ScanResult:
     """The class folders under ``directory`` and their image files (see the module docstring for links).
 
     An empty class folder stays a class (so the other classes keep their indices) and is
@@ -284,8 +295,9 @@ def scan_class_folders(directory: str | os.PathLike, warn: bool = True,
         else:
             found.append(_walk(folder, fence, result))
     result.files = _count_once(found, result)
-    result.empty = [str(directory / name) for name, files in zip(result.classes, result.files, strict=True)
-                    if not files]
+    result.empty = [
+        str(directory / name) for name, files in zip(result.classes, result.files, strict=True) if not files
+    ]
     if warn:
         result.warn()
     return result
@@ -323,7 +335,8 @@ def read_val_labels(root: str | os.PathLike, val_dir: str | os.PathLike | None =
     if label_file is None:
         raise FileNotFoundError(
             f"{val_dir} holds images directly (no class folders) but no label file was found; put one of "
-            f"{', '.join(VAL_LABEL_FILES)} in {root}, or sort the images into val/<wnid>/ folders")
+            f"{', '.join(VAL_LABEL_FILES)} in {root}, or sort the images into val/<wnid>/ folders"
+        )
     table = imagenet_table()
     # Names that are not UTF-8 decode as the file system's listing does, so they match the images.
     lines = [ln.strip() for ln in os.fsdecode(label_file.read_bytes()).split("\n") if ln.strip()]
@@ -336,8 +349,10 @@ def read_val_labels(root: str | os.PathLike, val_dir: str | os.PathLike | None =
         by_devkit = {c.devkit_label: c.wnid for c in table}
         images = [Path(p).stem for p in _flat_images(val_dir)]
         if len(images) != len(lines):
-            raise ValueError(f"{label_file} has {len(lines)} labels but {val_dir} holds {len(images)} files; the "
-                             f"devkit labels only fit the complete, unrenamed val set")
+            raise ValueError(
+                f"{label_file} has {len(lines)} labels but {val_dir} holds {len(images)} files; the "
+                f"devkit labels only fit the complete, unrenamed val set"
+            )
         labels = {stem: by_devkit[int(v)] for stem, v in zip(images, lines, strict=True)}
     else:
         by_index = {str(c.index): c.wnid for c in table}
@@ -363,20 +378,39 @@ class FolderReader:
 
     def load(self, path: str, train: bool, rng: np.random.Generator) -> np.ndarray:
         if train:
-            return transforms.train_image(path, self.img_size, rng, self.scale, self.ratio, self.hflip,
-                                          self.randaugment, self.draft)
+            return transforms.train_image(
+                path, self.img_size, rng, self.scale, self.ratio, self.hflip, self.randaugment, self.draft
+            )
         return transforms.eval_image(path, self.img_size, self.crop_pct, self.draft)
 
 
 class FolderDataset(LoaderDataset):
     """Images listed by path with labels 0..K-1; batches are decoded by a :class:`BatchLoader`."""
 
-    def __init__(self, paths: list[str], labels: np.ndarray, class_map: ClassMap, reader: FolderReader,
-                 workers: int = 0, prefetch: int = 2, max_bad: int | None = None, description: str = "",
-                 augmentation: str = "none"):
+    def __init__(
+        self,
+        paths: list[str],
+        labels: np.ndarray,
+        class_map: ClassMap,
+        reader: FolderReader,
+        workers: int = 0,
+        prefetch: int = 2,
+        max_bad: int | None = None,
+        description: str = "",
+        augmentation: str = "none",
+    ):
         self.paths = paths
-        super().__init__(labels, class_map, reader, reader.img_size, workers, prefetch, max_bad,
-                         description or "image folders", augmentation)
+        super().__init__(
+            labels,
+            class_map,
+            reader,
+            reader.img_size,
+            workers,
+            prefetch,
+            max_bad,
+            description or "image folders",
+            augmentation,
+        )
 
     def _items(self, indices: np.ndarray) -> list[str]:
         return [self.paths[i] for i in indices]
@@ -418,12 +452,15 @@ def detect(root: str | os.PathLike) -> str:
     _class_folders(root)  # an unreadable root is said to be one
     kind = recognise(root)
     if kind == "downsampled" and not (any(root.glob("train_data_batch_*.npz")) or (root / "val_data.npz").is_file()):
-        raise ValueError(f"{root} holds Downsampled ImageNet batches in the pickled format, which minimlp never "
-                         f"loads (unpickling can run code); download the npz variant instead")
+        raise ValueError(
+            f"{root} holds Downsampled ImageNet batches in the pickled format, which minimlp never "
+            f"loads (unpickling can run code); download the npz variant instead"
+        )
     if kind is None:
         raise ValueError(
             f"{root} holds no dataset minimlp knows: expected train/<class>/ and val/<class>/ folders (ImageNet), "
-            f"class folders directly in it (ImageFolder), or a cache written by python -m minimlp.prepare")
+            f"class folders directly in it (ImageFolder), or a cache written by python -m minimlp.prepare"
+        )
     return kind
 
 
@@ -445,16 +482,19 @@ def _imagenet_split(root: Path, split: str) -> _Split:
     if val_dir is None:
         raise FileNotFoundError(
             f"{root / 'val'} not found: put the validation images in val/<wnid>/ folders (or flat in val/ with a "
-            f"label file such as LOC_val_solution.csv), or train only (no evaluation)")
+            f"label file such as LOC_val_solution.csv), or train only (no evaluation)"
+        )
     train_classes = _class_folders(train_dir) if train_dir.is_dir() else None
     if _class_folders(val_dir):
         scan = scan_class_folders(val_dir, tree=root)
         classes = train_classes if train_classes is not None else _val_only_classes(scan.classes)
         unknown = sorted(set(scan.classes) - set(classes))
         if unknown:
-            raise ValueError(f"{len(unknown)} class folder(s) in {val_dir} have no folder in {train_dir}, so their "
-                             f"labels are undefined: {', '.join(shown(val_dir / u) for u in unknown[:10])}; remove "
-                             f"them or add the training images")
+            raise ValueError(
+                f"{len(unknown)} class folder(s) in {val_dir} have no folder in {train_dir}, so their "
+                f"labels are undefined: {', '.join(shown(val_dir / u) for u in unknown[:10])}; remove "
+                f"them or add the training images"
+            )
         position = {c: i for i, c in enumerate(classes)}
         split_ = _flatten(scan.classes, scan.files)
         split_.source_labels = np.array([position[scan.classes[k]] for k in split_.source_labels], dtype=np.int64)
@@ -480,8 +520,10 @@ def _imagenet_split(root: Path, split: str) -> _Split:
         paths.append(path)
         source.append(position[wnid])
     if unlabelled:
-        raise ValueError(f"{len(unlabelled)} image(s) in {val_dir} have no label in {label_file}, e.g. "
-                         f"{', '.join(shown(p) for p in unlabelled[:5])}")
+        raise ValueError(
+            f"{len(unlabelled)} image(s) in {val_dir} have no label in {label_file}, e.g. "
+            f"{', '.join(shown(p) for p in unlabelled[:5])}"
+        )
     return _Split(paths, np.array(source, dtype=np.int64), classes)
 
 
@@ -545,55 +587,50 @@ def list_split(
 
 
 def open_folder_dataset(
-    root: str | os.PathLike,
-    split: str,
-    img_size: int,
-    *,
-    subset: str | None = None,
-    num_classes: int | None = None,
-    class_seed: int | None = None,
-    train_num_samples: int | None = None,
-    per_class: int | None = None,
-    sample_seed: int = 0,
-    holdout: float = 0.1,
-    workers: int | None = None,
-    prefetch: int = 2,
-    scale: tuple[float, float] = (0.08, 1.0),
-    ratio: tuple[float, float] = (3 / 4, 4 / 3),
-    hflip: float = 0.5,
-    crop_pct: float | None = None,
-    randaugment: str | None = None,
-    draft: bool = True,
-    max_bad: int | None = None,
+    root: str | os.PathLike, split: str, img_size: int, options: ImageOptions | None = None, **keywords: Any
 ) -> FolderDataset:
     """One split ("train" or "val") of an ImageNet-style or ImageFolder tree, ready to batch.
 
-    subset / num_classes / class_seed   which classes (see ``select_classes``); val gets the same ones
-    train_num_samples / per_class       caps on the train split (seeded by ``sample_seed``)
-    holdout                             ImageFolder trees without train/val: fraction of each class held out as val
-    workers                             decoding processes (None: one per core, at most 8; 0: in this process)
-    scale, ratio, hflip, randaugment    the training augmentation (randaugment: e.g. "rand-m9-mstd0.5-inc1")
-    crop_pct                            the evaluation crop (None: 0.875)
+    ``options`` (:class:`~minimlp.data.base.ImageOptions`, with ``keywords`` replacing its fields)
+    choose the classes and images and how they are decoded; ``crop_pct`` None is 0.875, and
+    ``train_crop`` applies to prepared caches only.
     """
-    paths, labels, class_map = list_split(root, split, subset, num_classes, class_seed, train_num_samples, per_class,
-                                          sample_seed, holdout)
+    o = image_options(options, keywords)
+    if o.train_crop != "rrc":
+        raise ValueError(
+            f"train_crop={o.train_crop!r} applies to a prepared cache only; {shown(root)} holds image "
+            "files, which are always cropped with RandomResizedCrop"
+        )
+    paths, labels, class_map = list_split(
+        root, split, o.subset, o.num_classes, o.class_seed, o.train_num_samples, o.per_class, o.sample_seed, o.holdout
+    )
     if not paths:
         raise ValueError(f"no images found for the {split} split of {root}")
-    crop_pct = DEFAULT_CROP_PCT if crop_pct is None else transforms.check_crop_pct(crop_pct)
-    augment = RandAugment.from_config(randaugment, mean=IMAGENET_MEAN) if randaugment else None
-    reader = FolderReader(img_size, tuple(scale), tuple(ratio), hflip, crop_pct, draft, augment)
-    augmentation = "RandomResizedCrop + flip" + (f" + RandAugment {randaugment}" if randaugment else "")
-    return FolderDataset(paths, labels, class_map, reader, workers=default_workers() if workers is None else workers,
-                         prefetch=prefetch, max_bad=max_bad, description=f"{shown(root)} {split}",
-                         augmentation=augmentation)
+    crop_pct = DEFAULT_CROP_PCT if o.crop_pct is None else transforms.check_crop_pct(o.crop_pct)
+    augment = RandAugment.from_config(o.randaugment, mean=IMAGENET_MEAN) if o.randaugment else None
+    reader = FolderReader(img_size, tuple(o.scale), tuple(o.ratio), o.hflip, crop_pct, o.draft, augment)
+    augmentation = "RandomResizedCrop + flip" + (f" + RandAugment {o.randaugment}" if o.randaugment else "")
+    return FolderDataset(
+        paths,
+        labels,
+        class_map,
+        reader,
+        workers=default_workers() if o.workers is None else o.workers,
+        prefetch=o.prefetch,
+        max_bad=o.max_bad,
+        description=f"{shown(root)} {split}",
+        augmentation=augmentation,
+    )
 
 
-def open_image_dataset(root: str | os.PathLike, split: str, img_size: int, **options):
+def open_image_dataset(root: str | os.PathLike, split: str, img_size: int, **options: Any):
     """Open whatever is at ``root`` (image folders or a prepared cache) with the same options."""
     kind = detect(root)
     if kind == "prepared":
         return open_prepared(root, split, img_size, **options)
     if kind == "downsampled":
-        raise ValueError(f"{root} holds Downsampled ImageNet npz batches: convert them once into a memory-mapped "
-                         f"cache with `python -m minimlp.prepare {root} OUT`, then use --data-dir OUT")
+        raise ValueError(
+            f"{root} holds Downsampled ImageNet npz batches: convert them once into a memory-mapped "
+            f"cache with `python -m minimlp.prepare {root} OUT`, then use --data-dir OUT"
+        )
     return open_folder_dataset(root, split, img_size, **options)

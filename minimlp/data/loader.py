@@ -126,8 +126,12 @@ def fill_batch(
         except Exception as exc:
             raise _ItemFailure(shown(str(item)), type(exc).__name__, str(exc), traceback.format_exc()) from exc
         if pixels.shape != (out.shape[2], out.shape[3], out.shape[1]):
-            raise _ItemFailure(shown(str(item)), "ValueError", f"reader returned shape {pixels.shape}, expected "
-                               f"{(out.shape[2], out.shape[3], out.shape[1])}", "")
+            raise _ItemFailure(
+                shown(str(item)),
+                "ValueError",
+                f"reader returned shape {pixels.shape}, expected {(out.shape[2], out.shape[3], out.shape[1])}",
+                "",
+            )
         out[len(kept)] = pixels.transpose(2, 0, 1)  # (H, W, C) -> (C, H, W)
         kept.append(position)
     return kept, bad
@@ -160,15 +164,32 @@ def _worker_main(reader, tasks, results, slot_names, slot_shape) -> None:
             if task is None:
                 return
             try:
-                kept, bad = fill_batch(reader, task.items, task.train, batch_rng(task.seed, task.batch_number),
-                                       views[task.slot])
+                kept, bad = fill_batch(
+                    reader, task.items, task.train, batch_rng(task.seed, task.batch_number), views[task.slot]
+                )
                 results.put((task.generation, task.batch_number, task.slot, kept, bad, None))
             except _ItemFailure as failure:
-                results.put((task.generation, task.batch_number, task.slot, None, None,
-                             (failure.item, failure.kind, failure.message, failure.trace)))
+                results.put(
+                    (
+                        task.generation,
+                        task.batch_number,
+                        task.slot,
+                        None,
+                        None,
+                        (failure.item, failure.kind, failure.message, failure.trace),
+                    )
+                )
             except Exception as exc:  # outside any one item (should not happen): still report, never hang
-                results.put((task.generation, task.batch_number, task.slot, None, None,
-                             ("?", type(exc).__name__, str(exc), traceback.format_exc())))
+                results.put(
+                    (
+                        task.generation,
+                        task.batch_number,
+                        task.slot,
+                        None,
+                        None,
+                        ("?", type(exc).__name__, str(exc), traceback.format_exc()),
+                    )
+                )
     finally:
         del views
         for s in slots:
@@ -197,8 +218,12 @@ class _Pool:
             self.views = [np.ndarray(slot_shape, dtype=np.uint8, buffer=s.buf) for s in self.slots]
             names = [s.name for s in self.slots]
             for i in range(workers):
-                p = ctx.Process(target=_worker_main, name=f"minimlp-data-{i}", daemon=True,
-                                args=(reader, self.tasks, self.results, names, slot_shape))
+                p = ctx.Process(
+                    target=_worker_main,
+                    name=f"minimlp-data-{i}",
+                    daemon=True,
+                    args=(reader, self.tasks, self.results, names, slot_shape),
+                )
                 p.start()
                 self.procs.append(p)
         except BaseException:
@@ -213,8 +238,10 @@ class _Pool:
                 if code == -signal.SIGKILL:
                     hint = " (out of memory? try fewer workers or a smaller batch)"
                 else:
-                    hint = (" (its error, if any, is printed above; a script that uses workers must start its work "
-                            "under `if __name__ == \"__main__\":`)")
+                    hint = (
+                        " (its error, if any, is printed above; a script that uses workers must start its work "
+                        'under `if __name__ == "__main__":`)'
+                    )
                 return f"data worker {p.name} (pid {p.pid}) {how}{hint}"
         return None
 
@@ -264,8 +291,15 @@ class BatchLoader:
     timeout      seconds without any batch before giving up (a worker stuck on a dead network disk)
     """
 
-    def __init__(self, reader: ItemReader, image_shape: tuple[int, int, int], workers: int = 0, prefetch: int = 2,
-                 max_bad: int = 10, timeout: float = 600.0):
+    def __init__(
+        self,
+        reader: ItemReader,
+        image_shape: tuple[int, int, int],
+        workers: int = 0,
+        prefetch: int = 2,
+        max_bad: int = 10,
+        timeout: float = 600.0,
+    ):
         self.reader = reader
         self.image_shape = tuple(image_shape)
         self.workers = int(workers)
@@ -280,8 +314,9 @@ class BatchLoader:
         self._finalizer = weakref.finalize(self, _shutdown_pool, self._holder)
 
     # ----------------------------------------------------------------------------------------------
-    def batches(self, items: Sequence[Any], labels: np.ndarray, batch_size: int, train: bool,
-                seed: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def batches(
+        self, items: Sequence[Any], labels: np.ndarray, batch_size: int, train: bool, seed: int
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield (images (B, C, H, W) uint8, labels (B,) int64) for ``items`` in order; last batch may be smaller."""
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -299,8 +334,12 @@ class BatchLoader:
         if skipped:
             names = "\n  ".join(f"{path} ({reason})" for path, reason in list(skipped.items())[:20])
             more = f"\n  ... and {len(skipped) - 20} more" if len(skipped) > 20 else ""
-            warnings.warn(f"skipped {len(skipped)} file(s) that could not be decoded in this pass "
-                          f"(they are left out of their batches):\n  {names}{more}", BadImagesWarning, stacklevel=2)
+            warnings.warn(
+                f"skipped {len(skipped)} file(s) that could not be decoded in this pass "
+                f"(they are left out of their batches):\n  {names}{more}",
+                BadImagesWarning,
+                stacklevel=2,
+            )
 
     def _note_bad(self, bad: list[tuple[str, str]], skipped: dict[str, str]) -> None:
         for path, reason in bad:
@@ -310,7 +349,8 @@ class BatchLoader:
             names = "\n  ".join(f"{path} ({reason})" for path, reason in list(self.bad_files.items())[:50])
             raise TooManyBadImagesError(
                 f"{len(self.bad_files)} files could not be decoded (more than the {self.max_bad} allowed); "
-                f"fix or remove them, or raise the limit:\n  {names}")
+                f"fix or remove them, or raise the limit:\n  {names}"
+            )
 
     def _batches_here(self, items, labels, batch_size, train, seed, skipped):
         out = np.empty((batch_size, *self.image_shape), dtype=np.uint8)
@@ -319,8 +359,9 @@ class BatchLoader:
             try:
                 kept, bad = fill_batch(self.reader, chunk, train, batch_rng(seed, b), out)
             except _ItemFailure as failure:
-                raise LoaderError(f"loading {failure.item} failed: {failure.kind}: {failure.message}") \
-                    from failure.__cause__
+                raise LoaderError(
+                    f"loading {failure.item} failed: {failure.kind}: {failure.message}"
+                ) from failure.__cause__
             self._note_bad(bad, skipped)
             yield out[: len(kept)].copy(), labels[start + np.asarray(kept, dtype=np.int64)]
 
@@ -351,7 +392,8 @@ class BatchLoader:
             raise LoaderError(
                 f"the data workers need {needed / 2**20:.0f} MiB of shared memory but /dev/shm has "
                 f"{available / 2**20:.0f} MiB free: use fewer workers (-j), a smaller batch, or a bigger "
-                f"/dev/shm (docker run --shm-size=...)")
+                f"/dev/shm (docker run --shm-size=...)"
+            )
 
     def _receive(self, pool: _Pool) -> tuple:
         """The next result from any worker; raise if a worker died or nothing came for ``timeout`` seconds."""
@@ -365,8 +407,10 @@ class BatchLoader:
                 if dead is not None:
                     raise LoaderError(dead) from None
                 if waited >= self.timeout:
-                    raise LoaderError(f"no batch from the data workers for {self.timeout:.0f} s "
-                                      f"(a stalled disk or network file system?)") from None
+                    raise LoaderError(
+                        f"no batch from the data workers for {self.timeout:.0f} s "
+                        f"(a stalled disk or network file system?)"
+                    ) from None
 
     def _drain(self, pool: _Pool) -> None:
         """Collect the results still owed from abandoned passes, so their slots can be reused."""
@@ -401,8 +445,10 @@ class BatchLoader:
                     failure = result[5]
                     if failure is not None:
                         item, kind, message, trace = failure
-                        raise LoaderError(f"loading {item} failed in a data worker: {kind}: {message}\n"
-                                          f"--- worker traceback ---\n{trace}")
+                        raise LoaderError(
+                            f"loading {item} failed in a data worker: {kind}: {message}\n"
+                            f"--- worker traceback ---\n{trace}"
+                        )
                     ready[result[1]] = result
                 _, _, slot, kept, bad = ready.pop(done)[:5]
                 self._note_bad(bad, skipped)
@@ -445,8 +491,18 @@ class LoaderDataset(Dataset):
     checkpoint can record the transform its images went through.
     """
 
-    def __init__(self, labels: np.ndarray, class_map: ClassMap, reader: Any, img_size: int, workers: int,
-                 prefetch: int = 2, max_bad: int | None = None, description: str = "", augmentation: str = "none"):
+    def __init__(
+        self,
+        labels: np.ndarray,
+        class_map: ClassMap,
+        reader: Any,
+        img_size: int,
+        workers: int,
+        prefetch: int = 2,
+        max_bad: int | None = None,
+        description: str = "",
+        augmentation: str = "none",
+    ):
         self.labels = np.asarray(labels, dtype=np.int64)  # (N,)
         self.class_map = class_map
         self.classes = list(class_map.names)  # what evaluation and prediction print
@@ -468,8 +524,10 @@ class LoaderDataset(Dataset):
         return f"{type(self).__name__}({self.describe()})"
 
     def describe(self) -> str:
-        return (f"{self.description}: {len(self)} images, {len(self.classes)} classes, {self.image_shape[1]} px, "
-                f"{self.loader.workers} decoding worker(s)")
+        return (
+            f"{self.description}: {len(self)} images, {len(self.classes)} classes, {self.image_shape[1]} px, "
+            f"{self.loader.workers} decoding worker(s)"
+        )
 
     @property
     def bad_files(self) -> dict[str, str]:
@@ -480,8 +538,9 @@ class LoaderDataset(Dataset):
         """The label -> class mapping, JSON-able, for checkpoints."""
         return self.class_map.to_dict()
 
-    def batches(self, indices: np.ndarray, batch_size: int, train: bool,
-                seed: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def batches(
+        self, indices: np.ndarray, batch_size: int, train: bool, seed: int = 0
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(images (B, 3, S, S) uint8, labels (B,) int64) in the order of ``indices``; the last batch may be smaller."""
         indices = np.asarray(indices, dtype=np.int64)
         return self.loader.batches(self._items(indices), self.labels[indices], batch_size, train, seed)

@@ -32,8 +32,15 @@ def photo_like(width: int, height: int, rng: np.random.Generator) -> Image.Image
     return Image.fromarray(np.clip(grain, 0, 255).astype(np.uint8))
 
 
-def make_image_tree(root: str | os.PathLike, classes: list[str], per_class: int, splits=("train", "val"),
-                    sizes: tuple[tuple[int, int], ...] = ((500, 375),), quality: int = 90, seed: int = 0) -> Path:
+def make_image_tree(
+    root: str | os.PathLike,
+    classes: list[str],
+    per_class: int,
+    splits=("train", "val"),
+    sizes: tuple[tuple[int, int], ...] = ((500, 375),),
+    quality: int = 90,
+    seed: int = 0,
+) -> Path:
     """ROOT/<split>/<class>/<class>_<i>.JPEG, per_class JPEGs per class, cycling through ``sizes``."""
     root = Path(root)
     rng = np.random.default_rng(seed)

@@ -83,8 +83,9 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def decode(path: str | Path, plan: Callable[[int, int], tuple[Any, tuple[int, int] | None]] | None = None
-           ) -> tuple[Image.Image, tuple[int, int], Any]:
+def decode(
+    path: str | Path, plan: Callable[[int, int], tuple[Any, tuple[int, int] | None]] | None = None
+) -> tuple[Image.Image, tuple[int, int], Any]:
     """Decode a file as RGB, recognising its format by content -> (image, full size, planned).
 
     ``plan(width, height) -> (planned, draft)`` runs on the size read from the header, before
@@ -146,8 +147,10 @@ def random_resized_crop_box(
 def check_crop_pct(crop_pct: float) -> float:
     """``crop_pct`` itself if it is in (0, 1], else ValueError (a checkpoint may carry any value)."""
     if not 0.0 < float(crop_pct) <= 1.0:  # NaN fails too
-        raise ValueError(f"crop_pct {crop_pct} is not in (0, 1]: the evaluation crop is that fraction of the "
-                         f"resized image (0.875 for DeiT's 224 of 256)")
+        raise ValueError(
+            f"crop_pct {crop_pct} is not in (0, 1]: the evaluation crop is that fraction of the "
+            f"resized image (0.875 for DeiT's 224 of 256)"
+        )
     return float(crop_pct)
 
 

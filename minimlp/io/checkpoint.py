@@ -49,8 +49,19 @@ from minimlp.io.files import (
     read_head,
 )
 
-__all__ = ["FORMAT", "VERSION", "Checkpoint", "make_meta", "weights_meta", "save_checkpoint", "load_checkpoint",
-           "read_npz", "encode_meta", "decode_meta", "meta_from_json"]
+__all__ = [
+    "FORMAT",
+    "VERSION",
+    "Checkpoint",
+    "make_meta",
+    "weights_meta",
+    "save_checkpoint",
+    "load_checkpoint",
+    "read_npz",
+    "encode_meta",
+    "decode_meta",
+    "meta_from_json",
+]
 
 FORMAT = "minimlp-checkpoint"
 VERSION = 1
@@ -70,13 +81,30 @@ class Checkpoint:
 # --------------------------------------------------------------------------------------
 # The meta record
 # --------------------------------------------------------------------------------------
-def make_meta(model_config: Mapping[str, Any], *, epoch: int = 0, step: int = 0, classes: list[str] | None = None,
-              rng: Mapping[str, Any] | None = None, args: Mapping[str, Any] | None = None,
-              optimizer: Mapping[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+def make_meta(
+    model_config: Mapping[str, Any],
+    *,
+    epoch: int = 0,
+    step: int = 0,
+    classes: list[str] | None = None,
+    rng: Mapping[str, Any] | None = None,
+    args: Mapping[str, Any] | None = None,
+    optimizer: Mapping[str, Any] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
     """A training checkpoint's ``meta`` record, with the fixed keys first; ``extra`` keys are kept as given."""
-    return {"format": FORMAT, "version": VERSION, "model": dict(model_config), "epoch": int(epoch),
-            "step": int(step), "classes": list(classes or []), "rng": dict(rng or {}), "args": dict(args or {}),
-            "optimizer": dict(optimizer or {}), **extra}
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "model": dict(model_config),
+        "epoch": int(epoch),
+        "step": int(step),
+        "classes": list(classes or []),
+        "rng": dict(rng or {}),
+        "args": dict(args or {}),
+        "optimizer": dict(optimizer or {}),
+        **extra,
+    }
 
 
 def weights_meta(meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -106,20 +134,27 @@ def meta_from_json(text: str, where: Any) -> dict[str, Any]:
         raise CheckpointError(f"{where}: the 'meta' record is not valid JSON: {brief(str(e), 200)}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
-        raise CheckpointError(f"{where}: not a minimlp checkpoint: its meta does not describe a {FORMAT} file "
-                              f"(format {brief(found)})")
+        raise CheckpointError(
+            f"{where}: not a minimlp checkpoint: its meta does not describe a {FORMAT} file (format {brief(found)})"
+        )
     version = meta.get("version")
     if not isinstance(version, int) or version > VERSION:
-        raise CheckpointError(f"{where}: checkpoint version {brief(version)} is newer than this minimlp reads "
-                              f"({VERSION}): a newer minimlp wrote it; upgrade minimlp")
+        raise CheckpointError(
+            f"{where}: checkpoint version {brief(version)} is newer than this minimlp reads "
+            f"({VERSION}): a newer minimlp wrote it; upgrade minimlp"
+        )
     return meta
 
 
 # --------------------------------------------------------------------------------------
 # Writing and reading
 # --------------------------------------------------------------------------------------
-def save_checkpoint(path: str | os.PathLike, params: Mapping[str, Any], meta: Mapping[str, Any],
-                    optimizer: Mapping[str, Any] | None = None) -> Path:
+def save_checkpoint(
+    path: str | os.PathLike,
+    params: Mapping[str, Any],
+    meta: Mapping[str, Any],
+    optimizer: Mapping[str, Any] | None = None,
+) -> Path:
     """Write ``params`` (name -> array, NumPy or CuPy), ``optimizer`` state and ``meta`` atomically.
 
     ``meta`` is written as given (build it with :func:`make_meta` or :func:`weights_meta`).
@@ -130,8 +165,10 @@ def save_checkpoint(path: str | os.PathLike, params: Mapping[str, Any], meta: Ma
         for name, value in group.items():
             a = np.ascontiguousarray(to_numpy(value))
             if a.dtype.hasobject:
-                raise CheckpointError(f"{path}: {prefix}{name}: object arrays (Python objects) cannot be stored "
-                                      f"without pickle, which minimlp never uses")
+                raise CheckpointError(
+                    f"{path}: {prefix}{name}: object arrays (Python objects) cannot be stored "
+                    f"without pickle, which minimlp never uses"
+                )
             arrays[prefix + name] = a
     arrays[META] = encode_meta(meta)
     with atomic_write(path) as f:
@@ -139,8 +176,9 @@ def save_checkpoint(path: str | os.PathLike, params: Mapping[str, Any], meta: Ma
     return Path(path)
 
 
-def read_npz(path: str | os.PathLike, require_meta: bool = False
-             ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, Any] | None]:
+def read_npz(
+    path: str | os.PathLike, require_meta: bool = False
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, Any] | None]:
     """(parameters, optimizer state, meta) of an ``.npz``, never unpickling anything.
 
     A file without a ``meta`` record is a plain state dict: every array is a parameter and
@@ -162,15 +200,17 @@ def read_npz(path: str | os.PathLike, require_meta: bool = False
         except CheckpointError:
             raise
         except ZIP_ERRORS as exc:
-            raise CheckpointError(f"{path}: cannot read the checkpoint ({type(exc).__name__}: {brief(str(exc), 200)}); "
-                                  "the file is truncated or corrupt") from None
+            raise CheckpointError(
+                f"{path}: cannot read the checkpoint ({type(exc).__name__}: {brief(str(exc), 200)}); "
+                "the file is truncated or corrupt"
+            ) from None
     if META not in arrays:
         if require_meta:
             raise CheckpointError(f"{path}: no 'meta' record; not a minimlp checkpoint")
         return arrays, {}, None
     meta = decode_meta(arrays.pop(META), path)
-    params = {k[len(PARAMS):]: v for k, v in arrays.items() if k.startswith(PARAMS)}
-    optimizer = {k[len(OPTIMIZER):]: v for k, v in arrays.items() if k.startswith(OPTIMIZER)}
+    params = {k[len(PARAMS) :]: v for k, v in arrays.items() if k.startswith(PARAMS)}
+    optimizer = {k[len(OPTIMIZER) :]: v for k, v in arrays.items() if k.startswith(OPTIMIZER)}
     if not params:
         raise CheckpointError(f"{path}: a minimlp checkpoint that holds no parameters (no params/* entries)")
     return params, optimizer, meta
@@ -182,27 +222,35 @@ def _read_arrays(path: Path, zf: zipfile.ZipFile, file_size: int) -> dict[str, n
     names = [info.filename for info in infos]
     if len(set(names)) < len(names):
         duplicate = next(n for n in names if names.count(n) > 1)
-        raise CheckpointError(f"{path}: the zip archive holds two entries named {brief(duplicate)}; "
-                              "np.savez never writes that, so the file was repacked or crafted")
+        raise CheckpointError(
+            f"{path}: the zip archive holds two entries named {brief(duplicate)}; "
+            "np.savez never writes that, so the file was repacked or crafted"
+        )
     for info in infos:
         if not info.filename.endswith(".npy"):
             raise CheckpointError(f"{path}: entry {brief(info.filename)} is not an .npy array; not an .npz file")
         if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-            raise CheckpointError(f"{path}: entry {brief(info.filename)} uses compression method "
-                                  f"{info.compress_type}; np.savez stores and np.savez_compressed deflates, "
-                                  "nothing else")
+            raise CheckpointError(
+                f"{path}: entry {brief(info.filename)} uses compression method "
+                f"{info.compress_type}; np.savez stores and np.savez_compressed deflates, "
+                "nothing else"
+            )
     if sum(info.compress_size for info in infos) > file_size:  # entries that share bytes: each read copies them
-        raise CheckpointError(f"{path}: the zip entries add up to more bytes than the {file_size}-byte file "
-                              "holds (entries that overlap); the file was crafted or is corrupt")
+        raise CheckpointError(
+            f"{path}: the zip entries add up to more bytes than the {file_size}-byte file "
+            "holds (entries that overlap); the file was crafted or is corrupt"
+        )
     inflated = sum(info.file_size for info in infos)
     if inflated > MAX_INFLATION * file_size + INFLATION_ALLOWANCE:
-        raise CheckpointError(f"{path}: the arrays would inflate to {inflated} bytes from a {file_size}-byte file; "
-                              "weights do not compress that well, so this is refused as a zip bomb "
-                              "(re-save it with np.savez, which does not compress)")
+        raise CheckpointError(
+            f"{path}: the arrays would inflate to {inflated} bytes from a {file_size}-byte file; "
+            "weights do not compress that well, so this is refused as a zip bomb "
+            "(re-save it with np.savez, which does not compress)"
+        )
     arrays = {}
     for info in infos:
         with zf.open(info) as member:
-            arrays[info.filename[:-len(".npy")]] = _read_npy(path, info, member)
+            arrays[info.filename[: -len(".npy")]] = _read_npy(path, info, member)
     return arrays
 
 
@@ -221,8 +269,9 @@ def _read_npy(path: Path, info: zipfile.ZipInfo, member: IO[bytes]) -> np.ndarra
     except ValueError as exc:
         raise CheckpointError(f"{where} is not a readable .npy array ({brief(str(exc), 200)})") from None
     if dtype.hasobject:
-        raise CheckpointError(f"{where} holds Python objects, which minimlp never unpickles "
-                              "(the file was not written by minimlp)")
+        raise CheckpointError(
+            f"{where} holds Python objects, which minimlp never unpickles (the file was not written by minimlp)"
+        )
     if dtype.itemsize == 0:
         raise CheckpointError(f"{where} has the empty dtype {dtype}")
     try:
@@ -231,15 +280,17 @@ def _read_npy(path: Path, info: zipfile.ZipInfo, member: IO[bytes]) -> np.ndarra
         raise CheckpointError(f"{where}: {exc}") from None
     header = member.tell()
     if header + nbytes != info.file_size:
-        raise CheckpointError(f"{where}: its header describes {dtype} {shape} ({nbytes} bytes) but the zip directory "
-                              f"gives it {info.file_size - header} bytes of data; the file is corrupt or crafted")
+        raise CheckpointError(
+            f"{where}: its header describes {dtype} {shape} ({nbytes} bytes) but the zip directory "
+            f"gives it {info.file_size - header} bytes of data; the file is corrupt or crafted"
+        )
     data = np.empty(nbytes, dtype=np.uint8)
     view, done = memoryview(data), 0
     while done < nbytes:  # chunks: a deflated entry never makes more than one chunk at a time
         chunk = member.read(min(nbytes - done, 1 << 24))
         if not chunk:
             raise CheckpointError(f"{where} is truncated; the file is truncated or corrupt")
-        view[done:done + len(chunk)] = chunk
+        view[done : done + len(chunk)] = chunk
         done += len(chunk)
     member.read(1)  # at the end of the entry: zipfile checks its CRC-32 now
     array = data.view(dtype)

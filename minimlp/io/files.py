@@ -30,8 +30,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-__all__ = ["CheckpointError", "CheckpointNotFound", "MAX_DIMS", "ZIP_ERRORS", "atomic_write", "brief",
-           "check_shape", "create_temp_file", "open_zip", "read_head"]
+__all__ = [
+    "CheckpointError",
+    "CheckpointNotFound",
+    "MAX_DIMS",
+    "ZIP_ERRORS",
+    "atomic_write",
+    "brief",
+    "check_shape",
+    "create_temp_file",
+    "open_zip",
+    "read_head",
+]
 
 MAX_DIMS = 32  # dimensions per tensor; NumPy allows 64, weights use at most 5
 MAX_NBYTES = 1 << 62  # no tensor is larger; keeps every size product far from int64 overflow
@@ -124,7 +134,7 @@ def check_shape(shape: Any, itemsize: int) -> int:
     Sizes are checked one by one before they are multiplied, so a shape of a million
     huge integers costs one comparison, not a million big-number products.
     """
-    if not isinstance(shape, list | tuple) or not all(type(n) is int for n in shape[:MAX_DIMS + 1]):
+    if not isinstance(shape, list | tuple) or not all(type(n) is int for n in shape[: MAX_DIMS + 1]):
         raise ValueError(f"shape {brief(shape)} is not a list of integers")
     if len(shape) > MAX_DIMS:
         raise ValueError(f"a shape of {len(shape)} dimensions (at most {MAX_DIMS} are allowed)")
@@ -148,7 +158,7 @@ def brief(value: Any, limit: int = 80) -> str:
     budget = [limit]
 
     def emit(text: str) -> None:
-        parts.append(text[:max(budget[0], 0)])
+        parts.append(text[: max(budget[0], 0)])
         budget[0] -= len(text)
 
     def walk(v: Any, depth: int) -> None:
@@ -194,8 +204,18 @@ def brief(value: Any, limit: int = 80) -> str:
 
 # What zipfile raises on a damaged archive: its own errors, and those of the struct,
 # seek and decode calls it makes on numbers and names it has not checked.
-ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, OSError, EOFError, ValueError,
-              struct.error, OverflowError, MemoryError, zlib.error)
+ZIP_ERRORS = (
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    NotImplementedError,
+    OSError,
+    EOFError,
+    ValueError,
+    struct.error,
+    OverflowError,
+    MemoryError,
+    zlib.error,
+)
 
 
 def open_zip(path: str | os.PathLike, file: BinaryIO) -> zipfile.ZipFile:
@@ -203,5 +223,7 @@ def open_zip(path: str | os.PathLike, file: BinaryIO) -> zipfile.ZipFile:
     try:
         return zipfile.ZipFile(file)
     except ZIP_ERRORS as e:
-        raise CheckpointError(f"{path}: a truncated or corrupt zip archive ({brief(str(e), 200)}); "
-                              "the download or save was probably interrupted") from None
+        raise CheckpointError(
+            f"{path}: a truncated or corrupt zip archive ({brief(str(e), 200)}); "
+            "the download or save was probably interrupted"
+        ) from None

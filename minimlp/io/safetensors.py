@@ -31,8 +31,20 @@ METADATA_KEY = "__metadata__"
 
 # safetensors dtype name -> NumPy dtype as stored (BF16 is read as uint16, then widened).
 DTYPES = {
-    "BOOL": "?", "U8": "u1", "I8": "i1", "I16": "<i2", "U16": "<u2", "F16": "<f2", "BF16": "<u2",
-    "I32": "<i4", "U32": "<u4", "F32": "<f4", "F64": "<f8", "I64": "<i8", "U64": "<u8", "C64": "<c8",
+    "BOOL": "?",
+    "U8": "u1",
+    "I8": "i1",
+    "I16": "<i2",
+    "U16": "<u2",
+    "F16": "<f2",
+    "BF16": "<u2",
+    "I32": "<i4",
+    "U32": "<u4",
+    "F32": "<f4",
+    "F64": "<f8",
+    "I64": "<i8",
+    "U64": "<u8",
+    "C64": "<c8",
 }
 _NAMES = {np.dtype(v).newbyteorder("<").str: k for k, v in DTYPES.items() if k != "BF16"}
 
@@ -42,13 +54,16 @@ def dtype_name(dtype: Any) -> str:
     dtype = np.dtype(dtype)
     name = _NAMES.get(dtype.newbyteorder("<").str)  # big-endian arrays are swapped when written
     if name is None:
-        raise CheckpointError(f"dtype {dtype} cannot be stored in a safetensors file "
-                              f"(supported: {', '.join(str(np.dtype(DTYPES[n])) for n in _NAMES.values())})")
+        raise CheckpointError(
+            f"dtype {dtype} cannot be stored in a safetensors file "
+            f"(supported: {', '.join(str(np.dtype(DTYPES[n])) for n in _NAMES.values())})"
+        )
     return name
 
 
-def save_safetensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray],
-                     metadata: Mapping[str, str] | None = None) -> None:
+def save_safetensors(
+    path: str | os.PathLike, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None
+) -> None:
     """Write ``tensors`` (name -> array) atomically; ``metadata`` is a str -> str map.
 
     Tensors are laid out largest element first (as the reference writer does), so every
@@ -70,8 +85,11 @@ def save_safetensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray],
     offset = 0
     for name in order:
         array = arrays[name]
-        header[name] = {"dtype": dtype_name(array.dtype), "shape": list(array.shape),
-                        "data_offsets": [offset, offset + array.nbytes]}
+        header[name] = {
+            "dtype": dtype_name(array.dtype),
+            "shape": list(array.shape),
+            "data_offsets": [offset, offset + array.nbytes],
+        }
         offset += array.nbytes
     text = json.dumps(header, separators=(",", ":")).encode("utf-8")
     text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned
@@ -95,11 +113,14 @@ def read_safetensors_header(path: str | os.PathLike) -> tuple[dict[str, dict], d
         raise CheckpointError(f"{path}: {len(head)} bytes, too short for a safetensors file")
     (n,) = struct.unpack("<Q", head)
     if n > MAX_HEADER_BYTES:
-        raise CheckpointError(f"{path}: safetensors header length {n} is larger than the {MAX_HEADER_BYTES} "
-                              "bytes allowed (a corrupt or crafted file)")
+        raise CheckpointError(
+            f"{path}: safetensors header length {n} is larger than the {MAX_HEADER_BYTES} "
+            "bytes allowed (a corrupt or crafted file)"
+        )
     if 8 + n > size:
-        raise CheckpointError(f"{path}: safetensors header length {n} runs past the end of the "
-                              f"{size}-byte file (truncated?)")
+        raise CheckpointError(
+            f"{path}: safetensors header length {n} runs past the end of the {size}-byte file (truncated?)"
+        )
     with open(path, "rb") as f:
         f.seek(8)
         raw = f.read(n)
@@ -108,8 +129,9 @@ def read_safetensors_header(path: str | os.PathLike) -> tuple[dict[str, dict], d
     except ValueError as e:  # not UTF-8, not JSON, a duplicate key, an integer of more than 4300 digits
         raise CheckpointError(f"{path}: the safetensors header is not valid JSON: {brief(str(e), 200)}") from None
     except RecursionError:  # the decoder recurses once per level of nesting
-        raise CheckpointError(f"{path}: the safetensors header is JSON nested too deeply "
-                              "(a header is a flat map of tensor entries)") from None
+        raise CheckpointError(
+            f"{path}: the safetensors header is JSON nested too deeply (a header is a flat map of tensor entries)"
+        ) from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: the safetensors header is not a JSON object")
     metadata = header.pop(METADATA_KEY, {})
@@ -126,8 +148,10 @@ def read_safetensors_header(path: str | os.PathLike) -> tuple[dict[str, dict], d
             raise CheckpointError(f"{path}: tensor {brief(name)} at bytes [{begin}, {end}) {what}")
         expected = end
     if expected != data_size:
-        raise CheckpointError(f"{path}: the tensors cover {expected} bytes but the file holds {data_size} bytes "
-                              "of data (truncated, or trailing bytes after the last tensor)")
+        raise CheckpointError(
+            f"{path}: the tensors cover {expected} bytes but the file holds {data_size} bytes "
+            "of data (truncated, or trailing bytes after the last tensor)"
+        )
     return header, metadata, 8 + n
 
 
@@ -150,20 +174,27 @@ def _check_entry(path: Any, name: str, entry: Any) -> tuple[int, int]:
         raise CheckpointError(f"{path}: tensor {name} must have exactly dtype, shape and data_offsets")
     dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
     if not isinstance(dtype, str) or dtype not in DTYPES:
-        raise CheckpointError(f"{path}: tensor {name} has dtype {brief(dtype)}, which minimlp cannot read "
-                              f"(readable: {', '.join(DTYPES)})")
+        raise CheckpointError(
+            f"{path}: tensor {name} has dtype {brief(dtype)}, which minimlp cannot read (readable: {', '.join(DTYPES)})"
+        )
     if not isinstance(shape, list) or not all(type(s) is int and s >= 0 for s in shape[:100]):
         raise CheckpointError(f"{path}: tensor {name} has shape {brief(shape)}; expected a list of sizes >= 0")
     try:
         nbytes = check_shape(shape, np.dtype(DTYPES[dtype]).itemsize)
     except ValueError as e:
         raise CheckpointError(f"{path}: tensor {name}: {e}") from None
-    if (not isinstance(offsets, list) or len(offsets) != 2 or not all(type(o) is int for o in offsets)
-            or not 0 <= offsets[0] <= offsets[1]):
+    if (
+        not isinstance(offsets, list)
+        or len(offsets) != 2
+        or not all(type(o) is int for o in offsets)
+        or not 0 <= offsets[0] <= offsets[1]
+    ):
         raise CheckpointError(f"{path}: tensor {name} has data_offsets {brief(offsets)}; expected [begin, end]")
     if offsets[1] - offsets[0] != nbytes:
-        raise CheckpointError(f"{path}: tensor {name} ({dtype} {shape}) needs {nbytes} bytes "
-                              f"but its data_offsets span {offsets[1] - offsets[0]}")
+        raise CheckpointError(
+            f"{path}: tensor {name} ({dtype} {shape}) needs {nbytes} bytes "
+            f"but its data_offsets span {offsets[1] - offsets[0]}"
+        )
     return offsets[0], offsets[1]
 
 

@@ -66,9 +66,11 @@ MAX_DEPTH = 100  # nesting levels; a DeiT training checkpoint has about 6
 ZIP_MAGIC = b"PK\x03\x04"
 # torch.save(..., _use_new_zipfile_serialization=False) starts with this number, pickled.
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
-LEGACY_HINT = ("re-save it with a current PyTorch, which writes the zip format minimlp reads: "
-               "obj = torch.load(path, map_location='cpu'); torch.save(obj, new_path) "
-               "(only for a file you trust: torch.load of a legacy file runs its pickle)")
+LEGACY_HINT = (
+    "re-save it with a current PyTorch, which writes the zip format minimlp reads: "
+    "obj = torch.load(path, map_location='cpu'); torch.save(obj, new_path) "
+    "(only for a file you trust: torch.load of a legacy file runs its pickle)"
+)
 
 
 # --------------------------------------------------------------------------------------
@@ -82,22 +84,45 @@ class ElementType:
 
 
 _ELEMENT_TYPES = {
-    "float32": ElementType("float32", "<f4"), "float64": ElementType("float64", "<f8"),
-    "float16": ElementType("float16", "<f2"), "bfloat16": ElementType("bfloat16", "<u2", bfloat16=True),
-    "int64": ElementType("int64", "<i8"), "int32": ElementType("int32", "<i4"),
-    "int16": ElementType("int16", "<i2"), "int8": ElementType("int8", "i1"),
-    "uint8": ElementType("uint8", "u1"), "uint16": ElementType("uint16", "<u2"),
-    "uint32": ElementType("uint32", "<u4"), "uint64": ElementType("uint64", "<u8"),
+    "float32": ElementType("float32", "<f4"),
+    "float64": ElementType("float64", "<f8"),
+    "float16": ElementType("float16", "<f2"),
+    "bfloat16": ElementType("bfloat16", "<u2", bfloat16=True),
+    "int64": ElementType("int64", "<i8"),
+    "int32": ElementType("int32", "<i4"),
+    "int16": ElementType("int16", "<i2"),
+    "int8": ElementType("int8", "i1"),
+    "uint8": ElementType("uint8", "u1"),
+    "uint16": ElementType("uint16", "<u2"),
+    "uint32": ElementType("uint32", "<u4"),
+    "uint64": ElementType("uint64", "<u8"),
     "bool": ElementType("bool", "?"),
-    "complex64": ElementType("complex64", "<c8"), "complex128": ElementType("complex128", "<c16"),
+    "complex64": ElementType("complex64", "<c8"),
+    "complex128": ElementType("complex128", "<c16"),
 }
-_DTYPE_ALIASES = {"float": "float32", "double": "float64", "half": "float16", "long": "int64", "int": "int32",
-                  "short": "int16", "cfloat": "complex64", "cdouble": "complex128"}
+_DTYPE_ALIASES = {
+    "float": "float32",
+    "double": "float64",
+    "half": "float16",
+    "long": "int64",
+    "int": "int32",
+    "short": "int16",
+    "cfloat": "complex64",
+    "cdouble": "complex128",
+}
 _STORAGE_TYPES = {
-    "FloatStorage": "float32", "DoubleStorage": "float64", "HalfStorage": "float16",
-    "BFloat16Storage": "bfloat16", "LongStorage": "int64", "IntStorage": "int32", "ShortStorage": "int16",
-    "CharStorage": "int8", "ByteStorage": "uint8", "BoolStorage": "bool",
-    "ComplexFloatStorage": "complex64", "ComplexDoubleStorage": "complex128",
+    "FloatStorage": "float32",
+    "DoubleStorage": "float64",
+    "HalfStorage": "float16",
+    "BFloat16Storage": "bfloat16",
+    "LongStorage": "int64",
+    "IntStorage": "int32",
+    "ShortStorage": "int16",
+    "CharStorage": "int8",
+    "ByteStorage": "uint8",
+    "BoolStorage": "bool",
+    "ComplexFloatStorage": "complex64",
+    "ComplexDoubleStorage": "complex128",
 }
 UNTYPED = ElementType("untyped bytes", "u1")
 
@@ -182,8 +207,9 @@ class _Rebuilder:
         if not (isinstance(dtype, _Global) and dtype.element is not None and dtype.call is None):
             raise _UnpicklingError(f"_rebuild_tensor_v3 expects a dtype, got {brief(dtype)}")
         if storage.element is not UNTYPED and storage.element != dtype.element:
-            raise _UnpicklingError(f"storage {brief(storage.key)} holds {storage.element.name}, "
-                                   f"not {dtype.element.name}")
+            raise _UnpicklingError(
+                f"storage {brief(storage.key)} holds {storage.element.name}, not {dtype.element.name}"
+            )
         return self._tensor(storage, dtype.element, offset, size, stride, metadata)
 
     @staticmethod
@@ -210,37 +236,50 @@ class _Rebuilder:
         except ValueError as e:
             raise _UnpicklingError(f"tensor size: {e}") from None
         if storage.raw.size % itemsize:
-            raise _UnpicklingError(f"storage {brief(storage.key)} has {storage.raw.size} bytes, "
-                                   f"not a whole number of {element.name} elements")
+            raise _UnpicklingError(
+                f"storage {brief(storage.key)} has {storage.raw.size} bytes, "
+                f"not a whole number of {element.name} elements"
+            )
         numel = storage.raw.size // itemsize
         count = math.prod(size)  # bounded by check_shape
         out_dtype = np.dtype(np.float32) if element.bfloat16 else np.dtype(element.file_dtype).newbyteorder("=")
         self.bytes_made += count * out_dtype.itemsize
         if self.bytes_made > _tensor_bytes_budget(self.archive.bytes_read):
-            raise _UnpicklingError(f"the tensors would take {self.bytes_made} bytes, far more than the "
-                                   f"{self.archive.bytes_read} bytes of storage they are read from")
+            raise _UnpicklingError(
+                f"the tensors would take {self.bytes_made} bytes, far more than the "
+                f"{self.archive.bytes_read} bytes of storage they are read from"
+            )
         if count == 0:
             return np.zeros(size, dtype=out_dtype)
         # The last element read: offset + sum((size_j - 1) * stride_j).  Python integers do
         # not overflow, so a crafted stride of 2**62 is caught here, not wrapped around.
         last = offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True))
         if last >= numel:
-            raise _UnpicklingError(f"tensor reads past the end of storage {brief(storage.key)}: size {size}, "
-                                   f"stride {brief(stride)}, offset {brief(offset)} reach element {brief(last)}, "
-                                   f"but the storage holds {numel} {element.name} elements")
+            raise _UnpicklingError(
+                f"tensor reads past the end of storage {brief(storage.key)}: size {size}, "
+                f"stride {brief(stride)}, offset {brief(offset)} reach element {brief(last)}, "
+                f"but the storage holds {numel} {element.name} elements"
+            )
         dtype = np.dtype(element.file_dtype)
         if self.archive.big_endian:
             dtype = dtype.newbyteorder(">")
         elements = storage.raw.view(dtype)  # (numel,)
-        if (offset == 0 and count == numel and _is_c_contiguous(size, stride) and dtype.isnative
-                and not element.bfloat16 and not storage.claimed):
+        if (
+            offset == 0
+            and count == numel
+            and _is_c_contiguous(size, stride)
+            and dtype.isnative
+            and not element.bfloat16
+            and not storage.claimed
+        ):
             # A tensor that is its whole storage (every tensor of a state dict) takes the
             # buffer as it is: no copy.  Only the first may; later views copy, so no two
             # arrays returned share memory.
             storage.claimed = True
             return elements.reshape(size)
-        view = np.lib.stride_tricks.as_strided(elements[offset:], shape=size,
-                                               strides=[s * itemsize for s in stride], writeable=False)
+        view = np.lib.stride_tricks.as_strided(
+            elements[offset:], shape=size, strides=[s * itemsize for s in stride], writeable=False
+        )
         out = np.array(view, dtype=dtype.newbyteorder("="), order="C")  # one copy, native byte order
         if element.bfloat16:  # bfloat16 is the top half of a float32
             out = (out.astype(np.uint32) << 16).view(np.float32)
@@ -290,16 +329,16 @@ def _ordered_dict(*args) -> OrderedDict:
 
 def _allowed_globals(rebuild: _Rebuilder) -> dict[tuple[str, str], _Global]:
     allowed = {
-        ("collections", "OrderedDict"): _Global("collections.OrderedDict", call=_ordered_dict,
-                                                newobj=OrderedDict),
+        ("collections", "OrderedDict"): _Global("collections.OrderedDict", call=_ordered_dict, newobj=OrderedDict),
         ("argparse", "Namespace"): _Global("argparse.Namespace", newobj=_namespace),
         ("_codecs", "encode"): _Global("_codecs.encode", call=_codecs_encode),
         ("torch", "device"): _Global("torch.device", call=_device),
         ("torch._utils", "_rebuild_tensor_v2"): _Global("torch._utils._rebuild_tensor_v2", call=rebuild.tensor_v2),
         ("torch._utils", "_rebuild_tensor_v3"): _Global("torch._utils._rebuild_tensor_v3", call=rebuild.tensor_v3),
         ("torch._utils", "_rebuild_parameter"): _Global("torch._utils._rebuild_parameter", call=rebuild.parameter),
-        ("torch._utils", "_rebuild_parameter_with_state"): _Global("torch._utils._rebuild_parameter_with_state",
-                                                                   call=rebuild.parameter),
+        ("torch._utils", "_rebuild_parameter_with_state"): _Global(
+            "torch._utils._rebuild_parameter_with_state", call=rebuild.parameter
+        ),
         ("torch", "UntypedStorage"): _Global("torch.UntypedStorage", element=UNTYPED),
         ("torch.storage", "UntypedStorage"): _Global("torch.storage.UntypedStorage", element=UNTYPED),
     }
@@ -321,8 +360,9 @@ _CONTAINERS = (tuple, list, dict, OrderedDict, types.SimpleNamespace)
 
 
 class _Interpreter:
-    def __init__(self, data: bytes, allowed: dict[tuple[str, str], _Global],
-                 persistent_load: Callable[[Any], Any]) -> None:
+    def __init__(
+        self, data: bytes, allowed: dict[tuple[str, str], _Global], persistent_load: Callable[[Any], Any]
+    ) -> None:
         self.data, self.pos = data, 0
         self.allowed, self.persistent_load = allowed, persistent_load
         self.stack: list[Any] = []
@@ -335,10 +375,15 @@ class _Interpreter:
         self.extent: dict[int, tuple[Any, int, int]] = {}
         self.sealed: set[int] = set()  # ids of containers already put inside another
         self.ops = {
-            0x80: self.proto, 0x95: self.frame,  # PROTO, FRAME (STOP is handled in run)
-            0x28: self.mark, 0x30: self.pop, 0x31: self.pop_mark, 0x32: self.dup,  # ( 0 1 2
+            0x80: self.proto,
+            0x95: self.frame,  # PROTO, FRAME (STOP is handled in run)
+            0x28: self.mark,
+            0x30: self.pop,
+            0x31: self.pop_mark,
+            0x32: self.dup,  # ( 0 1 2
             0x4E: lambda: self.push(None),  # N  NONE
-            0x88: lambda: self.push(True), 0x89: lambda: self.push(False),  # NEWTRUE/NEWFALSE
+            0x88: lambda: self.push(True),
+            0x89: lambda: self.push(False),  # NEWTRUE/NEWFALSE
             0x4A: lambda: self.push(self.unpack("<i", 4)),  # J  BININT
             0x4B: lambda: self.push(self.read(1)[0]),  # K  BININT1
             0x4D: lambda: self.push(self.unpack("<H", 2)),  # M  BININT2
@@ -354,17 +399,26 @@ class _Interpreter:
             0x8E: lambda: self.push(self.read(self.unpack("<Q", 8))),  # BINBYTES8
             0x29: lambda: self.push(()),  # )  EMPTY_TUPLE
             0x74: lambda: self.push(self.new_tuple(self.pop_to_mark())),  # t  TUPLE
-            0x85: lambda: self.tuple_n(1), 0x86: lambda: self.tuple_n(2), 0x87: lambda: self.tuple_n(3),
+            0x85: lambda: self.tuple_n(1),
+            0x86: lambda: self.tuple_n(2),
+            0x87: lambda: self.tuple_n(3),
             0x5D: lambda: self.push([]),  # ]  EMPTY_LIST
-            0x61: self.append, 0x65: self.appends,  # a e
+            0x61: self.append,
+            0x65: self.appends,  # a e
             0x7D: lambda: self.push({}),  # }  EMPTY_DICT
-            0x73: self.setitem, 0x75: self.setitems,  # s u
-            0x63: self.global_, 0x93: self.stack_global,  # c  GLOBAL, STACK_GLOBAL
-            0x52: self.reduce, 0x81: self.newobj, 0x62: self.build,  # R, NEWOBJ, b
+            0x73: self.setitem,
+            0x75: self.setitems,  # s u
+            0x63: self.global_,
+            0x93: self.stack_global,  # c  GLOBAL, STACK_GLOBAL
+            0x52: self.reduce,
+            0x81: self.newobj,
+            0x62: self.build,  # R, NEWOBJ, b
             0x51: self.persid,  # Q  BINPERSID
-            0x71: lambda: self.put(self.read(1)[0]), 0x72: lambda: self.put(self.unpack("<I", 4)),  # q r
+            0x71: lambda: self.put(self.read(1)[0]),
+            0x72: lambda: self.put(self.unpack("<I", 4)),  # q r
             0x94: lambda: self.put(len(self.memo)),  # MEMOIZE
-            0x68: lambda: self.get(self.read(1)[0]), 0x6A: lambda: self.get(self.unpack("<I", 4)),  # h j
+            0x68: lambda: self.get(self.read(1)[0]),
+            0x6A: lambda: self.get(self.unpack("<I", 4)),  # h j
         }
 
     def run(self) -> Any:
@@ -377,15 +431,17 @@ class _Interpreter:
                 return self.stack.pop()
             op = self.ops.get(code)
             if op is None:
-                raise _UnpicklingError(f"pickle opcode {bytes([code])!r} at byte {start} is not allowed "
-                                       "(checkpoints use a small set of binary opcodes)")
+                raise _UnpicklingError(
+                    f"pickle opcode {bytes([code])!r} at byte {start} is not allowed "
+                    "(checkpoints use a small set of binary opcodes)"
+                )
             op()
 
     # -- reading --------------------------------------------------------------------
     def read(self, n: int) -> bytes:
         if self.pos + n > len(self.data):
             raise _UnpicklingError("the pickle ends in the middle of an opcode (a truncated data.pkl)")
-        out = self.data[self.pos:self.pos + n]
+        out = self.data[self.pos : self.pos + n]
         self.pos += n
         return out
 
@@ -407,8 +463,10 @@ class _Interpreter:
     def count_object(self) -> None:
         self.objects += 1
         if self.objects > self.max_objects:
-            raise _UnpicklingError(f"the pickle makes more than {self.max_objects} objects, far more than a "
-                                   f"checkpoint of {len(self.data)} bytes holds")
+            raise _UnpicklingError(
+                f"the pickle makes more than {self.max_objects} objects, far more than a "
+                f"checkpoint of {len(self.data)} bytes holds"
+            )
 
     def measure(self, obj: Any) -> tuple[int, int]:
         """(nesting depth, elements counted with repetition) of a value the pickle made."""
@@ -419,8 +477,10 @@ class _Interpreter:
     def nest(self, target: Any, items: list[Any], new: bool = False) -> None:
         """Account for ``items`` being put into ``target``: seal them, grow its depth and size."""
         if not new and id(target) in self.sealed:
-            raise _UnpicklingError(f"a {type(target).__name__} is changed after it was put inside another "
-                                   "object (only a cyclic structure needs that, and a checkpoint has none)")
+            raise _UnpicklingError(
+                f"a {type(target).__name__} is changed after it was put inside another "
+                "object (only a cyclic structure needs that, and a checkpoint has none)"
+            )
         depth, size = self.measure(target)
         for item in items:
             if item is target:
@@ -431,8 +491,10 @@ class _Interpreter:
         if depth > MAX_DEPTH:
             raise _UnpicklingError(f"containers nested more than {MAX_DEPTH} levels deep")
         if size > self.max_expanded:
-            raise _UnpicklingError(f"a {type(target).__name__} of more than {self.max_expanded} elements "
-                                   "(counting shared parts each time they appear)")
+            raise _UnpicklingError(
+                f"a {type(target).__name__} of more than {self.max_expanded} elements "
+                "(counting shared parts each time they appear)"
+            )
         self.extent[id(target)] = (target, depth, size)
 
     def new_tuple(self, items: list[Any]) -> tuple:
@@ -459,7 +521,7 @@ class _Interpreter:
     def pop_to_mark(self) -> list[Any]:
         for i in range(len(self.stack) - 1, -1, -1):
             if self.stack[i] is _MARK:
-                items = self.stack[i + 1:]
+                items = self.stack[i + 1 :]
                 del self.stack[i:]
                 return items
         raise _UnpicklingError("no MARK on the stack")
@@ -566,9 +628,11 @@ class _Interpreter:
     def resolve(self, module: str, name: str) -> _Global:
         token = self.allowed.get((module, name))
         if token is None:
-            raise _UnpicklingError(f"the pickle refers to {module[:100]}.{name[:100]}, which is not "
-                                   "on the allow-list (a checkpoint holds only tensors, storages, OrderedDict, "
-                                   "argparse.Namespace and plain values); nothing was called")
+            raise _UnpicklingError(
+                f"the pickle refers to {module[:100]}.{name[:100]}, which is not "
+                "on the allow-list (a checkpoint holds only tensors, storages, OrderedDict, "
+                "argparse.Namespace and plain values); nothing was called"
+            )
         return token
 
     def reduce(self) -> None:
@@ -611,8 +675,9 @@ class _Interpreter:
             self.nest(target, list(state.values()))
             vars(target).update(state)
             return
-        raise _UnpicklingError(f"BUILD on a {type(target).__name__}; only OrderedDict and "
-                               "argparse.Namespace instances may be given state")
+        raise _UnpicklingError(
+            f"BUILD on a {type(target).__name__}; only OrderedDict and argparse.Namespace instances may be given state"
+        )
 
 
 # --------------------------------------------------------------------------------------
@@ -629,22 +694,30 @@ class _Archive:
             raise CheckpointError(f"{path}: an empty zip archive, not a PyTorch checkpoint")
         duplicate = next((n for n in names if names.count(n) > 1), None) if len(set(names)) < len(names) else None
         if duplicate is not None:  # torch.load refuses these too: which one would be meant?
-            raise CheckpointError(f"{path}: the zip archive holds two entries named {brief(duplicate)}; "
-                                  "torch.save never writes that, so the file was repacked or crafted")
+            raise CheckpointError(
+                f"{path}: the zip archive holds two entries named {brief(duplicate)}; "
+                "torch.save never writes that, so the file was repacked or crafted"
+            )
         # torch.save puts every entry in one folder named after the file it was saved as
         # ("checkpoint/" for checkpoint.pth, "archive/" for a buffer); find it as torch does.
         first = names[0]
         if "/" not in first:
-            raise CheckpointError(f"{path}: a zip archive whose entries are not in a folder, "
-                                  "so not a PyTorch checkpoint (.pth)")
+            raise CheckpointError(
+                f"{path}: a zip archive whose entries are not in a folder, so not a PyTorch checkpoint (.pth)"
+            )
         self.prefix = first.split("/", 1)[0] + "/"
         if self.prefix + "data.pkl" not in names:
-            what = ("a TorchScript archive (torch.jit.save); save model.state_dict() with torch.save instead"
-                    if any(n.startswith(self.prefix + "code/") for n in names) else
-                    "not a PyTorch checkpoint: there is no data.pkl (an .npz file is also a zip archive)")
+            what = (
+                "a TorchScript archive (torch.jit.save); save model.state_dict() with torch.save instead"
+                if any(n.startswith(self.prefix + "code/") for n in names)
+                else "not a PyTorch checkpoint: there is no data.pkl (an .npz file is also a zip archive)"
+            )
             raise CheckpointError(f"{path}: {what}")
-        byteorder = self.read(self.prefix + "byteorder", limit=16).tobytes().decode("ascii", "replace").strip() \
-            if self.prefix + "byteorder" in names else "little"  # files before torch 2.1: little-endian
+        byteorder = (
+            self.read(self.prefix + "byteorder", limit=16).tobytes().decode("ascii", "replace").strip()
+            if self.prefix + "byteorder" in names
+            else "little"
+        )  # files before torch 2.1: little-endian
         if byteorder not in ("little", "big"):
             raise CheckpointError(f"{path}: unknown byteorder record {byteorder!r}")
         self.big_endian = byteorder == "big"
@@ -655,13 +728,17 @@ class _Archive:
         """One entry's bytes as a writable (nbytes,) uint8 array (tensors may use it without a copy)."""
         info = self.zf.getinfo(name)
         if info.compress_type != zipfile.ZIP_STORED:
-            raise CheckpointError(f"{self.path}: entry {brief(name)} is compressed; torch.save never compresses, "
-                                  "so this file was repacked or crafted")
+            raise CheckpointError(
+                f"{self.path}: entry {brief(name)} is compressed; torch.save never compresses, "
+                "so this file was repacked or crafted"
+            )
         if limit is not None and info.file_size > limit:
             raise CheckpointError(f"{self.path}: entry {brief(name)} is {info.file_size} bytes, more than {limit}")
         if info.header_offset + 30 + info.file_size > self.file_size:
-            raise CheckpointError(f"{self.path}: entry {brief(name)} claims {info.file_size} bytes, more than the "
-                                  f"{self.file_size}-byte file holds; the file is truncated or corrupt")
+            raise CheckpointError(
+                f"{self.path}: entry {brief(name)} claims {info.file_size} bytes, more than the "
+                f"{self.file_size}-byte file holds; the file is truncated or corrupt"
+            )
         # The local header is 30 bytes plus the name and an extra field (torch pads it so
         # that the data starts on a 64-byte boundary); the data follows, stored as is.
         self.file.seek(info.header_offset)
@@ -675,8 +752,9 @@ class _Archive:
             raise CheckpointError(f"{self.path}: entry {brief(name)} is truncated; the file is incomplete")
         # CRC 0 is what torch writes with its CRC computation turned off: nothing to check.
         if info.CRC and zlib.crc32(data) != info.CRC:
-            raise CheckpointError(f"{self.path}: entry {brief(name)} cannot be read (its CRC-32 does not match); "
-                                  "the file is corrupt")
+            raise CheckpointError(
+                f"{self.path}: entry {brief(name)} cannot be read (its CRC-32 does not match); the file is corrupt"
+            )
         return data
 
     def storage(self, pid: Any) -> _Storage:
@@ -692,22 +770,29 @@ class _Archive:
         if key in self.storages:
             cached = self.storages[key]
             if cached.element != element or cached.numel != numel:
-                raise _UnpicklingError(f"storage {brief(key)} is referenced as {cached.numel} x {cached.element.name} "
-                                       f"and as {numel} x {element.name}")
+                raise _UnpicklingError(
+                    f"storage {brief(key)} is referenced as {cached.numel} x {cached.element.name} "
+                    f"and as {numel} x {element.name}"
+                )
             return cached
         name = self.prefix + "data/" + key
         try:
             size = self.zf.getinfo(name).file_size
         except KeyError:
-            raise _UnpicklingError(f"storage {brief(key)} is referenced but {name[:120]} is missing "
-                                   "from the archive") from None
+            raise _UnpicklingError(
+                f"storage {brief(key)} is referenced but {name[:120]} is missing from the archive"
+            ) from None
         nbytes = numel * np.dtype(element.file_dtype).itemsize
         if size != nbytes:
-            raise _UnpicklingError(f"storage {key[:40]} should hold {brief(numel)} {element.name} elements "
-                                   f"({brief(nbytes)} bytes) but {name[:120]} has {size} bytes")
+            raise _UnpicklingError(
+                f"storage {key[:40]} should hold {brief(numel)} {element.name} elements "
+                f"({brief(nbytes)} bytes) but {name[:120]} has {size} bytes"
+            )
         if self.bytes_read + size > self.file_size:  # entries that share bytes: each read would copy them
-            raise _UnpicklingError(f"the storages add up to more bytes than the {self.file_size}-byte file holds "
-                                   "(zip entries that overlap)")
+            raise _UnpicklingError(
+                f"the storages add up to more bytes than the {self.file_size}-byte file holds "
+                "(zip entries that overlap)"
+            )
         raw = self.read(name)
         self.bytes_read += raw.size
         self.storages[key] = _Storage(key, element, raw, numel)
@@ -731,10 +816,13 @@ def load_pth(path: str | os.PathLike) -> Any:
     head = read_head(path, 512)
     if head[:4] != ZIP_MAGIC:
         if is_legacy_torch_file(head):
-            raise CheckpointError(f"{path}: a PyTorch file in the legacy (pre-1.6, non-zip) format is not "
-                                  f"supported; {LEGACY_HINT}")
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint (a .pth file is a zip archive starting "
-                              f"with PK\\x03\\x04; this file starts with {head[:8]!r})")
+            raise CheckpointError(
+                f"{path}: a PyTorch file in the legacy (pre-1.6, non-zip) format is not supported; {LEGACY_HINT}"
+            )
+        raise CheckpointError(
+            f"{path}: not a PyTorch checkpoint (a .pth file is a zip archive starting "
+            f"with PK\\x03\\x04; this file starts with {head[:8]!r})"
+        )
     with open(path, "rb") as file:
         zf = open_zip(path, file)
         try:
@@ -755,8 +843,9 @@ def _load_archive(archive: _Archive) -> Any:
     except _UnpicklingError as e:
         raise CheckpointError(f"{archive.path}: refused: {e} (data.pkl, byte {interpreter.pos})") from None
     except (RecursionError, MemoryError, OverflowError, ValueError) as e:
-        raise CheckpointError(f"{archive.path}: malformed data.pkl near byte {interpreter.pos}: "
-                              f"{type(e).__name__} {brief(str(e), 200)}") from None
+        raise CheckpointError(
+            f"{archive.path}: malformed data.pkl near byte {interpreter.pos}: {type(e).__name__} {brief(str(e), 200)}"
+        ) from None
 
 
 # --------------------------------------------------------------------------------------
@@ -780,20 +869,25 @@ def state_dict_from(obj: Any, use_ema: bool = False, where: str = "checkpoint") 
     if found is not None:
         state = obj[found]
     elif use_ema:
-        raise CheckpointError(f"{where}: has no EMA weights (none of {', '.join(EMA_KEYS)}); "
-                              f"its top-level keys are: {_keys(obj)}")
+        raise CheckpointError(
+            f"{where}: has no EMA weights (none of {', '.join(EMA_KEYS)}); its top-level keys are: {_keys(obj)}"
+        )
     else:
         state = obj
     if not isinstance(state, dict):
         raise CheckpointError(f"{where}: '{found}' holds a {type(state).__name__}, not a state dict")
-    bad = [f"{brief(k)} ({type(v).__name__})" for k, v in state.items()
-           if not isinstance(k, str) or not isinstance(v, np.ndarray)][:6]
+    bad = [
+        f"{brief(k)} ({type(v).__name__})"
+        for k, v in state.items()
+        if not isinstance(k, str) or not isinstance(v, np.ndarray)
+    ][:6]
     if bad:
         hint = "" if found else f"; its top-level keys are: {_keys(obj)}"
-        raise CheckpointError(f"{where}: not a state dict of named tensors: {', '.join(bad[:5])}"
-                              f"{' ...' if len(bad) > 5 else ''}{hint}")
+        raise CheckpointError(
+            f"{where}: not a state dict of named tensors: {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}{hint}"
+        )
     if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
+        state = {k[len("module.") :]: v for k, v in state.items()}
     return dict(state)
 
 

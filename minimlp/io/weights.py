@@ -47,16 +47,18 @@ from minimlp.models.registry import (
 FORMATS = ("pth", "npz", "safetensors")
 SAFETENSORS_META_KEY = "minimlp"  # safetensors metadata entry holding minimlp's meta as JSON
 WRITABLE = {".npz": "npz", ".safetensors": "safetensors"}
-PTH_NOT_WRITTEN = ("writing .pth is not supported: a .pth file is a pickle, which torch.load runs as code, and "
-                   "minimlp never imports PyTorch; write .safetensors instead (PyTorch reads it with "
-                   "safetensors.torch.load_file, and timm and Hugging Face tools read it directly)")
+PTH_NOT_WRITTEN = (
+    "writing .pth is not supported: a .pth file is a pickle, which torch.load runs as code, and "
+    "minimlp never imports PyTorch; write .safetensors instead (PyTorch reads it with "
+    "safetensors.torch.load_file, and timm and Hugging Face tools read it directly)"
+)
 
 
 # --------------------------------------------------------------------------------------
 # Reading
 # --------------------------------------------------------------------------------------
 def detect_format(path: str | os.PathLike) -> str:
-    """"pth", "npz" or "safetensors", from the file's content; CheckpointError otherwise."""
+    """ "pth", "npz" or "safetensors", from the file's content; CheckpointError otherwise."""
     head = read_head(path, 512)
     if head[:4] == torchfile.ZIP_MAGIC:
         with open(path, "rb") as f, open_zip(path, f) as zf:
@@ -65,24 +67,29 @@ def detect_format(path: str | os.PathLike) -> str:
             return "pth"
         if names and all(n.endswith(".npy") for n in names):
             return "npz"
-        raise CheckpointError(f"{path}: a zip archive, but neither a PyTorch checkpoint (no <folder>/data.pkl) "
-                              f"nor an .npz of arrays; it holds {brief(names[:5], 200)}")
+        raise CheckpointError(
+            f"{path}: a zip archive, but neither a PyTorch checkpoint (no <folder>/data.pkl) "
+            f"nor an .npz of arrays; it holds {brief(names[:5], 200)}"
+        )
     if torchfile.is_legacy_torch_file(head):
         return "pth"  # torchfile explains that the legacy format must be re-saved
     if len(head) >= 9 and head[8:9] == b"{":
         (n,) = struct.unpack("<Q", head[:8])
         if 2 <= n <= safetensors.MAX_HEADER_BYTES:
             return "safetensors"
-    raise CheckpointError(f"{path}: not a weights file minimlp can read (expected a PyTorch .pth, a "
-                          f".safetensors file or a minimlp .npz); it starts with {head[:12]!r}")
+    raise CheckpointError(
+        f"{path}: not a weights file minimlp can read (expected a PyTorch .pth, a "
+        f".safetensors file or a minimlp .npz); it starts with {head[:12]!r}"
+    )
 
 
 def read_weights(path: str | os.PathLike, use_ema: bool = False) -> tuple[dict[str, np.ndarray], dict | None, str]:
     """(state dict, minimlp meta or None, format).  ``use_ema``: a DeiT checkpoint's EMA weights."""
     fmt = detect_format(path)
     if use_ema and fmt != "pth":
-        raise CheckpointError(f"{path}: EMA weights are only found in PyTorch training checkpoints "
-                              f"(model_ema); this is a {fmt} file")
+        raise CheckpointError(
+            f"{path}: EMA weights are only found in PyTorch training checkpoints (model_ema); this is a {fmt} file"
+        )
     if fmt == "pth":
         return torchfile.load_torch_weights(path, use_ema), None, fmt
     if fmt == "npz":
@@ -105,8 +112,12 @@ def load_weights(path: str | os.PathLike, use_ema: bool = False) -> dict[str, np
 # --------------------------------------------------------------------------------------
 # Writing (weights only; training checkpoints are written by the trainer)
 # --------------------------------------------------------------------------------------
-def save_weights(path: str | os.PathLike, state: Mapping[str, np.ndarray], meta: Mapping[str, Any] | None = None,
-                 fmt: str | None = None) -> str:
+def save_weights(
+    path: str | os.PathLike,
+    state: Mapping[str, np.ndarray],
+    meta: Mapping[str, Any] | None = None,
+    fmt: str | None = None,
+) -> str:
     """Write ``state`` as .npz or .safetensors (chosen by ``fmt`` or the file extension), atomically.
 
     ``meta`` (``model`` config, ``classes``, ...) goes into the npz ``meta`` entry or the
@@ -117,8 +128,7 @@ def save_weights(path: str | os.PathLike, state: Mapping[str, np.ndarray], meta:
     if fmt is None or fmt == "pth":
         if fmt == "pth" or suffix in (".pth", ".pt", ".bin", ".ckpt"):
             raise CheckpointError(f"{path}: {PTH_NOT_WRITTEN}")
-        raise CheckpointError(f"{path}: cannot tell the format from the extension {suffix!r}; "
-                              "use .npz or .safetensors")
+        raise CheckpointError(f"{path}: cannot tell the format from the extension {suffix!r}; use .npz or .safetensors")
     if fmt == "npz":
         checkpoint.save_checkpoint(path, state, checkpoint.weights_meta(meta))
     elif fmt == "safetensors":
@@ -148,19 +158,21 @@ def infer_config(state: Mapping[str, np.ndarray], where: Any = "checkpoint") -> 
         return _mixer_config(state, where)
     if "pos_embed" in state:
         return _vit_config(state, where)
-    raise CheckpointError(f"{where}: cannot tell the architecture: none of 'pos_encoding.pos_embed' "
-                          "(feed-forward ViT), 'pos_embed' (ViT/DeiT) or 'stem.proj.weight' (MLP-Mixer)")
+    raise CheckpointError(
+        f"{where}: cannot tell the architecture: none of 'pos_encoding.pos_embed' "
+        "(feed-forward ViT), 'pos_embed' (ViT/DeiT) or 'stem.proj.weight' (MLP-Mixer)"
+    )
 
 
 def _shape_reader(state: Mapping[str, np.ndarray], where: Any, family: str):
     def shape(key: str, ndim: int) -> tuple[int, ...]:
         if key not in state:
-            raise CheckpointError(f"{where}: cannot tell the architecture: no {key!r} "
-                                  f"(is this a {family} checkpoint?)")
+            raise CheckpointError(f"{where}: cannot tell the architecture: no {key!r} (is this a {family} checkpoint?)")
         dims = tuple(int(n) for n in np.shape(state[key]))
         if len(dims) != ndim or min(dims, default=0) < 1:
-            raise CheckpointError(f"{where}: {key} has shape {dims}; a {family} checkpoint has "
-                                  f"{ndim} positive dimensions there")
+            raise CheckpointError(
+                f"{where}: {key} has shape {dims}; a {family} checkpoint has {ndim} positive dimensions there"
+            )
         return dims
 
     return shape
@@ -178,8 +190,10 @@ def _patch_grid(tokens: int, class_token: bool, where: Any, what: str) -> int:
     n = tokens - class_token
     grid = math.isqrt(max(n, 0))
     if n < 1 or grid * grid != n:
-        raise CheckpointError(f"{where}: {what} mixes {tokens} tokens, which are not a square grid of patches"
-                              f"{' and a class token' if class_token else ''}; not a checkpoint minimlp can build")
+        raise CheckpointError(
+            f"{where}: {what} mixes {tokens} tokens, which are not a square grid of patches"
+            f"{' and a class token' if class_token else ''}; not a checkpoint minimlp can build"
+        )
     return grid
 
 
@@ -187,8 +201,9 @@ def _ratio(hidden: int, dim: int, where: Any, key: str) -> float:
     """hidden / dim, as a ratio the model turns back into ``int(dim * ratio) == hidden``."""
     ratio = hidden / dim
     if int(dim * ratio) != hidden:
-        raise CheckpointError(f"{where}: {key} has {hidden} hidden units for {dim} inputs, which no ratio "
-                              "rebuilds exactly")
+        raise CheckpointError(
+            f"{where}: {key} has {hidden} hidden units for {dim} inputs, which no ratio rebuilds exactly"
+        )
     return ratio
 
 
@@ -199,16 +214,25 @@ def _ffvit_config(state: Mapping[str, np.ndarray], where: Any) -> dict[str, Any]
     _, C, P, _ = shape("patch_embed.proj.weight", 4)  # (D, C, P, P)
     _, _, G, G2 = shape("pos_encoding.pos_embed", 4)  # (1, D, G, G)
     if G != G2:
-        raise CheckpointError(f"{where}: the position grid pos_encoding.pos_embed is {G}x{G2}; minimlp builds "
-                              "square grids only")
+        raise CheckpointError(
+            f"{where}: the position grid pos_encoding.pos_embed is {G}x{G2}; minimlp builds square grids only"
+        )
     T = shape("blocks.0.norm2.weight", 1)[0]  # the patch feed-forward's tokens
     grid = _patch_grid(T, True, where, "the patch feed-forward (blocks.0.norm2.weight)")
     mlp_ratio = _ratio(shape("blocks.0.mlp1.fc1.weight", 2)[0], D, where, "blocks.0.mlp1.fc1.weight")
     patch_hidden = shape("blocks.0.mlp2.fc1.weight", 2)[0]  # (patch_mlp_dim, T)
-    return {"arch": "ffvit", "img_size": grid * P, "patch_size": P, "in_chans": C,
-            "num_classes": shape("head.weight", 2)[0], "embed_dim": D, "depth": _depth(state, where),
-            "mlp_ratio": mlp_ratio, "patch_mlp_dim": None if patch_hidden == int(T * mlp_ratio) else patch_hidden,
-            "pos_grid": None if G == grid else G}
+    return {
+        "arch": "ffvit",
+        "img_size": grid * P,
+        "patch_size": P,
+        "in_chans": C,
+        "num_classes": shape("head.weight", 2)[0],
+        "embed_dim": D,
+        "depth": _depth(state, where),
+        "mlp_ratio": mlp_ratio,
+        "patch_mlp_dim": None if patch_hidden == int(T * mlp_ratio) else patch_hidden,
+        "pos_grid": None if G == grid else G,
+    }
 
 
 # timm's ViT widths whose heads are not 64 features wide (huge, giant, gigantic: 16 heads).
@@ -228,11 +252,20 @@ def _vit_config(state: Mapping[str, np.ndarray], where: Any) -> dict[str, Any]:
     T = shape("pos_embed", 3)[1]  # (1, T, D)
     grid = _patch_grid(T, True, where, "pos_embed")
     if D % 64 and D not in WIDE_HEADS:
-        raise CheckpointError(f"{where}: cannot tell the number of attention heads: timm's ViT/DeiT models give "
-                              f"each head 64 features, and the embedding width {D} is not a multiple of 64")
-    config = {"arch": "vit", "img_size": grid * P, "patch_size": P, "in_chans": C,
-              "num_classes": shape("head.weight", 2)[0], "embed_dim": D, "depth": _depth(state, where),
-              "num_heads": WIDE_HEADS.get(D, D // 64)}
+        raise CheckpointError(
+            f"{where}: cannot tell the number of attention heads: timm's ViT/DeiT models give "
+            f"each head 64 features, and the embedding width {D} is not a multiple of 64"
+        )
+    config = {
+        "arch": "vit",
+        "img_size": grid * P,
+        "patch_size": P,
+        "in_chans": C,
+        "num_classes": shape("head.weight", 2)[0],
+        "embed_dim": D,
+        "depth": _depth(state, where),
+        "num_heads": WIDE_HEADS.get(D, D // 64),
+    }
     if "blocks.0.feature_attn.qkv.weight" in state:  # the ablation: attention over features, one head
         config.update(feature_mixer="attention", feature_num_heads=1)
     else:
@@ -246,11 +279,19 @@ def _mixer_config(state: Mapping[str, np.ndarray], where: Any) -> dict[str, Any]
     D, C, P, _ = shape("stem.proj.weight", 4)
     token_hidden, N = shape("blocks.0.mlp_tokens.fc1.weight", 2)  # (token hidden, N)
     grid = _patch_grid(N, False, where, "the token MLP (blocks.0.mlp_tokens.fc1.weight)")
-    return {"arch": "mixer", "img_size": grid * P, "patch_size": P, "in_chans": C,
-            "num_classes": shape("head.weight", 2)[0], "embed_dim": D, "depth": _depth(state, where),
-            "mlp_ratio": _ratio(shape("blocks.0.mlp_channels.fc1.weight", 2)[0], D, where,
-                                "blocks.0.mlp_channels.fc1.weight"),
-            "token_mlp_ratio": _ratio(token_hidden, D, where, "blocks.0.mlp_tokens.fc1.weight")}
+    return {
+        "arch": "mixer",
+        "img_size": grid * P,
+        "patch_size": P,
+        "in_chans": C,
+        "num_classes": shape("head.weight", 2)[0],
+        "embed_dim": D,
+        "depth": _depth(state, where),
+        "mlp_ratio": _ratio(
+            shape("blocks.0.mlp_channels.fc1.weight", 2)[0], D, where, "blocks.0.mlp_channels.fc1.weight"
+        ),
+        "token_mlp_ratio": _ratio(token_hidden, D, where, "blocks.0.mlp_tokens.fc1.weight"),
+    }
 
 
 # Config fields that do not change the architecture (nor the names and shapes of the tensors).
@@ -319,14 +360,21 @@ def checked_config(config: Any, state: Mapping[str, np.ndarray], where: Any) -> 
     found = {k: tuple(np.shape(v)) for k, v in state.items()}
     missing = [k for k in planned if k not in found]
     unexpected = [str(k)[:80] for k in found if k not in planned]
-    mismatched = [f"{k}: checkpoint {found[k]} vs model {shape}" for k, shape in planned.items()
-                  if k in found and found[k] != shape]
-    problems = [f"{what} ({len(keys)}): {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}"
-                for what, keys in (("missing keys", missing), ("unexpected keys", unexpected),
-                                   ("shape mismatches", mismatched)) if keys]
+    mismatched = [
+        f"{k}: checkpoint {found[k]} vs model {shape}"
+        for k, shape in planned.items()
+        if k in found and found[k] != shape
+    ]
+    problems = [
+        f"{what} ({len(keys)}): {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}"
+        for what, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched))
+        if keys
+    ]
     if problems:
-        raise CheckpointError(f"{where}: the tensors do not fit the model its config describes "
-                              f"({model_cls.arch}, {brief(fields, 200)}): {'; '.join(problems)}")
+        raise CheckpointError(
+            f"{where}: the tensors do not fit the model its config describes "
+            f"({model_cls.arch}, {brief(fields, 200)}): {'; '.join(problems)}"
+        )
     return dict(config)
 
 
@@ -403,8 +451,13 @@ class PretrainedInfo:
         return text
 
 
-def load_pretrained(model: Model, source: str | os.PathLike | Mapping[str, np.ndarray] | WeightsFile,
-                    num_classes: int | None = None, use_ema: bool = False, seed: int = 0) -> PretrainedInfo:
+def load_pretrained(
+    model: Model,
+    source: str | os.PathLike | Mapping[str, np.ndarray] | WeightsFile,
+    num_classes: int | None = None,
+    use_ema: bool = False,
+    seed: int = 0,
+) -> PretrainedInfo:
     """Copy the weights in ``source`` (a file, a :class:`WeightsFile` or a state dict) into ``model``, strictly.
 
     Every parameter must be present and shaped as in the model, and nothing else may be
@@ -423,8 +476,9 @@ def load_pretrained(model: Model, source: str | os.PathLike | Mapping[str, np.nd
     state = dict(weights.state)  # the head may be replaced: never change the caller's dict
     K = model.config.num_classes
     if num_classes is not None and num_classes != K:
-        raise ValueError(f"num_classes={num_classes} but the model has {K} classes; "
-                         f"build the model with num_classes={num_classes}")
+        raise ValueError(
+            f"num_classes={num_classes} but the model has {K} classes; build the model with num_classes={num_classes}"
+        )
     head = [k for k in model.params if k.startswith("head.")]
     head_fits = all(k in state and tuple(np.shape(state[k])) == tuple(model.params[k].shape) for k in head)
     reset = []
@@ -439,8 +493,10 @@ def load_pretrained(model: Model, source: str | os.PathLike | Mapping[str, np.nd
     except ValueError as e:
         hint = ""
         if not head_fits and num_classes is None and "head.weight" in state:
-            hint = (f"\n  the checkpoint's head has {np.shape(state['head.weight'])[0]} classes and the model {K}: "
-                    f"to fine-tune, pass num_classes={K} (--num-classes {K}) to start a new head")
+            hint = (
+                f"\n  the checkpoint's head has {np.shape(state['head.weight'])[0]} classes and the model {K}: "
+                f"to fine-tune, pass num_classes={K} (--num-classes {K}) to start a new head"
+            )
         hint += _position_grid_hint(model, state)
         raise CheckpointError(f"{weights.path}: {e}{hint}") from None
     return PretrainedInfo(weights.path, weights.format, len(state), reset, weights.ema, weights.meta)
@@ -455,15 +511,23 @@ def _position_grid_hint(model: Model, state: Mapping[str, np.ndarray]) -> str:
     if theirs == ours or np.shape(state[key])[:2] != model.params[key].shape[:2]:
         return ""
     patches = model.config.grid
-    return (f"\n  the checkpoint keeps a {theirs}x{theirs} position grid and the model a {ours}x{ours} one "
-            f"(resized to its {patches}x{patches} patches{' on every forward' if ours != patches else ''}): "
-            f"build the model with pos_grid={theirs} to load this file, or "
-            "let the file's own config build it (model_from_checkpoint; train --pretrained without --model)")
+    return (
+        f"\n  the checkpoint keeps a {theirs}x{theirs} position grid and the model a {ours}x{ours} one "
+        f"(resized to its {patches}x{patches} patches{' on every forward' if ours != patches else ''}): "
+        f"build the model with pos_grid={theirs} to load this file, or "
+        "let the file's own config build it (model_from_checkpoint; train --pretrained without --model)"
+    )
 
 
-def model_from_checkpoint(path: str | os.PathLike, num_classes: int | None = None, device: str = "cpu",
-                          use_ema: bool = False, seed: int = 0, dtype: str | None = None,
-                          **overrides: Any) -> tuple[Model, PretrainedInfo]:
+def model_from_checkpoint(
+    path: str | os.PathLike,
+    num_classes: int | None = None,
+    device: str = "cpu",
+    use_ema: bool = False,
+    seed: int = 0,
+    dtype: str | None = None,
+    **overrides: Any,
+) -> tuple[Model, PretrainedInfo]:
     """Build the model a file describes and load its weights: ``(model, info)``.
 
     The architecture comes from a minimlp file's stored config, or from the tensor shapes

@@ -16,11 +16,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from minimlp import functional as F
-from minimlp.backend import Backend, get_backend, to_numpy
+from minimlp import kernels
+from minimlp.backend import Array, Backend, get_backend, to_numpy
 from minimlp.layers import ParameterStore
-
-Array = Any
 
 
 def check_image_config(config: Any) -> None:
@@ -85,8 +83,11 @@ class Model:
         """
         missing = [k for k in self.params if k not in state]
         unexpected = [k for k in state if k not in self.params]
-        mismatched = [f"{k}: checkpoint {tuple(np.shape(state[k]))} vs model {tuple(p.shape)}"
-                      for k, p in self.params.items() if k in state and tuple(np.shape(state[k])) != tuple(p.shape)]
+        mismatched = [
+            f"{k}: checkpoint {tuple(np.shape(state[k]))} vs model {tuple(p.shape)}"
+            for k, p in self.params.items()
+            if k in state and tuple(np.shape(state[k])) != tuple(p.shape)
+        ]
         problems = []
         if strict and missing:
             problems.append(f"missing keys ({len(missing)}): {', '.join(missing)}")
@@ -153,14 +154,14 @@ class ClassTokenModel(Model):
     def _positions_backward(self, dt: Array, cache: Any) -> Array:
         """Add the class token's and the positions' gradients; return the patch tokens' (N, B, D)."""
         g = self.grads
-        return F.tokens_backward(dt, g["cls_token"], *(g[name] for name in self.position_names))
+        return kernels.tokens_backward(dt, g["cls_token"], *(g[name] for name in self.position_names))
 
     def _tokens(self, x: Array, train: bool) -> tuple[Array, Any, Any, Any]:
         """Images (B, C, H, W) -> tokens (T, B, D) with the class token first, after dropout."""
         t, c_embed = self.patch_embed.forward(x)  # (N, B, D)
         positions, c_pos = self._positions()
-        t = F.tokens_forward(t, self.params["cls_token"], *positions)  # (T, B, D)
-        t, c_drop = F.dropout_forward(t, self.config.drop_rate, self.rng, train)
+        t = kernels.tokens_forward(t, self.params["cls_token"], *positions)  # (T, B, D)
+        t, c_drop = kernels.dropout_forward(t, self.config.drop_rate, self.rng, train)
         return t, c_embed, c_drop, c_pos
 
     def forward(self, x: Array, train: bool = False) -> tuple[Array, ClassTokenCache]:
@@ -172,7 +173,7 @@ class ClassTokenModel(Model):
             c_blocks.append(c)
         # The final LayerNorm works token by token and the head reads only the class
         # token, so normalising that token alone gives the same logits.
-        cls, pool_shape = F.cls_pool_forward(t)  # (B, D)
+        cls, pool_shape = kernels.cls_pool_forward(t)  # (B, D)
         cls, c_norm = self.norm.forward(cls)
         logits, c_head = self.head.forward(cls)  # (B, K)
         return logits, ClassTokenCache(c_embed, c_drop, c_blocks, pool_shape, c_norm, c_head, c_pos)
@@ -184,10 +185,10 @@ class ClassTokenModel(Model):
         """
         dcls = self.head.backward(self.xp.asarray(dlogits, dtype=self.dtype), cache.head)
         dcls = self.norm.backward(dcls, cache.norm)
-        dt = F.cls_pool_backward(dcls, cache.pool_shape)  # (T, B, D)
+        dt = kernels.cls_pool_backward(dcls, cache.pool_shape)  # (T, B, D)
         for block, c in zip(reversed(self.blocks), reversed(cache.blocks), strict=True):
             dt = block.backward(dt, c)
-        dt = F.dropout_backward(dt, cache.pos_drop)
+        dt = kernels.dropout_backward(dt, cache.pos_drop)
         dt = self._positions_backward(dt, cache.positions)  # (N, B, D)
         return self.patch_embed.backward(dt, cache.patch_embed, input_grad)
 
@@ -196,4 +197,4 @@ class ClassTokenModel(Model):
         t = self._tokens(self.prepare_input(x), False)[0]
         for block in self.blocks:
             t, _ = block.forward(t, False, self.rng)
-        return F.transpose_forward(t, (1, 0, 2))[0]  # (T, B, D) -> (B, T, D)
+        return kernels.transpose_forward(t, (1, 0, 2))[0]  # (T, B, D) -> (B, T, D)

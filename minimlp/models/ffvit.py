@@ -25,12 +25,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from minimlp import functional as F
-from minimlp.backend import array_module
+from minimlp import kernels
+from minimlp.backend import Array, array_module
 from minimlp.layers import LayerNorm, Linear, Mlp, ParameterStore, PatchEmbed, trunc_normal
 from minimlp.models.base import ClassTokenModel, check_image_config
-
-Array = Any
 
 
 @dataclass
@@ -55,8 +53,9 @@ class FFViTConfig:
 
     def __post_init__(self) -> None:
         check_image_config(self)
-        if self.pos_grid is not None and (isinstance(self.pos_grid, bool) or not isinstance(self.pos_grid, int)
-                                          or self.pos_grid < 1):
+        if self.pos_grid is not None and (
+            isinstance(self.pos_grid, bool) or not isinstance(self.pos_grid, int) or self.pos_grid < 1
+        ):
             raise ValueError(f"pos_grid must be a positive integer or None, got {self.pos_grid!r}")
 
     @property
@@ -92,8 +91,17 @@ class FFBlock:
     mlp2 mixes the tokens of each channel, with no copy.
     """
 
-    def __init__(self, store, name: str, dim: int, num_tokens: int, mlp_ratio: float,
-                 patch_mlp_dim: int, drop: float, drop_path: float) -> None:
+    def __init__(
+        self,
+        store,
+        name: str,
+        dim: int,
+        num_tokens: int,
+        mlp_ratio: float,
+        patch_mlp_dim: int,
+        drop: float,
+        drop_path: float,
+    ) -> None:
         # Declared in the released model's order: mlp1, norm1, mlp2, norm2.
         self.mlp1 = Mlp(store, f"{name}.mlp1", dim, int(dim * mlp_ratio), axis=-1, drop=drop)
         self.norm1 = LayerNorm(store, f"{name}.norm1", dim, axis=-1)
@@ -105,23 +113,23 @@ class FFBlock:
         """x (T, B, D) -> (T, B, D)."""
         h, c_norm1 = self.norm1.forward(x)  # each token over its D features
         h, c_mlp1 = self.mlp1.forward(h, train, rng)  # D -> 4D -> D, the same for every token
-        h, c_path1 = F.drop_path_forward(h, self.drop_path, rng, train)
-        x = F.add_inplace(h, x)  # residual: x + h, written into the fresh h
+        h, c_path1 = kernels.drop_path_forward(h, self.drop_path, rng, train)
+        x = kernels.add_inplace(h, x)  # residual: x + h, written into the fresh h
         h, c_norm2 = self.norm2.forward(x)  # each channel over its T tokens
         h, c_mlp2 = self.mlp2.forward(h, train, rng)  # T -> 4T -> T, the same for every channel
-        h, c_path2 = F.drop_path_forward(h, self.drop_path, rng, train)
-        x = F.add_inplace(h, x)
+        h, c_path2 = kernels.drop_path_forward(h, self.drop_path, rng, train)
+        x = kernels.add_inplace(h, x)
         return x, FFBlockCache(c_norm1, c_mlp1, c_path1, c_norm2, c_mlp2, c_path2)
 
     def backward(self, dx: Array, cache: FFBlockCache) -> Array:
         """dx (T, B, D) -> the input's gradient; adds the parameter gradients into grads."""
         # Each residual x + h(x) passes dx on unchanged and adds what comes back through h.
-        dh = F.drop_path_backward(dx, cache.path2)
+        dh = kernels.drop_path_backward(dx, cache.path2)
         dh = self.mlp2.backward(dh, cache.mlp2)
-        dx = F.add_inplace(self.norm2.backward(dh, cache.norm2), dx)  # into the fresh gradient
-        dh = F.drop_path_backward(dx, cache.path1)
+        dx = kernels.add_inplace(self.norm2.backward(dh, cache.norm2), dx)  # into the fresh gradient
+        dh = kernels.drop_path_backward(dx, cache.path1)
         dh = self.mlp1.backward(dh, cache.mlp1)
-        dx = F.add_inplace(self.norm1.backward(dh, cache.norm1), dx)
+        dx = kernels.add_inplace(self.norm1.backward(dh, cache.norm1), dx)
         return dx
 
 
@@ -139,14 +147,14 @@ class LearnedPositionalEncoding:
         self.pos = store.add(f"{name}.pos_embed", (1, dim, pos_grid, pos_grid), trunc_normal(0.02))
         self.cls = store.add(f"{name}.cls_pos_embed", (1, 1, dim), trunc_normal(0.02))
 
-    def forward(self) -> tuple[tuple[Array, Array], F.ResizeCache | None]:
+    def forward(self) -> tuple[tuple[Array, Array], kernels.ResizeCache | None]:
         p = self.store.params
         if not self.resize:
             return (p[self.pos], p[self.cls]), None
-        grid, cache = F.resize_bilinear_forward(p[self.pos], (self.size, self.size))  # (1, D, grid, grid)
+        grid, cache = kernels.resize_bilinear_forward(p[self.pos], (self.size, self.size))  # (1, D, grid, grid)
         return (grid, p[self.cls]), cache
 
-    def grad_targets(self, cache: F.ResizeCache | None) -> tuple[Array, Array]:
+    def grad_targets(self, cache: kernels.ResizeCache | None) -> tuple[Array, Array]:
         """Where :func:`minimlp.functional.tokens_backward` adds the two position gradients."""
         g = self.store.grads
         if cache is None:
@@ -154,10 +162,10 @@ class LearnedPositionalEncoding:
         xp = array_module(g[self.pos])
         return xp.zeros((*g[self.pos].shape[:2], self.size, self.size), dtype=g[self.pos].dtype), g[self.cls]
 
-    def backward(self, dgrid: Array, cache: F.ResizeCache | None) -> None:
+    def backward(self, dgrid: Array, cache: kernels.ResizeCache | None) -> None:
         """Carry the resized grid's gradient (from :meth:`grad_targets`) back to the stored grid."""
         if cache is not None:
-            self.store.grads[self.pos] += F.resize_bilinear_backward(dgrid, cache)
+            self.store.grads[self.pos] += kernels.resize_bilinear_backward(dgrid, cache)
 
 
 class FFViT(ClassTokenModel):
@@ -175,17 +183,19 @@ class FFViT(ClassTokenModel):
         self.patch_embed = PatchEmbed(s, "patch_embed.proj", c.patch_size, c.in_chans, c.embed_dim)
         self.pos_encoding = LearnedPositionalEncoding(s, "pos_encoding", c.embed_dim, c.pos_grid_size, c.grid)
         rates = np.linspace(0.0, c.drop_path_rate, c.depth)  # stochastic depth rises with depth
-        self.blocks = [FFBlock(s, f"blocks.{i}", c.embed_dim, T, c.mlp_ratio, patch_mlp_dim,
-                               c.drop_rate, float(rates[i])) for i in range(c.depth)]
+        self.blocks = [
+            FFBlock(s, f"blocks.{i}", c.embed_dim, T, c.mlp_ratio, patch_mlp_dim, c.drop_rate, float(rates[i]))
+            for i in range(c.depth)
+        ]
         self.norm = LayerNorm(s, "norm", c.embed_dim)
         self.head = Linear(s, "head", c.embed_dim, c.num_classes)
         self._build(seed)
 
-    def _positions(self) -> tuple[tuple[Array, Array], F.ResizeCache | None]:
+    def _positions(self) -> tuple[tuple[Array, Array], kernels.ResizeCache | None]:
         return self.pos_encoding.forward()
 
-    def _positions_backward(self, dt: Array, cache: F.ResizeCache | None) -> Array:
+    def _positions_backward(self, dt: Array, cache: kernels.ResizeCache | None) -> Array:
         dgrid, dcls_pos = self.pos_encoding.grad_targets(cache)
-        dt = F.tokens_backward(dt, self.grads["cls_token"], dgrid, dcls_pos)  # (N, B, D)
+        dt = kernels.tokens_backward(dt, self.grads["cls_token"], dgrid, dcls_pos)  # (N, B, D)
         self.pos_encoding.backward(dgrid, cache)
         return dt

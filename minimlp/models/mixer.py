@@ -24,11 +24,10 @@ import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from minimlp import functional as F
+from minimlp import kernels
+from minimlp.backend import Array
 from minimlp.layers import Init, LayerNorm, Linear, Mlp, ParamSpec, PatchEmbed, PreNormBlock, constant, trunc_normal
 from minimlp.models.base import Model, check_image_config
-
-Array = Any
 
 
 @dataclass
@@ -91,8 +90,17 @@ def timm_mixer_init(spec: ParamSpec) -> Init:
 class MixerBlock(PreNormBlock):
     """Token MLP, then channel MLP, each after a LayerNorm over features and residual."""
 
-    def __init__(self, store, name: str, dim: int, num_patches: int, token_hidden: int, channel_hidden: int,
-                 drop: float, drop_path: float) -> None:
+    def __init__(
+        self,
+        store,
+        name: str,
+        dim: int,
+        num_patches: int,
+        token_hidden: int,
+        channel_hidden: int,
+        drop: float,
+        drop_path: float,
+    ) -> None:
         self.norm1 = LayerNorm(store, f"{name}.norm1", dim)
         self.mlp_tokens = Mlp(store, f"{name}.mlp_tokens", num_patches, token_hidden, axis=0, drop=drop)
         self.norm2 = LayerNorm(store, f"{name}.norm2", dim)
@@ -119,8 +127,12 @@ class MlpMixer(Model):
         c, s = config, self.store
         D, N = c.embed_dim, c.num_patches
         self.stem = PatchEmbed(s, "stem.proj", c.patch_size, c.in_chans, D)
-        self.blocks = [MixerBlock(s, f"blocks.{i}", D, N, int(c.token_mlp_ratio * D), int(c.mlp_ratio * D),
-                                  c.drop_rate, c.drop_path_rate) for i in range(c.depth)]
+        self.blocks = [
+            MixerBlock(
+                s, f"blocks.{i}", D, N, int(c.token_mlp_ratio * D), int(c.mlp_ratio * D), c.drop_rate, c.drop_path_rate
+            )
+            for i in range(c.depth)
+        ]
         self.norm = LayerNorm(s, "norm", D)
         self.head = Linear(s, "head", D, c.num_classes)
         for spec in s.specs:
@@ -136,14 +148,14 @@ class MlpMixer(Model):
             t, c = block.forward(t, train, self.rng)
             c_blocks.append(c)
         t, c_norm = self.norm.forward(t)
-        pooled, pool_shape = F.mean_pool_forward(t)  # (B, D)
+        pooled, pool_shape = kernels.mean_pool_forward(t)  # (B, D)
         logits, c_head = self.head.forward(pooled)  # (B, K)
         return logits, MixerCache(c_stem, c_blocks, c_norm, pool_shape, c_head)
 
     def backward(self, dlogits: Array, cache: MixerCache, input_grad: bool = True) -> Array | None:
         """Add every parameter's gradient into ``grads``; return dL/dx (B, C, H, W)."""
         dpooled = self.head.backward(self.xp.asarray(dlogits, dtype=self.dtype), cache.head)
-        dt = F.mean_pool_backward(dpooled, cache.pool_shape)  # (N, B, D)
+        dt = kernels.mean_pool_backward(dpooled, cache.pool_shape)  # (N, B, D)
         dt = self.norm.backward(dt, cache.norm)
         for block, c in zip(reversed(self.blocks), reversed(cache.blocks), strict=True):
             dt = block.backward(dt, c)
@@ -154,4 +166,4 @@ class MlpMixer(Model):
         t, _ = self.stem.forward(self.prepare_input(x))
         for block in self.blocks:
             t, _ = block.forward(t, False, self.rng)
-        return F.transpose_forward(t, (1, 0, 2))[0]
+        return kernels.transpose_forward(t, (1, 0, 2))[0]

@@ -37,17 +37,18 @@ def register(name: str, model_cls: type[Model], config_cls: type, aliases: tuple
 # ff_large with a 7×7 grid: 206,213,048.)
 register("ff_tiny", FFViT, FFViTConfig, aliases=("linear_tiny",), patch_size=16, embed_dim=192, depth=12)
 register("ff_base", FFViT, FFViTConfig, aliases=("linear_base",), patch_size=16, embed_dim=768, depth=12)
-register("ff_large", FFViT, FFViTConfig, aliases=("linear_large",), patch_size=32, embed_dim=1024, depth=24,
-         pos_grid=14)
+register(
+    "ff_large", FFViT, FFViTConfig, aliases=("linear_large",), patch_size=32, embed_dim=1024, depth=24, pos_grid=14
+)
 # Fashion-MNIST: 28×28 grayscale, 7×7 patches of 4×4 pixels, 50 tokens (with the class token).
-register("ff_fmnist", FFViT, FFViTConfig, img_size=28, patch_size=4, in_chans=1, num_classes=10,
-         embed_dim=128, depth=6)
+register("ff_fmnist", FFViT, FFViTConfig, img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=128, depth=6)
 # The default of `python -m minimlp.train`: ff_fmnist at half the width and two thirds of
 # the depth (dim 64, depth 4; 219,394 parameters), a fifth of the multiply-adds per image,
 # so that a run of about 20 minutes on two CPU cores gets through ten epochs (ff_fmnist,
 # kept as it is for the benchmarks, would get through two or three).
-register("ff_fmnist_small", FFViT, FFViTConfig, img_size=28, patch_size=4, in_chans=1, num_classes=10,
-         embed_dim=64, depth=4)
+register(
+    "ff_fmnist_small", FFViT, FFViTConfig, img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=64, depth=4
+)
 
 # The comparison.  ViT/DeiT at 224 px, 1000 classes: 5,717,416 / 22,050,664 / 86,567,656 params.
 register("deit_tiny", VisionTransformer, ViTConfig, embed_dim=192, depth=12, num_heads=3)
@@ -55,8 +56,16 @@ register("deit_small", VisionTransformer, ViTConfig, embed_dim=384, depth=12, nu
 register("deit_base", VisionTransformer, ViTConfig, embed_dim=768, depth=12, num_heads=12)
 # The paper's attention-only ablation: DeiT-tiny with attention over features in place of
 # the feature MLP (4,039,360 params; 197 tokens allow one feature head).
-register("attn_only_tiny", VisionTransformer, ViTConfig, embed_dim=192, depth=12, num_heads=3,
-         feature_mixer="attention", feature_num_heads=1)
+register(
+    "attn_only_tiny",
+    VisionTransformer,
+    ViTConfig,
+    embed_dim=192,
+    depth=12,
+    num_heads=3,
+    feature_mixer="attention",
+    feature_num_heads=1,
+)
 # MLP-Mixer at 224 px, 1000 classes: 18,528,264 / 59,880,472 params.
 register("mixer_s16", MlpMixer, MixerConfig, patch_size=16, embed_dim=512, depth=8)
 register("mixer_b16", MlpMixer, MixerConfig, patch_size=16, embed_dim=768, depth=12)
@@ -65,8 +74,16 @@ register("mixer_b16", MlpMixer, MixerConfig, patch_size=16, embed_dim=768, depth
 _FMNIST = dict(img_size=28, patch_size=4, in_chans=1, num_classes=10, depth=6)
 register("vit_fmnist", VisionTransformer, ViTConfig, **_FMNIST, embed_dim=112, num_heads=4)
 register("mixer_fmnist", MlpMixer, MixerConfig, **_FMNIST, embed_dim=136)
-register("attn_only_fmnist", VisionTransformer, ViTConfig, **_FMNIST, embed_dim=188, num_heads=4,
-         feature_mixer="attention", feature_num_heads=1)
+register(
+    "attn_only_fmnist",
+    VisionTransformer,
+    ViTConfig,
+    **_FMNIST,
+    embed_dim=188,
+    num_heads=4,
+    feature_mixer="attention",
+    feature_num_heads=1,
+)
 
 
 def list_models() -> list[str]:
@@ -95,8 +112,7 @@ def model_config(name: str, **overrides: Any) -> Any:
     # so that one set of command-line options can build every family.
     unknown = sorted(k for k, v in overrides.items() if k not in allowed and v is not None)
     if unknown:
-        raise TypeError(f"unknown option(s) {', '.join(unknown)} for {name!r}; "
-                        f"options: {', '.join(sorted(allowed))}")
+        raise TypeError(f"unknown option(s) {', '.join(unknown)} for {name!r}; options: {', '.join(sorted(allowed))}")
     values = {**fields, **{k: v for k, v in overrides.items() if v is not None and k in allowed}}
     return config_cls(**values)
 
@@ -127,4 +143,3 @@ def model_from_config(config: dict[str, Any], device: str = "cpu", seed: int = 0
             allowed = {f.name for f in dataclasses.fields(config_cls)}
             return model_cls(config_cls(**{k: v for k, v in config.items() if k in allowed}), device=device, seed=seed)
     raise ValueError(f"unknown architecture {arch!r} in model config")
-

@@ -29,14 +29,11 @@ The comparison lesson walks through attention and its backward.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from minimlp.layers import Attention, LayerNorm, Linear, Mlp, PatchEmbed, PreNormBlock, trunc_normal
 from minimlp.models.base import ClassTokenModel, check_image_config
-
-Array = Any
 
 FEATURE_MIXERS = ("mlp", "attention")
 
@@ -66,10 +63,13 @@ class ViTConfig:
             raise ValueError(f"num_heads {self.num_heads} must divide embed_dim {self.embed_dim}")
         if self.feature_mixer not in FEATURE_MIXERS:
             raise ValueError(f"feature_mixer must be one of {FEATURE_MIXERS}, got {self.feature_mixer!r}")
-        if self.feature_mixer == "attention" and (self.feature_num_heads < 1
-                                                  or self.num_tokens % self.feature_num_heads):
-            raise ValueError(f"feature_num_heads {self.feature_num_heads} must divide the number of tokens "
-                             f"{self.num_tokens} (attention over features embeds each feature in T values)")
+        if self.feature_mixer == "attention" and (
+            self.feature_num_heads < 1 or self.num_tokens % self.feature_num_heads
+        ):
+            raise ValueError(
+                f"feature_num_heads {self.feature_num_heads} must divide the number of tokens "
+                f"{self.num_tokens} (attention over features embeds each feature in T values)"
+            )
         if not 0.0 <= self.attn_drop_rate < 1.0:
             raise ValueError("attn_drop_rate must lie in [0, 1)")
 
@@ -88,15 +88,23 @@ class ViTBlock(PreNormBlock):
     def __init__(self, store, name: str, config: ViTConfig, drop_path: float) -> None:
         c, D, T = config, config.embed_dim, config.num_tokens
         self.norm1 = LayerNorm(store, f"{name}.norm1", D)
-        self.attn = Attention(store, f"{name}.attn", D, c.num_heads, axis=-1,
-                              attn_drop=c.attn_drop_rate, proj_drop=c.drop_rate)
+        self.attn = Attention(
+            store, f"{name}.attn", D, c.num_heads, axis=-1, attn_drop=c.attn_drop_rate, proj_drop=c.drop_rate
+        )
         if c.feature_mixer == "mlp":
             self.norm2 = LayerNorm(store, f"{name}.norm2", D)
             self.feature_mixer = Mlp(store, f"{name}.mlp", D, int(D * c.mlp_ratio), axis=-1, drop=c.drop_rate)
         else:  # the ablation: the same attention, over the features, after a LayerNorm over tokens
             self.norm2 = LayerNorm(store, f"{name}.norm2", T, axis=0)  # weight (T,)
-            self.feature_mixer = Attention(store, f"{name}.feature_attn", T, c.feature_num_heads, axis=0,
-                                           attn_drop=c.attn_drop_rate, proj_drop=c.drop_rate)
+            self.feature_mixer = Attention(
+                store,
+                f"{name}.feature_attn",
+                T,
+                c.feature_num_heads,
+                axis=0,
+                attn_drop=c.attn_drop_rate,
+                proj_drop=c.drop_rate,
+            )
         self.branches = ((self.norm1, self.attn), (self.norm2, self.feature_mixer))
         self.drop_path = drop_path
 
