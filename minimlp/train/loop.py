@@ -508,6 +508,17 @@ class StopRequest:
             signal.signal(s, previous)
 
 
+def last_good_state(state: RunState, run_dir: Path) -> str:
+    """What a failed run leaves to resume from, for its error message."""
+    last = run_dir / "last.npz"
+    if not last.is_file():
+        return "no checkpoint had been written yet"
+    return (
+        f"{last} still holds the last good state (epoch {state.epoch}); continue from it with "
+        f"--resume {run_dir} and a lower --lr"
+    )
+
+
 def divergence_message(
     value: float,
     state: RunState,
@@ -520,13 +531,7 @@ def divergence_message(
 ) -> str:
     """Why the run stopped, after the step ``state.step``; ``steps`` > 1: somewhere in the last ``steps``
     steps (a GPU run reads its losses once per log interval)."""
-    last = run_dir / "last.npz"
-    saved = (
-        f"{last} still holds the last good state (epoch {state.epoch}); continue from it with "
-        f"--resume {run_dir} and a lower --lr"
-        if last.is_file()
-        else "no checkpoint had been written yet"
-    )
+    saved = last_good_state(state, run_dir)
     where = f"at step {state.step}" if steps == 1 else f"in one of steps {state.step - steps + 1}-{state.step}"
     return (
         f"the {what} became {value} {where} (epoch {epoch + 1}, batch "
@@ -537,13 +542,7 @@ def divergence_message(
 
 
 def nonfinite_message(state: RunState, epoch: int, steps_per_epoch: int, run_dir: Path) -> str:
-    last = run_dir / "last.npz"
-    saved = (
-        f"{last} still holds the last good state (epoch {state.epoch}); continue from it with "
-        f"--resume {run_dir} and a lower --lr"
-        if last.is_file()
-        else "no checkpoint had been written yet"
-    )
+    saved = last_good_state(state, run_dir)
     return (
         f"the weights became non-finite at step {state.step} (epoch {epoch + 1}, batch "
         f"{state.batch_in_epoch}/{steps_per_epoch}; its loss was finite, its update was not). The learning "
